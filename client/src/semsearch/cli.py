@@ -1,0 +1,327 @@
+"""The `semsearch` command: every RPC from a terminal, readable by default, `--json` for scripts."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Sequence
+
+from google.protobuf.json_format import MessageToDict
+
+from semsearch.client import DEFAULT_TIMEOUT, SearchClient
+from semsearch.errors import SemsearchError, UnavailableError
+from semsearch.types import Document, Hit
+
+# Exit codes: 0 ok, 1 the server refused the call, 2 bad command line (argparse), 3 cannot connect.
+EXIT_CALL_FAILED = 1
+EXIT_UNAVAILABLE = 3
+
+
+def _metadata_pairs(items: Sequence[str] | None, flag: str) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for item in items or ():
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise argparse.ArgumentTypeError(f"{flag} {item!r}: expected KEY=VALUE")
+        out[key] = value
+    return out
+
+
+def _print_json(data) -> None:
+    json.dump(data, sys.stdout, indent=2, ensure_ascii=False)
+    sys.stdout.write("\n")
+
+
+def _hit_dict(hit: Hit) -> dict:
+    return {"id": hit.id, "score": round(hit.score, 6), "text": hit.text, "metadata": dict(hit.metadata)}
+
+
+def _print_hits(hits: list[Hit]) -> None:
+    if not hits:
+        print("no hits")
+        return
+    width = max(len(h.id) for h in hits)
+    for rank, hit in enumerate(hits, 1):
+        meta = "  " + " ".join(f"{k}={v}" for k, v in sorted(hit.metadata.items())) if hit.metadata else ""
+        print(f"{rank:>3}. {hit.score:7.4f}  {hit.id:<{width}}  {hit.text}{meta}")
+
+
+def _doc_dict(doc: Document) -> dict:
+    return {"id": doc.id, "text": doc.text, "metadata": dict(doc.metadata)}
+
+
+# -- commands ------------------------------------------------------------------------------------------
+def cmd_upsert(client: SearchClient, args) -> int:
+    doc = Document(args.id, args.text, _metadata_pairs(args.metadata, "--metadata"))
+    count = client.upsert([doc], collection=args.collection)
+    _print_json({"upserted_count": count}) if args.json else print(f"upserted {count} document(s)")
+    return 0
+
+
+def cmd_search(client: SearchClient, args) -> int:
+    hits = client.search(
+        args.query, collection=args.collection, top_k=args.top_k, min_score=args.min_score,
+        filter=_metadata_pairs(args.filter, "--filter"),
+    )
+    _print_json({"hits": [_hit_dict(h) for h in hits]}) if args.json else _print_hits(hits)
+    return 0
+
+
+def cmd_get(client: SearchClient, args) -> int:
+    docs = client.get(args.ids, collection=args.collection)
+    if args.json:
+        _print_json({"documents": [_doc_dict(d) for d in docs]})
+    else:
+        for doc in docs:
+            meta = "  " + " ".join(f"{k}={v}" for k, v in sorted(doc.metadata.items())) if doc.metadata else ""
+            print(f"{doc.id}  {doc.text}{meta}")
+        missing = [i for i in args.ids if i not in {d.id for d in docs}]
+        if missing:
+            print(f"not found: {', '.join(missing)}", file=sys.stderr)
+    return 0
+
+
+def cmd_delete(client: SearchClient, args) -> int:
+    count = client.delete(args.ids, collection=args.collection)
+    _print_json({"deleted_count": count}) if args.json else print(f"deleted {count} document(s)")
+    return 0
+
+
+def cmd_explain(client: SearchClient, args) -> int:
+    from semsearch.explain_view import render_attention, render_text, write_html, write_png
+
+    if (args.doc_id is None) == (args.doc_text is None):
+        print("semsearch explain: give exactly one of --doc-id and --doc-text", file=sys.stderr)
+        return 2
+    result = client.explain(
+        args.query, doc_id=args.doc_id, doc_text=args.doc_text, collection=args.collection,
+        granularity=args.granularity, include_attention=args.attention,
+        attention_layer=args.layer, attention_head=args.head,
+    )
+    doc_text = args.doc_text
+    if doc_text is None:
+        doc_text = client.get([args.doc_id], collection=args.collection)[0].text
+    if args.png:
+        write_png(result, args.png)
+    if args.html:
+        write_html(result, args.html)
+    if args.json:
+        _print_json(_explain_dict(result))
+        return 0
+    print(render_text(result, args.query, doc_text, top_pairs=args.top_pairs))
+    if args.attention:
+        print()
+        print(render_attention(result, "query"))
+        print()
+        print(render_attention(result, "doc"))
+    for path in (args.png, args.html):
+        if path:
+            print(f"wrote {path}")
+    return 0
+
+
+def _explain_dict(result) -> dict:
+    def segs(items):
+        return [{"text": s.text, "start": s.start, "end": s.end, "contribution": s.contribution, "special": s.special} for s in items]
+
+    out = {
+        "score": result.score,
+        "index_score": result.index_score,
+        "query_segments": segs(result.query_segments),
+        "doc_segments": segs(result.doc_segments),
+        "pair_contributions": result.pair_contributions.tolist(),
+        "cross_attention": result.cross_attention.tolist(),
+        "query_truncated": result.query_truncated,
+        "doc_truncated": result.doc_truncated,
+        "notes": result.notes,
+    }
+    if result.query_self_attention is not None:
+        out["attention_layer"] = result.attention_layer
+        out["attention_head"] = result.attention_head
+        out["query_self_attention"] = result.query_self_attention.tolist()
+        out["doc_self_attention"] = result.doc_self_attention.tolist()
+    return out
+
+
+def _collection_line(c) -> str:
+    kind = {1: "flat", 2: "hnsw", 3: "ivf"}.get(c.index.kind, "flat")
+    state = "ready" if c.state == 1 else "FAILED"
+    line = f"{c.name:<24} {c.document_count:>10}  {kind:<5} {state}"
+    return line + (f"  {c.status_message}" if c.status_message else "")
+
+
+def cmd_collections(client: SearchClient, args) -> int:
+    action = args.action
+    if action == "create":
+        info = client.create_collection(
+            args.name, index=args.index, hnsw_m=args.hnsw_m, hnsw_ef_construction=args.hnsw_ef_construction,
+            hnsw_ef_search=args.hnsw_ef_search, ivf_nlist=args.ivf_nlist, ivf_nprobe=args.ivf_nprobe,
+        )
+        _print_json(MessageToDict(info)) if args.json else print(f"created collection {info.name}")
+        return 0
+    if action == "delete":
+        client.delete_collection(args.name)
+        _print_json({"deleted": args.name}) if args.json else print(f"deleted collection {args.name}")
+        return 0
+    collections = client.list_collections()
+    if args.json:
+        _print_json({"collections": [MessageToDict(c, always_print_fields_with_no_presence=True) for c in collections]})
+    else:
+        print(f"{'collection':<24} {'documents':>10}  index state")
+        for c in collections:
+            print(_collection_line(c))
+    return 0
+
+
+def cmd_info(client: SearchClient, args) -> int:
+    info = client.info()
+    if args.json:
+        _print_json(MessageToDict(info, always_print_fields_with_no_presence=True))
+        return 0
+    print(f"server     semsearch {info.server_version}")
+    print(f"model      {info.model_id} ({info.dimension}-dim, {info.pooling} pooling, window {info.max_seq_length} tokens)")
+    print(f"backend    {info.backend}")
+    print(f"weights    sha256 {info.model_fingerprint}")
+    print("collections:")
+    for c in info.collections:
+        print("  " + _collection_line(c))
+    return 0
+
+
+def cmd_health(client: SearchClient, args) -> int:
+    deadline = time.monotonic() + args.wait
+    while True:
+        try:
+            status = client.health(service=args.service, timeout=5)
+        except UnavailableError:
+            status = "UNREACHABLE"
+        if status == "SERVING" or time.monotonic() >= deadline:
+            break
+        time.sleep(0.5)
+    _print_json({"status": status}) if args.json else print(status)
+    return 0 if status == "SERVING" else EXIT_UNAVAILABLE
+
+
+def cmd_reindex(client: SearchClient, args) -> int:
+    count = client.reindex(collection=args.collection, timeout=args.timeout or 3600)
+    _print_json({"reindexed_count": count}) if args.json else print(f"re-embedded {count} document(s)")
+    return 0
+
+
+def cmd_index(client: SearchClient, args) -> int:
+    from semsearch.indexer import run_index_command
+
+    return run_index_command(client, args)
+
+
+# -- parser --------------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--address", default=None, help="server host:port (env SEMSEARCH_ADDRESS, default localhost:50051)")
+    common.add_argument("--timeout", type=float, default=None, help=f"deadline per call in seconds (default {DEFAULT_TIMEOUT:g})")
+    common.add_argument("--api-key", default=None, help="API key (env SEMSEARCH_API_KEY)")
+    common.add_argument("--tls-ca", default=None, help="PEM CA file of the server's certificate; turns TLS on")
+    common.add_argument("--tls-cert", default=None, help="client certificate (mTLS)")
+    common.add_argument("--tls-key", default=None, help="client key (mTLS)")
+    common.add_argument("--json", action="store_true", help="print JSON instead of text")
+
+    coll = argparse.ArgumentParser(add_help=False)
+    coll.add_argument("--collection", "-c", default="", help="collection (default: 'default')")
+
+    parser = argparse.ArgumentParser(prog="semsearch", description="Command-line client of the semsearch service.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("upsert", parents=[common, coll], help="store one document (replaces the same id)")
+    p.add_argument("id")
+    p.add_argument("text")
+    p.add_argument("--metadata", "-m", action="append", metavar="KEY=VALUE")
+    p.set_defaults(func=cmd_upsert)
+
+    p = sub.add_parser("search", parents=[common, coll], help="nearest documents to a query")
+    p.add_argument("query")
+    p.add_argument("--top-k", "-k", type=int, default=10)
+    p.add_argument("--min-score", type=float, default=0.0)
+    p.add_argument("--filter", "-f", action="append", metavar="KEY=VALUE", help="exact metadata match (repeatable)")
+    p.set_defaults(func=cmd_search)
+
+    p = sub.add_parser("get", parents=[common, coll], help="documents by id")
+    p.add_argument("ids", nargs="+")
+    p.set_defaults(func=cmd_get)
+
+    p = sub.add_parser("delete", parents=[common, coll], help="delete documents by id")
+    p.add_argument("ids", nargs="+")
+    p.set_defaults(func=cmd_delete)
+
+    p = sub.add_parser("explain", parents=[common, coll], help="why a query matches a document")
+    p.add_argument("query")
+    p.add_argument("--doc-id")
+    p.add_argument("--doc-text")
+    p.add_argument("--granularity", choices=("word", "token"), default="word")
+    p.add_argument("--attention", action="store_true", help="also show the model's self-attention of each side")
+    p.add_argument("--layer", type=int, default=-1, help="attention layer (-1 = last)")
+    p.add_argument("--head", type=int, default=-1, help="attention head (-1 = mean over heads)")
+    p.add_argument("--top-pairs", type=int, default=8)
+    p.add_argument("--png", help="write a heatmap of the pair contributions (needs semsearch-client[plot])")
+    p.add_argument("--html", help="write the heatmap as a self-contained HTML page")
+    p.set_defaults(func=cmd_explain)
+
+    p = sub.add_parser("collections", parents=[common], help="list, create or delete collections")
+    p.add_argument("action", nargs="?", choices=("list", "create", "delete"), default="list")
+    p.add_argument("name", nargs="?")
+    p.add_argument("--index", choices=("flat", "hnsw", "ivf"), default="flat")
+    p.add_argument("--hnsw-m", type=int, default=0)
+    p.add_argument("--hnsw-ef-construction", type=int, default=0)
+    p.add_argument("--hnsw-ef-search", type=int, default=0)
+    p.add_argument("--ivf-nlist", type=int, default=0)
+    p.add_argument("--ivf-nprobe", type=int, default=0)
+    p.set_defaults(func=cmd_collections)
+
+    p = sub.add_parser("info", parents=[common], help="model, backend and collections")
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("health", parents=[common], help="the standard health check")
+    p.add_argument("--service", default="semsearch.v1.SearchService")
+    p.add_argument("--wait", type=float, default=0.0, help="keep asking for up to this many seconds until SERVING")
+    p.set_defaults(func=cmd_health)
+
+    p = sub.add_parser("reindex", parents=[common, coll], help="re-embed a collection's texts with the running model")
+    p.set_defaults(func=cmd_reindex)
+
+    try:
+        from semsearch.indexer import add_index_arguments
+    except ImportError:
+        add_index_arguments = None
+    if add_index_arguments is not None:
+        p = sub.add_parser("index", parents=[common, coll], help="index files (JSONL, CSV/TSV, text; gzip or -)")
+        add_index_arguments(p)
+        p.set_defaults(func=cmd_index)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "collections" and args.action in ("create", "delete") and not args.name:
+        parser.error(f"collections {args.action} needs a NAME")
+    client = SearchClient(
+        address=args.address, timeout=args.timeout or DEFAULT_TIMEOUT, api_key=args.api_key,
+        tls_ca=args.tls_ca, tls_cert=args.tls_cert, tls_key=args.tls_key,
+    )
+    try:
+        with client:
+            return args.func(client, args)
+    except argparse.ArgumentTypeError as exc:
+        parser.error(str(exc))
+    except UnavailableError as exc:
+        print(f"semsearch: cannot reach {client.address}: {exc.details}", file=sys.stderr)
+        return EXIT_UNAVAILABLE
+    except SemsearchError as exc:
+        print(f"semsearch: {exc}", file=sys.stderr)
+        return EXIT_CALL_FAILED
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,409 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class Granularity(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    GRANULARITY_UNSPECIFIED: _ClassVar[Granularity]
+    GRANULARITY_WORD: _ClassVar[Granularity]
+    GRANULARITY_TOKEN: _ClassVar[Granularity]
+
+class IndexKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    INDEX_KIND_UNSPECIFIED: _ClassVar[IndexKind]
+    INDEX_KIND_FLAT: _ClassVar[IndexKind]
+    INDEX_KIND_HNSW: _ClassVar[IndexKind]
+    INDEX_KIND_IVF: _ClassVar[IndexKind]
+
+class CollectionState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    COLLECTION_STATE_UNSPECIFIED: _ClassVar[CollectionState]
+    COLLECTION_STATE_READY: _ClassVar[CollectionState]
+    COLLECTION_STATE_FAILED: _ClassVar[CollectionState]
+GRANULARITY_UNSPECIFIED: Granularity
+GRANULARITY_WORD: Granularity
+GRANULARITY_TOKEN: Granularity
+INDEX_KIND_UNSPECIFIED: IndexKind
+INDEX_KIND_FLAT: IndexKind
+INDEX_KIND_HNSW: IndexKind
+INDEX_KIND_IVF: IndexKind
+COLLECTION_STATE_UNSPECIFIED: CollectionState
+COLLECTION_STATE_READY: CollectionState
+COLLECTION_STATE_FAILED: CollectionState
+
+class Document(_message.Message):
+    __slots__ = ("id", "text", "metadata")
+    class MetadataEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    ID_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    METADATA_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    text: str
+    metadata: _containers.ScalarMap[str, str]
+    def __init__(self, id: _Optional[str] = ..., text: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
+class Hit(_message.Message):
+    __slots__ = ("id", "score", "text", "metadata")
+    class MetadataEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    ID_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    METADATA_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    score: float
+    text: str
+    metadata: _containers.ScalarMap[str, str]
+    def __init__(self, id: _Optional[str] = ..., score: _Optional[float] = ..., text: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
+class UpsertRequest(_message.Message):
+    __slots__ = ("collection", "documents")
+    COLLECTION_FIELD_NUMBER: _ClassVar[int]
+    DOCUMENTS_FIELD_NUMBER: _ClassVar[int]
+    collection: str
+    documents: _containers.RepeatedCompositeFieldContainer[Document]
+    def __init__(self, collection: _Optional[str] = ..., documents: _Optional[_Iterable[_Union[Document, _Mapping]]] = ...) -> None: ...
+
+class UpsertResponse(_message.Message):
+    __slots__ = ("upserted_count",)
+    UPSERTED_COUNT_FIELD_NUMBER: _ClassVar[int]
+    upserted_count: int
+    def __init__(self, upserted_count: _Optional[int] = ...) -> None: ...
+
+class UpsertStreamResponse(_message.Message):
+    __slots__ = ("upserted_count",)
+    UPSERTED_COUNT_FIELD_NUMBER: _ClassVar[int]
+    upserted_count: int
+    def __init__(self, upserted_count: _Optional[int] = ...) -> None: ...
+
+class DeleteRequest(_message.Message):
+    __slots__ = ("collection", "ids")
+    COLLECTION_FIELD_NUMBER: _ClassVar[int]
+    IDS_FIELD_NUMBER: _ClassVar[int]
+    collection: str
+    ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, collection: _Optional[str] = ..., ids: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class DeleteResponse(_message.Message):
+    __slots__ = ("deleted_count",)
+    DELETED_COUNT_FIELD_NUMBER: _ClassVar[int]
+    deleted_count: int
+    def __init__(self, deleted_count: _Optional[int] = ...) -> None: ...
+
+class GetRequest(_message.Message):
+    __slots__ = ("collection", "ids")
+    COLLECTION_FIELD_NUMBER: _ClassVar[int]
+    IDS_FIELD_NUMBER: _ClassVar[int]
+    collection: str
+    ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, collection: _Optional[str] = ..., ids: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class GetResponse(_message.Message):
+    __slots__ = ("documents",)
+    DOCUMENTS_FIELD_NUMBER: _ClassVar[int]
+    documents: _containers.RepeatedCompositeFieldContainer[Document]
+    def __init__(self, documents: _Optional[_Iterable[_Union[Document, _Mapping]]] = ...) -> None: ...
+
+class SearchRequest(_message.Message):
+    __slots__ = ("collection", "query", "top_k", "min_score", "filter")
+    class FilterEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    COLLECTION_FIELD_NUMBER: _ClassVar[int]
+    QUERY_FIELD_NUMBER: _ClassVar[int]
+    TOP_K_FIELD_NUMBER: _ClassVar[int]
+    MIN_SCORE_FIELD_NUMBER: _ClassVar[int]
+    FILTER_FIELD_NUMBER: _ClassVar[int]
+    collection: str
+    query: str
+    top_k: int
+    min_score: float
+    filter: _containers.ScalarMap[str, str]
+    def __init__(self, collection: _Optional[str] = ..., query: _Optional[str] = ..., top_k: _Optional[int] = ..., min_score: _Optional[float] = ..., filter: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
+class SearchResponse(_message.Message):
+    __slots__ = ("hits",)
+    HITS_FIELD_NUMBER: _ClassVar[int]
+    hits: _containers.RepeatedCompositeFieldContainer[Hit]
+    def __init__(self, hits: _Optional[_Iterable[_Union[Hit, _Mapping]]] = ...) -> None: ...
+
+class BatchSearchRequest(_message.Message):
+    __slots__ = ("collection", "queries", "top_k", "min_score", "filter")
+    class FilterEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    COLLECTION_FIELD_NUMBER: _ClassVar[int]
+    QUERIES_FIELD_NUMBER: _ClassVar[int]
+    TOP_K_FIELD_NUMBER: _ClassVar[int]
+    MIN_SCORE_FIELD_NUMBER: _ClassVar[int]
+    FILTER_FIELD_NUMBER: _ClassVar[int]
+    collection: str
+    queries: _containers.RepeatedScalarFieldContainer[str]
+    top_k: int
+    min_score: float
+    filter: _containers.ScalarMap[str, str]
+    def __init__(self, collection: _Optional[str] = ..., queries: _Optional[_Iterable[str]] = ..., top_k: _Optional[int] = ..., min_score: _Optional[float] = ..., filter: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
+class BatchSearchResponse(_message.Message):
+    __slots__ = ("results",)
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    results: _containers.RepeatedCompositeFieldContainer[SearchResponse]
+    def __init__(self, results: _Optional[_Iterable[_Union[SearchResponse, _Mapping]]] = ...) -> None: ...
+
+class ExplainRequest(_message.Message):
+    __slots__ = ("collection", "query", "doc_id", "doc_text", "granularity", "include_attention", "attention_layer", "attention_head")
+    COLLECTION_FIELD_NUMBER: _ClassVar[int]
+    QUERY_FIELD_NUMBER: _ClassVar[int]
+    DOC_ID_FIELD_NUMBER: _ClassVar[int]
+    DOC_TEXT_FIELD_NUMBER: _ClassVar[int]
+    GRANULARITY_FIELD_NUMBER: _ClassVar[int]
+    INCLUDE_ATTENTION_FIELD_NUMBER: _ClassVar[int]
+    ATTENTION_LAYER_FIELD_NUMBER: _ClassVar[int]
+    ATTENTION_HEAD_FIELD_NUMBER: _ClassVar[int]
+    collection: str
+    query: str
+    doc_id: str
+    doc_text: str
+    granularity: Granularity
+    include_attention: bool
+    attention_layer: int
+    attention_head: int
+    def __init__(self, collection: _Optional[str] = ..., query: _Optional[str] = ..., doc_id: _Optional[str] = ..., doc_text: _Optional[str] = ..., granularity: _Optional[_Union[Granularity, str]] = ..., include_attention: _Optional[bool] = ..., attention_layer: _Optional[int] = ..., attention_head: _Optional[int] = ...) -> None: ...
+
+class Segment(_message.Message):
+    __slots__ = ("text", "start", "end", "contribution", "special")
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    START_FIELD_NUMBER: _ClassVar[int]
+    END_FIELD_NUMBER: _ClassVar[int]
+    CONTRIBUTION_FIELD_NUMBER: _ClassVar[int]
+    SPECIAL_FIELD_NUMBER: _ClassVar[int]
+    text: str
+    start: int
+    end: int
+    contribution: float
+    special: bool
+    def __init__(self, text: _Optional[str] = ..., start: _Optional[int] = ..., end: _Optional[int] = ..., contribution: _Optional[float] = ..., special: _Optional[bool] = ...) -> None: ...
+
+class ExplainResponse(_message.Message):
+    __slots__ = ("score", "query_segments", "doc_segments", "pair_contributions", "rows", "cols", "cross_attention", "query_self_attention", "query_self_attention_size", "doc_self_attention", "doc_self_attention_size", "attention_layer", "attention_head", "query_truncated", "doc_truncated", "index_score", "notes")
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    QUERY_SEGMENTS_FIELD_NUMBER: _ClassVar[int]
+    DOC_SEGMENTS_FIELD_NUMBER: _ClassVar[int]
+    PAIR_CONTRIBUTIONS_FIELD_NUMBER: _ClassVar[int]
+    ROWS_FIELD_NUMBER: _ClassVar[int]
+    COLS_FIELD_NUMBER: _ClassVar[int]
+    CROSS_ATTENTION_FIELD_NUMBER: _ClassVar[int]
+    QUERY_SELF_ATTENTION_FIELD_NUMBER: _ClassVar[int]
+    QUERY_SELF_ATTENTION_SIZE_FIELD_NUMBER: _ClassVar[int]
+    DOC_SELF_ATTENTION_FIELD_NUMBER: _ClassVar[int]
+    DOC_SELF_ATTENTION_SIZE_FIELD_NUMBER: _ClassVar[int]
+    ATTENTION_LAYER_FIELD_NUMBER: _ClassVar[int]
+    ATTENTION_HEAD_FIELD_NUMBER: _ClassVar[int]
+    QUERY_TRUNCATED_FIELD_NUMBER: _ClassVar[int]
+    DOC_TRUNCATED_FIELD_NUMBER: _ClassVar[int]
+    INDEX_SCORE_FIELD_NUMBER: _ClassVar[int]
+    NOTES_FIELD_NUMBER: _ClassVar[int]
+    score: float
+    query_segments: _containers.RepeatedCompositeFieldContainer[Segment]
+    doc_segments: _containers.RepeatedCompositeFieldContainer[Segment]
+    pair_contributions: _containers.RepeatedScalarFieldContainer[float]
+    rows: int
+    cols: int
+    cross_attention: _containers.RepeatedScalarFieldContainer[float]
+    query_self_attention: _containers.RepeatedScalarFieldContainer[float]
+    query_self_attention_size: int
+    doc_self_attention: _containers.RepeatedScalarFieldContainer[float]
+    doc_self_attention_size: int
+    attention_layer: int
+    attention_head: int
+    query_truncated: bool
+    doc_truncated: bool
+    index_score: float
+    notes: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, score: _Optional[float] = ..., query_segments: _Optional[_Iterable[_Union[Segment, _Mapping]]] = ..., doc_segments: _Optional[_Iterable[_Union[Segment, _Mapping]]] = ..., pair_contributions: _Optional[_Iterable[float]] = ..., rows: _Optional[int] = ..., cols: _Optional[int] = ..., cross_attention: _Optional[_Iterable[float]] = ..., query_self_attention: _Optional[_Iterable[float]] = ..., query_self_attention_size: _Optional[int] = ..., doc_self_attention: _Optional[_Iterable[float]] = ..., doc_self_attention_size: _Optional[int] = ..., attention_layer: _Optional[int] = ..., attention_head: _Optional[int] = ..., query_truncated: _Optional[bool] = ..., doc_truncated: _Optional[bool] = ..., index_score: _Optional[float] = ..., notes: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class Embedding(_message.Message):
+    __slots__ = ("values",)
+    VALUES_FIELD_NUMBER: _ClassVar[int]
+    values: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, values: _Optional[_Iterable[float]] = ...) -> None: ...
+
+class EmbedRequest(_message.Message):
+    __slots__ = ("texts",)
+    TEXTS_FIELD_NUMBER: _ClassVar[int]
+    texts: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, texts: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class EmbedResponse(_message.Message):
+    __slots__ = ("embeddings", "dimension")
+    EMBEDDINGS_FIELD_NUMBER: _ClassVar[int]
+    DIMENSION_FIELD_NUMBER: _ClassVar[int]
+    embeddings: _containers.RepeatedCompositeFieldContainer[Embedding]
+    dimension: int
+    def __init__(self, embeddings: _Optional[_Iterable[_Union[Embedding, _Mapping]]] = ..., dimension: _Optional[int] = ...) -> None: ...
+
+class HnswParams(_message.Message):
+    __slots__ = ("m", "ef_construction", "ef_search")
+    M_FIELD_NUMBER: _ClassVar[int]
+    EF_CONSTRUCTION_FIELD_NUMBER: _ClassVar[int]
+    EF_SEARCH_FIELD_NUMBER: _ClassVar[int]
+    m: int
+    ef_construction: int
+    ef_search: int
+    def __init__(self, m: _Optional[int] = ..., ef_construction: _Optional[int] = ..., ef_search: _Optional[int] = ...) -> None: ...
+
+class IvfParams(_message.Message):
+    __slots__ = ("nlist", "nprobe")
+    NLIST_FIELD_NUMBER: _ClassVar[int]
+    NPROBE_FIELD_NUMBER: _ClassVar[int]
+    nlist: int
+    nprobe: int
+    def __init__(self, nlist: _Optional[int] = ..., nprobe: _Optional[int] = ...) -> None: ...
+
+class IndexConfig(_message.Message):
+    __slots__ = ("kind", "hnsw", "ivf")
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    HNSW_FIELD_NUMBER: _ClassVar[int]
+    IVF_FIELD_NUMBER: _ClassVar[int]
+    kind: IndexKind
+    hnsw: HnswParams
+    ivf: IvfParams
+    def __init__(self, kind: _Optional[_Union[IndexKind, str]] = ..., hnsw: _Optional[_Union[HnswParams, _Mapping]] = ..., ivf: _Optional[_Union[IvfParams, _Mapping]] = ...) -> None: ...
+
+class CollectionInfo(_message.Message):
+    __slots__ = ("name", "document_count", "index", "state", "status_message", "index_trained")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    DOCUMENT_COUNT_FIELD_NUMBER: _ClassVar[int]
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    STATUS_MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    INDEX_TRAINED_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    document_count: int
+    index: IndexConfig
+    state: CollectionState
+    status_message: str
+    index_trained: bool
+    def __init__(self, name: _Optional[str] = ..., document_count: _Optional[int] = ..., index: _Optional[_Union[IndexConfig, _Mapping]] = ..., state: _Optional[_Union[CollectionState, str]] = ..., status_message: _Optional[str] = ..., index_trained: _Optional[bool] = ...) -> None: ...
+
+class CreateCollectionRequest(_message.Message):
+    __slots__ = ("name", "index")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    index: IndexConfig
+    def __init__(self, name: _Optional[str] = ..., index: _Optional[_Union[IndexConfig, _Mapping]] = ...) -> None: ...
+
+class CreateCollectionResponse(_message.Message):
+    __slots__ = ("collection",)
+    COLLECTION_FIELD_NUMBER: _ClassVar[int]
+    collection: CollectionInfo
+    def __init__(self, collection: _Optional[_Union[CollectionInfo, _Mapping]] = ...) -> None: ...
+
+class ListCollectionsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListCollectionsResponse(_message.Message):
+    __slots__ = ("collections",)
+    COLLECTIONS_FIELD_NUMBER: _ClassVar[int]
+    collections: _containers.RepeatedCompositeFieldContainer[CollectionInfo]
+    def __init__(self, collections: _Optional[_Iterable[_Union[CollectionInfo, _Mapping]]] = ...) -> None: ...
+
+class DeleteCollectionRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class DeleteCollectionResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class GetInfoRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class Limits(_message.Message):
+    __slots__ = ("max_text_chars", "max_documents_per_request", "max_top_k", "max_ids_per_request", "max_message_bytes", "collection_name_pattern", "max_metadata_entries", "max_metadata_key_chars", "max_metadata_value_chars", "max_queries_per_request", "max_id_chars")
+    MAX_TEXT_CHARS_FIELD_NUMBER: _ClassVar[int]
+    MAX_DOCUMENTS_PER_REQUEST_FIELD_NUMBER: _ClassVar[int]
+    MAX_TOP_K_FIELD_NUMBER: _ClassVar[int]
+    MAX_IDS_PER_REQUEST_FIELD_NUMBER: _ClassVar[int]
+    MAX_MESSAGE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    COLLECTION_NAME_PATTERN_FIELD_NUMBER: _ClassVar[int]
+    MAX_METADATA_ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    MAX_METADATA_KEY_CHARS_FIELD_NUMBER: _ClassVar[int]
+    MAX_METADATA_VALUE_CHARS_FIELD_NUMBER: _ClassVar[int]
+    MAX_QUERIES_PER_REQUEST_FIELD_NUMBER: _ClassVar[int]
+    MAX_ID_CHARS_FIELD_NUMBER: _ClassVar[int]
+    max_text_chars: int
+    max_documents_per_request: int
+    max_top_k: int
+    max_ids_per_request: int
+    max_message_bytes: int
+    collection_name_pattern: str
+    max_metadata_entries: int
+    max_metadata_key_chars: int
+    max_metadata_value_chars: int
+    max_queries_per_request: int
+    max_id_chars: int
+    def __init__(self, max_text_chars: _Optional[int] = ..., max_documents_per_request: _Optional[int] = ..., max_top_k: _Optional[int] = ..., max_ids_per_request: _Optional[int] = ..., max_message_bytes: _Optional[int] = ..., collection_name_pattern: _Optional[str] = ..., max_metadata_entries: _Optional[int] = ..., max_metadata_key_chars: _Optional[int] = ..., max_metadata_value_chars: _Optional[int] = ..., max_queries_per_request: _Optional[int] = ..., max_id_chars: _Optional[int] = ...) -> None: ...
+
+class GetInfoResponse(_message.Message):
+    __slots__ = ("model_id", "dimension", "collections", "server_version", "backend", "max_seq_length", "pooling", "model_fingerprint", "limits")
+    MODEL_ID_FIELD_NUMBER: _ClassVar[int]
+    DIMENSION_FIELD_NUMBER: _ClassVar[int]
+    COLLECTIONS_FIELD_NUMBER: _ClassVar[int]
+    SERVER_VERSION_FIELD_NUMBER: _ClassVar[int]
+    BACKEND_FIELD_NUMBER: _ClassVar[int]
+    MAX_SEQ_LENGTH_FIELD_NUMBER: _ClassVar[int]
+    POOLING_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
+    LIMITS_FIELD_NUMBER: _ClassVar[int]
+    model_id: str
+    dimension: int
+    collections: _containers.RepeatedCompositeFieldContainer[CollectionInfo]
+    server_version: str
+    backend: str
+    max_seq_length: int
+    pooling: str
+    model_fingerprint: str
+    limits: Limits
+    def __init__(self, model_id: _Optional[str] = ..., dimension: _Optional[int] = ..., collections: _Optional[_Iterable[_Union[CollectionInfo, _Mapping]]] = ..., server_version: _Optional[str] = ..., backend: _Optional[str] = ..., max_seq_length: _Optional[int] = ..., pooling: _Optional[str] = ..., model_fingerprint: _Optional[str] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ...) -> None: ...
+
+class ReindexRequest(_message.Message):
+    __slots__ = ("collection",)
+    COLLECTION_FIELD_NUMBER: _ClassVar[int]
+    collection: str
+    def __init__(self, collection: _Optional[str] = ...) -> None: ...
+
+class ReindexResponse(_message.Message):
+    __slots__ = ("reindexed_count",)
+    REINDEXED_COUNT_FIELD_NUMBER: _ClassVar[int]
+    reindexed_count: int
+    def __init__(self, reindexed_count: _Optional[int] = ...) -> None: ...

@@ -1,0 +1,75 @@
+"""semsearch-server: read config, wire the parts, serve until SIGTERM/SIGINT, drain, exit 0."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+
+from semsearch_server.config import ConfigError, ServerConfig, load_config
+
+
+def configure_logging(config: ServerConfig) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if config.log_format == "json":
+        handler.setFormatter(_JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=config.log_level, handlers=[handler], force=True)
+
+
+class _JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        out = {
+            "time": self.formatTime(record),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        out.update(getattr(record, "fields", {}))
+        if record.exc_info:
+            out["exception"] = self.formatException(record.exc_info)
+        return json.dumps(out, ensure_ascii=False)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        config = load_config(argv)
+    except ConfigError as exc:
+        print(f"semsearch-server: {exc}", file=sys.stderr)
+        return 2
+    configure_logging(config)
+    log = logging.getLogger("semsearch_server")
+    log.info("configuration: %s", json.dumps(config.describe(), sort_keys=True))
+
+    from semsearch_server.app import Application
+
+    app = Application(config)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    try:
+        app.start()
+    except OSError as exc:
+        log.error("%s", exc)
+        return 1
+    try:
+        app.load()
+    except Exception:
+        log.exception("start-up failed")
+        app.stop(grace=0)
+        return 1
+    stop.wait()
+    log.info("signal received: draining (grace %.0fs)", config.grace_seconds)
+    app.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

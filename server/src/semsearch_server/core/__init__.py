@@ -1,0 +1,1 @@
+"""The service's logic. Imports no grpc."""

@@ -1,0 +1,206 @@
+"""SearchService: validation, embedding and collections wired together. Imports no grpc."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from semsearch_server import __version__
+from semsearch_server.config import Limits
+from semsearch_server.core.models import CollectionStatus, Document, Hit, IndexSpec
+from semsearch_server.core.registry import CollectionRegistry
+from semsearch_server.core.validation import Validator
+from semsearch_server.embedding.base import Embedder, ModelFingerprint
+from semsearch_server.errors import FailedPrecondition, InvalidArgument, NotFound
+
+# Scores recomputed for Explain and scores held by the index may differ by float rounding; past this
+# the difference is worth telling the user about.
+_SCORE_NOTE_TOLERANCE = 1e-4
+
+
+class Explainer(Protocol):
+    def explain(
+        self, query: str, doc: str, granularity: str, include_attention: bool, attention_layer: int, attention_head: int
+    ) -> Any: ...
+
+
+@dataclass(frozen=True)
+class ExplainOutcome:
+    explanation: Any  # semsearch_server.embedding.explain.Explanation
+    index_score: float
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class ServiceInfo:
+    model_id: str
+    fingerprint: ModelFingerprint
+    backend: str
+    version: str
+    limits: Limits
+    collections: list[CollectionStatus]
+
+
+class SearchService:
+    """The service's use cases. Every public method validates all of its input before changing anything.
+
+    Args:
+        embedder: turns texts into normalised vectors.
+        registry: the collections (already loaded).
+        limits: input limits.
+        explainer: computes Explain's decomposition; None disables Explain.
+    """
+
+    def __init__(
+        self, embedder: Embedder, registry: CollectionRegistry, limits: Limits, explainer: Explainer | None = None
+    ) -> None:
+        self.embedder = embedder
+        self.registry = registry
+        self.limits = limits
+        self.validate = Validator(limits)
+        self._explainer = explainer
+        self._explain_lock = threading.Lock()
+
+    # -- writes --------------------------------------------------------------------------------------
+    def upsert(self, collection: str, documents: Sequence[Document]) -> int:
+        """Embeds and stores documents (replacing by id), all or nothing; returns the count."""
+        store = self._store(collection)
+        self.validate.documents(documents)
+        vectors = self.embedder.encode([d.text for d in documents])
+        return store.upsert(documents, vectors)
+
+    def upsert_stream(self, batches: Iterable[tuple[str, Sequence[Document]]]) -> int:
+        """Applies each (collection, documents) batch as it arrives; each batch is all-or-nothing."""
+        total = 0
+        for i, (collection, documents) in enumerate(batches):
+            try:
+                total += self.upsert(collection, documents)
+            except InvalidArgument as exc:
+                raise InvalidArgument(
+                    f"stream message {i} (after {total} documents were stored): {exc}"
+                ) from None
+        return total
+
+    def delete(self, collection: str, ids: Sequence[str]) -> int:
+        store = self._store(collection)
+        self.validate.ids(ids)
+        return store.delete(ids)
+
+    # -- reads ---------------------------------------------------------------------------------------
+    def get(self, collection: str, ids: Sequence[str]) -> list[Document]:
+        store = self._store(collection)
+        self.validate.ids(ids)
+        return store.get(ids)
+
+    def search(self, collection: str, query: str, top_k: int, min_score: float, filter: Mapping[str, str]) -> list[Hit]:
+        return self.batch_search(collection, [query], top_k, min_score, filter, field="query")[0]
+
+    def batch_search(
+        self,
+        collection: str,
+        queries: Sequence[str],
+        top_k: int,
+        min_score: float,
+        filter: Mapping[str, str],
+        field: str = "queries",
+    ) -> list[list[Hit]]:
+        store = self._store(collection)
+        if field == "query":
+            self.validate.text(queries[0], "query")
+        else:
+            self.validate.queries(queries)
+        k = self.validate.top_k(top_k)
+        min_score = self.validate.min_score(min_score)
+        self.validate.filter(filter)
+        vectors = self.embedder.encode(list(queries))
+        return store.search(vectors, k, min_score, filter)
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        self.validate.texts(texts)
+        return self.embedder.encode(list(texts))
+
+    def explain(
+        self,
+        collection: str,
+        query: str,
+        doc_id: str | None,
+        doc_text: str | None,
+        granularity: str = "word",
+        include_attention: bool = False,
+        attention_layer: int = -1,
+        attention_head: int = -1,
+    ) -> ExplainOutcome:
+        """Decomposes the query-document score into token and pair contributions."""
+        if self._explainer is None:
+            raise FailedPrecondition("Explain is not available on this server")
+        self.validate.text(query, "query")
+        query_vector = self.embedder.encode([query])[0]
+        if doc_id is not None:
+            store = self._store(collection)
+            self.validate.ids([doc_id], "doc_id")
+            docs = store.get([doc_id])
+            if not docs:
+                raise NotFound(f"doc_id: no document {doc_id!r} in collection {store.name!r}")
+            text = docs[0].text
+            stored = store.get_vectors([doc_id]).get(doc_id)
+            index_score = float(query_vector @ stored) if stored is not None else float("nan")
+        elif doc_text is not None:
+            self.validate.text(doc_text, "doc_text")
+            text = doc_text
+            index_score = float(query_vector @ self.embedder.encode([doc_text])[0])
+        else:
+            raise InvalidArgument("target: set doc_id (a stored document) or doc_text (any text)")
+        # The eager-attention model and the token pass are not safe to share between threads.
+        with self._explain_lock:
+            explanation = self._explainer.explain(
+                query, text, granularity, include_attention, attention_layer, attention_head
+            )
+        notes = []
+        if explanation.query_truncated:
+            notes.append(f"the query is longer than the model's {self.embedder.max_seq_length}-token window and was embedded truncated")
+        if explanation.doc_truncated:
+            notes.append(f"the document is longer than the model's {self.embedder.max_seq_length}-token window and was embedded truncated")
+        if abs(explanation.score - index_score) > _SCORE_NOTE_TOLERANCE:
+            notes.append(
+                f"the index holds score {index_score:.6f} for this pair (backend {self.embedder.fingerprint.backend}); "
+                f"the explanation recomputes {explanation.score:.6f} with the reference model"
+            )
+        return ExplainOutcome(explanation, index_score, notes)
+
+    # -- collections ---------------------------------------------------------------------------------
+    def create_collection(self, name: str, spec: IndexSpec) -> CollectionStatus:
+        name = self.validate.collection_name(name, "name", allow_empty=False)
+        self.validate.index_spec(spec)
+        return self.registry.create(name, spec).status()
+
+    def delete_collection(self, name: str) -> None:
+        name = self.validate.collection_name(name, "name", allow_empty=False)
+        self.registry.delete(name)
+
+    def list_collections(self) -> list[CollectionStatus]:
+        return self.registry.statuses()
+
+    def reindex(self, collection: str) -> int:
+        name = self.validate.collection_name(collection)
+        return self.registry.reindex(name, self.embedder.encode)
+
+    def info(self) -> ServiceInfo:
+        fp = self.embedder.fingerprint
+        return ServiceInfo(
+            model_id=fp.model_name,
+            fingerprint=fp,
+            backend=fp.backend,
+            version=__version__,
+            limits=self.limits,
+            collections=self.registry.statuses(),
+        )
+
+    def _store(self, collection: str):
+        return self.registry.get(self.validate.collection_name(collection))
+
+    def close(self) -> None:
+        self.registry.close()

@@ -1,0 +1,1 @@
+"""Embedders: the only place that touches the model."""

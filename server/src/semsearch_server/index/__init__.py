@@ -1,0 +1,1 @@
+"""Index stores: vectors in FAISS, documents and the write log in SQLite."""

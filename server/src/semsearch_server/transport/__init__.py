@@ -1,0 +1,1 @@
+"""gRPC transport: proto <-> domain conversion, the error table, server construction."""

@@ -1,0 +1,64 @@
+"""Building the gRPC server, separate from running it, so tests can start one on port 0."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from concurrent import futures
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from semsearch.v1 import search_service_pb2 as pb
+from semsearch.v1 import search_service_pb2_grpc as pb_grpc
+from semsearch_server.config import ServerConfig
+from semsearch_server.transport.servicer import SearchServicer
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["SearchService"].full_name
+HEALTH_SERVICES = ("", SERVICE_NAME)
+
+
+def server_credentials(config: ServerConfig) -> grpc.ServerCredentials | None:
+    if config.tls_cert is None or config.tls_key is None:
+        return None
+    chain = config.tls_cert.read_bytes()
+    key = config.tls_key.read_bytes()
+    root = config.tls_client_ca.read_bytes() if config.tls_client_ca else None
+    return grpc.ssl_server_credentials([(key, chain)], root_certificates=root, require_client_auth=root is not None)
+
+
+def create_server(
+    config: ServerConfig,
+    servicer: SearchServicer,
+    health_servicer: health.HealthServicer,
+    interceptors: Sequence[grpc.ServerInterceptor] = (),
+) -> tuple[grpc.Server, int]:
+    """Returns a built (not started) server and the port it is bound to."""
+    limit = config.limits.max_message_bytes
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="grpc"),
+        interceptors=list(interceptors),
+        options=[
+            ("grpc.max_receive_message_length", limit),
+            ("grpc.max_send_message_length", limit),
+            ("grpc.so_reuseport", 0),
+        ],
+        maximum_concurrent_rpcs=config.workers * 16,
+    )
+    pb_grpc.add_SearchServiceServicer_to_server(servicer, server)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server
+    )
+    address = f"{config.host}:{config.port}"
+    credentials = server_credentials(config)
+    port = server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
+    if port == 0:
+        raise OSError(f"cannot listen on {address}")
+    return server, port
+
+
+def set_health(health_servicer: health.HealthServicer, serving: bool) -> None:
+    status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+    for name in HEALTH_SERVICES:
+        health_servicer.set(name, status)

@@ -1,0 +1,236 @@
+"""SearchServicer: protobuf in, domain call, protobuf out. No logic of its own."""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Callable, Iterator
+
+import grpc
+import numpy as np
+
+from semsearch.v1 import search_service_pb2 as pb
+from semsearch.v1 import search_service_pb2_grpc as pb_grpc
+from semsearch_server.core.models import CollectionState, CollectionStatus, Document, Hit, IndexKind, IndexSpec
+from semsearch_server.core.service import SearchService
+from semsearch_server.errors import InvalidArgument, SemsearchError, Unavailable
+from semsearch_server.transport.errors import status_for
+
+log = logging.getLogger(__name__)
+
+_KIND_TO_PB = {IndexKind.FLAT: pb.INDEX_KIND_FLAT, IndexKind.HNSW: pb.INDEX_KIND_HNSW, IndexKind.IVF: pb.INDEX_KIND_IVF}
+_PB_TO_KIND = {v: k for k, v in _KIND_TO_PB.items()} | {pb.INDEX_KIND_UNSPECIFIED: IndexKind.FLAT}
+_STATE_TO_PB = {CollectionState.READY: pb.COLLECTION_STATE_READY, CollectionState.FAILED: pb.COLLECTION_STATE_FAILED}
+_GRANULARITY = {pb.GRANULARITY_UNSPECIFIED: "word", pb.GRANULARITY_WORD: "word", pb.GRANULARITY_TOKEN: "token"}
+
+
+def _rpc(method: Callable) -> Callable:
+    """Maps domain errors to their status code; anything else is INTERNAL with a logged traceback."""
+
+    @functools.wraps(method)
+    def wrapper(self: SearchServicer, request, context: grpc.ServicerContext):
+        try:
+            return method(self, request, context)
+        except SemsearchError as exc:
+            context.abort(status_for(exc), str(exc))
+        except Exception:
+            log.exception("%s failed", method.__name__)
+            context.abort(grpc.StatusCode.INTERNAL, f"{method.__name__} failed on the server; see its log")
+
+    return wrapper
+
+
+def to_document(doc: pb.Document) -> Document:
+    return Document(id=doc.id, text=doc.text, metadata=dict(doc.metadata))
+
+
+def to_pb_hit(hit: Hit) -> pb.Hit:
+    return pb.Hit(id=hit.id, score=hit.score, text=hit.text, metadata=hit.metadata)
+
+
+def to_index_spec(config: pb.IndexConfig) -> IndexSpec:
+    if config.kind not in _PB_TO_KIND:
+        raise InvalidArgument(f"index.kind: unknown value {config.kind}; allowed FLAT, HNSW, IVF")
+    default = IndexSpec()
+    return IndexSpec(
+        kind=_PB_TO_KIND[config.kind],
+        hnsw_m=config.hnsw.m or default.hnsw_m,
+        hnsw_ef_construction=config.hnsw.ef_construction or default.hnsw_ef_construction,
+        hnsw_ef_search=config.hnsw.ef_search or default.hnsw_ef_search,
+        ivf_nlist=config.ivf.nlist,
+        ivf_nprobe=config.ivf.nprobe or default.ivf_nprobe,
+    )
+
+
+def to_pb_collection(status: CollectionStatus) -> pb.CollectionInfo:
+    spec = status.index
+    return pb.CollectionInfo(
+        name=status.name,
+        document_count=status.document_count,
+        index=pb.IndexConfig(
+            kind=_KIND_TO_PB[spec.kind],
+            hnsw=pb.HnswParams(m=spec.hnsw_m, ef_construction=spec.hnsw_ef_construction, ef_search=spec.hnsw_ef_search),
+            ivf=pb.IvfParams(nlist=spec.ivf_nlist, nprobe=spec.ivf_nprobe),
+        ),
+        state=_STATE_TO_PB[status.state],
+        status_message=status.message,
+        index_trained=status.index_trained,
+    )
+
+
+def _matrix(values: np.ndarray | None) -> list[float]:
+    return [] if values is None else np.asarray(values, dtype=np.float64).ravel().tolist()
+
+
+class SearchServicer(pb_grpc.SearchServiceServicer):
+    """Serves semsearch.v1.SearchService; answers UNAVAILABLE until a SearchService is attached."""
+
+    def __init__(self) -> None:
+        self._service: SearchService | None = None
+        self._unavailable = "the server is loading the model and collections; retry shortly"
+
+    def attach(self, service: SearchService) -> None:
+        self._service = service
+
+    def detach(self, reason: str) -> None:
+        self._unavailable = reason
+        self._service = None
+
+    @property
+    def service(self) -> SearchService:
+        service = self._service
+        if service is None:
+            raise Unavailable(self._unavailable)
+        return service
+
+    @_rpc
+    def Upsert(self, request: pb.UpsertRequest, context) -> pb.UpsertResponse:
+        docs = [to_document(d) for d in request.documents]
+        return pb.UpsertResponse(upserted_count=self.service.upsert(request.collection, docs))
+
+    @_rpc
+    def UpsertStream(self, request_iterator: Iterator[pb.UpsertRequest], context) -> pb.UpsertStreamResponse:
+        service = self.service
+        batches = ((r.collection, [to_document(d) for d in r.documents]) for r in request_iterator)
+        return pb.UpsertStreamResponse(upserted_count=service.upsert_stream(batches))
+
+    @_rpc
+    def Delete(self, request: pb.DeleteRequest, context) -> pb.DeleteResponse:
+        return pb.DeleteResponse(deleted_count=self.service.delete(request.collection, list(request.ids)))
+
+    @_rpc
+    def Get(self, request: pb.GetRequest, context) -> pb.GetResponse:
+        docs = self.service.get(request.collection, list(request.ids))
+        return pb.GetResponse(documents=[pb.Document(id=d.id, text=d.text, metadata=d.metadata) for d in docs])
+
+    @_rpc
+    def Search(self, request: pb.SearchRequest, context) -> pb.SearchResponse:
+        hits = self.service.search(
+            request.collection, request.query, request.top_k, request.min_score, dict(request.filter)
+        )
+        return pb.SearchResponse(hits=[to_pb_hit(h) for h in hits])
+
+    @_rpc
+    def BatchSearch(self, request: pb.BatchSearchRequest, context) -> pb.BatchSearchResponse:
+        results = self.service.batch_search(
+            request.collection, list(request.queries), request.top_k, request.min_score, dict(request.filter)
+        )
+        return pb.BatchSearchResponse(results=[pb.SearchResponse(hits=[to_pb_hit(h) for h in hits]) for hits in results])
+
+    @_rpc
+    def Explain(self, request: pb.ExplainRequest, context) -> pb.ExplainResponse:
+        target = request.WhichOneof("target")
+        if request.granularity not in _GRANULARITY:
+            raise InvalidArgument(f"granularity: unknown value {request.granularity}; allowed WORD, TOKEN")
+        outcome = self.service.explain(
+            request.collection,
+            request.query,
+            doc_id=request.doc_id if target == "doc_id" else None,
+            doc_text=request.doc_text if target == "doc_text" else None,
+            granularity=_GRANULARITY[request.granularity],
+            include_attention=request.include_attention,
+            attention_layer=request.attention_layer if request.HasField("attention_layer") else -1,
+            attention_head=request.attention_head if request.HasField("attention_head") else -1,
+        )
+        e = outcome.explanation
+
+        def segments(items) -> list[pb.Segment]:
+            return [
+                pb.Segment(text=s.text, start=s.start, end=s.end, contribution=s.contribution, special=s.special)
+                for s in items
+            ]
+
+        rows, cols = e.pair_contributions.shape
+        return pb.ExplainResponse(
+            score=e.score,
+            query_segments=segments(e.query_segments),
+            doc_segments=segments(e.doc_segments),
+            pair_contributions=_matrix(e.pair_contributions),
+            rows=rows,
+            cols=cols,
+            cross_attention=_matrix(e.cross_attention),
+            query_self_attention=_matrix(e.query_self_attention),
+            query_self_attention_size=0 if e.query_self_attention is None else len(e.query_self_attention),
+            doc_self_attention=_matrix(e.doc_self_attention),
+            doc_self_attention_size=0 if e.doc_self_attention is None else len(e.doc_self_attention),
+            attention_layer=e.attention_layer,
+            attention_head=e.attention_head,
+            query_truncated=e.query_truncated,
+            doc_truncated=e.doc_truncated,
+            index_score=outcome.index_score,
+            notes=outcome.notes,
+        )
+
+    @_rpc
+    def Embed(self, request: pb.EmbedRequest, context) -> pb.EmbedResponse:
+        vectors = self.service.embed(list(request.texts))
+        return pb.EmbedResponse(
+            embeddings=[pb.Embedding(values=v.tolist()) for v in vectors], dimension=int(vectors.shape[1])
+        )
+
+    @_rpc
+    def CreateCollection(self, request: pb.CreateCollectionRequest, context) -> pb.CreateCollectionResponse:
+        status = self.service.create_collection(request.name, to_index_spec(request.index))
+        return pb.CreateCollectionResponse(collection=to_pb_collection(status))
+
+    @_rpc
+    def ListCollections(self, request: pb.ListCollectionsRequest, context) -> pb.ListCollectionsResponse:
+        return pb.ListCollectionsResponse(collections=[to_pb_collection(s) for s in self.service.list_collections()])
+
+    @_rpc
+    def DeleteCollection(self, request: pb.DeleteCollectionRequest, context) -> pb.DeleteCollectionResponse:
+        self.service.delete_collection(request.name)
+        return pb.DeleteCollectionResponse()
+
+    @_rpc
+    def GetInfo(self, request: pb.GetInfoRequest, context) -> pb.GetInfoResponse:
+        info = self.service.info()
+        lim = info.limits
+        fp = info.fingerprint
+        return pb.GetInfoResponse(
+            model_id=info.model_id,
+            dimension=fp.dimension,
+            collections=[to_pb_collection(s) for s in info.collections],
+            server_version=info.version,
+            backend=info.backend,
+            max_seq_length=fp.max_seq_length,
+            pooling=fp.pooling,
+            model_fingerprint=fp.weights_sha256,
+            limits=pb.Limits(
+                max_text_chars=lim.max_text_chars,
+                max_documents_per_request=lim.max_documents_per_request,
+                max_top_k=lim.max_top_k,
+                max_ids_per_request=lim.max_ids_per_request,
+                max_message_bytes=lim.max_message_bytes,
+                collection_name_pattern=lim.collection_name_pattern,
+                max_metadata_entries=lim.max_metadata_entries,
+                max_metadata_key_chars=lim.max_metadata_key_chars,
+                max_metadata_value_chars=lim.max_metadata_value_chars,
+                max_queries_per_request=lim.max_queries_per_request,
+                max_id_chars=lim.max_id_chars,
+            ),
+        )
+
+    @_rpc
+    def Reindex(self, request: pb.ReindexRequest, context) -> pb.ReindexResponse:
+        return pb.ReindexResponse(reindexed_count=self.service.reindex(request.collection))
