@@ -19,7 +19,7 @@ DEFAULT_ADDRESS = "localhost:50051"
 DEFAULT_TIMEOUT = 30.0
 _HEALTH_SERVICE = "semsearch.v1.SearchService"
 
-DocumentLike = Document | Mapping[str, Any] | tuple
+DocumentLike = Document | pb.Document | Mapping[str, Any] | tuple
 T = TypeVar("T")
 
 _INDEX_KINDS = {"flat": pb.INDEX_KIND_FLAT, "hnsw": pb.INDEX_KIND_HNSW, "ivf": pb.INDEX_KIND_IVF}
@@ -38,7 +38,9 @@ def _translate_errors(method: Callable[..., T]) -> Callable[..., T]:
 
 
 def to_pb_document(doc: DocumentLike) -> pb.Document:
-    """Accepts a Document, a mapping with id/text/metadata, or an (id, text[, metadata]) tuple."""
+    """Accepts a Document, a pb.Document, a mapping with id/text/metadata, or an (id, text[, metadata]) tuple."""
+    if isinstance(doc, pb.Document):
+        return doc
     if isinstance(doc, Document):
         return pb.Document(id=doc.id, text=doc.text, metadata=dict(doc.metadata))
     if isinstance(doc, Mapping):

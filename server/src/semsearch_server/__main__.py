@@ -20,6 +20,8 @@ def configure_logging(config: ServerConfig) -> None:
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.basicConfig(level=config.log_level, handlers=[handler], force=True)
+    # faiss announces every CPU-feature probe at INFO.
+    logging.getLogger("faiss.loader").setLevel(logging.WARNING)
 
 
 class _JsonFormatter(logging.Formatter):
@@ -56,8 +58,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     try:
         app.start()
+    except ConfigError as exc:
+        log.error("%s", exc)
+        app.stop(grace=0)
+        return 2
     except OSError as exc:
         log.error("%s", exc)
+        app.stop(grace=0)
         return 1
     try:
         app.load()

@@ -9,8 +9,14 @@ import grpc
 from grpc_health.v1 import health
 
 from semsearch_server.config import ServerConfig
-from semsearch_server.core.registry import CollectionRegistry
 from semsearch_server.core.service import SearchService
+from semsearch_server.transport.observability import (
+    MeteredEmbedder,
+    Metrics,
+    MetricsEndpoint,
+    build_interceptors,
+    start_metrics,
+)
 from semsearch_server.transport.server import create_server, set_health
 from semsearch_server.transport.servicer import SearchServicer
 
@@ -24,20 +30,33 @@ class Application:
         config: the frozen configuration.
     """
 
-    def __init__(self, config: ServerConfig) -> None:
+    def __init__(self, config: ServerConfig, embedder=None, explainer=None) -> None:
         self.config = config
+        self._embedder = embedder
+        self._explainer = explainer
         self.servicer = SearchServicer()
         self.health = health.HealthServicer(experimental_non_blocking=True)
         self.service: SearchService | None = None
         self.server: grpc.Server | None = None
         self.port = 0
+        self.metrics = Metrics()
+        self._metrics_endpoint: MetricsEndpoint | None = None
 
     def start(self) -> int:
-        """Starts listening; every SearchService call answers UNAVAILABLE until load() finishes."""
+        """Starts listening; every SearchService call answers UNAVAILABLE until load() finishes.
+
+        Raises:
+            OSError: a port is taken.
+            ConfigError: an unusable API key file.
+        """
         set_health(self.health, serving=False)
-        self.server, self.port = create_server(self.config, self.servicer, self.health)
+        interceptors = build_interceptors(self.config, self.metrics)
+        self.server, self.port = create_server(self.config, self.servicer, self.health, interceptors)
         self.server.start()
         log.info("listening on %s:%d (health NOT_SERVING while loading)", self.config.host, self.port)
+        self._metrics_endpoint = start_metrics(self.config, self.metrics)
+        if self._metrics_endpoint is not None:
+            log.info("metrics at http://%s:%d/metrics", self.config.host, self._metrics_endpoint.port)
         return self.port
 
     def load(self) -> SearchService:
@@ -45,7 +64,10 @@ class Application:
         started = time.monotonic()
         from semsearch_server.wiring import build_service
 
-        self.service = build_service(self.config)
+        self.service = build_service(self.config, self._embedder, self._explainer)
+        self.service.embedder = MeteredEmbedder(self.service.embedder, self.metrics)
+        self.metrics.watch_collections(self.service.list_collections)
+        self.metrics.load_seconds.set(time.monotonic() - started)
         self.servicer.attach(self.service)
         set_health(self.health, serving=True)
         log.info("serving after %.1fs of loading", time.monotonic() - started)
@@ -58,13 +80,12 @@ class Application:
         if self.server is not None:
             self.server.stop(grace).wait()
         self.servicer.detach("the server is shutting down")
+        self.metrics.watch_collections(None)
+        if self._metrics_endpoint is not None:
+            self._metrics_endpoint.stop()
+            self._metrics_endpoint = None
         if self.service is not None:
             self.service.close()
             self.service = None
         log.info("stopped")
 
-
-def build_registry(config: ServerConfig, fingerprint) -> CollectionRegistry:
-    registry = CollectionRegistry(config.data_dir, fingerprint, config.snapshot_every)
-    registry.load_all()
-    return registry

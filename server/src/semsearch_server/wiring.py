@@ -14,13 +14,20 @@ from semsearch_server.errors import AlreadyExists
 log = logging.getLogger(__name__)
 
 
-def build_service(config: ServerConfig) -> SearchService:
+def build_embedder(config: ServerConfig):
     from semsearch_server.embedding.sentence_transformer import SentenceTransformerEmbedder, default_model_path
 
     model_path = config.model or default_model_path()
     embedder = SentenceTransformerEmbedder(model_path)
     log.info("model %s loaded: %s", model_path, embedder.fingerprint.short())
-    explainer = _build_explainer(embedder)
+    return embedder
+
+
+def build_service(config: ServerConfig, embedder=None, explainer=None) -> SearchService:
+    """Builds the service; tests pass an already loaded embedder (and explainer) to share one model."""
+    if embedder is None:
+        embedder = build_embedder(config)
+        explainer = _build_explainer(embedder)
     registry = CollectionRegistry(config.data_dir, embedder.fingerprint, config.snapshot_every)
     registry.load_all()
     service = SearchService(embedder, registry, config.limits, explainer)

@@ -106,7 +106,10 @@ class FaissIndexStore:
     Open it with :meth:`open` (existing) or :meth:`create` (new).
     """
 
-    def __init__(self, directory: Path, name: str, spec: IndexSpec, fingerprint: ModelFingerprint, snapshot_every: int) -> None:
+    def __init__(
+        self, directory: Path, name: str, spec: IndexSpec, fingerprint: ModelFingerprint, snapshot_every: int,
+        new: bool = False,
+    ) -> None:
         self.directory = directory
         self.name = name
         self.spec = spec
@@ -114,7 +117,8 @@ class FaissIndexStore:
         self._snapshot_every = snapshot_every
         self._lock = ReadWriteLock()
         self._local = threading.local()
-        self._db = self._connect()
+        self._readers: list[sqlite3.Connection] = []
+        self._db = self._connect(new)
         self._index = VectorIndex(spec, fingerprint.dimension)
         self._writes_since_snapshot = 0
         self._closed = False
@@ -126,7 +130,7 @@ class FaissIndexStore:
     ) -> FaissIndexStore:
         directory.mkdir(parents=True, exist_ok=False)
         write_manifest(directory, name, spec, fingerprint)
-        store = cls(directory, name, spec, fingerprint, snapshot_every)
+        store = cls(directory, name, spec, fingerprint, snapshot_every, new=True)
         store.snapshot()
         return store
 
@@ -165,11 +169,22 @@ class FaissIndexStore:
         store._recover()
         return store
 
-    def _connect(self) -> sqlite3.Connection:
-        db = sqlite3.connect(self.directory / DATABASE, isolation_level=None, check_same_thread=False, timeout=30)
+    def _connect(self, new: bool) -> sqlite3.Connection:
+        path = self.directory / DATABASE
+        if not new and path.stat().st_size == 0:
+            # SQLite would happily treat an emptied file as a new, empty database: silent data loss.
+            raise sqlite3.DatabaseError("the file is empty")
+        db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=FULL")
-        db.executescript(_SCHEMA)
+        if new:
+            db.executescript(_SCHEMA)
+        else:
+            tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+            missing = {"documents", "metadata_kv", "deletions", "state"} - tables
+            if missing:
+                db.close()
+                raise sqlite3.DatabaseError(f"tables missing: {', '.join(sorted(missing))}")
         return db
 
     def _reader(self) -> sqlite3.Connection:
@@ -179,6 +194,7 @@ class FaissIndexStore:
             db = sqlite3.connect(self.directory / DATABASE, isolation_level=None, check_same_thread=False, timeout=30)
             db.execute("PRAGMA query_only=ON")
             self._local.db = db
+            self._readers.append(db)
         return db
 
     def _check_database(self) -> None:
@@ -191,6 +207,13 @@ class FaissIndexStore:
         started = time.monotonic()
         seq = self._seq()
         snap_seq = self._load_snapshot()
+        if snap_seq is not None and snap_seq > seq:
+            # The database is older than the index built from it: writes were lost outside our control
+            # (a restored backup, a replaced file). Serving it would silently drop them.
+            raise CollectionBroken(
+                f"{self.directory / DATABASE}: at write {seq}, older than the index snapshot ({snap_seq}); "
+                "restore the matching database file"
+            )
         if snap_seq is None:
             self._rebuild_from_database()
             replayed = "all"
@@ -451,6 +474,8 @@ class FaissIndexStore:
             if snapshot:
                 self._write_snapshot()
             self._closed = True
+            for reader in self._readers:
+                reader.close()
             self._db.close()
 
 

@@ -1,0 +1,45 @@
+# semsearch: `make run` serves the demo, `make test` runs every test. Both set up .venv first.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+PORT ?= 50051
+DATA_DIR ?= index_data
+export HF_HUB_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: run test test-fast install bench lint proto clean
+
+$(STAMP): client/pyproject.toml server/pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	# torch is pinned in server/pyproject.toml (==2.13.0): the CPU build on this machine, never a CUDA one.
+	$(BIN)/python -m pip install --quiet -e ./client -e './server[test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/semsearch-server --port $(PORT) --data-dir $(DATA_DIR) --seed-demo true
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q tests
+
+# The fast subset: no process kills, no docker-compose or load checks.
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow" tests
+
+bench: $(STAMP)
+	for script in benchmarks/*.py; do echo "== $$script"; $(BIN)/python $$script || exit 1; done
+
+lint: $(STAMP)
+	$(BIN)/ruff check client/src server/src tests benchmarks
+	$(BIN)/ruff format --check client/src server/src tests benchmarks
+
+# Regenerates the committed stubs; tests/test_stubs.py fails if they differ from proto/.
+proto: $(STAMP)
+	$(BIN)/python -m grpc_tools.protoc -I proto --python_out=client/src --pyi_out=client/src \
+		--grpc_python_out=client/src proto/semsearch/v1/search_service.proto
+
+clean:
+	rm -rf $(VENV) .pytest_cache

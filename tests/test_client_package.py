@@ -1,0 +1,65 @@
+"""The client distribution: light imports, stubs that match proto/."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+STUBS = ("search_service_pb2.py", "search_service_pb2.pyi", "search_service_pb2_grpc.py")
+
+
+def test_importing_the_client_does_not_import_torch_or_faiss():
+    code = (
+        "import sys, semsearch, semsearch.cli, semsearch.client\n"
+        "heavy = [m for m in ('torch', 'faiss', 'sentence_transformers', 'transformers') if m in sys.modules]\n"
+        "print(','.join(heavy))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "", f"client imported {out.stdout.strip()}"
+
+
+def test_client_distribution_declares_no_heavy_dependency():
+    import tomllib
+
+    deps = tomllib.loads((REPO / "client" / "pyproject.toml").read_text())["project"]["dependencies"]
+    names = {d.split(">")[0].split("=")[0].split("<")[0].strip().lower() for d in deps}
+    assert not names & {"torch", "faiss-cpu", "faiss", "sentence-transformers", "transformers"}
+
+
+def test_committed_stubs_match_proto(tmp_path):
+    subprocess.run(
+        [sys.executable, "-m", "grpc_tools.protoc", "-I", str(REPO / "proto"), f"--python_out={tmp_path}",
+         f"--pyi_out={tmp_path}", f"--grpc_python_out={tmp_path}", "semsearch/v1/search_service.proto"],
+        check=True, cwd=REPO,
+    )
+    for name in STUBS:
+        fresh = (tmp_path / "semsearch" / "v1" / name).read_text()
+        committed = (REPO / "client" / "src" / "semsearch" / "v1" / name).read_text()
+        assert fresh == committed, f"client/src/semsearch/v1/{name} is stale: run `make proto`"
+
+
+def test_proto_has_every_name_of_the_contract():
+    from semsearch.v1 import search_service_pb2 as pb
+
+    service = pb.DESCRIPTOR.services_by_name["SearchService"]
+    assert service.full_name == "semsearch.v1.SearchService"
+    rpcs = {m.name for m in service.methods}
+    assert rpcs >= {"Upsert", "UpsertStream", "Delete", "Get", "Search", "BatchSearch", "Explain", "Embed",
+                    "CreateCollection", "ListCollections", "DeleteCollection", "GetInfo"}
+    assert service.methods_by_name["UpsertStream"].client_streaming
+    fields = {name: {f.name for f in pb.DESCRIPTOR.message_types_by_name[name].fields} for name in pb.DESCRIPTOR.message_types_by_name}
+    assert fields["Document"] == {"id", "text", "metadata"}
+    assert fields["Hit"] == {"id", "score", "text", "metadata"}
+    assert fields["SearchRequest"] >= {"collection", "query", "top_k", "min_score", "filter"}
+    assert fields["BatchSearchRequest"] >= {"collection", "queries", "top_k", "min_score", "filter"}
+    assert fields["ExplainRequest"] >= {"collection", "query", "doc_id", "doc_text", "granularity",
+                                        "include_attention", "attention_layer", "attention_head"}
+    assert fields["Segment"] == {"text", "start", "end", "contribution", "special"}
+    assert fields["ExplainResponse"] >= {"score", "query_segments", "doc_segments", "pair_contributions", "rows",
+                                         "cols", "cross_attention", "query_self_attention", "doc_self_attention"}
+    assert fields["UpsertResponse"] == {"upserted_count"} and fields["DeleteResponse"] == {"deleted_count"}
+    assert fields["EmbedResponse"] >= {"embeddings"} and fields["Embedding"] == {"values"}
+    assert fields["CreateCollectionRequest"] >= {"name"}
+    assert [v.name for v in pb.Granularity.DESCRIPTOR.values] == ["GRANULARITY_UNSPECIFIED", "GRANULARITY_WORD", "GRANULARITY_TOKEN"]

@@ -1,0 +1,166 @@
+"""The service end to end: real model, real FAISS, real gRPC channel."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from semsearch import (
+    AlreadyExistsError,
+    Document,
+    FailedPreconditionError,
+    InvalidArgumentError,
+    NotFoundError,
+)
+
+DRINKS = {"c3", "c4", "c5"}
+EATS = {"c1", "c2"}
+
+
+def test_seed_demo_ranks_drinks_above_eats(client):
+    hits = client.search("I drink water with wine", collection="demo", top_k=5)
+    assert [h.id for h in hits][:3] and {h.id for h in hits[:3]} == DRINKS
+    assert {h.id for h in hits[3:]} == EATS
+    assert all(a.score >= b.score for a, b in zip(hits, hits[1:]))
+
+
+def test_food_finds_the_eat_contexts(client):
+    hits = client.search("food", collection="demo", top_k=2)
+    assert {h.id for h in hits} == EATS
+
+
+def test_scores_are_cosines_of_the_embeddings(client, embedder):
+    hits = client.search("I drink water with wine", collection="demo", top_k=5)
+    query = embedder.encode(["I drink water with wine"])[0]
+    docs = embedder.encode([h.text for h in hits])
+    np.testing.assert_allclose([h.score for h in hits], docs @ query, atol=1e-5)
+
+
+def test_top_k_zero_means_ten(client, collection):
+    client.upsert([Document(f"d{i}", f"sentence number {i} about cats") for i in range(15)], collection=collection)
+    assert len(client.search("cats", collection=collection, top_k=0)) == 10
+
+
+def test_filter_keeps_exact_metadata_matches_on_every_key(client, collection):
+    client.upsert(
+        [
+            Document("a", "red wine from France", {"color": "red", "country": "fr"}),
+            Document("b", "red wine from Spain", {"color": "red", "country": "es"}),
+            Document("c", "white wine from France", {"color": "white", "country": "fr"}),
+        ],
+        collection=collection,
+    )
+    assert {h.id for h in client.search("wine", collection=collection, filter={"color": "red"})} == {"a", "b"}
+    assert [h.id for h in client.search("wine", collection=collection, filter={"color": "red", "country": "fr"})] == ["a"]
+    assert client.search("wine", collection=collection, filter={"color": "rose"}) == []
+    assert client.search("wine", collection=collection, filter={"color": "Red"}) == []
+
+
+def test_min_score_drops_weaker_hits(client):
+    hits = client.search("I drink water with wine", collection="demo", top_k=5)
+    threshold = (hits[2].score + hits[3].score) / 2
+    kept = client.search("I drink water with wine", collection="demo", top_k=5, min_score=threshold)
+    assert [h.id for h in kept] == [h.id for h in hits[:3]]
+
+
+def test_upsert_replaces_text_metadata_and_vector(client, collection):
+    client.upsert([Document("x", "I eat steak", {"v": "1"})], collection=collection)
+    client.upsert([Document("x", "quantum chromodynamics lecture", {"v": "2"})], collection=collection)
+    assert client.get(["x"], collection=collection) == [Document("x", "quantum chromodynamics lecture", {"v": "2"})]
+    hits = client.search("physics", collection=collection)
+    assert len(hits) == 1 and hits[0].metadata == {"v": "2"}
+    info = {c.name: c for c in client.list_collections()}
+    assert info[collection].document_count == 1
+
+
+def test_delete_removes_from_search_and_get(client, collection):
+    client.upsert([Document("a", "I drink water"), Document("b", "I eat salmon")], collection=collection)
+    assert client.delete(["a", "missing"], collection=collection) == 1
+    assert client.get(["a", "b"], collection=collection) == [Document("b", "I eat salmon")]
+    assert [h.id for h in client.search("water", collection=collection)] == ["b"]
+
+
+def test_get_returns_found_documents_in_request_order(client, collection):
+    client.upsert([Document(i, f"text {i}") for i in "abc"], collection=collection)
+    assert [d.id for d in client.get(["c", "zz", "a"], collection=collection)] == ["c", "a"]
+
+
+def test_batch_search_matches_single_searches(client):
+    queries = ["I drink water with wine", "food", "fish"]
+    batch = client.batch_search(queries, collection="demo", top_k=3)
+    assert len(batch) == 3
+    for query, hits in zip(queries, batch):
+        single = client.search(query, collection="demo", top_k=3)
+        assert [h.id for h in hits] == [h.id for h in single]
+        np.testing.assert_allclose([h.score for h in hits], [h.score for h in single], atol=1e-5)
+
+
+def test_embed_returns_normalised_vectors_equal_to_the_model(client, embedder):
+    vectors = client.embed(["I drink water", "I eat steak"])
+    assert vectors.shape == (2, 384)
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(vectors, embedder.encode(["I drink water", "I eat steak"]), atol=1e-5)
+
+
+def test_empty_collection_name_means_default(client):
+    client.upsert([Document("default-doc", "a document in the default collection")])
+    try:
+        assert client.get(["default-doc"], collection="default")[0].id == "default-doc"
+    finally:
+        client.delete(["default-doc"])
+
+
+def test_collections_create_list_delete(client):
+    client.create_collection("lifecycle", index="hnsw")
+    with pytest.raises(AlreadyExistsError):
+        client.create_collection("lifecycle")
+    names = {c.name: c for c in client.list_collections()}
+    assert "lifecycle" in names and "default" in names and names["lifecycle"].index.kind == 2
+    client.delete_collection("lifecycle")
+    with pytest.raises(NotFoundError):
+        client.search("x", collection="lifecycle")
+    with pytest.raises(NotFoundError):
+        client.delete_collection("lifecycle")
+    with pytest.raises(FailedPreconditionError):
+        client.delete_collection("default")
+
+
+def test_unknown_collection_is_not_found(client):
+    with pytest.raises(NotFoundError, match="nope"):
+        client.search("x", collection="nope")
+
+
+def test_info_reports_model_dimension_and_counts(client):
+    info = client.info()
+    assert info.model_id == "sentence-transformers/all-MiniLM-L6-v2"
+    assert info.dimension == 384 and info.pooling == "mean" and info.max_seq_length == 256
+    counts = {c.name: c.document_count for c in info.collections}
+    assert counts["demo"] == 5
+    assert info.limits.max_top_k > 0
+
+
+@pytest.mark.parametrize("kind", ["hnsw", "ivf"])
+def test_approximate_indexes_agree_with_flat_on_a_small_collection(client, kind):
+    docs = [Document(f"d{i}", f"sentence {i}: " + t) for i, t in enumerate(
+        ["cats purr", "dogs bark", "wine is red", "water is wet", "steak is meat", "salmon swims", "the sea is blue"] * 4)]
+    client.create_collection(f"flat-{kind}")
+    client.create_collection(f"approx-{kind}", index=kind)
+    try:
+        client.upsert(docs, collection=f"flat-{kind}")
+        client.upsert(docs, collection=f"approx-{kind}")
+        for query in ["animals", "drinks", "food"]:
+            exact = client.search(query, collection=f"flat-{kind}", top_k=5)
+            approx = client.search(query, collection=f"approx-{kind}", top_k=5)
+            assert [h.id for h in approx] == [h.id for h in exact]
+        client.delete(["d0"], collection=f"approx-{kind}")
+        assert "d0" not in {h.id for h in client.search("cats purr", collection=f"approx-{kind}", top_k=28)}
+    finally:
+        client.delete_collection(f"flat-{kind}")
+        client.delete_collection(f"approx-{kind}")
+
+
+def test_errors_carry_the_field_name(client):
+    with pytest.raises(InvalidArgumentError, match="query"):
+        client.search("   ", collection="demo")
+    with pytest.raises(InvalidArgumentError, match="top_k"):
+        client.search("x", collection="demo", top_k=-1)
