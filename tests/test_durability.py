@@ -1,0 +1,156 @@
+"""Crash safety with a real server process and a real SIGKILL: nothing acknowledged is lost."""
+
+from __future__ import annotations
+
+import os
+import random
+import threading
+import time
+
+import pytest
+from conftest import ServerProcess
+
+from semsearch import Document, SemsearchError
+
+pytestmark = pytest.mark.slow
+
+KILLS = int(os.environ.get("SEMSEARCH_TEST_KILLS", "20"))
+BATCH = 8
+
+
+class Ingest:
+    """Upserts numbered batches (and now and then deletes an older one) until the server dies.
+
+    Records what was acknowledged and what was in flight when the connection broke.
+    """
+
+    def __init__(self, address: str, round_no: int, expected: dict[str, str], rng: random.Random) -> None:
+        self.address = address
+        self.round_no = round_no
+        self.expected = expected  # id -> text of every acknowledged live document
+        self.deleted: set[str] = set()
+        self.rng = rng
+        self.in_flight: tuple[str, list[Document] | list[str]] | None = None
+        self.thread = threading.Thread(target=self.run, daemon=True)
+
+    def run(self) -> None:
+        from semsearch import SearchClient
+
+        with SearchClient(self.address, timeout=20) as client:
+            for batch_no in range(10_000):
+                if batch_no % 4 == 3 and self.expected:
+                    victims = self.rng.sample(sorted(self.expected), min(3, len(self.expected)))
+                    self.in_flight = ("delete", victims)
+                    try:
+                        client.delete(victims)
+                    except SemsearchError:
+                        return
+                    for doc_id in victims:
+                        self.expected.pop(doc_id)
+                        self.deleted.add(doc_id)
+                else:
+                    docs = [
+                        Document(f"r{self.round_no}-b{batch_no}-{j}", f"round {self.round_no} batch {batch_no} item {j} about {self.rng.choice(['wine', 'fish', 'rain', 'trains'])}")
+                        for j in range(BATCH)
+                    ]
+                    self.in_flight = ("upsert", docs)
+                    try:
+                        client.upsert(docs)
+                    except SemsearchError:
+                        return
+                    for d in docs:
+                        self.expected[d.id] = d.text
+                        self.deleted.discard(d.id)
+                self.in_flight = None
+
+
+def _resolve_in_flight(client, ingest: Ingest) -> None:
+    """The batch in flight at the kill must be all there or all absent; fold what happened into expected."""
+    if ingest.in_flight is None:
+        return
+    kind, payload = ingest.in_flight
+    if kind == "upsert":
+        found = client.get([d.id for d in payload])
+        assert len(found) in (0, len(payload)), f"half-applied upsert batch: {len(found)} of {len(payload)}"
+        if found:
+            assert [d.text for d in found] == [d.text for d in payload]
+            for d in payload:
+                ingest.expected[d.id] = d.text
+    else:
+        found = client.get(payload)
+        assert len(found) in (0, len(payload)), f"half-applied delete batch: {len(found)} of {len(payload)} left"
+        if not found:
+            for doc_id in payload:
+                ingest.expected.pop(doc_id, None)
+                ingest.deleted.add(doc_id)
+
+
+def _check_state(client, expected: dict[str, str], deleted: set[str]) -> None:
+    ids = sorted(expected)
+    for start in range(0, len(ids), 500):
+        chunk = ids[start : start + 500]
+        found = {d.id: d.text for d in client.get(chunk)}
+        missing = [i for i in chunk if i not in found]
+        assert not missing, f"acknowledged documents lost: {missing[:5]}"
+        assert all(found[i] == expected[i] for i in chunk)
+    gone = sorted(deleted)
+    for start in range(0, len(gone), 500):
+        assert client.get(gone[start : start + 500]) == [], "a deleted document came back"
+    counts = {c.name: c.document_count for c in client.list_collections()}
+    assert counts["default"] == len(expected)
+    if ids:  # the FAISS index agrees with the database: a stored text finds itself
+        probe = random.Random(len(ids)).choice(ids)
+        assert client.search(expected[probe], top_k=1)[0].id == probe
+
+
+def test_acknowledged_writes_survive_repeated_sigkill(tmp_path):
+    rng = random.Random(1234)
+    server = ServerProcess(tmp_path / "data")
+    expected: dict[str, str] = {}
+    deleted: set[str] = set()
+    try:
+        server.start()
+        for round_no in range(KILLS):
+            ingest = Ingest(server.address, round_no, expected, rng)
+            ingest.deleted = deleted
+            ingest.thread.start()
+            time.sleep(rng.uniform(0.3, 2.0))
+            server.kill()
+            ingest.thread.join(30)
+            assert not ingest.thread.is_alive()
+            server.start()
+            with server.client() as client:
+                _resolve_in_flight(client, ingest)
+                _check_state(client, expected, deleted)
+        assert len(expected) > KILLS * BATCH, "the ingest hardly ran; the test proved little"
+    finally:
+        server.stop()
+
+
+def test_sigterm_drains_in_flight_calls_flushes_and_exits_zero(tmp_path):
+    # A generous grace: the machine is shared, and the point is that the call is drained, not how fast.
+    server = ServerProcess(tmp_path / "data", "--grace-seconds", "300")
+    try:
+        server.start()
+        docs = [Document(f"d{i}", f"a longer document number {i} " * 8) for i in range(400)]
+        result: dict = {}
+
+        def slow_upsert():
+            with server.client() as client:
+                result["count"] = client.upsert(docs)
+
+        worker = threading.Thread(target=slow_upsert)
+        worker.start()
+        time.sleep(0.5)  # the upsert is embedding 400 documents now
+        code = server.terminate()
+        worker.join(30)
+        assert code == 0, server.output()
+        assert result.get("count") == len(docs), "the in-flight call was cut off instead of drained"
+        log = server.output()
+        assert "draining" in log and "stopped" in log
+        server.start()
+        assert "replayed 0" in server.output(), "the final snapshot was not flushed at shutdown"
+        with server.client() as client:
+            assert len(client.get([d.id for d in docs])) == len(docs)
+    finally:
+        server.stop()
