@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 
@@ -164,3 +166,17 @@ def test_errors_carry_the_field_name(client):
         client.search("   ", collection="demo")
     with pytest.raises(InvalidArgumentError, match="top_k"):
         client.search("x", collection="demo", top_k=-1)
+
+
+def test_a_write_whose_deadline_passes_while_embedding_changes_nothing(client, collection):
+    from semsearch import DeadlineExceededError
+
+    docs = [Document(f"slow{i}", f"a long enough sentence number {i} to take some embedding time " * 6) for i in range(300)]
+    with pytest.raises(DeadlineExceededError):
+        client.upsert(docs, collection=collection, timeout=0.3)
+    # A second write queues behind the first one's embedding (one model call at a time), so once it is
+    # acknowledged the abandoned call has passed its deadline check; a moment more covers its commit.
+    client.upsert([Document("marker", "after the slow call")], collection=collection)
+    time.sleep(1.0)
+    assert client.get([d.id for d in docs], collection=collection) == []
+    assert [d.id for d in client.get(["marker"], collection=collection)] == ["marker"]

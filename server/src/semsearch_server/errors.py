@@ -37,3 +37,7 @@ class Unauthenticated(SemsearchError):
 
 class PermissionDenied(SemsearchError):
     """Credentials that do not allow this call."""
+
+
+class DeadlineExceeded(SemsearchError):
+    """The caller's deadline passed (or it cancelled) before the work was committed."""

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -15,11 +15,15 @@ from semsearch_server.core.models import CollectionStatus, Document, Hit, IndexS
 from semsearch_server.core.registry import CollectionRegistry
 from semsearch_server.core.validation import Validator
 from semsearch_server.embedding.base import Embedder, ModelFingerprint
-from semsearch_server.errors import FailedPrecondition, InvalidArgument, NotFound
+from semsearch_server.errors import DeadlineExceeded, FailedPrecondition, InvalidArgument, NotFound
 
 # Scores recomputed for Explain and scores held by the index may differ by float rounding; past this
 # the difference is worth telling the user about.
 _SCORE_NOTE_TOLERANCE = 1e-4
+
+
+def _always() -> bool:
+    return True
 
 
 class Explainer(Protocol):
@@ -66,28 +70,39 @@ class SearchService:
         self._explain_lock = threading.Lock()
 
     # -- writes --------------------------------------------------------------------------------------
-    def upsert(self, collection: str, documents: Sequence[Document]) -> int:
-        """Embeds and stores documents (replacing by id), all or nothing; returns the count."""
+    def upsert(self, collection: str, documents: Sequence[Document], still_wanted: Callable[[], bool] = _always) -> int:
+        """Embeds and stores documents (replacing by id), all or nothing; returns the count.
+
+        Args:
+            still_wanted: asked after embedding, before committing; False (the caller's deadline
+                passed or it cancelled) abandons the write, so a call reported failed changed nothing.
+        """
         store = self._store(collection)
         self.validate.documents(documents)
         vectors = self.embedder.encode([d.text for d in documents])
+        if not still_wanted():
+            raise DeadlineExceeded("the deadline passed while embedding; nothing was stored")
         return store.upsert(documents, vectors)
 
-    def upsert_stream(self, batches: Iterable[tuple[str, Sequence[Document]]]) -> int:
+    def upsert_stream(
+        self, batches: Iterable[tuple[str, Sequence[Document]]], still_wanted: Callable[[], bool] = _always
+    ) -> int:
         """Applies each (collection, documents) batch as it arrives; each batch is all-or-nothing."""
         total = 0
         for i, (collection, documents) in enumerate(batches):
             try:
-                total += self.upsert(collection, documents)
+                total += self.upsert(collection, documents, still_wanted)
             except InvalidArgument as exc:
                 raise InvalidArgument(
                     f"stream message {i} (after {total} documents were stored): {exc}"
                 ) from None
         return total
 
-    def delete(self, collection: str, ids: Sequence[str]) -> int:
+    def delete(self, collection: str, ids: Sequence[str], still_wanted: Callable[[], bool] = _always) -> int:
         store = self._store(collection)
         self.validate.ids(ids)
+        if not still_wanted():
+            raise DeadlineExceeded("the deadline passed before the delete; nothing was deleted")
         return store.delete(ids)
 
     # -- reads ---------------------------------------------------------------------------------------

@@ -106,17 +106,19 @@ class SearchServicer(pb_grpc.SearchServiceServicer):
     @_rpc
     def Upsert(self, request: pb.UpsertRequest, context) -> pb.UpsertResponse:
         docs = [to_document(d) for d in request.documents]
-        return pb.UpsertResponse(upserted_count=self.service.upsert(request.collection, docs))
+        return pb.UpsertResponse(upserted_count=self.service.upsert(request.collection, docs, context.is_active))
 
     @_rpc
     def UpsertStream(self, request_iterator: Iterator[pb.UpsertRequest], context) -> pb.UpsertStreamResponse:
         service = self.service
         batches = ((r.collection, [to_document(d) for d in r.documents]) for r in request_iterator)
-        return pb.UpsertStreamResponse(upserted_count=service.upsert_stream(batches))
+        return pb.UpsertStreamResponse(upserted_count=service.upsert_stream(batches, context.is_active))
 
     @_rpc
     def Delete(self, request: pb.DeleteRequest, context) -> pb.DeleteResponse:
-        return pb.DeleteResponse(deleted_count=self.service.delete(request.collection, list(request.ids)))
+        return pb.DeleteResponse(
+            deleted_count=self.service.delete(request.collection, list(request.ids), context.is_active)
+        )
 
     @_rpc
     def Get(self, request: pb.GetRequest, context) -> pb.GetResponse:
