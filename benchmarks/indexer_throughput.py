@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import statistics
 import subprocess
 import sys
@@ -27,63 +26,12 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from semsearch import SearchClient, SemsearchError
+from common import DEFAULT_DATA_DIR, REPO, sts_sentences, verdict
+from semsearch import SearchClient
 from semsearch.indexer import DEFAULT_BATCH_SIZE
+from semsearch_server.testing import ServerProcess
 
-REPO = Path(__file__).resolve().parents[1]
-DEFAULT_DATA_DIR = REPO / ".." / "shared" / "data" / "stsbenchmark"
 TARGET = 0.9
-
-
-def load_sentences(data_dir: Path, count: int) -> list[str]:
-    """Unique sentences of sts-train.csv (tab-separated, no quoting: some texts hold '"')."""
-    seen: dict[str, None] = {}
-    for line in (data_dir / "sts-train.csv").read_text(encoding="utf-8").splitlines():
-        fields = line.split("\t")[:7]  # some lines carry two extra source fields
-        for text in fields[5:7]:
-            if text.strip():
-                seen.setdefault(text.strip())
-        if len(seen) >= count:
-            break
-    return list(seen)[:count]
-
-
-class Server:
-    """`python -m semsearch_server` on a free port, SERVING when start() returns."""
-
-    def __init__(self, data_dir: Path) -> None:
-        self.log_path = data_dir.parent / "server.log"
-        self.log = open(self.log_path, "w")  # noqa: SIM115 (closed in stop)
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "semsearch_server", "--host", "127.0.0.1",
-             "--port", "0", "--data-dir", str(data_dir)],
-            stdout=self.log, stderr=subprocess.STDOUT, cwd=REPO,
-        )  # fmt: skip
-        self.address = ""
-
-    def start(self, timeout: float = 180) -> Server:
-        deadline = time.monotonic() + timeout
-        while not self.address:
-            match = re.search(r"listening on [^ ]+:(\d+)", self.log_path.read_text())
-            if match:
-                self.address = f"127.0.0.1:{match.group(1)}"
-            elif self.proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"server did not start:\n{self.log_path.read_text()}")
-            time.sleep(0.1)
-        with SearchClient(self.address, timeout=5) as client:
-            while time.monotonic() < deadline:
-                try:
-                    if client.health() == "SERVING":
-                        return self
-                except SemsearchError:
-                    pass
-                time.sleep(0.2)
-        raise RuntimeError(f"server not SERVING:\n{self.log_path.read_text()}")
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(60)
-        self.log.close()
 
 
 def fresh_collection(client: SearchClient) -> str:
@@ -138,11 +86,11 @@ def main() -> int:
     parser.add_argument("--sweep-repeats", type=int, default=2)
     args = parser.parse_args()
 
-    sentences = load_sentences(args.data_dir, args.count)
+    sentences = sts_sentences(args.data_dir, args.count)
     with tempfile.TemporaryDirectory(prefix="semsearch-bench-") as tmp:
         path = Path(tmp) / "sentences.jsonl"
         path.write_text("".join(json.dumps({"id": f"s{n}", "text": t}) + "\n" for n, t in enumerate(sentences)))
-        server = Server(Path(tmp) / "data").start()
+        server = ServerProcess(Path(tmp) / "data").start()
         try:
             with SearchClient(server.address, timeout=600) as client:
                 # Warm-up: the first thousand documents on a fresh server run slower (allocations, caches).
@@ -162,7 +110,7 @@ def main() -> int:
                       f"{statistics.median(reported):.1f} as it reports itself)")  # fmt: skip
                 pairs = statistics.median(b / a for a, b in zip(stream, indexer, strict=True))
                 print(f"median of per-run ratios (back-to-back pairs, less sensitive to load drift): {pairs:.3f}")
-                print(f"ratio indexer/UpsertStream {ratio:.3f} -> {'PASS' if ratio >= TARGET else 'MISS'} "
+                print(f"ratio indexer/UpsertStream {ratio:.3f} -> {verdict(ratio >= TARGET)} "
                       f"(target >= {TARGET})")  # fmt: skip
 
                 sizes = [int(s) for s in args.sweep.split(",") if s]
@@ -178,6 +126,7 @@ def main() -> int:
                         mark = "  <- fastest" if size == best else ""
                         print(f"  --batch-size {size:>4}: {median:7.1f} docs/s{mark}")
         finally:
+            server.terminate()
             server.stop()
     return 0 if ratio >= TARGET else 1
 

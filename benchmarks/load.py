@@ -11,12 +11,9 @@ RPC, errors, and the server's RSS at a quarter of the run and at the end. PASS: 
 from __future__ import annotations
 
 import argparse
-import os
 import random
 import re
-import signal
 import socket
-import subprocess
 import sys
 import tempfile
 import threading
@@ -26,9 +23,11 @@ from collections import defaultdict
 from pathlib import Path
 
 import grpc
+from common import percentile
 from semsearch import SearchClient
 from semsearch.demo import DEMO_COLLECTION, DEMO_DOCUMENTS
 from semsearch.errors import SemsearchError
+from semsearch_server.testing import ServerProcess
 
 HOST = "127.0.0.1"
 LOAD_COLLECTION = "load"
@@ -48,65 +47,6 @@ def free_port() -> int:
 def rss_kib(pid: int) -> int:
     match = re.search(r"^VmRSS:\s+(\d+) kB", Path(f"/proc/{pid}/status").read_text(), re.MULTILINE)
     return int(match.group(1)) if match else 0
-
-
-def percentile(sorted_values: list[float], q: float) -> float:
-    return sorted_values[min(len(sorted_values) - 1, int(q * len(sorted_values)))] if sorted_values else float("nan")
-
-
-class Server:
-    """`python -m semsearch_server` on a free port with the demo seed, its log in `log_path`."""
-
-    def __init__(self, data_dir: Path, metrics_port: int) -> None:
-        self.log_path = data_dir.parent / "server.log"
-        env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-        with open(self.log_path, "w") as log:  # the child keeps its own copy of the descriptor
-            self.proc = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "semsearch_server",
-                    "--host",
-                    HOST,
-                    "--port",
-                    "0",
-                    "--data-dir",
-                    str(data_dir),
-                    "--seed-demo",
-                    "true",
-                    "--metrics-port",
-                    str(metrics_port),
-                ],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=env,
-            )
-        self.address = ""
-
-    def wait_serving(self, timeout: float = 300) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and self.proc.poll() is None:
-            match = re.search(r"listening on [^ ]+:(\d+)", self.log_path.read_text())
-            if match:
-                self.address = f"{HOST}:{match.group(1)}"
-                with SearchClient(self.address, timeout=5) as c:
-                    try:
-                        if c.health() == "SERVING":
-                            return
-                    except SemsearchError:
-                        pass
-            time.sleep(0.2)
-        raise RuntimeError(f"server not SERVING:\n{self.log_path.read_text()[-3000:]}")
-
-    def stop(self) -> int | None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(30)
-        return self.proc.returncode
 
 
 class Stats:
@@ -170,10 +110,11 @@ def server_request_total(metrics_port: int) -> float:
 def run(seconds: float, clients: int) -> bool:
     with tempfile.TemporaryDirectory(prefix="semsearch-load-") as tmp:
         metrics_port = free_port()
-        server = Server(Path(tmp) / "data", metrics_port)
+        server = ServerProcess(Path(tmp) / "data", "--seed-demo", "true", "--metrics-port", str(metrics_port))
         try:
-            server.wait_serving()
-            with SearchClient(server.address, timeout=60) as admin:
+            server.start()
+            address = server.address
+            with SearchClient(address, timeout=60) as admin:
                 admin.create_collection(LOAD_COLLECTION)
                 before_requests = server_request_total(metrics_port)
             channels = [SearchClient(server.address, timeout=60) for _ in range(clients)]
@@ -187,20 +128,21 @@ def run(seconds: float, clients: int) -> bool:
             for t in threads:
                 t.start()
             time.sleep(seconds / 4)
-            rss_quarter = rss_kib(server.proc.pid)
+            rss_quarter = rss_kib(server.pid)
             for t in threads:
                 t.join(timeout=seconds + 120)
             elapsed = time.monotonic() - started
-            rss_end = rss_kib(server.proc.pid)
+            rss_end = rss_kib(server.pid)
             counted = server_request_total(metrics_port) - before_requests
             for c in channels:
                 c.close()
         finally:
-            code = server.stop()
+            code = server.terminate()
+            server.stop()
 
     total = sum(len(v) for v in stats.latencies.values())
     errors = sum(stats.errors.values())
-    print(f"{clients} clients for {elapsed:.1f}s against {server.address} (server exit code {code})")
+    print(f"{clients} clients for {elapsed:.1f}s against {address} (server exit code {code})")
     print(f"{'rpc':<8} {'ok':>7} {'errors':>6} {'p50 ms':>8} {'p99 ms':>8}")
     for rpc in ("Search", "Upsert", "Explain"):
         lat = sorted(stats.latencies.get(rpc, []))

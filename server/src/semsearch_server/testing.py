@@ -1,0 +1,99 @@
+"""Running a real `python -m semsearch_server` process, for tests and benchmarks (restarts, kills, load)."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+from semsearch import SearchClient, SemsearchError
+
+_LISTENING = re.compile(r"listening on [^ ]+:(\d+)")
+
+
+class ServerProcess:
+    """A real `python -m semsearch_server` process: for restarts, SIGKILL and SIGTERM."""
+
+    def __init__(self, data_dir: Path, *extra: str, env: dict | None = None) -> None:
+        self.data_dir = data_dir
+        self.extra = extra
+        self.env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", **(env or {})}
+        self.proc: subprocess.Popen | None = None
+        self.port = 0
+        self.log_path = data_dir.parent / f"server-{uuid.uuid4().hex[:6]}.log"
+
+    def start(self, wait_serving: bool = True, timeout: float = 180) -> ServerProcess:
+        """Starts the process and waits for its port (and, by default, for SERVING)."""
+        if getattr(self, "log", None):
+            self.log.close()
+        self.log = open(self.log_path, "w")  # noqa: SIM115 - the child writes to it until stop()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "semsearch_server", "--host", "127.0.0.1", "--port", "0",
+             "--data-dir", str(self.data_dir), *self.extra],
+            stdout=self.log, stderr=subprocess.STDOUT, env=self.env,
+        )  # fmt: skip
+        deadline = time.monotonic() + timeout
+        while not self.port:
+            match = _LISTENING.search(self.log_path.read_text())
+            if match:
+                self.port = int(match.group(1))
+                break
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"server did not start:\n{self.log_path.read_text()}")
+            time.sleep(0.1)
+        if wait_serving:
+            self.wait_serving(deadline - time.monotonic())
+        return self
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def client(self, **kwargs):
+        return SearchClient(self.address, timeout=kwargs.pop("timeout", 60), **kwargs)
+
+    def wait_serving(self, timeout: float = 180) -> None:
+        deadline = time.monotonic() + timeout
+        with SearchClient(self.address, timeout=5) as c:
+            while time.monotonic() < deadline:
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.output()}")
+                try:
+                    if c.health() == "SERVING":
+                        return
+                except SemsearchError:
+                    pass
+                time.sleep(0.2)
+        raise RuntimeError(f"server not SERVING after {timeout}s:\n{self.output()}")
+
+    def output(self) -> str:
+        return self.log_path.read_text()
+
+    def kill(self) -> None:
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(30)
+        self.port = 0
+
+    def terminate(self, timeout: float = 60) -> int:
+        """SIGTERM: the server drains and exits; returns its exit code."""
+        self.proc.send_signal(signal.SIGTERM)
+        code = self.proc.wait(timeout)
+        self.port = 0
+        return code
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def stop(self) -> None:
+        """Kills the process if it still runs (cleanup after a test; use terminate() to drain)."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(30)
+        if getattr(self, "log", None):
+            self.log.close()
