@@ -19,6 +19,14 @@ REPO = Path(__file__).resolve().parents[1]
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def shared_model_cache(tmp_path_factory) -> Path:
+    """Server processes share one cache of exported models, so the ONNX/OpenVINO export runs once."""
+    cache = tmp_path_factory.mktemp("model-cache")
+    os.environ["SEMSEARCH_CACHE_DIR"] = str(cache)
+    return cache
+
+
 @pytest.fixture(scope="session")
 def embedder():
     from semsearch_server.embedding.sentence_transformer import SentenceTransformerEmbedder, default_model_path

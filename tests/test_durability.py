@@ -105,7 +105,9 @@ def _check_state(client, expected: dict[str, str], deleted: set[str]) -> None:
 
 def test_acknowledged_writes_survive_repeated_sigkill(tmp_path):
     rng = random.Random(1234)
-    server = ServerProcess(tmp_path / "data")
+    # torch: the fastest start-up (no backend agreement check), and the write path is the same for every
+    # backend; the SIGTERM test below runs the default backend.
+    server = ServerProcess(tmp_path / "data", "--backend", "torch")
     expected: dict[str, str] = {}
     deleted: set[str] = set()
     try:

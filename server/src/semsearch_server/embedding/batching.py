@@ -1,0 +1,160 @@
+"""Groups concurrent encode() calls into one model call."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+
+import numpy as np
+
+from semsearch_server.embedding.base import Embedder, ModelFingerprint
+
+
+class _Request:
+    __slots__ = ("done", "error", "result", "texts")
+
+    def __init__(self, texts: list[str]) -> None:
+        self.texts = texts
+        self.done = threading.Event()
+        self.result: np.ndarray | None = None
+        self.error: BaseException | None = None
+
+
+class MicroBatchingEmbedder:
+    """An Embedder that runs the encode() calls of many threads as few, larger model calls.
+
+    The model is called by one thread at a time. A caller that finds the model idle and nobody
+    waiting calls it directly, in its own thread, with no wait, so a single client is as fast as
+    without batching. Callers that arrive while the model is busy queue up; when it is free, a
+    dedicated worker thread takes the queue (up to `max_batch` texts, or one request if that alone
+    is larger) and, if more than one request was waiting (load is high), waits at most
+    `max_wait_ms` more for others to fill the batch. The group is sorted by length, encoded in one
+    inner call, and each caller gets its own rows; if the inner call fails, every caller in the
+    group gets the exception.
+
+    Args:
+        inner: the embedder doing the work.
+        max_batch: texts per grouped call.
+        max_wait_ms: the longest a queued request waits for others to join it.
+
+    Attributes:
+        inner: the wrapped embedder.
+    """
+
+    def __init__(self, inner: Embedder, max_batch: int = 32, max_wait_ms: float = 2.0) -> None:
+        self.inner = inner
+        self._max_batch = max_batch
+        self._max_wait = max_wait_ms / 1000.0
+        self._cond = threading.Condition()
+        self._queue: deque[_Request] = deque()
+        self._busy = False  # a model call is running, in a caller's thread or the worker's
+        self._closed = False
+        self._worker = threading.Thread(target=self._run, name="embedding-batcher", daemon=True)
+        self._worker.start()
+
+    @property
+    def fingerprint(self) -> ModelFingerprint:
+        return self.inner.fingerprint
+
+    @property
+    def dimension(self) -> int:
+        return self.inner.dimension
+
+    @property
+    def max_seq_length(self) -> int:
+        return self.inner.max_seq_length
+
+    def token_counts(self, texts: list[str]) -> list[int]:
+        return self.inner.token_counts(texts)
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        texts = list(texts)
+        if not texts:
+            return np.zeros((0, self.dimension), dtype=np.float32)
+        request = _Request(texts)
+        with self._cond:
+            if self._closed:
+                raise RuntimeError("the embedder is closed")
+            direct = not self._busy and not self._queue
+            if direct:
+                self._busy = True
+            else:
+                self._queue.append(request)
+                self._cond.notify_all()
+        if direct:
+            try:
+                return self.inner.encode(texts)
+            finally:
+                self._release()
+        request.done.wait()
+        if request.error is not None:
+            raise request.error
+        return request.result
+
+    def close(self) -> None:
+        """Stops the worker; requests still queued fail, later encode() calls raise."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        self._worker.join()
+
+    def _release(self) -> None:
+        with self._cond:
+            self._busy = False
+            self._cond.notify_all()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._closed and (self._busy or not self._queue):
+                    self._cond.wait()
+                if self._closed:
+                    pending = list(self._queue)
+                    self._queue.clear()
+                    break
+                self._busy = True
+                if len(self._queue) > 1:
+                    deadline = time.monotonic() + self._max_wait
+                    while self._queued_texts() < self._max_batch and not self._closed:
+                        remaining = deadline - time.monotonic()
+                        if remaining <= 0:
+                            break
+                        self._cond.wait(remaining)
+                group = self._take_group()
+            try:
+                self._encode_group(group)
+            finally:
+                self._release()
+        for request in pending:
+            request.error = RuntimeError("the embedder was closed before this request ran")
+            request.done.set()
+
+    def _queued_texts(self) -> int:
+        return sum(len(r.texts) for r in self._queue)
+
+    def _take_group(self) -> list[_Request]:
+        group = [self._queue.popleft()]
+        size = len(group[0].texts)
+        while self._queue and size + len(self._queue[0].texts) <= self._max_batch:
+            size += len(self._queue[0].texts)
+            group.append(self._queue.popleft())
+        return group
+
+    def _encode_group(self, group: list[_Request]) -> None:
+        texts = [text for request in group for text in request.texts]
+        # Longest last, so an inner embedder that cuts fixed-size batches pads each to similar lengths.
+        order = np.argsort([len(t) for t in texts], kind="stable")
+        try:
+            vectors = np.empty((len(texts), self.dimension), dtype=np.float32)
+            vectors[order] = self.inner.encode([texts[i] for i in order])
+        except BaseException as exc:  # noqa: BLE001 - handed to every caller, who re-raises it
+            for request in group:
+                request.error = exc
+                request.done.set()
+            return
+        start = 0
+        for request in group:
+            request.result = vectors[start : start + len(request.texts)]
+            start += len(request.texts)
+            request.done.set()

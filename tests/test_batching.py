@@ -1,0 +1,157 @@
+"""MicroBatchingEmbedder: grouping, each caller's own rows, errors, no delay for a lone caller."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+import time
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from semsearch_server.embedding.base import ModelFingerprint
+from semsearch_server.embedding.batching import MicroBatchingEmbedder
+
+DIM = 8
+
+
+class FakeEmbedder:
+    """A deterministic vector per text; records the size of every call; optionally slow or failing."""
+
+    def __init__(self, delay: float = 0.0, fail: bool = False) -> None:
+        self.delay = delay
+        self.fail = fail
+        self.calls: list[int] = []
+        self.fingerprint = ModelFingerprint("fake", "0" * 64, DIM, "mean", True, 16, "fake")
+        self.dimension = DIM
+        self.max_seq_length = 16
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        self.calls.append(len(texts))
+        time.sleep(self.delay)
+        if self.fail:
+            raise ValueError("model exploded")
+        return np.stack([vector(t) for t in texts]) if texts else np.zeros((0, DIM), np.float32)
+
+    def token_counts(self, texts: list[str]) -> list[int]:
+        return [len(t.split()) for t in texts]
+
+
+def vector(text: str) -> np.ndarray:
+    raw = np.frombuffer(hashlib.sha256(text.encode()).digest()[: DIM * 4], dtype=np.uint32).astype(np.float32)
+    return raw / np.linalg.norm(raw)
+
+
+def run_concurrently(batcher: MicroBatchingEmbedder, requests: list[list[str]]) -> list:
+    """encode() each request from its own thread, all released at once; results (or exceptions) in order."""
+    results: list = [None] * len(requests)
+    barrier = threading.Barrier(len(requests))
+
+    def call(i: int) -> None:
+        barrier.wait()
+        try:
+            results[i] = batcher.encode(requests[i])
+        except Exception as exc:  # noqa: BLE001 - returned for the test to inspect
+            results[i] = exc
+
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(len(requests))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    return results
+
+
+@pytest.fixture
+def make_batcher():
+    made: list[MicroBatchingEmbedder] = []
+
+    def make(inner, **kwargs) -> MicroBatchingEmbedder:
+        made.append(MicroBatchingEmbedder(inner, **kwargs))
+        return made[-1]
+
+    yield make
+    for batcher in made:
+        batcher.close()
+
+
+def test_many_threads_get_their_own_vectors(make_batcher):
+    inner = FakeEmbedder(delay=0.005)
+    batcher = make_batcher(inner, max_batch=16, max_wait_ms=5)
+    requests = [[f"request {i} text {j} " + "x" * ((i * 7 + j) % 13) for j in range(i % 4 + 1)] for i in range(24)]
+    results = run_concurrently(batcher, requests)
+    for texts, got in zip(requests, results, strict=True):
+        np.testing.assert_array_equal(got, np.stack([vector(t) for t in texts]))
+    assert sum(inner.calls) == sum(len(r) for r in requests)
+
+
+def test_concurrent_callers_are_grouped(make_batcher):
+    inner = FakeEmbedder(delay=0.03)  # slow enough that the others queue behind the first call
+    batcher = make_batcher(inner, max_batch=32, max_wait_ms=20)
+    run_concurrently(batcher, [[f"text {i}"] for i in range(8)])
+    assert max(inner.calls) > 1
+    assert len(inner.calls) < 8
+
+
+def test_max_batch_bounds_a_group(make_batcher):
+    inner = FakeEmbedder(delay=0.02)
+    batcher = make_batcher(inner, max_batch=4, max_wait_ms=20)
+    run_concurrently(batcher, [[f"text {i}", f"more {i}"] for i in range(8)])
+    assert max(inner.calls) <= 4
+
+
+def test_lone_call_goes_straight_through(make_batcher):
+    inner = FakeEmbedder()
+    batcher = make_batcher(inner, max_wait_ms=1000)
+    for _ in range(3):
+        started = time.perf_counter()
+        got = batcher.encode(["alone", "together"])
+        assert time.perf_counter() - started < 0.2  # far below the 1 s max_wait
+        np.testing.assert_array_equal(got, np.stack([vector("alone"), vector("together")]))
+    assert inner.calls == [2, 2, 2]
+
+
+def test_inner_failure_raises_in_every_caller(make_batcher):
+    batcher = make_batcher(FakeEmbedder(delay=0.01, fail=True), max_wait_ms=10)
+    results = run_concurrently(batcher, [[f"text {i}"] for i in range(6)])
+    assert all(isinstance(r, ValueError) and "model exploded" in str(r) for r in results)
+    with pytest.raises(ValueError, match="model exploded"):
+        batcher.encode(["alone"])
+
+
+def test_delegates_and_handles_empty(make_batcher):
+    inner = FakeEmbedder()
+    batcher = make_batcher(inner)
+    assert batcher.fingerprint is inner.fingerprint
+    assert (batcher.dimension, batcher.max_seq_length) == (DIM, 16)
+    assert batcher.token_counts(["a b c"]) == [3]
+    assert batcher.encode([]).shape == (0, DIM)
+    assert inner.calls == []
+
+
+def test_close_stops_the_worker():
+    batcher = MicroBatchingEmbedder(FakeEmbedder())
+    batcher.close()
+    assert not batcher._worker.is_alive()
+    with pytest.raises(RuntimeError, match="closed"):
+        batcher.encode(["late"])
+
+
+def test_real_model_rows_match_direct_encode(make_batcher):
+    from semsearch_server.embedding.sentence_transformer import (
+        SentenceTransformerEmbedder,
+        default_model_path,
+    )
+
+    inner = SentenceTransformerEmbedder(default_model_path())
+    batcher = make_batcher(inner, max_batch=32, max_wait_ms=5)
+    requests = [
+        [f"A person number {i} is walking a dog in the park.", "Short." * (i % 3 + 1)][: i % 2 + 1] for i in range(12)
+    ]
+    results = run_concurrently(batcher, requests)
+    for texts, got in zip(requests, results, strict=True):
+        # Batch composition changes the float rounding a little, never the vector.
+        np.testing.assert_allclose(got, inner.encode(texts), atol=1e-5)

@@ -1,0 +1,197 @@
+"""The onnxruntime and OpenVINO embedders against torch, their export cache, and the backend factory.
+
+Uses the real model. The ONNX export (~10 s) is made once per session into a shared tmp cache.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from semsearch_server.embedding import factory, onnx_backend
+from semsearch_server.embedding.sentence_transformer import (
+    SentenceTransformerEmbedder,
+    default_model_path,
+)
+
+MIN_COSINE = 0.9999
+
+STS_LIKE = [
+    "A plane is taking off.",
+    "An air plane is taking off.",
+    "A man is playing a large flute.",
+    "A man is spreading shredded cheese on a pizza.",
+    "Three men are playing chess.",
+    "Two men are playing chess.",
+    "A man is playing the cello.",
+    "Some men are fighting.",
+    "A woman is dancing.",
+    "A cat is playing a piano?!",
+    "The 2 kids were eating ice-cream (vanilla & chocolate).",
+    "Naïve résumé, façade, jalapeño — and “smart quotes”.",
+    "北京是中国的首都。",
+    "x",
+    "",
+]
+LONG_TEXTS = [
+    "The history of the city goes back to Roman times, when a small fort guarded the river crossing. " * 4,
+    "lorem ipsum dolor sit amet " * 80,  # ~400 tokens: truncated at the 256-token window
+    " ".join(str(i) for i in range(600)),
+]
+
+
+def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return np.sum(a * b, axis=1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+
+
+@pytest.fixture(scope="session")
+def reference() -> SentenceTransformerEmbedder:
+    return SentenceTransformerEmbedder(default_model_path())
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("embedding-cache")
+
+
+@pytest.fixture(scope="session")
+def onnx_embedder(reference, cache_dir):
+    pytest.importorskip("onnxruntime")
+    return onnx_backend.OnnxEmbedder(reference, cache_dir)
+
+
+@pytest.fixture(scope="session")
+def openvino_embedder(reference, cache_dir):
+    pytest.importorskip("openvino")
+    from semsearch_server.embedding.openvino_backend import OpenVinoEmbedder
+
+    return OpenVinoEmbedder(reference, cache_dir)
+
+
+@pytest.fixture(params=["onnx", "openvino"])
+def runtime_embedder(request):
+    return request.getfixturevalue(f"{request.param}_embedder")
+
+
+def test_agrees_with_torch_in_input_order(runtime_embedder, reference):
+    texts = STS_LIKE + LONG_TEXTS
+    got = runtime_embedder.encode(texts)
+    assert got.dtype == np.float32 and got.shape == (len(texts), 384)
+    np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
+    # Row by row against torch: a reordering would show up as a low cosine.
+    assert _cosines(got, reference.encode(texts)).min() >= MIN_COSINE
+    # Order kept whatever the lengths: reversed input gives reversed rows, a text alone gives its row.
+    np.testing.assert_allclose(runtime_embedder.encode(texts[::-1])[::-1], got, atol=2e-3)
+    np.testing.assert_allclose(runtime_embedder.encode([texts[-2]])[0], got[-2], atol=2e-3)
+
+
+def test_empty_list(runtime_embedder):
+    assert runtime_embedder.encode([]).shape == (0, 384)
+    assert runtime_embedder.token_counts([]) == []
+
+
+def test_fingerprint_and_token_counts_match_torch(runtime_embedder, reference):
+    fingerprint = runtime_embedder.fingerprint
+    assert fingerprint.backend == runtime_embedder.backend
+    assert dataclasses.replace(fingerprint, backend="torch") == reference.fingerprint
+    assert runtime_embedder.reference is reference
+    texts = STS_LIKE + LONG_TEXTS
+    assert runtime_embedder.token_counts(texts) == reference.token_counts(texts)
+
+
+def test_openvino_precision_is_recorded(openvino_embedder):
+    assert openvino_embedder.precision in ("bf16", "f32")
+
+
+def test_second_build_reuses_the_cache(onnx_embedder, reference, cache_dir, monkeypatch):
+    model_file = onnx_embedder.model_dir / onnx_backend.ONNX_FILE
+    before = model_file.stat()
+
+    def no_export(*args, **kwargs):
+        raise AssertionError("exported again despite a valid cache")
+
+    monkeypatch.setattr(onnx_backend, "_export_onnx", no_export)
+    again = onnx_backend.OnnxEmbedder(reference, cache_dir)
+    after = (again.model_dir / onnx_backend.ONNX_FILE).stat()
+    assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
+
+
+def test_corrupt_onnx_cache_is_rebuilt(onnx_embedder, reference, tmp_path, monkeypatch):
+    cache = tmp_path / "cache"
+    shutil.copytree(onnx_embedder.model_dir.parent.parent, cache)
+    copied = cache / "onnx" / reference.fingerprint.weights_sha256 / onnx_backend.ONNX_FILE
+    with open(copied, "r+b") as fh:  # flip bytes in the middle of the weights
+        fh.seek(copied.stat().st_size // 2)
+        fh.write(b"\x00garbage\x00" * 16)
+
+    good = onnx_embedder.model_dir / onnx_backend.ONNX_FILE
+    exports = []
+
+    def fake_export(ref, target):  # stands in for the 10 s export, already tested by the fixture
+        exports.append(target)
+        shutil.copyfile(good, target)
+        return {}
+
+    monkeypatch.setattr(onnx_backend, "_export_onnx", fake_export)
+    rebuilt = onnx_backend.OnnxEmbedder(reference, cache)
+    assert len(exports) == 1
+    assert onnx_backend.file_sha256(rebuilt.model_dir / onnx_backend.ONNX_FILE) == onnx_backend.file_sha256(good)
+    assert _cosines(rebuilt.encode(STS_LIKE), reference.encode(STS_LIKE)).min() >= MIN_COSINE
+
+
+def test_corrupt_openvino_cache_is_rebuilt(openvino_embedder, reference, tmp_path):
+    from semsearch_server.embedding.openvino_backend import OpenVinoEmbedder
+
+    cache = tmp_path / "cache"
+    shutil.copytree(openvino_embedder.model_dir.parent.parent, cache)
+    weights = cache / "openvino" / reference.fingerprint.weights_sha256 / "model.bin"
+    weights.write_bytes(weights.read_bytes()[:1000])  # truncated
+    rebuilt = OpenVinoEmbedder(reference, cache)
+    assert weights.stat().st_size == (openvino_embedder.model_dir / "model.bin").stat().st_size
+    assert _cosines(rebuilt.encode(STS_LIKE), reference.encode(STS_LIKE)).min() >= MIN_COSINE
+
+
+def test_auto_picks_an_agreeing_fast_backend(cache_dir, onnx_embedder):
+    # A real model load here; the tests below pass the session's reference to save time.
+    embedder = factory.build_embedder(default_model_path(), "auto", cache_dir=cache_dir)
+    assert embedder.fingerprint.backend in ("openvino", "onnx")
+    reference = factory.torch_reference(embedder)
+    assert isinstance(reference, SentenceTransformerEmbedder)
+    assert embedder.fingerprint.is_compatible(reference.fingerprint)
+
+
+def test_auto_falls_back_with_a_logged_reason(reference, cache_dir, onnx_embedder, monkeypatch, caplog):
+    monkeypatch.setitem(sys.modules, "openvino", None)  # as if not installed
+    with caplog.at_level(logging.WARNING, logger=factory.__name__):
+        embedder = factory.build_embedder(default_model_path(), "auto", cache_dir=cache_dir, reference=reference)
+    assert embedder.fingerprint.backend == "onnx"
+    assert any("openvino" in r.getMessage() and "failed to load" in r.getMessage() for r in caplog.records)
+
+
+def test_auto_falls_back_to_torch_on_disagreement(reference, cache_dir, onnx_embedder, monkeypatch, caplog):
+    monkeypatch.setitem(sys.modules, "openvino", None)
+    monkeypatch.setattr(factory, "MIN_COSINE", 1.5)  # nothing but torch itself can pass
+    with caplog.at_level(logging.WARNING, logger=factory.__name__):
+        embedder = factory.build_embedder(default_model_path(), "auto", cache_dir=cache_dir, reference=reference)
+    assert embedder is reference
+    assert any("onnx" in r.getMessage() and "disagrees with torch" in r.getMessage() for r in caplog.records)
+
+
+def test_explicit_backend_does_not_fall_back(reference, cache_dir, monkeypatch):
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)
+    with pytest.raises(factory.BackendUnavailable, match="onnx failed to load"):
+        factory.build_embedder(default_model_path(), "onnx", cache_dir=cache_dir, reference=reference)
+
+
+def test_unknown_backend_is_rejected(cache_dir):
+    with pytest.raises(ValueError, match="unknown embedding backend"):
+        factory.build_embedder(default_model_path(), "tensorrt", cache_dir=cache_dir)
