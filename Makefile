@@ -22,7 +22,7 @@ install: $(STAMP)
 run: $(STAMP)
 	$(BIN)/semsearch-server --port $(PORT) --data-dir $(DATA_DIR) --seed-demo true
 
-test: $(STAMP)
+test: $(STAMP) lint
 	$(BIN)/python -m pytest -q tests
 
 # The fast subset: no process kills, no docker-compose or load checks.

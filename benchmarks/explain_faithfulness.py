@@ -27,9 +27,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 LEVELS = (0.1, 0.2, 0.3, 0.5)
 RANDOM_ORDERINGS = 10
-DEFAULT_DATA_DIR = (
-    Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "stsbenchmark"
-)
+DEFAULT_DATA_DIR = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "stsbenchmark"
 
 
 @dataclass(frozen=True)
@@ -39,9 +37,7 @@ class Pair:
     gold: float
 
 
-def load_pairs(
-    data_dir: Path, count: int, seed: int, min_gold: float = 3.0
-) -> list[Pair]:
+def load_pairs(data_dir: Path, count: int, seed: int, min_gold: float = 3.0) -> list[Pair]:
     """Reads sts-dev.csv (tab-separated, no quoting) and picks ``count`` pairs with gold >= ``min_gold``."""
     pairs = []
     for line in (data_dir / "sts-dev.csv").read_text(encoding="utf-8").splitlines():
@@ -71,14 +67,10 @@ def encode(model, texts: list[str]) -> np.ndarray:
     )
 
 
-def leave_one_out(
-    model, query: str, doc: str, spans: list[tuple[int, int]]
-) -> tuple[list[int], float]:
+def leave_one_out(model, query: str, doc: str, spans: list[tuple[int, int]]) -> tuple[list[int], float]:
     """Ranks words by the score drop when each alone is deleted; returns (ranking, seconds taken)."""
     started = time.perf_counter()
-    vectors = encode(
-        model, [query, doc, *(delete_spans(doc, [span]) for span in spans)]
-    )
+    vectors = encode(model, [query, doc, *(delete_spans(doc, [span]) for span in spans)])
     drops = vectors[0] @ vectors[1] - vectors[2:] @ vectors[0]
     seconds = time.perf_counter() - started
     return sorted(range(len(spans)), key=lambda k: -drops[k]), seconds
@@ -99,9 +91,7 @@ def aopc(
             top = ranking[: max(1, math.ceil(level * len(spans)))]
             edited.append(delete_spans(doc, [spans[k] for k in top]))
     drops = base - encode(model, edited) @ query_vector
-    return [
-        float(value) for value in drops.reshape(len(rankings), len(LEVELS)).mean(axis=1)
-    ]
+    return [float(value) for value in drops.reshape(len(rankings), len(LEVELS)).mean(axis=1)]
 
 
 def main() -> None:
@@ -112,9 +102,7 @@ def main() -> None:
         default=DEFAULT_DATA_DIR,
         help="folder with sts-dev.csv",
     )
-    parser.add_argument(
-        "--pairs", type=int, default=200, help="number of pairs (gold >= 3)"
-    )
+    parser.add_argument("--pairs", type=int, default=200, help="number of pairs (gold >= 3)")
     parser.add_argument("--seed", type=int, default=13)
     parser.add_argument(
         "--model",
@@ -134,9 +122,7 @@ def main() -> None:
     explainer = Explainer(model, str(model_path))
     pairs = load_pairs(args.data_dir.resolve(), args.pairs, args.seed)
     rng = np.random.default_rng(args.seed)
-    explainer.explain(
-        "warm up", "the model"
-    )  # first calls pay one-off allocation costs
+    explainer.explain("warm up", "the model")  # first calls pay one-off allocation costs
 
     scores: dict[str, list[float]] = {
         "contributions": [],
@@ -151,9 +137,7 @@ def main() -> None:
         explain_seconds.append(time.perf_counter() - tick)
         words = [s for s in explanation.doc_segments if not s.special]
         spans = [(s.start, s.end) for s in words]
-        by_contribution = sorted(
-            range(len(words)), key=lambda k: -words[k].contribution
-        )
+        by_contribution = sorted(range(len(words)), key=lambda k: -words[k].contribution)
         by_loo, seconds = leave_one_out(model, pair.query, pair.doc, spans)
         loo_seconds.append(seconds)
         randoms = [list(rng.permutation(len(words))) for _ in range(RANDOM_ORDERINGS)]
@@ -171,30 +155,21 @@ def main() -> None:
 
     mean = {name: float(np.mean(values)) for name, values in scores.items()}
     model_name = Path(args.model).name if args.model else "all-MiniLM-L6-v2"
+    print(f"Explain faithfulness: {len(pairs)} STS-B dev pairs (gold >= 3), model {model_name}, seed {args.seed}")
     print(
-        f"Explain faithfulness: {len(pairs)} STS-B dev pairs (gold >= 3), model {model_name}, seed {args.seed}"
-    )
-    print(
-        f"ERASER comprehensiveness, AOPC over deleting the top {'/'.join(f'{int(p * 100)}' for p in LEVELS)}% of doc words"
+        "ERASER comprehensiveness, AOPC over deleting the top "
+        f"{'/'.join(f'{int(p * 100)}' for p in LEVELS)}% of doc words"
     )
     print()
     print(f"{'ranking':<16}{'AOPC':>9}{'median s/explanation':>23}")
-    print(
-        f"{'contributions':<16}{mean['contributions']:>9.4f}{statistics.median(explain_seconds):>23.4f}"
-    )
-    print(
-        f"{'leave-one-out':<16}{mean['leave-one-out']:>9.4f}{statistics.median(loo_seconds):>23.4f}"
-    )
+    print(f"{'contributions':<16}{mean['contributions']:>9.4f}{statistics.median(explain_seconds):>23.4f}")
+    print(f"{'leave-one-out':<16}{mean['leave-one-out']:>9.4f}{statistics.median(loo_seconds):>23.4f}")
     print(f"{'random (mean 10)':<16}{mean['random']:>9.4f}{'-':>23}")
     print()
     vs_loo = mean["contributions"] / mean["leave-one-out"]
-    vs_random = (
-        mean["contributions"] / mean["random"] if mean["random"] > 0 else math.inf
-    )
+    vs_random = mean["contributions"] / mean["random"] if mean["random"] > 0 else math.inf
     speed = statistics.median(loo_seconds) / statistics.median(explain_seconds)
-    print(
-        f"contributions / leave-one-out AOPC: {vs_loo:.3f}  target >= 0.9  {'PASS' if vs_loo >= 0.9 else 'MISS'}"
-    )
+    print(f"contributions / leave-one-out AOPC: {vs_loo:.3f}  target >= 0.9  {'PASS' if vs_loo >= 0.9 else 'MISS'}")
     print(
         f"contributions / random AOPC:        {vs_random:.3f}  target >= 2.0  {'PASS' if vs_random >= 2.0 else 'MISS'}"
     )

@@ -161,13 +161,19 @@ def main() -> int:
     conc_ratio = many_rate / one_rate
     print()
     base_rate, svc_rate = statistics.median(base_ingest), statistics.median(svc_ingest)
-    print(f"ingest   baseline {base_rate:7.1f} docs/s, service {svc_rate:7.1f} "
-          f"docs/s: {ingest_ratio:.2f}x  target >= {INGEST_TARGET}x  {verdict(ingest_ratio >= INGEST_TARGET)}")
-    print(f"vectors  cosine to torch: min {cosines.min():.6f}, median {np.median(cosines):.6f}  "
-          f"target >= {COSINE_TARGET}  {verdict(cosines.min() >= COSINE_TARGET)}")
-    print(f"query    p50 baseline encode+search {percentile(base_q, 0.5) * 1000:.2f} ms, service Search "
-          f"{percentile(svc_q, 0.5) * 1000:.2f} ms: {query_ratio:.2f}x  target <= {QUERY_TARGET}x  "
-          f"{verdict(query_ratio <= QUERY_TARGET)}")
+    print(
+        f"ingest   baseline {base_rate:7.1f} docs/s, service {svc_rate:7.1f} "
+        f"docs/s: {ingest_ratio:.2f}x  target >= {INGEST_TARGET}x  {verdict(ingest_ratio >= INGEST_TARGET)}"
+    )
+    print(
+        f"vectors  cosine to torch: min {cosines.min():.6f}, median {np.median(cosines):.6f}  "
+        f"target >= {COSINE_TARGET}  {verdict(cosines.min() >= COSINE_TARGET)}"
+    )
+    print(
+        f"query    p50 baseline encode+search {percentile(base_q, 0.5) * 1000:.2f} ms, service Search "
+        f"{percentile(svc_q, 0.5) * 1000:.2f} ms: {query_ratio:.2f}x  target <= {QUERY_TARGET}x  "
+        f"{verdict(query_ratio <= QUERY_TARGET)}"
+    )
     print(f"load     1 client {one_rate:.1f} searches/s (p50 {percentile(one_lat, 0.5) * 1000:.1f} ms, p99 "
           f"{percentile(one_lat, 0.99) * 1000:.1f} ms); {args.clients} clients {many_rate:.1f}/s (p50 "
           f"{percentile(many_lat, 0.5) * 1000:.1f} ms, p99 {percentile(many_lat, 0.99) * 1000:.1f} ms): "

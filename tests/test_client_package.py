@@ -30,9 +30,19 @@ def test_client_distribution_declares_no_heavy_dependency():
 
 def test_committed_stubs_match_proto(tmp_path):
     subprocess.run(
-        [sys.executable, "-m", "grpc_tools.protoc", "-I", str(REPO / "proto"), f"--python_out={tmp_path}",
-         f"--pyi_out={tmp_path}", f"--grpc_python_out={tmp_path}", "semsearch/v1/search_service.proto"],
-        check=True, cwd=REPO,
+        [
+            sys.executable,
+            "-m",
+            "grpc_tools.protoc",
+            "-I",
+            str(REPO / "proto"),
+            f"--python_out={tmp_path}",
+            f"--pyi_out={tmp_path}",
+            f"--grpc_python_out={tmp_path}",
+            "semsearch/v1/search_service.proto",
+        ],
+        check=True,
+        cwd=REPO,
     )
     for name in STUBS:
         fresh = (tmp_path / "semsearch" / "v1" / name).read_text()
@@ -46,20 +56,56 @@ def test_proto_has_every_name_of_the_contract():
     service = pb.DESCRIPTOR.services_by_name["SearchService"]
     assert service.full_name == "semsearch.v1.SearchService"
     rpcs = {m.name for m in service.methods}
-    assert rpcs >= {"Upsert", "UpsertStream", "Delete", "Get", "Search", "BatchSearch", "Explain", "Embed",
-                    "CreateCollection", "ListCollections", "DeleteCollection", "GetInfo"}
+    assert rpcs >= {
+        "Upsert",
+        "UpsertStream",
+        "Delete",
+        "Get",
+        "Search",
+        "BatchSearch",
+        "Explain",
+        "Embed",
+        "CreateCollection",
+        "ListCollections",
+        "DeleteCollection",
+        "GetInfo",
+    }
     assert service.methods_by_name["UpsertStream"].client_streaming
-    fields = {name: {f.name for f in pb.DESCRIPTOR.message_types_by_name[name].fields} for name in pb.DESCRIPTOR.message_types_by_name}
+    fields = {
+        name: {f.name for f in pb.DESCRIPTOR.message_types_by_name[name].fields}
+        for name in pb.DESCRIPTOR.message_types_by_name
+    }
     assert fields["Document"] == {"id", "text", "metadata"}
     assert fields["Hit"] == {"id", "score", "text", "metadata"}
     assert fields["SearchRequest"] >= {"collection", "query", "top_k", "min_score", "filter"}
     assert fields["BatchSearchRequest"] >= {"collection", "queries", "top_k", "min_score", "filter"}
-    assert fields["ExplainRequest"] >= {"collection", "query", "doc_id", "doc_text", "granularity",
-                                        "include_attention", "attention_layer", "attention_head"}
+    assert fields["ExplainRequest"] >= {
+        "collection",
+        "query",
+        "doc_id",
+        "doc_text",
+        "granularity",
+        "include_attention",
+        "attention_layer",
+        "attention_head",
+    }
     assert fields["Segment"] == {"text", "start", "end", "contribution", "special"}
-    assert fields["ExplainResponse"] >= {"score", "query_segments", "doc_segments", "pair_contributions", "rows",
-                                         "cols", "cross_attention", "query_self_attention", "doc_self_attention"}
+    assert fields["ExplainResponse"] >= {
+        "score",
+        "query_segments",
+        "doc_segments",
+        "pair_contributions",
+        "rows",
+        "cols",
+        "cross_attention",
+        "query_self_attention",
+        "doc_self_attention",
+    }
     assert fields["UpsertResponse"] == {"upserted_count"} and fields["DeleteResponse"] == {"deleted_count"}
     assert fields["EmbedResponse"] >= {"embeddings"} and fields["Embedding"] == {"values"}
     assert fields["CreateCollectionRequest"] >= {"name"}
-    assert [v.name for v in pb.Granularity.DESCRIPTOR.values] == ["GRANULARITY_UNSPECIFIED", "GRANULARITY_WORD", "GRANULARITY_TOKEN"]
+    assert [v.name for v in pb.Granularity.DESCRIPTOR.values] == [
+        "GRANULARITY_UNSPECIFIED",
+        "GRANULARITY_WORD",
+        "GRANULARITY_TOKEN",
+    ]

@@ -28,8 +28,14 @@ def test_concurrent_writers_and_readers(server, collection):
         with SearchClient(server.address, timeout=60) as client:
             batch = 0
             while not stop.is_set():
-                docs = [Document(i, f"writer {w} batch {batch} item {i[-1]} {rng.choice(['wine', 'bread', 'rain'])}",
-                                 {"writer": str(w), "batch": str(batch)}) for i in ids(w, batch)]
+                docs = [
+                    Document(
+                        i,
+                        f"writer {w} batch {batch} item {i[-1]} {rng.choice(['wine', 'bread', 'rain'])}",
+                        {"writer": str(w), "batch": str(batch)},
+                    )
+                    for i in ids(w, batch)
+                ]
                 client.upsert(docs, collection=collection)
                 acked[w].append(batch)
                 if batch % 5 == 4:
@@ -66,6 +72,7 @@ def test_concurrent_writers_and_readers(server, collection):
             except BaseException as exc:  # noqa: BLE001 - surfaced below
                 errors.append(exc)
                 stop.set()
+
         return run
 
     for t in threads:

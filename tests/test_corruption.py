@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 from conftest import InProcessServer, ServerProcess
-
 from semsearch import Document, FailedPreconditionError
 
 GOOD = [Document(f"g{i}", t) for i, t in enumerate(["I drink water", "I eat steak", "trains run on rails"])]
@@ -45,8 +44,13 @@ def _collections(client) -> dict:
 
 @pytest.mark.parametrize(
     ("filename", "how"),
-    [("manifest.json", "truncate"), ("manifest.json", "garbage"), ("documents.sqlite3", "truncate"),
-     ("documents.sqlite3", "garbage"), ("documents.sqlite3", "empty")],
+    [
+        ("manifest.json", "truncate"),
+        ("manifest.json", "garbage"),
+        ("documents.sqlite3", "truncate"),
+        ("documents.sqlite3", "garbage"),
+        ("documents.sqlite3", "empty"),
+    ],
 )
 def test_damaged_essential_file_fails_that_collection_only(tmp_path, pristine, embedder, explainer, filename, how):
     data = tmp_path / "data"
@@ -66,8 +70,10 @@ def test_damaged_essential_file_fails_that_collection_only(tmp_path, pristine, e
         srv.stop()
 
 
-@pytest.mark.parametrize(("filename", "how"), [("index.faiss", "truncate"), ("index.faiss", "garbage"),
-                                              ("index.json", "garbage"), ("index.json", "empty")])
+@pytest.mark.parametrize(
+    ("filename", "how"),
+    [("index.faiss", "truncate"), ("index.faiss", "garbage"), ("index.json", "garbage"), ("index.json", "empty")],
+)
 def test_damaged_snapshot_is_rebuilt_from_the_database(tmp_path, pristine, embedder, explainer, filename, how, caplog):
     data = tmp_path / "data"
     shutil.copytree(pristine, data)
@@ -112,7 +118,9 @@ def cls_pooling_model(tmp_path_factory) -> Path:
     return target
 
 
-def test_collection_from_another_model_is_refused_then_reindexed(tmp_path, pristine, embedder, explainer, cls_pooling_model):
+def test_collection_from_another_model_is_refused_then_reindexed(
+    tmp_path, pristine, embedder, explainer, cls_pooling_model
+):
     from semsearch_server.embedding.sentence_transformer import SentenceTransformerEmbedder
 
     data = tmp_path / "data"
@@ -127,7 +135,9 @@ def test_collection_from_another_model_is_refused_then_reindexed(tmp_path, prist
         assert srv.client.reindex("bad") == len(BAD)
         hits = srv.client.search("salmon swims", collection="bad", top_k=1)
         assert hits[0].id == "b2"
-        assert hits[0].score == pytest.approx(float(other.encode(["salmon swims"])[0] @ other.encode([BAD[2].text])[0]), abs=1e-5)
+        assert hits[0].score == pytest.approx(
+            float(other.encode(["salmon swims"])[0] @ other.encode([BAD[2].text])[0]), abs=1e-5
+        )
     finally:
         srv.stop()
     # And the reindexed collection now belongs to the new model: the old model is refused on it.

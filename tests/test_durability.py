@@ -9,7 +9,6 @@ import time
 
 import pytest
 from conftest import ServerProcess
-
 from semsearch import Document, SemsearchError
 
 pytestmark = pytest.mark.slow
@@ -50,7 +49,11 @@ class Ingest:
                         self.deleted.add(doc_id)
                 else:
                     docs = [
-                        Document(f"r{self.round_no}-b{batch_no}-{j}", f"round {self.round_no} batch {batch_no} item {j} about {self.rng.choice(['wine', 'fish', 'rain', 'trains'])}")
+                        Document(
+                            f"r{self.round_no}-b{batch_no}-{j}",
+                            f"round {self.round_no} batch {batch_no} item {j} about "
+                            f"{self.rng.choice(['wine', 'fish', 'rain', 'trains'])}",
+                        )
                         for j in range(BATCH)
                     ]
                     self.in_flight = ("upsert", docs)

@@ -22,6 +22,7 @@ from semsearch_server.embedding.sentence_transformer import (
     SentenceTransformerEmbedder,
     default_model_path,
 )
+from semsearch_server.files import sha256_file
 
 MIN_COSINE = 0.9999
 
@@ -144,7 +145,7 @@ def test_corrupt_onnx_cache_is_rebuilt(onnx_embedder, reference, tmp_path, monke
     monkeypatch.setattr(onnx_backend, "_export_onnx", fake_export)
     rebuilt = onnx_backend.OnnxEmbedder(reference, cache)
     assert len(exports) == 1
-    assert onnx_backend.file_sha256(rebuilt.model_dir / onnx_backend.ONNX_FILE) == onnx_backend.file_sha256(good)
+    assert sha256_file(rebuilt.model_dir / onnx_backend.ONNX_FILE) == sha256_file(good)
     assert _cosines(rebuilt.encode(STS_LIKE), reference.encode(STS_LIKE)).min() >= MIN_COSINE
 
 

@@ -18,9 +18,7 @@ QUERY = "How do I bake sourdough bread at home?"
 DOC = "Baking a sourdough loaf needs a starter, flour, water and patience."
 UNICODE = "Café naïve — résumé"
 SPACED = "  extra   spaces\tand\nnewlines  here  "
-IT_SENTENCE = (
-    "The animal was not swimming in the sea because it was running on the street."
-)
+IT_SENTENCE = "The animal was not swimming in the sea because it was running on the street."
 
 
 @pytest.fixture(scope="session")
@@ -54,12 +52,8 @@ def assert_sums(result: Explanation) -> None:
         len(result.doc_segments),
     )
     assert result.pair_contributions.sum() == pytest.approx(result.score, abs=1e-5)
-    assert sum(s.contribution for s in result.query_segments) == pytest.approx(
-        result.score, abs=1e-5
-    )
-    assert sum(s.contribution for s in result.doc_segments) == pytest.approx(
-        result.score, abs=1e-5
-    )
+    assert sum(s.contribution for s in result.query_segments) == pytest.approx(result.score, abs=1e-5)
+    assert sum(s.contribution for s in result.doc_segments) == pytest.approx(result.score, abs=1e-5)
 
 
 def assert_offsets(text: str, result_segments) -> None:
@@ -70,9 +64,7 @@ def assert_offsets(text: str, result_segments) -> None:
 
 
 @pytest.mark.parametrize("granularity", ["word", "token"])
-def test_contributions_sum_to_the_encode_score(
-    model, explainer: Explainer, granularity: str
-) -> None:
+def test_contributions_sum_to_the_encode_score(model, explainer: Explainer, granularity: str) -> None:
     result = explainer.explain(QUERY, DOC, granularity=granularity)
     assert result.score == pytest.approx(encode_cosine(model, QUERY, DOC), abs=1e-5)
     assert_sums(result)
@@ -85,36 +77,20 @@ def test_contributions_sum_to_the_encode_score(
 def test_special_tokens_keep_their_share(explainer: Explainer) -> None:
     result = explainer.explain(QUERY, DOC)
     for text, segments in ((QUERY, result.query_segments), (DOC, result.doc_segments)):
-        assert (
-            segments[0].special
-            and segments[0].text == "[CLS]"
-            and segments[0].start == segments[0].end == 0
-        )
-        assert (
-            segments[-1].special
-            and segments[-1].text == "[SEP]"
-            and segments[-1].start == len(text)
-        )
+        assert segments[0].special and segments[0].text == "[CLS]" and segments[0].start == segments[0].end == 0
+        assert segments[-1].special and segments[-1].text == "[SEP]" and segments[-1].start == len(text)
         assert not any(s.special for s in segments[1:-1])
         assert segments[0].contribution != 0.0
 
 
-@pytest.mark.parametrize(
-    "text", [UNICODE, SPACED, "it's 3.5°C — naïve façade, “quoted” 😀 emoji"]
-)
-def test_offsets_slice_the_original_text(
-    model, explainer: Explainer, text: str
-) -> None:
+@pytest.mark.parametrize("text", [UNICODE, SPACED, "it's 3.5°C — naïve façade, “quoted” 😀 emoji"])
+def test_offsets_slice_the_original_text(model, explainer: Explainer, text: str) -> None:
     for granularity in ("word", "token"):
         result = explainer.explain(text, text, granularity=granularity)
         assert_offsets(text, result.query_segments)
         assert_offsets(text, result.doc_segments)
         assert_sums(result)
-    words = [
-        s.text
-        for s in explainer.explain(UNICODE, UNICODE).doc_segments
-        if not s.special
-    ]
+    words = [s.text for s in explainer.explain(UNICODE, UNICODE).doc_segments if not s.special]
     assert words == ["Café", "naïve", "—", "résumé"]
 
 
@@ -128,14 +104,8 @@ def test_word_segments_sum_wordpieces(explainer: Explainer) -> None:
         "antidisestablishmentarianism",
     ]
     # A word's share is the sum of its pieces' shares.
-    pieces = [
-        s
-        for s in tokens.doc_segments
-        if not s.special and s.start >= words.doc_segments[1].end
-    ]
-    assert sum(s.contribution for s in pieces) == pytest.approx(
-        words.doc_segments[2].contribution, abs=1e-9
-    )
+    pieces = [s for s in tokens.doc_segments if not s.special and s.start >= words.doc_segments[1].end]
+    assert sum(s.contribution for s in pieces) == pytest.approx(words.doc_segments[2].contribution, abs=1e-9)
     assert_sums(tokens)
 
 
@@ -148,9 +118,7 @@ def test_cross_attention_rows_are_distributions(explainer: Explainer) -> None:
 
 
 def test_self_attention_rows_sum_to_one(explainer: Explainer) -> None:
-    result = explainer.explain(
-        QUERY, DOC, include_attention=True, attention_layer=-1, attention_head=-1
-    )
+    result = explainer.explain(QUERY, DOC, include_attention=True, attention_layer=-1, attention_head=-1)
     assert result.attention_layer == 5 and result.attention_head == -1
     for matrix, segments in (
         (result.query_self_attention, result.query_segments),
@@ -177,11 +145,7 @@ def test_it_attends_to_animal(explainer: Explainer) -> None:
         words = [s.text for s in result.query_segments]
         row = result.query_self_attention[words.index("it")]
         assert row.sum() == pytest.approx(1.0, abs=1e-5)
-        order = [
-            i
-            for i in np.argsort(-row)
-            if words[i] != "it" and not result.query_segments[i].special
-        ]
+        order = [i for i in np.argsort(-row) if words[i] != "it" and not result.query_segments[i].special]
         return [words[i] for i in order[:count]]
 
     assert set(top_words(2, 5, 2)) == {"animal", "street"}
@@ -189,22 +153,14 @@ def test_it_attends_to_animal(explainer: Explainer) -> None:
 
 
 def test_truncation_is_flagged_and_sums_still_hold(model, explainer: Explainer) -> None:
-    long_text = " ".join(
-        f"word{i % 37} sentence" for i in range(200)
-    )  # 400 words, > 256 tokens
+    long_text = " ".join(f"word{i % 37} sentence" for i in range(200))  # 400 words, > 256 tokens
     result = explainer.explain(QUERY, long_text)
     assert result.doc_truncated and not result.query_truncated
-    assert result.score == pytest.approx(
-        encode_cosine(model, QUERY, long_text), abs=1e-5
-    )
+    assert result.score == pytest.approx(encode_cosine(model, QUERY, long_text), abs=1e-5)
     assert_sums(result)
     assert_offsets(long_text, result.doc_segments)
     sep = result.doc_segments[-1]
-    assert (
-        sep.special
-        and sep.start < len(long_text)
-        and sep.start == result.doc_segments[-2].end
-    )
+    assert sep.special and sep.start < len(long_text) and sep.start == result.doc_segments[-2].end
 
 
 @pytest.mark.parametrize(
@@ -216,9 +172,7 @@ def test_truncation_is_flagged_and_sums_still_hold(model, explainer: Explainer) 
         (0, -2, "attention_head"),
     ],
 )
-def test_invalid_layer_or_head(
-    explainer: Explainer, layer: int, head: int, field: str
-) -> None:
+def test_invalid_layer_or_head(explainer: Explainer, layer: int, head: int, field: str) -> None:
     with pytest.raises(InvalidArgument, match=field):
         explainer.explain(
             QUERY,
@@ -240,9 +194,7 @@ def test_explain_many_matches_explain(explainer: Explainer) -> None:
     for doc, result in zip(docs, many, strict=True):
         single = explainer.explain(QUERY, doc)
         assert result.score == pytest.approx(single.score, abs=1e-5)
-        assert [s.text for s in result.doc_segments] == [
-            s.text for s in single.doc_segments
-        ]
+        assert [s.text for s in result.doc_segments] == [s.text for s in single.doc_segments]
         assert_sums(result)
 
 
@@ -253,9 +205,7 @@ def test_cls_pooling_model_is_refused(model_path: str, tmp_path: Path) -> None:
     copy.mkdir()
     for entry in Path(model_path).iterdir():
         if entry.name != "1_Pooling":
-            (copy / entry.name).symlink_to(
-                entry
-            )  # the weights are big; only the pooling config changes
+            (copy / entry.name).symlink_to(entry)  # the weights are big; only the pooling config changes
     (copy / "1_Pooling").mkdir()
     config = json.loads((Path(model_path) / "1_Pooling" / "config.json").read_text())
     config.update(pooling_mode_cls_token=True, pooling_mode_mean_tokens=False)

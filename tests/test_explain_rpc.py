@@ -7,7 +7,6 @@ import sys
 
 import numpy as np
 import pytest
-
 from semsearch import FailedPreconditionError, InvalidArgumentError
 
 QUERY = "I drink water with wine"
@@ -33,8 +32,9 @@ def test_explain_stored_document_adds_up_to_the_search_score(client):
 
 def test_explain_free_text_with_attention(client):
     sentence = "The animal was not swimming in the sea because it was running on the street."
-    result = client.explain("where is the animal", doc_text=sentence, include_attention=True, attention_layer=2,
-                            attention_head=5)
+    result = client.explain(
+        "where is the animal", doc_text=sentence, include_attention=True, attention_layer=2, attention_head=5
+    )
     n = len(result.doc_segments)
     assert result.doc_self_attention.shape == (n, n)
     np.testing.assert_allclose(result.doc_self_attention.sum(axis=1), 1.0, atol=1e-4)
@@ -68,8 +68,11 @@ def test_explain_refuses_a_model_without_mean_pooling(tmp_path, cls_model_dir=No
     model = tmp_path / "cls-model"
     shutil.copytree(default_model_path(), model)
     pooling = model / "1_Pooling" / "config.json"
-    pooling.write_text(json.dumps({**json.loads(pooling.read_text()), "pooling_mode_cls_token": True,
-                                   "pooling_mode_mean_tokens": False}))
+    pooling.write_text(
+        json.dumps(
+            {**json.loads(pooling.read_text()), "pooling_mode_cls_token": True, "pooling_mode_mean_tokens": False}
+        )
+    )
     embedder = SentenceTransformerEmbedder(str(model))
     srv = InProcessServer(tmp_path / "data", embedder, _build_explainer(embedder))
     try:
@@ -83,9 +86,27 @@ def test_explain_refuses_a_model_without_mean_pooling(tmp_path, cls_model_dir=No
 def test_cli_explain_prints_bars_pairs_and_writes_png_and_html(server, tmp_path):
     png, html = tmp_path / "pairs.png", tmp_path / "pairs.html"
     out = subprocess.run(
-        [sys.executable, "-m", "semsearch.cli", "explain", QUERY, "--doc-id", "c5", "--collection", "demo",
-         "--attention", "--png", str(png), "--html", str(html), "--address", server.address],
-        capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "semsearch.cli",
+            "explain",
+            QUERY,
+            "--doc-id",
+            "c5",
+            "--collection",
+            "demo",
+            "--attention",
+            "--png",
+            str(png),
+            "--html",
+            str(html),
+            "--address",
+            server.address,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert out.returncode == 0, out.stderr
     assert "white" in out.stdout and "drink" in out.stdout

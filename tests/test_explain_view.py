@@ -78,13 +78,9 @@ def test_render_text_shows_score_words_bars_and_pairs() -> None:
         assert word in text
     assert "█" in text and "░" in text  # positive and negative bars differ
     assert "special" in text
-    loaf_line = next(
-        line for line in text.splitlines() if line.strip().startswith("loaf")
-    )
+    loaf_line = next(line for line in text.splitlines() if line.strip().startswith("loaf"))
     assert "█" * 20 in loaf_line  # the largest contribution gets the full width
-    negative_line = next(
-        line for line in text.splitlines() if line.strip().startswith("a ")
-    )
+    negative_line = next(line for line in text.splitlines() if line.strip().startswith("a "))
     assert "-0.0400" in negative_line and "█" not in negative_line
     assert "Top 3 word pairs" in text and "bread ↔ loaf" in text
     assert "add up to the score" in text
@@ -100,14 +96,10 @@ def test_render_text_notes_truncation() -> None:
 def test_render_attention_lists_top_words_with_caveat() -> None:
     text = render_attention(make_result(), "query", top=1)
     assert "layer 5, mean over heads" in text
-    bake_line = next(
-        line for line in text.splitlines() if line.strip().startswith("bake")
-    )
+    bake_line = next(line for line in text.splitlines() if line.strip().startswith("bake"))
     assert "bread 0.60" in bake_line  # its own weight is left out
     assert ATTENTION_CAVEAT in text
-    assert ATTENTION_CAVEAT in render_attention(
-        make_result(with_attention=False), "doc"
-    )
+    assert ATTENTION_CAVEAT in render_attention(make_result(with_attention=False), "doc")
     with pytest.raises(ValueError, match="side"):
         render_attention(make_result(), "both")  # type: ignore[arg-type]
 

@@ -62,9 +62,7 @@ def stored(client, collection: str, ids: list[str]) -> dict:
 
 
 def count(client, collection: str) -> int:
-    return next(
-        c.document_count for c in client.list_collections() if c.name == collection
-    )
+    return next(c.document_count for c in client.list_collections() if c.name == collection)
 
 
 # -- readers (no server) -------------------------------------------------------------------------------
@@ -86,9 +84,7 @@ def test_tsv_quotes_are_ordinary_characters_and_bom_is_dropped():
 
 
 # -- formats -------------------------------------------------------------------------------------------
-def test_jsonl_metadata_conversion_and_search(
-    client, collection, server, tmp_path, capsys
-):
+def test_jsonl_metadata_conversion_and_search(client, collection, server, tmp_path, capsys):
     docs = unique_sentences(80)
     records = [{"id": i, "text": t, "genre": r[0], "score": float(r[4]), "gold": n % 2 == 0}
                for n, (i, t, r) in enumerate(docs)]  # fmt: skip
@@ -126,9 +122,7 @@ def test_csv_gzip_tsv_and_text_in_one_run(client, collection, server, tmp_path, 
         fh.write("doc\tgenre\tyear\tsentence\n")
         fh.writelines(f"{i}\t{r[0]}\t{r[2]}\t{t}\n" for i, t, r in docs[30:60])
     texts = [t for _, t, _ in docs[60:]]
-    (tmp_path / "c.txt").write_text(
-        "\n".join(texts[:10]) + "\n\n   \n" + "\n".join(texts[10:]) + "\n"
-    )
+    (tmp_path / "c.txt").write_text("\n".join(texts[:10]) + "\n\n   \n" + "\n".join(texts[10:]) + "\n")
     files = [str(tmp_path / name) for name in ("a.csv", "b.tsv.gz", "c.txt")]
     code, summary, err = index(
         capsys, *files, "--address", server.address, "-c", collection,
@@ -136,13 +130,9 @@ def test_csv_gzip_tsv_and_text_in_one_run(client, collection, server, tmp_path, 
     )  # fmt: skip
     assert code == 0, err
     assert (summary["indexed"], summary["skipped"]) == (90, 2)
-    got = stored(
-        client, collection, [i for i, _, _ in docs[:60]] + ["c.txt:1", "c.txt:13"]
-    )
+    got = stored(client, collection, [i for i, _, _ in docs[:60]] + ["c.txt:1", "c.txt:13"])
     assert len(got) == 62
-    assert got[docs[0][0]].text == docs[0][1] and dict(got[docs[0][0]].metadata) == {
-        "genre": docs[0][2][0]
-    }
+    assert got[docs[0][0]].text == docs[0][1] and dict(got[docs[0][0]].metadata) == {"genre": docs[0][2][0]}
     assert got[docs[45][0]].text == docs[45][1]
     assert (got["c.txt:1"].text, got["c.txt:13"].text) == (
         texts[0],
@@ -151,13 +141,9 @@ def test_csv_gzip_tsv_and_text_in_one_run(client, collection, server, tmp_path, 
     assert count(client, collection) == 90
 
 
-def test_stdin_gzip_sniffed_with_text_template(
-    client, collection, server, tmp_path, capsys, monkeypatch
-):
+def test_stdin_gzip_sniffed_with_text_template(client, collection, server, tmp_path, capsys, monkeypatch):
     docs = unique_sentences(20)
-    records = [
-        {"id": i, "title": r[0], "body": t, "nested": {"x": 1}} for i, t, r in docs
-    ]
+    records = [{"id": i, "title": r[0], "body": t, "nested": {"x": 1}} for i, t, r in docs]
     payload = gzip.compress("".join(json.dumps(r) + "\n" for r in records).encode())
     monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(payload)))
     monkeypatch.chdir(tmp_path)  # the stdin checkpoint goes to the current directory
@@ -167,22 +153,14 @@ def test_stdin_gzip_sniffed_with_text_template(
     )  # fmt: skip
     assert code == 0, err
     assert summary["indexed"] == 20
-    assert (
-        stored(client, collection, [docs[0][0]])[docs[0][0]].text
-        == f"{docs[0][2][0]}: {docs[0][1]}"
-    )
+    assert stored(client, collection, [docs[0][0]])[docs[0][0]].text == f"{docs[0][2][0]}: {docs[0][1]}"
     assert (tmp_path / f"semsearch-stdin-{collection}.checkpoint.json").exists()
 
 
 # -- bad input -----------------------------------------------------------------------------------------
 def bad_file(tmp_path: Path) -> Path:
     good = [json.dumps({"id": i, "text": t}) for i, t, _ in unique_sentences(12)]
-    lines = (
-        good[:4]
-        + ["{not json"]
-        + good[4:6]
-        + ['{"id": "n", "text": "x", "meta": {"a": 1}}']
-    )
+    lines = good[:4] + ["{not json"] + good[4:6] + ['{"id": "n", "text": "x", "meta": {"a": 1}}']
     lines += good[6:8] + ['{"id": "e", "text": "  "}'] + good[8:]
     path = tmp_path / "bad.jsonl"
     path.write_text("\n".join(lines) + "\n")
@@ -191,16 +169,10 @@ def bad_file(tmp_path: Path) -> Path:
 
 def test_bad_line_stops_with_file_and_line_dry_run_needs_no_server(tmp_path, capsys):
     path = bad_file(tmp_path)
-    code, summary, err = index(
-        capsys, str(path), "--address", "127.0.0.1:1", "--dry-run"
-    )
+    code, summary, err = index(capsys, str(path), "--address", "127.0.0.1:1", "--dry-run")
     assert code == 4
-    assert "bad.jsonl:5: invalid JSON" in err and summary["error"].startswith(
-        "bad.jsonl:5"
-    )
-    code, summary, _ = index(
-        capsys, str(path), "--address", "127.0.0.1:1", "--dry-run", "--skip-bad"
-    )
+    assert "bad.jsonl:5: invalid JSON" in err and summary["error"].startswith("bad.jsonl:5")
+    code, summary, _ = index(capsys, str(path), "--address", "127.0.0.1:1", "--dry-run", "--skip-bad")
     assert code == 0 and (summary["indexed"], summary["failed"]) == (12, 3)
 
 
@@ -244,16 +216,11 @@ def test_server_refusal_names_the_line(collection, server, tmp_path, capsys):
     ]
     code, summary, err = index(capsys, *args)
     assert code == summary["exit_code"] == 1
-    assert (
-        "long.jsonl, line 4: the server refused" in err
-        and "30000 characters" in summary["error"]
-    )
+    assert "long.jsonl, line 4: the server refused" in err and "30000 characters" in summary["error"]
 
 
 # -- duplicates ----------------------------------------------------------------------------------------
-def test_duplicate_ids_last_one_wins_across_concurrent_streams(
-    client, collection, server, tmp_path, capsys
-):
+def test_duplicate_ids_last_one_wins_across_concurrent_streams(client, collection, server, tmp_path, capsys):
     texts = [t for _, t, _ in unique_sentences(60)]
     # ids cycle over 20 values: repeats inside a batch (size 8) and across chunks in flight together.
     records = [{"id": f"d{n % 20}", "text": text} for n, text in enumerate(texts)]
@@ -266,9 +233,7 @@ def test_duplicate_ids_last_one_wins_across_concurrent_streams(
     assert code == 0, err
     assert summary["duplicates"] == len(records) - 20
     got = stored(client, collection, [f"d{n}" for n in range(20)])
-    assert {k: d.text for k, d in got.items()} == {
-        f"d{n % 20}": texts[n] for n in range(40, 60)
-    }
+    assert {k: d.text for k, d in got.items()} == {f"d{n % 20}": texts[n] for n in range(40, 60)}
     assert count(client, collection) == 20
 
 
@@ -283,9 +248,7 @@ def test_retries_until_a_late_server_is_up(tmp_path, capsys, embedder, explainer
     from conftest import InProcessServer
 
     docs = unique_sentences(30)
-    path = write_jsonl(
-        tmp_path / "late.jsonl", [{"id": i, "text": t} for i, t, _ in docs]
-    )
+    path = write_jsonl(tmp_path / "late.jsonl", [{"id": i, "text": t} for i, t, _ in docs])
     port = free_port()
     result: dict = {}
     argv = [
@@ -315,13 +278,9 @@ def test_retries_until_a_late_server_is_up(tmp_path, capsys, embedder, explainer
         late.stop()
 
 
-def test_sigkill_then_resume_indexes_everything_exactly_once(
-    client, collection, server, tmp_path, capsys
-):
+def test_sigkill_then_resume_indexes_everything_exactly_once(client, collection, server, tmp_path, capsys):
     docs = unique_sentences(300)
-    path = write_jsonl(
-        tmp_path / "big.jsonl", [{"id": i, "text": t} for i, t, _ in docs]
-    )
+    path = write_jsonl(tmp_path / "big.jsonl", [{"id": i, "text": t} for i, t, _ in docs])
     checkpoint = tmp_path / "big.ckpt.json"
     common = [str(path), "--address", server.address, "-c", collection, "--checkpoint", str(checkpoint),
               "--batch-size", "10", "--stream-batches", "1"]  # fmt: skip

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 from conftest import make_config
-
 from semsearch import SearchClient, UnavailableError
 
 

@@ -6,7 +6,6 @@ import time
 
 import numpy as np
 import pytest
-
 from semsearch import (
     AlreadyExistsError,
     Document,
@@ -23,7 +22,7 @@ def test_seed_demo_ranks_drinks_above_eats(client):
     hits = client.search("I drink water with wine", collection="demo", top_k=5)
     assert [h.id for h in hits][:3] and {h.id for h in hits[:3]} == DRINKS
     assert {h.id for h in hits[3:]} == EATS
-    assert all(a.score >= b.score for a, b in zip(hits, hits[1:]))
+    assert all(a.score >= b.score for a, b in zip(hits, hits[1:], strict=False))
 
 
 def test_food_finds_the_eat_contexts(client):
@@ -53,7 +52,9 @@ def test_filter_keeps_exact_metadata_matches_on_every_key(client, collection):
         collection=collection,
     )
     assert {h.id for h in client.search("wine", collection=collection, filter={"color": "red"})} == {"a", "b"}
-    assert [h.id for h in client.search("wine", collection=collection, filter={"color": "red", "country": "fr"})] == ["a"]
+    assert [h.id for h in client.search("wine", collection=collection, filter={"color": "red", "country": "fr"})] == [
+        "a"
+    ]
     assert client.search("wine", collection=collection, filter={"color": "rose"}) == []
     assert client.search("wine", collection=collection, filter={"color": "Red"}) == []
 
@@ -91,7 +92,7 @@ def test_batch_search_matches_single_searches(client):
     queries = ["I drink water with wine", "food", "fish"]
     batch = client.batch_search(queries, collection="demo", top_k=3)
     assert len(batch) == 3
-    for query, hits in zip(queries, batch):
+    for query, hits in zip(queries, batch, strict=True):
         single = client.search(query, collection="demo", top_k=3)
         assert [h.id for h in hits] == [h.id for h in single]
         np.testing.assert_allclose([h.score for h in hits], [h.score for h in single], atol=1e-5)
@@ -143,8 +144,21 @@ def test_info_reports_model_dimension_and_counts(client):
 
 @pytest.mark.parametrize("kind", ["hnsw", "ivf"])
 def test_approximate_indexes_agree_with_flat_on_a_small_collection(client, kind):
-    docs = [Document(f"d{i}", f"sentence {i}: " + t) for i, t in enumerate(
-        ["cats purr", "dogs bark", "wine is red", "water is wet", "steak is meat", "salmon swims", "the sea is blue"] * 4)]
+    docs = [
+        Document(f"d{i}", f"sentence {i}: " + t)
+        for i, t in enumerate(
+            [
+                "cats purr",
+                "dogs bark",
+                "wine is red",
+                "water is wet",
+                "steak is meat",
+                "salmon swims",
+                "the sea is blue",
+            ]
+            * 4
+        )
+    ]
     client.create_collection(f"flat-{kind}")
     client.create_collection(f"approx-{kind}", index=kind)
     try:
@@ -171,7 +185,9 @@ def test_errors_carry_the_field_name(client):
 def test_a_write_whose_deadline_passes_while_embedding_changes_nothing(client, collection):
     from semsearch import DeadlineExceededError
 
-    docs = [Document(f"slow{i}", f"a long enough sentence number {i} to take some embedding time " * 6) for i in range(300)]
+    docs = [
+        Document(f"slow{i}", f"a long enough sentence number {i} to take some embedding time " * 6) for i in range(300)
+    ]
     with pytest.raises(DeadlineExceededError):
         client.upsert(docs, collection=collection, timeout=0.3)
     # A second write queues behind the first one's embedding (one model call at a time), so once it is

@@ -26,26 +26,42 @@ def test_grpcurl_lists_services_through_reflection(server):
 
 
 def test_grpcurl_searches_and_checks_health_without_a_proto_file(server):
-    out = _grpcurl("-plaintext", "-d", json.dumps({"collection": "demo", "query": "I drink water with wine", "top_k": 3}),
-                   server.address, "semsearch.v1.SearchService/Search")
+    out = _grpcurl(
+        "-plaintext",
+        "-d",
+        json.dumps({"collection": "demo", "query": "I drink water with wine", "top_k": 3}),
+        server.address,
+        "semsearch.v1.SearchService/Search",
+    )
     assert out.returncode == 0, out.stderr
     hits = json.loads(out.stdout)["hits"]
     assert {h["id"] for h in hits} == {"c3", "c4", "c5"}
     for service in ("", "semsearch.v1.SearchService"):
-        health = _grpcurl("-plaintext", "-d", json.dumps({"service": service}), server.address, "grpc.health.v1.Health/Check")
+        health = _grpcurl(
+            "-plaintext", "-d", json.dumps({"service": service}), server.address, "grpc.health.v1.Health/Check"
+        )
         assert json.loads(health.stdout)["status"] == "SERVING"
 
 
 def test_grpcurl_shows_the_error_code_and_message(server):
-    out = _grpcurl("-plaintext", "-d", json.dumps({"collection": "demo", "query": ""}), server.address,
-                   "semsearch.v1.SearchService/Search")
+    out = _grpcurl(
+        "-plaintext",
+        "-d",
+        json.dumps({"collection": "demo", "query": ""}),
+        server.address,
+        "semsearch.v1.SearchService/Search",
+    )
     assert out.returncode != 0
     assert "InvalidArgument" in out.stderr and "query" in out.stderr
 
 
 def _cli(server, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "semsearch.cli", *args, "--address", server.address],
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "semsearch.cli", *args, "--address", server.address],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def test_cli_search_prints_ranked_hits(server):
@@ -58,10 +74,15 @@ def test_cli_search_prints_ranked_hits(server):
 def test_cli_json_output_and_round_trip(server):
     assert _cli(server, "collections", "create", "cli-test").returncode == 0
     try:
-        assert _cli(server, "upsert", "n1", "the night train to Vienna", "-m", "kind=travel", "-c", "cli-test").returncode == 0
+        assert (
+            _cli(server, "upsert", "n1", "the night train to Vienna", "-m", "kind=travel", "-c", "cli-test").returncode
+            == 0
+        )
         got = json.loads(_cli(server, "get", "n1", "-c", "cli-test", "--json").stdout)
         assert got == {"documents": [{"id": "n1", "text": "the night train to Vienna", "metadata": {"kind": "travel"}}]}
-        hits = json.loads(_cli(server, "search", "railway", "-c", "cli-test", "--json", "-f", "kind=travel").stdout)["hits"]
+        hits = json.loads(_cli(server, "search", "railway", "-c", "cli-test", "--json", "-f", "kind=travel").stdout)[
+            "hits"
+        ]
         assert hits[0]["id"] == "n1"
         info = json.loads(_cli(server, "info", "--json").stdout)
         assert info["dimension"] == 384
@@ -75,6 +96,10 @@ def test_cli_reports_server_errors_with_a_non_zero_exit(server):
     out = _cli(server, "search", "x", "--top-k", "-5", "-c", "demo")
     assert out.returncode == 1
     assert "INVALID_ARGUMENT" in out.stderr and "top_k" in out.stderr
-    out = subprocess.run([sys.executable, "-m", "semsearch.cli", "info", "--address", "127.0.0.1:1", "--timeout", "2"],
-                         capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [sys.executable, "-m", "semsearch.cli", "info", "--address", "127.0.0.1:1", "--timeout", "2"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode == 3 and "cannot reach" in out.stderr

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import grpc
 import pytest
-
 from semsearch.v1 import search_service_pb2 as pb
 
 LONG = "x" * 20_001  # one over the default max_text_chars
@@ -27,44 +26,163 @@ CASES = [
     ("upsert-blank-text", *upsert(doc(text=" \n\t ")), "INVALID_ARGUMENT", "documents[0].text"),
     ("upsert-oversized-text", *upsert(doc(text=LONG)), "INVALID_ARGUMENT", "20000"),
     ("upsert-duplicate-ids", *upsert(doc(id="a"), doc(id="a")), "INVALID_ARGUMENT", "duplicate"),
-    ("upsert-one-bad-in-good-batch", *upsert(doc(id="g1"), doc(id="g2", text=""), doc(id="g3")), "INVALID_ARGUMENT", "documents[1].text"),
+    (
+        "upsert-one-bad-in-good-batch",
+        *upsert(doc(id="g1"), doc(id="g2", text=""), doc(id="g3")),
+        "INVALID_ARGUMENT",
+        "documents[1].text",
+    ),
     ("upsert-nul-in-text", *upsert(doc(text="bad\x00text")), "INVALID_ARGUMENT", "U+0000"),
     ("upsert-control-in-text", *upsert(doc(text="bell\x07")), "INVALID_ARGUMENT", "U+0007"),
     ("upsert-control-in-id", *upsert(doc(id="a\x01b")), "INVALID_ARGUMENT", "documents[0].id"),
     ("upsert-long-id", *upsert(doc(id="i" * 257)), "INVALID_ARGUMENT", "256"),
     ("upsert-huge-metadata-value", *upsert(doc(k="v" * 5000)), "INVALID_ARGUMENT", "metadata"),
-    ("upsert-too-many-metadata", *upsert(pb.Document(id="m", text="t", metadata={f"k{i}": "v" for i in range(65)})), "INVALID_ARGUMENT", "64"),
-    ("upsert-empty-metadata-key", *upsert(pb.Document(id="m", text="t", metadata={"": "v"})), "INVALID_ARGUMENT", "metadata"),
+    (
+        "upsert-too-many-metadata",
+        *upsert(pb.Document(id="m", text="t", metadata={f"k{i}": "v" for i in range(65)})),
+        "INVALID_ARGUMENT",
+        "64",
+    ),
+    (
+        "upsert-empty-metadata-key",
+        *upsert(pb.Document(id="m", text="t", metadata={"": "v"})),
+        "INVALID_ARGUMENT",
+        "metadata",
+    ),
     ("upsert-too-many-docs", *upsert(*[doc(id=f"d{i}") for i in range(1001)]), "INVALID_ARGUMENT", "1000"),
     ("upsert-path-collection", *upsert(doc(), collection="../x"), "INVALID_ARGUMENT", "collection"),
     ("upsert-slash-collection", *upsert(doc(), collection="a/b"), "INVALID_ARGUMENT", "collection"),
     ("upsert-unknown-collection", *upsert(doc(), collection="no-such-collection"), "NOT_FOUND", "no-such-collection"),
     ("search-empty-query", "Search", pb.SearchRequest(collection="validation", query=""), "INVALID_ARGUMENT", "query"),
-    ("search-blank-query", "Search", pb.SearchRequest(collection="validation", query="  "), "INVALID_ARGUMENT", "query"),
-    ("search-oversized-query", "Search", pb.SearchRequest(collection="validation", query=LONG), "INVALID_ARGUMENT", "query"),
-    ("search-negative-top-k", "Search", pb.SearchRequest(collection="validation", query="q", top_k=-1), "INVALID_ARGUMENT", "top_k"),
-    ("search-huge-top-k", "Search", pb.SearchRequest(collection="validation", query="q", top_k=1_000_001), "INVALID_ARGUMENT", "top_k"),
-    ("search-min-score-out-of-range", "Search", pb.SearchRequest(collection="validation", query="q", min_score=2.0), "INVALID_ARGUMENT", "min_score"),
-    ("search-nan-min-score", "Search", pb.SearchRequest(collection="validation", query="q", min_score=float("nan")), "INVALID_ARGUMENT", "min_score"),
+    (
+        "search-blank-query",
+        "Search",
+        pb.SearchRequest(collection="validation", query="  "),
+        "INVALID_ARGUMENT",
+        "query",
+    ),
+    (
+        "search-oversized-query",
+        "Search",
+        pb.SearchRequest(collection="validation", query=LONG),
+        "INVALID_ARGUMENT",
+        "query",
+    ),
+    (
+        "search-negative-top-k",
+        "Search",
+        pb.SearchRequest(collection="validation", query="q", top_k=-1),
+        "INVALID_ARGUMENT",
+        "top_k",
+    ),
+    (
+        "search-huge-top-k",
+        "Search",
+        pb.SearchRequest(collection="validation", query="q", top_k=1_000_001),
+        "INVALID_ARGUMENT",
+        "top_k",
+    ),
+    (
+        "search-min-score-out-of-range",
+        "Search",
+        pb.SearchRequest(collection="validation", query="q", min_score=2.0),
+        "INVALID_ARGUMENT",
+        "min_score",
+    ),
+    (
+        "search-nan-min-score",
+        "Search",
+        pb.SearchRequest(collection="validation", query="q", min_score=float("nan")),
+        "INVALID_ARGUMENT",
+        "min_score",
+    ),
     ("search-bad-collection", "Search", pb.SearchRequest(collection="..", query="q"), "INVALID_ARGUMENT", "collection"),
-    ("search-nul-query", "Search", pb.SearchRequest(collection="validation", query="a\x00"), "INVALID_ARGUMENT", "query"),
+    (
+        "search-nul-query",
+        "Search",
+        pb.SearchRequest(collection="validation", query="a\x00"),
+        "INVALID_ARGUMENT",
+        "query",
+    ),
     ("batch-no-queries", "BatchSearch", pb.BatchSearchRequest(collection="validation"), "INVALID_ARGUMENT", "queries"),
-    ("batch-one-blank-query", "BatchSearch", pb.BatchSearchRequest(collection="validation", queries=["ok", ""]), "INVALID_ARGUMENT", "queries[1]"),
+    (
+        "batch-one-blank-query",
+        "BatchSearch",
+        pb.BatchSearchRequest(collection="validation", queries=["ok", ""]),
+        "INVALID_ARGUMENT",
+        "queries[1]",
+    ),
     ("delete-no-ids", "Delete", pb.DeleteRequest(collection="validation"), "INVALID_ARGUMENT", "ids"),
-    ("delete-empty-id", "Delete", pb.DeleteRequest(collection="validation", ids=["keep1", ""]), "INVALID_ARGUMENT", "ids[1]"),
-    ("delete-duplicate-ids", "Delete", pb.DeleteRequest(collection="validation", ids=["keep1", "keep1"]), "INVALID_ARGUMENT", "duplicate"),
-    ("delete-too-many-ids", "Delete", pb.DeleteRequest(collection="validation", ids=[f"x{i}" for i in range(1001)]), "INVALID_ARGUMENT", "1000"),
+    (
+        "delete-empty-id",
+        "Delete",
+        pb.DeleteRequest(collection="validation", ids=["keep1", ""]),
+        "INVALID_ARGUMENT",
+        "ids[1]",
+    ),
+    (
+        "delete-duplicate-ids",
+        "Delete",
+        pb.DeleteRequest(collection="validation", ids=["keep1", "keep1"]),
+        "INVALID_ARGUMENT",
+        "duplicate",
+    ),
+    (
+        "delete-too-many-ids",
+        "Delete",
+        pb.DeleteRequest(collection="validation", ids=[f"x{i}" for i in range(1001)]),
+        "INVALID_ARGUMENT",
+        "1000",
+    ),
     ("get-no-ids", "Get", pb.GetRequest(collection="validation"), "INVALID_ARGUMENT", "ids"),
     ("embed-no-texts", "Embed", pb.EmbedRequest(), "INVALID_ARGUMENT", "texts"),
     ("embed-control-char", "Embed", pb.EmbedRequest(texts=["fine", "bad\x1b[31m"]), "INVALID_ARGUMENT", "texts[1]"),
-    ("create-existing", "CreateCollection", pb.CreateCollectionRequest(name="validation"), "ALREADY_EXISTS", "validation"),
+    (
+        "create-existing",
+        "CreateCollection",
+        pb.CreateCollectionRequest(name="validation"),
+        "ALREADY_EXISTS",
+        "validation",
+    ),
     ("create-bad-name", "CreateCollection", pb.CreateCollectionRequest(name="../etc"), "INVALID_ARGUMENT", "name"),
     ("create-empty-name", "CreateCollection", pb.CreateCollectionRequest(name=""), "INVALID_ARGUMENT", "name"),
-    ("create-bad-hnsw-m", "CreateCollection", pb.CreateCollectionRequest(name="hnswbad", index=pb.IndexConfig(kind=pb.INDEX_KIND_HNSW, hnsw=pb.HnswParams(m=1000))), "INVALID_ARGUMENT", "index.hnsw.m"),
-    ("delete-collection-unknown", "DeleteCollection", pb.DeleteCollectionRequest(name="never-made"), "NOT_FOUND", "never-made"),
-    ("explain-no-target", "Explain", pb.ExplainRequest(collection="validation", query="q"), "INVALID_ARGUMENT", "target"),
-    ("explain-unknown-doc", "Explain", pb.ExplainRequest(collection="validation", query="q", doc_id="ghost"), "NOT_FOUND", "ghost"),
-    ("explain-empty-query", "Explain", pb.ExplainRequest(collection="validation", query="", doc_id="keep1"), "INVALID_ARGUMENT", "query"),
+    (
+        "create-bad-hnsw-m",
+        "CreateCollection",
+        pb.CreateCollectionRequest(
+            name="hnswbad", index=pb.IndexConfig(kind=pb.INDEX_KIND_HNSW, hnsw=pb.HnswParams(m=1000))
+        ),
+        "INVALID_ARGUMENT",
+        "index.hnsw.m",
+    ),
+    (
+        "delete-collection-unknown",
+        "DeleteCollection",
+        pb.DeleteCollectionRequest(name="never-made"),
+        "NOT_FOUND",
+        "never-made",
+    ),
+    (
+        "explain-no-target",
+        "Explain",
+        pb.ExplainRequest(collection="validation", query="q"),
+        "INVALID_ARGUMENT",
+        "target",
+    ),
+    (
+        "explain-unknown-doc",
+        "Explain",
+        pb.ExplainRequest(collection="validation", query="q", doc_id="ghost"),
+        "NOT_FOUND",
+        "ghost",
+    ),
+    (
+        "explain-empty-query",
+        "Explain",
+        pb.ExplainRequest(collection="validation", query="", doc_id="keep1"),
+        "INVALID_ARGUMENT",
+        "query",
+    ),
 ]
 
 
@@ -72,8 +190,13 @@ CASES = [
 def stub_and_snapshot(server):
     client = server.client
     client.create_collection("validation")
-    client.upsert([pb.Document(id="keep1", text="I drink water", metadata={"k": "v"}),
-                   pb.Document(id="keep2", text="I eat steak")], collection="validation")
+    client.upsert(
+        [
+            pb.Document(id="keep1", text="I drink water", metadata={"k": "v"}),
+            pb.Document(id="keep2", text="I eat steak"),
+        ],
+        collection="validation",
+    )
     yield client.stub
     client.delete_collection("validation")
 
@@ -88,8 +211,12 @@ def test_there_are_at_least_25_cases():
     assert len(CASES) >= 25
 
 
-@pytest.mark.parametrize(("rpc", "request_message", "code", "needle"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
-def test_malformed_request_is_rejected_and_changes_nothing(server, stub_and_snapshot, rpc, request_message, code, needle):
+@pytest.mark.parametrize(
+    ("rpc", "request_message", "code", "needle"), [c[1:] for c in CASES], ids=[c[0] for c in CASES]
+)
+def test_malformed_request_is_rejected_and_changes_nothing(
+    server, stub_and_snapshot, rpc, request_message, code, needle
+):
     before = _state(server.client)
     with pytest.raises(grpc.RpcError) as info:
         getattr(stub_and_snapshot, rpc)(request_message, timeout=60)

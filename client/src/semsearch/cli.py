@@ -62,7 +62,10 @@ def cmd_upsert(client: SearchClient, args) -> int:
 
 def cmd_search(client: SearchClient, args) -> int:
     hits = client.search(
-        args.query, collection=args.collection, top_k=args.top_k, min_score=args.min_score,
+        args.query,
+        collection=args.collection,
+        top_k=args.top_k,
+        min_score=args.min_score,
         filter=_metadata_pairs(args.filter, "--filter"),
     )
     _print_json({"hits": [_hit_dict(h) for h in hits]}) if args.json else _print_hits(hits)
@@ -96,9 +99,14 @@ def cmd_explain(client: SearchClient, args) -> int:
         print("semsearch explain: give exactly one of --doc-id and --doc-text", file=sys.stderr)
         return 2
     result = client.explain(
-        args.query, doc_id=args.doc_id, doc_text=args.doc_text, collection=args.collection,
-        granularity=args.granularity, include_attention=args.attention,
-        attention_layer=args.layer, attention_head=args.head,
+        args.query,
+        doc_id=args.doc_id,
+        doc_text=args.doc_text,
+        collection=args.collection,
+        granularity=args.granularity,
+        include_attention=args.attention,
+        attention_layer=args.layer,
+        attention_head=args.head,
     )
     doc_text = args.doc_text
     if doc_text is None:
@@ -124,7 +132,10 @@ def cmd_explain(client: SearchClient, args) -> int:
 
 def _explain_dict(result) -> dict:
     def segs(items):
-        return [{"text": s.text, "start": s.start, "end": s.end, "contribution": s.contribution, "special": s.special} for s in items]
+        return [
+            {"text": s.text, "start": s.start, "end": s.end, "contribution": s.contribution, "special": s.special}
+            for s in items
+        ]
 
     out = {
         "score": result.score,
@@ -156,8 +167,13 @@ def cmd_collections(client: SearchClient, args) -> int:
     action = args.action
     if action == "create":
         info = client.create_collection(
-            args.name, index=args.index, hnsw_m=args.hnsw_m, hnsw_ef_construction=args.hnsw_ef_construction,
-            hnsw_ef_search=args.hnsw_ef_search, ivf_nlist=args.ivf_nlist, ivf_nprobe=args.ivf_nprobe,
+            args.name,
+            index=args.index,
+            hnsw_m=args.hnsw_m,
+            hnsw_ef_construction=args.hnsw_ef_construction,
+            hnsw_ef_search=args.hnsw_ef_search,
+            ivf_nlist=args.ivf_nlist,
+            ivf_nprobe=args.ivf_nprobe,
         )
         _print_json(MessageToDict(info)) if args.json else print(f"created collection {info.name}")
         return 0
@@ -181,7 +197,10 @@ def cmd_info(client: SearchClient, args) -> int:
         _print_json(MessageToDict(info, always_print_fields_with_no_presence=True))
         return 0
     print(f"server     semsearch {info.server_version}")
-    print(f"model      {info.model_id} ({info.dimension}-dim, {info.pooling} pooling, window {info.max_seq_length} tokens)")
+    print(
+        f"model      {info.model_id} ({info.dimension}-dim, {info.pooling} pooling, "
+        f"window {info.max_seq_length} tokens)"
+    )
     print(f"backend    {info.backend}")
     print(f"weights    sha256 {info.model_fingerprint}")
     print("collections:")
@@ -219,8 +238,12 @@ def cmd_index(client: SearchClient, args) -> int:
 # -- parser --------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--address", default=None, help="server host:port (env SEMSEARCH_ADDRESS, default localhost:50051)")
-    common.add_argument("--timeout", type=float, default=None, help=f"deadline per call in seconds (default {DEFAULT_TIMEOUT:g})")
+    common.add_argument(
+        "--address", default=None, help="server host:port (env SEMSEARCH_ADDRESS, default localhost:50051)"
+    )
+    common.add_argument(
+        "--timeout", type=float, default=None, help=f"deadline per call in seconds (default {DEFAULT_TIMEOUT:g})"
+    )
     common.add_argument("--api-key", default=None, help="API key (env SEMSEARCH_API_KEY)")
     common.add_argument("--tls-ca", default=None, help="PEM CA file of the server's certificate; turns TLS on")
     common.add_argument("--tls-cert", default=None, help="client certificate (mTLS)")
@@ -306,8 +329,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "collections" and args.action in ("create", "delete") and not args.name:
         parser.error(f"collections {args.action} needs a NAME")
     client = SearchClient(
-        address=args.address, timeout=args.timeout or DEFAULT_TIMEOUT, api_key=args.api_key,
-        tls_ca=args.tls_ca, tls_cert=args.tls_cert, tls_key=args.tls_key,
+        address=args.address,
+        timeout=args.timeout or DEFAULT_TIMEOUT,
+        api_key=args.api_key,
+        tls_ca=args.tls_ca,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
     )
     try:
         with client:

@@ -132,7 +132,9 @@ class SearchClient:
 
     @_translate_errors
     def delete(self, ids: Sequence[str], collection: str = "", timeout: float | None = None) -> int:
-        return self._call(self.stub.Delete, pb.DeleteRequest(collection=collection, ids=list(ids)), timeout).deleted_count
+        return self._call(
+            self.stub.Delete, pb.DeleteRequest(collection=collection, ids=list(ids)), timeout
+        ).deleted_count
 
     @_translate_errors
     def get(self, ids: Sequence[str], collection: str = "", timeout: float | None = None) -> list[Document]:
@@ -176,7 +178,9 @@ class SearchClient:
     def embed(self, texts: Sequence[str], timeout: float | None = None) -> np.ndarray:
         """The server's L2-normalised embeddings, shape (len(texts), dimension)."""
         response = self._call(self.stub.Embed, pb.EmbedRequest(texts=list(texts)), timeout)
-        return np.array([e.values for e in response.embeddings], dtype=np.float32).reshape(len(texts), response.dimension)
+        return np.array([e.values for e in response.embeddings], dtype=np.float32).reshape(
+            len(texts), response.dimension
+        )
 
     @_translate_errors
     def explain(
@@ -276,7 +280,9 @@ class SearchClient:
         from grpc_health.v1 import health_pb2, health_pb2_grpc
 
         stub = health_pb2_grpc.HealthStub(self.channel)
-        response = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=self.timeout if timeout is None else timeout)
+        response = stub.Check(
+            health_pb2.HealthCheckRequest(service=service), timeout=self.timeout if timeout is None else timeout
+        )
         return health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
 
 

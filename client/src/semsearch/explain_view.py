@@ -20,9 +20,7 @@ ATTENTION_CAVEAT = (
     "the contributions above are the explanation."
 )
 _EIGHTHS = " ▏▎▍▌▋▊▉"
-_NEGATIVE_CHAR = (
-    "░"  # negative shares get a hollow bar so they stand out without colour
-)
+_NEGATIVE_CHAR = "░"  # negative shares get a hollow bar so they stand out without colour
 _LABEL_WIDTH = 22
 
 __all__ = [
@@ -34,9 +32,7 @@ __all__ = [
 ]
 
 
-def render_text(
-    result: ExplainResult, query: str, doc: str, top_pairs: int = 8, width: int = 30
-) -> str:
+def render_text(result: ExplainResult, query: str, doc: str, top_pairs: int = 8, width: int = 30) -> str:
     """Renders the score and each side's word contributions as bars, for a terminal.
 
     Args:
@@ -55,9 +51,7 @@ def render_text(
     )
     lines = [f"Score {result.score:.4f} (cosine similarity)"]
     if not math.isclose(result.index_score, result.score, abs_tol=1e-4):
-        lines.append(
-            f"  The index reported {result.index_score:.4f}; the explanation recomputes {result.score:.4f}."
-        )
+        lines.append(f"  The index reported {result.index_score:.4f}; the explanation recomputes {result.score:.4f}.")
     for title, text, segments in (
         ("Query", query, result.query_segments),
         ("Document", doc, result.doc_segments),
@@ -87,9 +81,7 @@ def render_text(
     return "\n".join(lines) + "\n"
 
 
-def render_attention(
-    result: ExplainResult, side: Literal["query", "doc"], top: int = 3
-) -> str:
+def render_attention(result: ExplainResult, side: Literal["query", "doc"], top: int = 3) -> str:
     """Lists, for each segment of one side, the segments it attends to most in the model's self-attention.
 
     Args:
@@ -106,25 +98,15 @@ def render_attention(
     """
     if side not in ("query", "doc"):
         raise ValueError(f"side must be 'query' or 'doc', got {side!r}")
-    matrix = (
-        result.query_self_attention if side == "query" else result.doc_self_attention
-    )
+    matrix = result.query_self_attention if side == "query" else result.doc_self_attention
     segments = result.query_segments if side == "query" else result.doc_segments
     if matrix is None:
         return f"No self-attention for the {side}: ask Explain with attention included.\n{ATTENTION_CAVEAT}\n"
-    head = (
-        "mean over heads"
-        if result.attention_head == -1
-        else f"head {result.attention_head}"
-    )
+    head = "mean over heads" if result.attention_head == -1 else f"head {result.attention_head}"
     lines = [f"Self-attention of the {side}, layer {result.attention_layer}, {head}:"]
     for row, segment in enumerate(segments):
-        order = [col for col in np.argsort(-matrix[row], kind="stable") if col != row][
-            :top
-        ]
-        attended = ", ".join(
-            f"{_label(segments[col])} {matrix[row, col]:.2f}" for col in order
-        )
+        order = [col for col in np.argsort(-matrix[row], kind="stable") if col != row][:top]
+        attended = ", ".join(f"{_label(segments[col])} {matrix[row, col]:.2f}" for col in order)
         lines.append(f"  {_label(segment):<{_LABEL_WIDTH}} → {attended}")
     lines.append(ATTENTION_CAVEAT)
     return "\n".join(lines) + "\n"
@@ -143,18 +125,14 @@ def write_png(result: ExplainResult, path: str | Path) -> None:
     try:
         import matplotlib
     except ImportError as err:
-        raise ImportError(
-            "write_png needs matplotlib: pip install 'semsearch-client[plot]'"
-        ) from err
+        raise ImportError("write_png needs matplotlib: pip install 'semsearch-client[plot]'") from err
     matplotlib.use("Agg")  # no display needed; safe in servers and CI
     from matplotlib import pyplot as plt
 
     pairs = np.asarray(result.pair_contributions, dtype=np.float64)
     rows, cols = pairs.shape
     limit = float(np.abs(pairs).max()) or 1.0  # centre the colour map on zero
-    figure, axes = plt.subplots(
-        figsize=(max(6.0, 2.0 + 0.45 * cols), max(3.5, 1.5 + 0.35 * rows))
-    )
+    figure, axes = plt.subplots(figsize=(max(6.0, 2.0 + 0.45 * cols), max(3.5, 1.5 + 0.35 * rows)))
     try:
         image = axes.imshow(pairs, cmap="RdBu", vmin=-limit, vmax=limit, aspect="auto")
         axes.set_xticks(
@@ -186,19 +164,12 @@ def write_html(result: ExplainResult, path: str | Path) -> None:
     """
     pairs = np.asarray(result.pair_contributions, dtype=np.float64)
     limit = float(np.abs(pairs).max()) or 1.0
-    header = "".join(
-        f"<th class=col>{_escaped_label(s)}</th>" for s in result.doc_segments
-    )
+    header = "".join(f"<th class=col>{_escaped_label(s)}</th>" for s in result.doc_segments)
     body = []
     for row, segment in enumerate(result.query_segments):
         cells = "".join(_html_cell(float(v), limit) for v in pairs[row])
-        body.append(
-            f"<tr><th>{_escaped_label(segment)}</th>{cells}"
-            f"<td class=sum>{segment.contribution:+.4f}</td></tr>"
-        )
-    totals = "".join(
-        f"<td class=sum>{s.contribution:+.4f}</td>" for s in result.doc_segments
-    )
+        body.append(f"<tr><th>{_escaped_label(segment)}</th>{cells}<td class=sum>{segment.contribution:+.4f}</td></tr>")
+    totals = "".join(f"<td class=sum>{s.contribution:+.4f}</td>" for s in result.doc_segments)
     notes = "".join(f"<li>{html.escape(note)}</li>" for note in result.notes)
     page = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>semsearch explain: score {result.score:.4f}</title>
@@ -246,9 +217,7 @@ def _top_pairs(result: ExplainResult, count: int) -> list[tuple[int, int]]:
     if count <= 0 or pairs.size == 0:
         return []
     flat = np.argsort(-np.abs(pairs), axis=None, kind="stable")[:count]
-    return [
-        tuple(int(i) for i in np.unravel_index(index, pairs.shape)) for index in flat
-    ]
+    return [tuple(int(i) for i in np.unravel_index(index, pairs.shape)) for index in flat]
 
 
 def _truncation_notes(result: ExplainResult, query: str, doc: str) -> list[str]:

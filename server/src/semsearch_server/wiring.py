@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 from semsearch.demo import DEMO_COLLECTION, DEMO_DOCUMENTS
+
 from semsearch_server.config import ServerConfig
 from semsearch_server.core.models import Document, IndexSpec
 from semsearch_server.core.registry import CollectionRegistry

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 
 
 @dataclass(frozen=True)
@@ -21,7 +21,7 @@ class Hit:
     metadata: dict[str, str]
 
 
-class IndexKind(str, Enum):
+class IndexKind(StrEnum):
     FLAT = "flat"
     HNSW = "hnsw"
     IVF = "ivf"
@@ -60,7 +60,7 @@ class IndexSpec:
         )
 
 
-class CollectionState(str, Enum):
+class CollectionState(StrEnum):
     READY = "ready"
     FAILED = "failed"
 

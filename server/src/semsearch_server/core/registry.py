@@ -74,7 +74,10 @@ class CollectionRegistry:
         broken = self._broken.get(name)
         if broken is not None:
             raise FailedPrecondition(broken.reason)
-        raise NotFound(f"collection {name!r} does not exist; create it with CreateCollection (existing: {', '.join(sorted(self._stores)) or 'none'})")
+        raise NotFound(
+            f"collection {name!r} does not exist; create it with CreateCollection "
+            f"(existing: {', '.join(sorted(self._stores)) or 'none'})"
+        )
 
     def create(self, name: str, spec: IndexSpec) -> FaissIndexStore:
         with self._lock:
@@ -113,7 +116,9 @@ class CollectionRegistry:
                 raise NotFound(f"collection {name!r} does not exist")
             if store is None:
                 try:
-                    store = FaissIndexStore.open(broken.directory, self.fingerprint, self._snapshot_every, check_model=False)
+                    store = FaissIndexStore.open(
+                        broken.directory, self.fingerprint, self._snapshot_every, check_model=False
+                    )
                 except (CollectionBroken, OSError) as exc:
                     raise FailedPrecondition(f"collection {name!r} cannot be reindexed: {exc}") from None
             count = store.replace_all_vectors(self.fingerprint, embed)

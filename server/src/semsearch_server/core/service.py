@@ -93,9 +93,7 @@ class SearchService:
             try:
                 total += self.upsert(collection, documents, still_wanted)
             except InvalidArgument as exc:
-                raise InvalidArgument(
-                    f"stream message {i} (after {total} documents were stored): {exc}"
-                ) from None
+                raise InvalidArgument(f"stream message {i} (after {total} documents were stored): {exc}") from None
         return total
 
     def delete(self, collection: str, ids: Sequence[str], still_wanted: Callable[[], bool] = _always) -> int:
@@ -176,9 +174,15 @@ class SearchService:
             )
         notes = []
         if explanation.query_truncated:
-            notes.append(f"the query is longer than the model's {self.embedder.max_seq_length}-token window and was embedded truncated")
+            notes.append(
+                f"the query is longer than the model's {self.embedder.max_seq_length}-token window "
+                "and was embedded truncated"
+            )
         if explanation.doc_truncated:
-            notes.append(f"the document is longer than the model's {self.embedder.max_seq_length}-token window and was embedded truncated")
+            notes.append(
+                f"the document is longer than the model's {self.embedder.max_seq_length}-token window "
+                "and was embedded truncated"
+            )
         if abs(explanation.score - index_score) > _SCORE_NOTE_TOLERANCE:
             notes.append(
                 f"the index holds score {index_score:.6f} for this pair (backend {self.embedder.fingerprint.backend}); "

@@ -55,7 +55,8 @@ class Validator:
             self._id(doc.id, f"{where}.id")
             if doc.id in seen:
                 raise InvalidArgument(
-                    f"{where}.id: duplicate id {doc.id!r} (also at {field}[{seen[doc.id]}]); ids must be unique within a request"
+                    f"{where}.id: duplicate id {doc.id!r} (also at {field}[{seen[doc.id]}]); "
+                    "ids must be unique within a request"
                 )
             seen[doc.id] = i
             self.text(doc.text, f"{where}.text")
@@ -79,9 +80,7 @@ class Validator:
         if not text or not text.strip():
             raise InvalidArgument(f"{field}: must not be empty or blank")
         if len(text) > self.limits.max_text_chars:
-            raise InvalidArgument(
-                f"{field}: {len(text)} characters; at most {self.limits.max_text_chars} allowed"
-            )
+            raise InvalidArgument(f"{field}: {len(text)} characters; at most {self.limits.max_text_chars} allowed")
         bad = _TEXT_FORBIDDEN.search(text)
         if bad:
             raise InvalidArgument(
@@ -114,7 +113,9 @@ class Validator:
         if top_k == 0:
             return DEFAULT_TOP_K
         if not 1 <= top_k <= self.limits.max_top_k:
-            raise InvalidArgument(f"top_k: {top_k} is out of range; allowed 1-{self.limits.max_top_k} (0 means {DEFAULT_TOP_K})")
+            raise InvalidArgument(
+                f"top_k: {top_k} is out of range; allowed 1-{self.limits.max_top_k} (0 means {DEFAULT_TOP_K})"
+            )
         return top_k
 
     def min_score(self, min_score: float) -> float:
@@ -134,13 +135,15 @@ class Validator:
                 raise InvalidArgument(f"{field}: keys must not be empty or blank")
             if len(key) > lim.max_metadata_key_chars:
                 raise InvalidArgument(
-                    f"{field}: key {key[:40]!r}... is {len(key)} characters; at most {lim.max_metadata_key_chars} allowed"
+                    f"{field}: key {key[:40]!r}... is {len(key)} characters; "
+                    f"at most {lim.max_metadata_key_chars} allowed"
                 )
             if _IDENT_FORBIDDEN.search(key):
                 raise InvalidArgument(f"{field}: key {key!r} contains a control character; none are allowed in keys")
             if len(value) > lim.max_metadata_value_chars:
                 raise InvalidArgument(
-                    f"{field}[{key!r}]: value is {len(value)} characters; at most {lim.max_metadata_value_chars} allowed"
+                    f"{field}[{key!r}]: value is {len(value)} characters; "
+                    f"at most {lim.max_metadata_value_chars} allowed"
                 )
             bad = _TEXT_FORBIDDEN.search(value)
             if bad:
@@ -152,13 +155,18 @@ class Validator:
     def index_spec(self, spec: IndexSpec) -> None:
         checks = []
         if spec.kind is IndexKind.HNSW:
-            checks = [("index.hnsw.m", spec.hnsw_m, 4, 128), ("index.hnsw.ef_construction", spec.hnsw_ef_construction, 8, 4096),
-                      ("index.hnsw.ef_search", spec.hnsw_ef_search, 1, 4096)]
+            checks = [
+                ("index.hnsw.m", spec.hnsw_m, 4, 128),
+                ("index.hnsw.ef_construction", spec.hnsw_ef_construction, 8, 4096),
+                ("index.hnsw.ef_search", spec.hnsw_ef_search, 1, 4096),
+            ]
         elif spec.kind is IndexKind.IVF:
             checks = [("index.ivf.nlist", spec.ivf_nlist, 0, 65536), ("index.ivf.nprobe", spec.ivf_nprobe, 1, 65536)]
         for field, value, low, high in checks:
             if not low <= value <= high:
-                raise InvalidArgument(f"{field}: {value} is out of range; allowed {low}-{high} (0 means the server default)")
+                raise InvalidArgument(
+                    f"{field}: {value} is out of range; allowed {low}-{high} (0 means the server default)"
+                )
 
     def _id(self, doc_id: str, field: str) -> None:
         if not doc_id or not doc_id.strip():

@@ -79,3 +79,35 @@ class Embedder(Protocol):
     def token_counts(self, texts: list[str]) -> list[int]:
         """Number of tokens (special tokens included) each text has before truncation."""
         ...
+
+
+class FingerprintDescribed:
+    """Mixin: `dimension` and `max_seq_length` read from the class's `fingerprint`."""
+
+    fingerprint: ModelFingerprint
+
+    @property
+    def dimension(self) -> int:
+        return self.fingerprint.dimension
+
+    @property
+    def max_seq_length(self) -> int:
+        return self.fingerprint.max_seq_length
+
+
+class EmbedderWrapper(FingerprintDescribed):
+    """Base of embedders that add behaviour around another one (batching, metrics).
+
+    Attributes:
+        inner: the wrapped embedder, which does the work and describes the model.
+    """
+
+    def __init__(self, inner: Embedder) -> None:
+        self.inner = inner
+
+    @property
+    def fingerprint(self) -> ModelFingerprint:
+        return self.inner.fingerprint
+
+    def token_counts(self, texts: list[str]) -> list[int]:
+        return self.inner.token_counts(texts)

@@ -8,7 +8,7 @@ from collections import deque
 
 import numpy as np
 
-from semsearch_server.embedding.base import Embedder, ModelFingerprint
+from semsearch_server.embedding.base import Embedder, EmbedderWrapper
 
 
 class _Request:
@@ -21,7 +21,7 @@ class _Request:
         self.error: BaseException | None = None
 
 
-class MicroBatchingEmbedder:
+class MicroBatchingEmbedder(EmbedderWrapper):
     """An Embedder that runs the encode() calls of many threads as few, larger model calls.
 
     The model is called by one thread at a time. A caller that finds the model idle and nobody
@@ -43,7 +43,7 @@ class MicroBatchingEmbedder:
     """
 
     def __init__(self, inner: Embedder, max_batch: int = 32, max_wait_ms: float = 2.0) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self._max_batch = max_batch
         self._max_wait = max_wait_ms / 1000.0
         self._cond = threading.Condition()
@@ -52,21 +52,6 @@ class MicroBatchingEmbedder:
         self._closed = False
         self._worker = threading.Thread(target=self._run, name="embedding-batcher", daemon=True)
         self._worker.start()
-
-    @property
-    def fingerprint(self) -> ModelFingerprint:
-        return self.inner.fingerprint
-
-    @property
-    def dimension(self) -> int:
-        return self.inner.dimension
-
-    @property
-    def max_seq_length(self) -> int:
-        return self.inner.max_seq_length
-
-    def token_counts(self, texts: list[str]) -> list[int]:
-        return self.inner.token_counts(texts)
 
     def encode(self, texts: list[str]) -> np.ndarray:
         texts = list(texts)

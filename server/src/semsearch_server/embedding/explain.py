@@ -93,9 +93,7 @@ class _Side:
     """One text after one forward pass: token vectors and how tokens map back to the text."""
 
     text: str
-    vectors: (
-        np.ndarray
-    )  # float64 (n_tokens, dim), final-layer token embeddings under the mask
+    vectors: np.ndarray  # float64 (n_tokens, dim), final-layer token embeddings under the mask
     input_ids: list[int]
     offsets: list[tuple[int, int]]
     word_ids: list[int | None]
@@ -106,51 +104,32 @@ class _Side:
         """Token indexes of each segment, in text order; special tokens stand alone."""
         groups: list[list[int]] = []
         previous_word: int | None = None
-        for index, (word, special) in enumerate(
-            zip(self.word_ids, self.special, strict=True)
-        ):
-            if (
-                granularity == "word"
-                and not special
-                and word is not None
-                and word == previous_word
-            ):
+        for index, (word, special) in enumerate(zip(self.word_ids, self.special, strict=True)):
+            if granularity == "word" and not special and word is not None and word == previous_word:
                 groups[-1].append(index)
             else:
                 groups.append([index])
             previous_word = None if special else word
         return groups
 
-    def segments(
-        self, groups: list[list[int]], contributions: np.ndarray, tokenizer: Any
-    ) -> list[ExplainSegment]:
+    def segments(self, groups: list[list[int]], contributions: np.ndarray, tokenizer: Any) -> list[ExplainSegment]:
         result = []
         for group, contribution in zip(groups, contributions, strict=True):
             first = group[0]
             if self.special[first]:
                 token = tokenizer.convert_ids_to_tokens(self.input_ids[first])
                 position = 0 if first == 0 else self._sep_position()
-                result.append(
-                    ExplainSegment(token, position, position, float(contribution), True)
-                )
+                result.append(ExplainSegment(token, position, position, float(contribution), True))
             else:
                 start, end = self.offsets[first][0], self.offsets[group[-1]][1]
-                result.append(
-                    ExplainSegment(
-                        self.text[start:end], start, end, float(contribution), False
-                    )
-                )
+                result.append(ExplainSegment(self.text[start:end], start, end, float(contribution), False))
         return result
 
     def _sep_position(self) -> int:
         if not self.truncated:
             return len(self.text)
         return max(
-            (
-                end
-                for (_, end), special in zip(self.offsets, self.special, strict=True)
-                if not special
-            ),
+            (end for (_, end), special in zip(self.offsets, self.special, strict=True) if not special),
             default=0,
         )
 
@@ -215,15 +194,11 @@ class Explainer:
         )
         return replace(
             explanation,
-            query_self_attention=self._self_attention(
-                query_side, query_groups, layer, head
-            ),
+            query_self_attention=self._self_attention(query_side, query_groups, layer, head),
             doc_self_attention=self._self_attention(doc_side, doc_groups, layer, head),
         )
 
-    def explain_many(
-        self, query: str, docs: list[str], granularity: str = "word"
-    ) -> list[Explanation]:
+    def explain_many(self, query: str, docs: list[str], granularity: str = "word") -> list[Explanation]:
         """Explains one query against many documents, encoding the query once and the docs in batches.
 
         Args:
@@ -241,16 +216,11 @@ class Explainer:
         self._check_request(granularity)
         layer, head = self._resolve_attention(-1, -1)
         sides = self._encode([query, *docs])
-        return [
-            self._explain_pair(sides[0], doc_side, granularity, layer, head)
-            for doc_side in sides[1:]
-        ]
+        return [self._explain_pair(sides[0], doc_side, granularity, layer, head) for doc_side in sides[1:]]
 
     def _check_request(self, granularity: str) -> None:
         if granularity not in GRANULARITIES:
-            raise InvalidArgument(
-                f"granularity must be one of {', '.join(GRANULARITIES)}; got {granularity!r}"
-            )
+            raise InvalidArgument(f"granularity must be one of {', '.join(GRANULARITIES)}; got {granularity!r}")
         if self._unsupported:
             raise FailedPrecondition(self._unsupported)
 
@@ -274,9 +244,7 @@ class Explainer:
         sides: list[_Side] = []
         for begin in range(0, len(texts), _BATCH_SIZE):
             batch = texts[begin : begin + _BATCH_SIZE]
-            preprocess = (
-                getattr(self._model, "preprocess", None) or self._model.tokenize
-            )
+            preprocess = getattr(self._model, "preprocess", None) or self._model.tokenize
             features = preprocess(batch)
             with torch.inference_mode():
                 output = self._model(features)
@@ -301,11 +269,7 @@ class Explainer:
                 "Explain could not align the tokenizer's offsets with the tokens the model encoded; "
                 "it needs a fast tokenizer that the model's preprocessing calls unchanged"
             )
-        full_length = len(
-            self._tokenizer(
-                text, add_special_tokens=True, truncation=False, verbose=False
-            )["input_ids"]
-        )
+        full_length = len(self._tokenizer(text, add_special_tokens=True, truncation=False, verbose=False)["input_ids"])
         return _Side(
             text=text,
             vectors=vectors,
@@ -316,23 +280,17 @@ class Explainer:
             truncated=full_length > self._max_length,
         )
 
-    def _explain_pair(
-        self, query: _Side, doc: _Side, granularity: str, layer: int, head: int
-    ) -> Explanation:
+    def _explain_pair(self, query: _Side, doc: _Side, granularity: str, layer: int, head: int) -> Explanation:
         t, u = query.vectors, doc.vectors
         mean_t, mean_u = t.mean(axis=0), u.mean(axis=0)
         norm_t, norm_u = float(np.linalg.norm(mean_t)), float(np.linalg.norm(mean_u))
         if norm_t == 0.0 or norm_u == 0.0:
-            raise FailedPrecondition(
-                "Explain cannot split the score: a sentence embedding has zero length"
-            )
+            raise FailedPrecondition("Explain cannot split the score: a sentence embedding has zero length")
         token_pairs = (t @ u.T) / (len(t) * len(u) * norm_t * norm_u)
 
         query_groups, doc_groups = query.groups(granularity), doc.groups(granularity)
         pairs = _merge(token_pairs, query_groups, doc_groups)
-        query_segments = query.segments(
-            query_groups, pairs.sum(axis=1), self._tokenizer
-        )
+        query_segments = query.segments(query_groups, pairs.sum(axis=1), self._tokenizer)
         doc_segments = doc.segments(doc_groups, pairs.sum(axis=0), self._tokenizer)
 
         query_means = np.stack([t[group].mean(axis=0) for group in query_groups])
@@ -355,23 +313,17 @@ class Explainer:
             doc_vector=(mean_u / norm_u).astype(np.float32),
         )
 
-    def _self_attention(
-        self, side: _Side, groups: list[list[int]], layer: int, head: int
-    ) -> np.ndarray:
+    def _self_attention(self, side: _Side, groups: list[list[int]], layer: int, head: int) -> np.ndarray:
         """The model's attention probabilities for one text: sum over a segment's keys, mean over its queries."""
         import torch
 
         model = self._attention_model()
         # The tokenizer knows which inputs the model takes (not every model has token_type_ids);
         # _side already checked that this call yields the tokens the model embedded.
-        inputs = self._tokenizer(
-            side.text, truncation=True, max_length=self._max_length, return_tensors="pt"
-        )
+        inputs = self._tokenizer(side.text, truncation=True, max_length=self._max_length, return_tensors="pt")
         with torch.inference_mode():
             output = model(**inputs, output_attentions=True)
-        probabilities = (
-            output.attentions[layer][0].to(torch.float64).numpy()
-        )  # (heads, n, n)
+        probabilities = output.attentions[layer][0].to(torch.float64).numpy()  # (heads, n, n)
         tokens = probabilities.mean(axis=0) if head == -1 else probabilities[head]
         columns = np.stack([tokens[:, group].sum(axis=1) for group in groups], axis=1)
         return np.stack([columns[group].mean(axis=0) for group in groups])
@@ -389,9 +341,7 @@ class Explainer:
             return self._eager_model
 
 
-def _merge(
-    tokens: np.ndarray, row_groups: list[list[int]], col_groups: list[list[int]]
-) -> np.ndarray:
+def _merge(tokens: np.ndarray, row_groups: list[list[int]], col_groups: list[list[int]]) -> np.ndarray:
     """Sums a token-pair matrix into segment pairs (sums keep the total equal to the score)."""
     rows = np.stack([tokens[group].sum(axis=0) for group in row_groups])
     return np.stack([rows[:, group].sum(axis=1) for group in col_groups], axis=1)
@@ -404,9 +354,7 @@ def _softmax_rows(logits: np.ndarray) -> np.ndarray:
 
 def _pooling_mode(module: Any) -> str:
     mode = getattr(module, "pooling_mode", None)
-    if mode is None and hasattr(
-        module, "get_pooling_mode_str"
-    ):  # sentence-transformers < 6
+    if mode is None and hasattr(module, "get_pooling_mode_str"):  # sentence-transformers < 6
         mode = module.get_pooling_mode_str()
     return "+".join(mode) if isinstance(mode, (list, tuple)) else str(mode)
 

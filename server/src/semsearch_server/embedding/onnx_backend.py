@@ -9,7 +9,6 @@ torch is needed only to make the export (the torch reference embedder is loaded 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import inspect
 import json
 import logging
@@ -22,8 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
-from semsearch_server.embedding.base import ModelFingerprint
+from semsearch_server.embedding.base import FingerprintDescribed, ModelFingerprint
 from semsearch_server.embedding.sentence_transformer import SentenceTransformerEmbedder
+from semsearch_server.files import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -67,14 +67,6 @@ def length_batches(lengths: list[int], batch_size: int) -> list[list[int]]:
     return batches
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def cached_artifact(
     cache_dir: str | Path,
     kind: str,
@@ -104,7 +96,7 @@ def cached_artifact(
         manifest = {
             "format": EXPORT_FORMAT,
             "weights_sha256": fingerprint.weights_sha256,
-            "files": {name: file_sha256(tmp / name) for name in files},
+            "files": {name: sha256_file(tmp / name) for name in files},
             **extra,
         }
         (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2))
@@ -133,7 +125,7 @@ def _cache_problem(directory: Path, fingerprint: ModelFingerprint, files: tuple[
     for name in files:
         expected = manifest.get("files", {}).get(name)
         try:
-            actual = file_sha256(directory / name)
+            actual = sha256_file(directory / name)
         except OSError as exc:
             return f"{name} unreadable: {exc}"
         if actual != expected:
@@ -207,7 +199,7 @@ def _export_onnx(reference: SentenceTransformerEmbedder, target: Path) -> dict:
     }
 
 
-class RuntimeEmbedder:
+class RuntimeEmbedder(FingerprintDescribed):
     """Shared part of the exported-model embedders: tokenising, length-sorted batching and pooling.
 
     Subclasses set `backend` and implement `_forward(inputs) -> last_hidden_state` for one padded batch.
@@ -247,14 +239,6 @@ class RuntimeEmbedder:
     @property
     def fingerprint(self) -> ModelFingerprint:
         return self._fingerprint
-
-    @property
-    def dimension(self) -> int:
-        return self._fingerprint.dimension
-
-    @property
-    def max_seq_length(self) -> int:
-        return self._fingerprint.max_seq_length
 
     def encode(self, texts: list[str]) -> np.ndarray:
         """Embeds texts, shortest first in batches of similar lengths (`length_batches`), in input order."""

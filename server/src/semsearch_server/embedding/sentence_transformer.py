@@ -9,7 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
-from semsearch_server.embedding.base import ModelFingerprint
+from semsearch_server.embedding.base import FingerprintDescribed, ModelFingerprint
+from semsearch_server.files import sha256_file
 
 # Files that decide what vectors a model directory produces. README and the like are left out so
 # that a documentation change does not invalidate every index.
@@ -32,9 +33,7 @@ def hash_model_dir(path: Path) -> str:
         if file.name in _FINGERPRINT_SKIP or not file.name.endswith(_FINGERPRINT_SUFFIXES):
             continue
         digest.update(rel.encode())
-        with open(file, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(chunk)
+        sha256_file(file, digest)
     return digest.hexdigest()
 
 
@@ -55,7 +54,7 @@ def pooling_description(model) -> tuple[str, bool]:
     return pooling, normalized
 
 
-class SentenceTransformerEmbedder:
+class SentenceTransformerEmbedder(FingerprintDescribed):
     """Embeds with a local sentence-transformers model on the CPU, offline.
 
     Args:
@@ -84,8 +83,10 @@ class SentenceTransformerEmbedder:
         # interleaving passes from several threads only thrashes the caches.
         self._lock = threading.Lock()
         pooling, normalized = pooling_description(self.model)
-        dim = self.model.get_embedding_dimension() if hasattr(self.model, "get_embedding_dimension") else (
-            self.model.get_sentence_embedding_dimension()
+        dim = (
+            self.model.get_embedding_dimension()
+            if hasattr(self.model, "get_embedding_dimension")
+            else (self.model.get_sentence_embedding_dimension())
         )
         self._fingerprint = ModelFingerprint(
             model_name=model_name or _model_display_name(path),
@@ -102,14 +103,6 @@ class SentenceTransformerEmbedder:
     @property
     def fingerprint(self) -> ModelFingerprint:
         return self._fingerprint
-
-    @property
-    def dimension(self) -> int:
-        return self._fingerprint.dimension
-
-    @property
-    def max_seq_length(self) -> int:
-        return self._fingerprint.max_seq_length
 
     @property
     def tokenizer(self):

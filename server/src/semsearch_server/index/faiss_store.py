@@ -27,7 +27,7 @@ import numpy as np
 from semsearch_server.core.models import CollectionState, CollectionStatus, Document, Hit, IndexSpec
 from semsearch_server.embedding.base import ModelFingerprint
 from semsearch_server.errors import FailedPrecondition
-from semsearch_server.index.files import atomic_write, atomic_write_json, sha256_file
+from semsearch_server.files import atomic_write, atomic_write_json, sha256_file
 from semsearch_server.index.rwlock import ReadWriteLock
 from semsearch_server.index.vector_index import VectorIndex
 
@@ -107,7 +107,12 @@ class FaissIndexStore:
     """
 
     def __init__(
-        self, directory: Path, name: str, spec: IndexSpec, fingerprint: ModelFingerprint, snapshot_every: int,
+        self,
+        directory: Path,
+        name: str,
+        spec: IndexSpec,
+        fingerprint: ModelFingerprint,
+        snapshot_every: int,
         new: bool = False,
     ) -> None:
         self.directory = directory
@@ -222,7 +227,9 @@ class FaissIndexStore:
             if self._index.ntotal != self.count():
                 log.warning(
                     "collection %s: index holds %d vectors but the database %d documents; rebuilding",
-                    self.name, self._index.ntotal, self.count(),
+                    self.name,
+                    self._index.ntotal,
+                    self.count(),
                 )
                 self._rebuild_from_database()
         if self._index.needs_rebuild(self.count()):
@@ -231,7 +238,12 @@ class FaissIndexStore:
             self._write_snapshot()
         log.info(
             "collection %s: %d documents loaded (snapshot seq %s, database seq %d, replayed %s) in %.2fs",
-            self.name, self.count(), snap_seq, seq, replayed, time.monotonic() - started,
+            self.name,
+            self.count(),
+            snap_seq,
+            seq,
+            replayed,
+            time.monotonic() - started,
         )
 
     def _load_snapshot(self) -> int | None:
@@ -270,7 +282,8 @@ class FaissIndexStore:
             vector = np.frombuffer(blob, dtype=np.float32)
             if vector.shape != (dim,):
                 raise CollectionBroken(
-                    f"{self.directory / DATABASE}: stored vector of label {labels[i]} has {vector.size} values, expected {dim}"
+                    f"{self.directory / DATABASE}: stored vector of label {labels[i]} has {vector.size} values, "
+                    f"expected {dim}"
                 )
             vectors[i] = vector
         return labels, vectors
@@ -288,7 +301,7 @@ class FaissIndexStore:
 
     def _upsert_rows(self, docs: Sequence[Document], vectors: np.ndarray, seq: int) -> list[int]:
         labels: list[int] = []
-        for doc, vector in zip(docs, vectors):
+        for doc, vector in zip(docs, vectors, strict=True):
             (label,) = self._db.execute(
                 "INSERT INTO documents(id, text, metadata, vector, seq) VALUES (?, ?, ?, ?, ?) "
                 "ON CONFLICT(id) DO UPDATE SET text=excluded.text, metadata=excluded.metadata, "
@@ -303,7 +316,7 @@ class FaissIndexStore:
             self._db.execute(f"DELETE FROM deletions WHERE label IN ({marks})", chunk)
         self._db.executemany(
             "INSERT INTO metadata_kv(label, key, value) VALUES (?, ?, ?)",
-            [(label, k, v) for label, doc in zip(labels, docs) for k, v in doc.metadata.items()],
+            [(label, k, v) for label, doc in zip(labels, docs, strict=True) for k, v in doc.metadata.items()],
         )
         return labels
 
@@ -340,7 +353,10 @@ class FaissIndexStore:
             def rewrite(seq: int) -> list[int]:
                 self._db.executemany(
                     "UPDATE documents SET vector = ?, seq = ? WHERE label = ?",
-                    [(v.tobytes(), seq, r[0]) for r, v in zip(rows, np.asarray(vectors, dtype=np.float32))],
+                    [
+                        (v.tobytes(), seq, r[0])
+                        for r, v in zip(rows, np.asarray(vectors, dtype=np.float32), strict=True)
+                    ],
                 )
                 return []
 
@@ -384,7 +400,9 @@ class FaissIndexStore:
         with self._lock.read():
             self._ensure_open()
             marks = ",".join("?" * len(ids))
-            rows = self._reader().execute(f"SELECT id, vector FROM documents WHERE id IN ({marks})", list(ids)).fetchall()
+            rows = (
+                self._reader().execute(f"SELECT id, vector FROM documents WHERE id IN ({marks})", list(ids)).fetchall()
+            )
         return {r[0]: np.frombuffer(r[1], dtype=np.float32).copy() for r in rows}
 
     def _fetch(self, column: str, keys: list) -> dict:
@@ -409,9 +427,9 @@ class FaissIndexStore:
             wanted = sorted({int(x) for x in labels.ravel() if x >= 0})
             docs = self._fetch("label", wanted)
         results: list[list[Hit]] = []
-        for row_scores, row_labels in zip(scores, labels):
+        for row_scores, row_labels in zip(scores, labels, strict=True):
             hits = []
-            for score, label in zip(row_scores.tolist(), row_labels.tolist()):
+            for score, label in zip(row_scores.tolist(), row_labels.tolist(), strict=True):
                 if label < 0 or score < min_score or label not in docs:
                     continue
                 doc_id, text, metadata, _ = docs[label]

@@ -85,7 +85,7 @@ class VectorIndex:
         if self.spec.kind is IndexKind.HNSW:
             start = int(self._index.ntotal)
             slots = np.arange(start, start + len(labels), dtype=np.int64)
-            for label, slot in zip(labels.tolist(), slots.tolist()):
+            for label, slot in zip(labels.tolist(), slots.tolist(), strict=True):
                 self._slot_of[label] = slot
                 self._label_of[slot] = label
             self._index.add_with_ids(vectors, slots)

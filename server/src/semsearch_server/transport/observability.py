@@ -22,7 +22,7 @@ from prometheus_client.registry import Collector
 
 from semsearch_server.config import ServerConfig
 from semsearch_server.core.models import CollectionStatus
-from semsearch_server.embedding.base import Embedder, ModelFingerprint
+from semsearch_server.embedding.base import Embedder, EmbedderWrapper
 from semsearch_server.transport.auth import HEALTH_PREFIX, build_auth_interceptor, handler_with_behavior
 
 access_log = logging.getLogger("semsearch_server.access")
@@ -90,7 +90,8 @@ class Metrics:
         )
         self.load_seconds = Gauge(
             "semsearch_load_seconds",
-            "Seconds the last start-up load took: the model (unless shared) and opening and recovering every collection",
+            "Seconds the last start-up load took: the model (unless shared) and opening and recovering "
+            "every collection",
             registry=self.registry,
         )
         self._collections = _CollectionDocuments()
@@ -112,7 +113,7 @@ class Metrics:
         self._collections.source = source
 
 
-class MeteredEmbedder:
+class MeteredEmbedder(EmbedderWrapper):
     """An Embedder that records the size and duration of every encode() call in `metrics`.
 
     Args:
@@ -121,20 +122,8 @@ class MeteredEmbedder:
     """
 
     def __init__(self, inner: Embedder, metrics: Metrics) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self._metrics = metrics
-
-    @property
-    def fingerprint(self) -> ModelFingerprint:
-        return self.inner.fingerprint
-
-    @property
-    def dimension(self) -> int:
-        return self.inner.dimension
-
-    @property
-    def max_seq_length(self) -> int:
-        return self.inner.max_seq_length
 
     def encode(self, texts: list[str]) -> np.ndarray:
         started = time.perf_counter()

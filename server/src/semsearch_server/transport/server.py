@@ -8,9 +8,9 @@ from concurrent import futures
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-
 from semsearch.v1 import search_service_pb2 as pb
 from semsearch.v1 import search_service_pb2_grpc as pb_grpc
+
 from semsearch_server.config import ServerConfig
 from semsearch_server.transport.servicer import SearchServicer
 

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 from collections.abc import Callable, Iterator
 
 import grpc
 import numpy as np
-
 from semsearch.v1 import search_service_pb2 as pb
 from semsearch.v1 import search_service_pb2_grpc as pb_grpc
+
 from semsearch_server.core.models import CollectionState, CollectionStatus, Document, Hit, IndexKind, IndexSpec
 from semsearch_server.core.service import SearchService
 from semsearch_server.errors import InvalidArgument, SemsearchError, Unavailable
@@ -137,7 +138,9 @@ class SearchServicer(pb_grpc.SearchServiceServicer):
         results = self.service.batch_search(
             request.collection, list(request.queries), request.top_k, request.min_score, dict(request.filter)
         )
-        return pb.BatchSearchResponse(results=[pb.SearchResponse(hits=[to_pb_hit(h) for h in hits]) for hits in results])
+        return pb.BatchSearchResponse(
+            results=[pb.SearchResponse(hits=[to_pb_hit(h) for h in hits]) for hits in results]
+        )
 
     @_rpc
     def Explain(self, request: pb.ExplainRequest, context) -> pb.ExplainResponse:
@@ -207,7 +210,6 @@ class SearchServicer(pb_grpc.SearchServiceServicer):
     @_rpc
     def GetInfo(self, request: pb.GetInfoRequest, context) -> pb.GetInfoResponse:
         info = self.service.info()
-        lim = info.limits
         fp = info.fingerprint
         return pb.GetInfoResponse(
             model_id=info.model_id,
@@ -218,19 +220,7 @@ class SearchServicer(pb_grpc.SearchServiceServicer):
             max_seq_length=fp.max_seq_length,
             pooling=fp.pooling,
             model_fingerprint=fp.weights_sha256,
-            limits=pb.Limits(
-                max_text_chars=lim.max_text_chars,
-                max_documents_per_request=lim.max_documents_per_request,
-                max_top_k=lim.max_top_k,
-                max_ids_per_request=lim.max_ids_per_request,
-                max_message_bytes=lim.max_message_bytes,
-                collection_name_pattern=lim.collection_name_pattern,
-                max_metadata_entries=lim.max_metadata_entries,
-                max_metadata_key_chars=lim.max_metadata_key_chars,
-                max_metadata_value_chars=lim.max_metadata_value_chars,
-                max_queries_per_request=lim.max_queries_per_request,
-                max_id_chars=lim.max_id_chars,
-            ),
+            limits=pb.Limits(**dataclasses.asdict(info.limits)),
         )
 
     @_rpc

@@ -34,8 +34,9 @@ def atomic_write_json(path: Path, data: dict) -> None:
     atomic_write(path, lambda tmp: tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n"))
 
 
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
+def sha256_file(path: Path, digest=None) -> str:
+    """The file's sha256 hex digest; with `digest`, feeds that running hash instead and returns it."""
+    digest = hashlib.sha256() if digest is None else digest
     with open(path, "rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             digest.update(chunk)
