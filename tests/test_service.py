@@ -196,3 +196,18 @@ def test_a_write_whose_deadline_passes_while_embedding_changes_nothing(client, c
     time.sleep(1.0)
     assert client.get([d.id for d in docs], collection=collection) == []
     assert [d.id for d in client.get(["marker"], collection=collection)] == ["marker"]
+
+
+def test_upsert_stream_stores_every_message_before_a_bad_one_and_nothing_after(client, collection):
+    good = [[Document(f"m{m}-{i}", f"message {m} sentence {i} about rivers") for i in range(40)] for m in range(15)]
+    bad = [Document("bad-0", "fine"), Document("bad-1", "")]
+    later = [Document("later", "never stored")]
+    message = r"stream message 15 \(after 600 documents were stored\).*documents\[1\]"
+    with pytest.raises(InvalidArgumentError, match=message):
+        client.upsert_stream([*good, bad, later], collection=collection)
+    stored = client.get([d.id for batch in good for d in batch], collection=collection)
+    assert len(stored) == 600
+    assert client.get(["bad-0", "later"], collection=collection) == []
+    assert client.upsert_stream(good[:3], collection=collection) == 120  # replaces, counts again
+    hits = client.search("message 7 sentence 3 about rivers", collection=collection, top_k=1)
+    assert hits[0].id == "m7-3"

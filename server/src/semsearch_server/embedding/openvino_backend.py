@@ -40,7 +40,8 @@ class OpenVinoEmbedder(RuntimeEmbedder):
         precision: the inference precision hint, 'bf16' or 'f32'; None means `default_precision()`.
             bf16 is faster and agrees with torch to cosine ~0.99996 on this model; the precision
             actually used is read back from the compiled model into `.precision`.
-        batch_size: texts per forward pass.
+        batch_size: texts per forward pass. 64 measured fastest here for groups of 512-1024 STS
+            sentences (bf16: 1036/s against 1000/s at 32 and 935/s at 128).
     """
 
     backend = "openvino"
@@ -51,7 +52,7 @@ class OpenVinoEmbedder(RuntimeEmbedder):
         cache_dir: str | Path,
         threads: int | None = None,
         precision: str | None = None,
-        batch_size: int = 32,
+        batch_size: int = 64,
     ) -> None:
         import openvino as ov
 
