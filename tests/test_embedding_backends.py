@@ -18,6 +18,8 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from semsearch_server.embedding import factory, onnx_backend
+from semsearch_server.embedding.base import ModelFingerprint
+from semsearch_server.embedding.routing import SizeRoutedEmbedder
 from semsearch_server.embedding.sentence_transformer import (
     SentenceTransformerEmbedder,
     default_model_path,
@@ -164,7 +166,7 @@ def test_corrupt_openvino_cache_is_rebuilt(openvino_embedder, reference, tmp_pat
 def test_auto_picks_an_agreeing_fast_backend(cache_dir, onnx_embedder):
     # A real model load here; the tests below pass the session's reference to save time.
     embedder = factory.build_embedder(default_model_path(), "auto", cache_dir=cache_dir)
-    assert embedder.fingerprint.backend in ("openvino", "onnx")
+    assert embedder.fingerprint.backend in ("openvino (batches) + onnx (<= 4 texts)", "openvino", "onnx")
     reference = factory.torch_reference(embedder)
     assert isinstance(reference, SentenceTransformerEmbedder)
     assert embedder.fingerprint.is_compatible(reference.fingerprint)
@@ -196,3 +198,31 @@ def test_explicit_backend_does_not_fall_back(reference, cache_dir, monkeypatch):
 def test_unknown_backend_is_rejected(cache_dir):
     with pytest.raises(ValueError, match="unknown embedding backend"):
         factory.build_embedder(default_model_path(), "tensorrt", cache_dir=cache_dir)
+
+
+def test_auto_routes_single_queries_to_onnx_and_batches_to_openvino(reference, cache_dir, onnx_embedder):
+    embedder = factory.build_embedder(default_model_path(), "auto", cache_dir=cache_dir, reference=reference)
+    assert isinstance(embedder, SizeRoutedEmbedder)
+    assert embedder.inner.fingerprint.backend == "openvino" and embedder.small.fingerprint.backend == "onnx"
+    assert factory.torch_reference(embedder) is reference
+    for texts in (STS_LIKE[:1], STS_LIKE[:4], STS_LIKE):
+        assert _cosines(embedder.encode(list(texts)), reference.encode(list(texts))).min() >= MIN_COSINE
+
+
+def test_size_routing_sends_each_request_to_one_engine():
+    class Recorder:
+        def __init__(self, name):
+            self.fingerprint = ModelFingerprint(name, "sha", 2, "mean", True, 8, name)
+            self.calls = []
+
+        def encode(self, texts):
+            self.calls.append(len(texts))
+            return np.zeros((len(texts), 2), dtype=np.float32)
+
+    bulk, small = Recorder("bulk"), Recorder("small")
+    routed = SizeRoutedEmbedder(bulk, small, small_max_texts=2)
+    for n in (1, 2, 3, 40):
+        assert routed.encode(["t"] * n).shape == (n, 2)
+    assert small.calls == [1, 2] and bulk.calls == [3, 40]
+    assert routed.fingerprint.backend == "bulk (batches) + small (<= 2 texts)"
+    assert routed.dimension == 2 and routed.max_seq_length == 8
