@@ -34,6 +34,11 @@ def _print_json(data) -> None:
     sys.stdout.write("\n")
 
 
+def _metadata_suffix(metadata) -> str:
+    """'  k1=v1 k2=v2' in key order, or '' for no metadata."""
+    return "  " + " ".join(f"{k}={v}" for k, v in sorted(metadata.items())) if metadata else ""
+
+
 def _hit_dict(hit: Hit) -> dict:
     return {"id": hit.id, "score": round(hit.score, 6), "text": hit.text, "metadata": dict(hit.metadata)}
 
@@ -44,7 +49,7 @@ def _print_hits(hits: list[Hit]) -> None:
         return
     width = max(len(h.id) for h in hits)
     for rank, hit in enumerate(hits, 1):
-        meta = "  " + " ".join(f"{k}={v}" for k, v in sorted(hit.metadata.items())) if hit.metadata else ""
+        meta = _metadata_suffix(hit.metadata)
         print(f"{rank:>3}. {hit.score:7.4f}  {hit.id:<{width}}  {hit.text}{meta}")
 
 
@@ -78,7 +83,7 @@ def cmd_get(client: SearchClient, args) -> int:
         _print_json({"documents": [_doc_dict(d) for d in docs]})
     else:
         for doc in docs:
-            meta = "  " + " ".join(f"{k}={v}" for k, v in sorted(doc.metadata.items())) if doc.metadata else ""
+            meta = _metadata_suffix(doc.metadata)
             print(f"{doc.id}  {doc.text}{meta}")
         missing = [i for i in args.ids if i not in {d.id for d in docs}]
         if missing:
