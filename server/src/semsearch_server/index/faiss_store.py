@@ -456,9 +456,6 @@ class FaissIndexStore:
                 index_trained=self._index.trained,
             )
 
-    def index_description(self) -> str:
-        return self._index.describe()
-
     # -- snapshots and shutdown ----------------------------------------------------------------------
     def snapshot(self) -> None:
         with self._lock.write():

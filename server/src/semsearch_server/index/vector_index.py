@@ -26,6 +26,17 @@ def _empty_result(n: int, k: int) -> tuple[np.ndarray, np.ndarray]:
     return np.full((n, k), -np.inf, dtype=np.float32), np.full((n, k), -1, dtype=np.int64)
 
 
+def _pad_to(k: int, scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Pads results with fewer than k columns with (-inf, -1)."""
+    missing = k - scores.shape[1]
+    if missing <= 0:
+        return scores, labels
+    return (
+        np.pad(scores, ((0, 0), (0, missing)), constant_values=-np.inf),
+        np.pad(labels, ((0, 0), (0, missing)), constant_values=-1),
+    )
+
+
 def ivf_nlist_for(n: int) -> int:
     """FAISS's rule of thumb: about 4 * sqrt(n) lists."""
     return max(1, min(65536, int(4 * math.sqrt(max(n, 1)))))
@@ -65,10 +76,6 @@ class VectorIndex:
     @property
     def ntotal(self) -> int:
         return int(self._index.ntotal) - len(self._dead)
-
-    @property
-    def vector_count_with_dead(self) -> int:
-        return int(self._index.ntotal)
 
     def describe(self) -> str:
         inner = faiss.downcast_index(self._index.index) if isinstance(self._index, faiss.IndexIDMap2) else self._index
@@ -153,43 +160,31 @@ class VectorIndex:
         params = self._params(self._selector(faiss_allowed))
         k_eff = max(1, min(k, int(self._index.ntotal)))
         scores, ids = self._index.search(queries, k_eff, params=params)
-        labels = self._to_labels(ids)
-        if k_eff < k:
-            pad = k - k_eff
-            scores = np.pad(scores, ((0, 0), (0, pad)), constant_values=-np.inf)
-            labels = np.pad(labels, ((0, 0), (0, pad)), constant_values=-1)
-        return scores, labels
+        return _pad_to(k, scores, self._to_labels(ids))
 
     def _search_subset(self, queries: np.ndarray, k: int, allowed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        faiss_ids = self._to_faiss_ids(allowed)
-        keep = faiss_ids >= 0
-        faiss_ids, allowed = faiss_ids[keep], allowed[keep]
-        if len(faiss_ids) == 0:
+        found: list[int] = []
+        vectors: list[np.ndarray] = []
+        for label, faiss_id in zip(allowed.tolist(), self._to_faiss_ids(allowed).tolist(), strict=True):
+            if faiss_id < 0:
+                continue
+            try:
+                vectors.append(self._index.reconstruct(faiss_id))
+            except RuntimeError:  # not in the index
+                continue
+            found.append(label)
+        if not found:
             return _empty_result(len(queries), k)
-        vectors = np.vstack([self._index.reconstruct(int(i)) for i in faiss_ids])
-        scores_all = queries @ vectors.T
-        kk = min(k, len(allowed))
-        order = np.argsort(-scores_all, axis=1, kind="stable")[:, :kk]
+        scores_all = queries @ np.vstack(vectors).T
+        order = np.argsort(-scores_all, axis=1, kind="stable")[:, :k]
         scores = np.take_along_axis(scores_all, order, axis=1).astype(np.float32)
-        labels = allowed[order]
-        if kk < k:
-            scores = np.pad(scores, ((0, 0), (0, k - kk)), constant_values=-np.inf)
-            labels = np.pad(labels, ((0, 0), (0, k - kk)), constant_values=-1)
-        return scores, labels
+        return _pad_to(k, scores, np.asarray(found, dtype=np.int64)[order])
 
     def _to_faiss_ids(self, labels: np.ndarray) -> np.ndarray:
-        """Labels -> ids stored in FAISS (slots for HNSW); -1 for labels not present."""
+        """Labels -> ids stored in FAISS: slots for HNSW (-1 for labels not in it), the labels otherwise."""
         if self.spec.kind is IndexKind.HNSW:
             return np.array([self._slot_of.get(int(label), -1) for label in labels], dtype=np.int64)
-        present = np.array([self._has(int(label)) for label in labels], dtype=bool)
-        return np.where(present, labels, -1)
-
-    def _has(self, label: int) -> bool:
-        try:
-            self._index.reconstruct(label)
-        except RuntimeError:
-            return False
-        return True
+        return labels
 
     def _to_labels(self, ids: np.ndarray) -> np.ndarray:
         if self.spec.kind is not IndexKind.HNSW:

@@ -132,9 +132,6 @@ class MeteredEmbedder(EmbedderWrapper):
         finally:
             self._metrics.observe_embedding_batch(len(texts), time.perf_counter() - started)
 
-    def token_counts(self, texts: list[str]) -> list[int]:
-        return self.inner.token_counts(texts)
-
     def __getattr__(self, name: str) -> Any:
         # Concrete embedders carry more than the protocol (model, model_path, close); pass those through.
         return getattr(self.inner, name)
