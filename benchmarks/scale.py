@@ -219,30 +219,30 @@ def run_size(n: int, real: np.ndarray, queries: np.ndarray, args: argparse.Names
         label = f"M{m} efC{efc}"
         print(f"  building hnsw {label} ...", flush=True)
         settings = [Row("hnsw", label, f"ef={ef}", dataclasses.replace(base, hnsw_ef_search=ef)) for ef in args.ef]
-        index = build(base, vectors, settings[0])
-        print(f"  built {index.describe()} in {settings[0].build_s:.0f} s", flush=True)
-        for row in settings[1:]:
-            row.build_s, row.ser_bytes_per_vec = settings[0].build_s, settings[0].ser_bytes_per_vec
-        sweep(index, settings, queries, truth, args.passes)
-        del index
-        print_rows(settings)
-        rows += settings
+        rows += build_and_sweep(base, settings, vectors, queries, truth, args.passes)
 
     base = IndexSpec(kind=IndexKind.IVF)
     label = f"nlist{ivf_nlist_for(n)}"
     print(f"  building ivf {label} ...", flush=True)
     settings = [Row("ivf", label, f"nprobe={p}", dataclasses.replace(base, ivf_nprobe=p)) for p in args.nprobe]
+    return rows + build_and_sweep(base, settings, vectors, queries, truth, args.passes)
+
+
+def build_and_sweep(
+    base: IndexSpec, settings: list[Row], vectors: np.ndarray, queries: np.ndarray, truth: np.ndarray, passes: int
+) -> list[Row]:
+    """Builds one index and measures every search setting of it; [] for an IVF too small to train."""
     index = build(base, vectors, settings[0])
     if not index.trained:
-        print(f"  ivf skipped: {n:,} vectors are too few to train {label} (it answers with exact search)")
-        return rows
+        print(f"  {base.kind.value} skipped: {len(vectors):,} vectors are too few to train it (exact search)")
+        return []
     print(f"  built {index.describe()} in {settings[0].build_s:.0f} s", flush=True)
     for row in settings[1:]:
         row.build_s, row.ser_bytes_per_vec = settings[0].build_s, settings[0].ser_bytes_per_vec
-    sweep(index, settings, queries, truth, args.passes)
+    sweep(index, settings, queries, truth, passes)
     del index
     print_rows(settings)
-    return rows + settings
+    return settings
 
 
 def verdict(results: dict[int, list[Row]]) -> None:
