@@ -148,27 +148,24 @@ class SearchService:
         return store.get(ids)
 
     def search(self, collection: str, query: str, top_k: int, min_score: float, filter: Mapping[str, str]) -> list[Hit]:
-        return self.batch_search(collection, [query], top_k, min_score, filter, field="query")[0]
+        store = self._store(collection)
+        self.validate.text(query, "query")
+        return self._search(store, [query], top_k, min_score, filter)[0]
 
     def batch_search(
-        self,
-        collection: str,
-        queries: Sequence[str],
-        top_k: int,
-        min_score: float,
-        filter: Mapping[str, str],
-        field: str = "queries",
+        self, collection: str, queries: Sequence[str], top_k: int, min_score: float, filter: Mapping[str, str]
     ) -> list[list[Hit]]:
         store = self._store(collection)
-        if field == "query":
-            self.validate.text(queries[0], "query")
-        else:
-            self.validate.queries(queries)
+        self.validate.queries(queries)
+        return self._search(store, queries, top_k, min_score, filter)
+
+    def _search(
+        self, store: IndexStore, queries: Sequence[str], top_k: int, min_score: float, filter: Mapping[str, str]
+    ) -> list[list[Hit]]:
         k = self.validate.top_k(top_k)
         min_score = self.validate.min_score(min_score)
         self.validate.filter(filter)
-        vectors = self.embedder.encode(list(queries))
-        return store.search(vectors, k, min_score, filter)
+        return store.search(self.embedder.encode(list(queries)), k, min_score, filter)
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         self.validate.texts(texts)
