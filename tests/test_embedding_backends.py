@@ -6,6 +6,7 @@ Uses the real model. The ONNX export (~10 s) is made once per session into a sha
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 import shutil
@@ -115,6 +116,30 @@ def test_openvino_precision_is_recorded(openvino_embedder):
     assert openvino_embedder.precision in ("bf16", "f32")
 
 
+def test_onnxruntime_runs_the_fused_graph(onnx_embedder, reference):
+    # The default model's attention, layer norms and GELU become single onnxruntime kernels.
+    assert onnx_embedder.model_dir.parent.name == "onnx-fused"
+    manifest = json.loads((onnx_embedder.model_dir / onnx_backend.MANIFEST_FILE).read_text())
+    assert manifest["fused"]["Attention"] == 6
+    assert manifest["weights_sha256"] == reference.fingerprint.weights_sha256
+
+
+def test_a_failed_fusion_falls_back_to_the_plain_export(onnx_embedder, reference, tmp_path, monkeypatch, caplog):
+    cache = tmp_path / "cache"
+    shutil.copytree(onnx_embedder.model_dir.parent.parent / "onnx", cache / "onnx")
+
+    def failing_fusion(*args, **kwargs):
+        raise RuntimeError("no fusion today")
+
+    monkeypatch.setattr(onnx_backend, "_export_fused", failing_fusion)
+    with caplog.at_level(logging.WARNING, logger=onnx_backend.__name__):
+        plain = onnx_backend.OnnxEmbedder(reference, cache)
+    assert plain.model_dir == cache / "onnx" / reference.fingerprint.weights_sha256
+    assert "no fusion today" in caplog.text
+    assert not (cache / "onnx-fused" / reference.fingerprint.weights_sha256).exists()
+    assert _cosines(plain.encode(STS_LIKE), reference.encode(STS_LIKE)).min() >= MIN_COSINE
+
+
 def test_second_build_reuses_the_cache(onnx_embedder, reference, cache_dir, monkeypatch):
     model_file = onnx_embedder.model_dir / onnx_backend.ONNX_FILE
     before = model_file.stat()
@@ -123,7 +148,9 @@ def test_second_build_reuses_the_cache(onnx_embedder, reference, cache_dir, monk
         raise AssertionError("exported again despite a valid cache")
 
     monkeypatch.setattr(onnx_backend, "_export_onnx", no_export)
+    monkeypatch.setattr(onnx_backend, "_export_fused", no_export)
     again = onnx_backend.OnnxEmbedder(reference, cache_dir)
+    assert again.model_dir == onnx_embedder.model_dir
     after = (again.model_dir / onnx_backend.ONNX_FILE).stat()
     assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
 
@@ -131,7 +158,7 @@ def test_second_build_reuses_the_cache(onnx_embedder, reference, cache_dir, monk
 def test_corrupt_onnx_cache_is_rebuilt(onnx_embedder, reference, tmp_path, monkeypatch):
     cache = tmp_path / "cache"
     shutil.copytree(onnx_embedder.model_dir.parent.parent, cache)
-    copied = cache / "onnx" / reference.fingerprint.weights_sha256 / onnx_backend.ONNX_FILE
+    copied = cache / "onnx-fused" / reference.fingerprint.weights_sha256 / onnx_backend.ONNX_FILE
     with open(copied, "r+b") as fh:  # flip bytes in the middle of the weights
         fh.seek(copied.stat().st_size // 2)
         fh.write(b"\x00garbage\x00" * 16)
@@ -139,16 +166,39 @@ def test_corrupt_onnx_cache_is_rebuilt(onnx_embedder, reference, tmp_path, monke
     good = onnx_embedder.model_dir / onnx_backend.ONNX_FILE
     exports = []
 
-    def fake_export(ref, target):  # stands in for the 10 s export, already tested by the fixture
-        exports.append(target)
-        shutil.copyfile(good, target)
+    def fake_export(ref, tmp, name):  # stands in for the real export, already tested by the fixture
+        exports.append(tmp / name)
+        shutil.copyfile(good, tmp / name)
         return {}
 
-    monkeypatch.setattr(onnx_backend, "_export_onnx", fake_export)
+    monkeypatch.setattr(onnx_backend, "_export_fused", fake_export)
     rebuilt = onnx_backend.OnnxEmbedder(reference, cache)
     assert len(exports) == 1
     assert sha256_file(rebuilt.model_dir / onnx_backend.ONNX_FILE) == sha256_file(good)
     assert _cosines(rebuilt.encode(STS_LIKE), reference.encode(STS_LIKE)).min() >= MIN_COSINE
+
+
+def test_openvino_keeps_one_batch_in_flight_per_stream(openvino_embedder, reference, monkeypatch):
+    texts = STS_LIKE + LONG_TEXTS
+    expected = reference.encode(texts)
+    # Few texts are cut into one batch per stream; each row still lands in its own place.
+    for count in (1, 2, 3, 5, len(texts)):
+        assert _cosines(openvino_embedder.encode(texts[:count]), expected[:count]).min() >= MIN_COSINE
+    # A failure half-way leaves no request running: the next call is served normally.
+    real_pad = type(openvino_embedder)._pad
+    calls = []
+
+    def pad_failing_on_the_second_batch(self, rows, encodings):
+        calls.append(rows)
+        if len(calls) == 2:
+            raise MemoryError("simulated")
+        return real_pad(self, rows, encodings)
+
+    monkeypatch.setattr(type(openvino_embedder), "_pad", pad_failing_on_the_second_batch)
+    with pytest.raises(MemoryError):
+        openvino_embedder.encode(texts)
+    monkeypatch.undo()
+    assert _cosines(openvino_embedder.encode(texts), expected).min() >= MIN_COSINE
 
 
 def test_corrupt_openvino_cache_is_rebuilt(openvino_embedder, reference, tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from pathlib import Path
 
@@ -11,6 +12,7 @@ from semsearch_server.embedding.onnx_backend import (
     ONNX_FILE,
     RuntimeEmbedder,
     cached_artifact,
+    mean_pool_normalize,
     onnx_export_dir,
 )
 from semsearch_server.embedding.sentence_transformer import SentenceTransformerEmbedder
@@ -42,6 +44,12 @@ class OpenVinoEmbedder(RuntimeEmbedder):
             actually used is read back from the compiled model into `.precision`.
         batch_size: texts per forward pass. 64 measured fastest here for groups of 512-1024 STS
             sentences (bf16: 1036/s against 1000/s at 32 and 935/s at 128).
+
+    The model is compiled for throughput: OpenVINO splits the threads into streams (here two of
+    one thread each) and a call keeps one batch in flight per stream. Two one-thread streams
+    embedded 2,000 STS sentences 1.1-1.2x faster than one two-thread stream (1224-1274 against
+    1037-1126/s), and as fast or faster on groups of 5-32 short queries, which are cut into one
+    batch per stream.
     """
 
     backend = "openvino"
@@ -65,25 +73,53 @@ class OpenVinoEmbedder(RuntimeEmbedder):
         )
         config: dict[str, object] = {
             "INFERENCE_PRECISION_HINT": precision or default_precision(),
-            "PERFORMANCE_HINT": "LATENCY",
+            "PERFORMANCE_HINT": "THROUGHPUT",
         }
         if threads:
             config["INFERENCE_NUM_THREADS"] = threads
         core = ov.Core()
         compiled = core.compile_model(core.read_model(str(self.model_dir / IR_FILES[0])), "CPU", config)
         self.precision = compiled.get_property("INFERENCE_PRECISION_HINT").to_string()
+        self.streams = max(1, int(compiled.get_property("NUM_STREAMS")))
         log.info(
-            "OpenVINO compiled %s with inference precision %s",
+            "OpenVINO compiled %s with inference precision %s, %d stream(s) of %s thread(s)",
             self.model_dir,
             self.precision,
+            self.streams,
+            compiled.get_property("INFERENCE_NUM_THREADS"),
         )
-        # One request reused for every batch: the base class runs one batch at a time under its lock.
-        self._request = compiled.create_infer_request()
+        # One request per stream, reused: the base class runs one encode() at a time under its lock.
+        self._requests = [compiled.create_infer_request() for _ in range(self.streams)]
         super().__init__(reference, [p.get_any_name() for p in compiled.inputs], batch_size)
 
-    def _forward(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
-        # Copy: the output tensor's memory is reused by the next inference.
-        return np.array(self._request.infer(inputs)[0], copy=True)
+    def _batch_size_for(self, count: int) -> int:
+        # Enough batches to give every stream one; never more than batch_size texts in one.
+        return max(1, min(self._batch_size, -(-count // self.streams)))
+
+    def _embed_batches(self, encodings: list, batches: list[list[int]], out: np.ndarray) -> None:
+        in_flight: dict[int, tuple[list[int], np.ndarray]] = {}
+        try:
+            for n, rows in enumerate(batches):
+                slot = n % self.streams
+                if slot in in_flight:
+                    self._collect(slot, *in_flight.pop(slot), out)
+                inputs = self._pad(rows, encodings)
+                self._requests[slot].start_async(inputs)
+                in_flight[slot] = (rows, inputs["attention_mask"])
+            while in_flight:
+                slot = next(iter(in_flight))
+                self._collect(slot, *in_flight.pop(slot), out)
+        finally:
+            # After a failure no request may still be running when the lock is released.
+            for slot in in_flight:
+                with contextlib.suppress(Exception):
+                    self._requests[slot].wait()
+
+    def _collect(self, slot: int, rows: list[int], attention_mask: np.ndarray, out: np.ndarray) -> None:
+        request = self._requests[slot]
+        request.wait()
+        # mean_pool_normalize copies: the output tensor's memory is reused by the next inference.
+        out[rows] = mean_pool_normalize(request.get_output_tensor(0).data, attention_mask)
 
 
 def _convert(reference: SentenceTransformerEmbedder, cache_dir: str | Path, target: Path) -> dict:
