@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
 import os
 import threading
 import time
@@ -14,6 +15,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from semsearch_server.embedding.base import ModelFingerprint
 from semsearch_server.embedding.batching import MicroBatchingEmbedder
+from semsearch_server.embedding.onnx_backend import balanced_batches
 
 DIM = 8
 
@@ -155,3 +157,37 @@ def test_real_model_rows_match_direct_encode(make_batcher):
     for texts, got in zip(requests, results, strict=True):
         # Batch composition changes the float rounding a little, never the vector.
         np.testing.assert_allclose(got, inner.encode(texts), atol=1e-5)
+
+
+def _padded_cost(batch: list[int], lengths: list[int]) -> int:
+    return len(batch) * max(lengths[i] for i in batch)
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_balanced_batches_cut_sorted_texts_at_the_best_points(seed):
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(3, 120, size=int(rng.integers(1, 14))).tolist()
+    parts = int(rng.integers(1, 4))
+    batches = balanced_batches(lengths, parts)
+
+    assert 1 <= len(batches) <= parts
+    assert sorted(i for batch in batches for i in batch) == list(range(len(lengths)))
+    flat = [lengths[i] for batch in batches for i in batch]
+    assert flat == sorted(flat)  # shortest first, each batch a run of similar lengths
+    # Against every way of cutting the sorted lengths into at most `parts` runs.
+    ordered = sorted(lengths)
+    best = min(
+        max(len(run) * run[-1] for run in np.split(ordered, list(cut)) if len(run))
+        for k in range(parts)
+        for cut in itertools.combinations(range(1, len(ordered)), k)
+    )
+    assert max(_padded_cost(batch, lengths) for batch in batches) == best
+
+
+def test_balanced_batches_of_nothing_and_of_one():
+    assert balanced_batches([], 2) == []
+    assert balanced_batches([7], 2) == [[0]]
+    # Eight short texts and one long one: the long one alone, not four-and-five.
+    lengths = [10, 11, 9, 12, 10, 11, 10, 12, 60]
+    batches = balanced_batches(lengths, 2)
+    assert [len(b) for b in batches] == [8, 1]

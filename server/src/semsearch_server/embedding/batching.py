@@ -87,7 +87,10 @@ class MicroBatchingEmbedder(EmbedderWrapper):
     def _release(self) -> None:
         with self._cond:
             self._busy = False
-            self._cond.notify_all()
+            # Only the worker waits for a free model, and only when requests are queued; waking it
+            # for nothing after every lone request costs that request a GIL hand-off.
+            if self._queue:
+                self._cond.notify_all()
 
     def _run(self) -> None:
         while True:

@@ -67,6 +67,41 @@ def length_batches(lengths: list[int], batch_size: int) -> list[list[int]]:
     return batches
 
 
+def balanced_batches(lengths: list[int], parts: int) -> list[list[int]]:
+    """Indices of `lengths` cut, shortest first, into at most `parts` batches of about equal padded cost.
+
+    For engines that run `parts` batches at once (OpenVINO streams): the call lasts as long as its
+    costliest batch, and a batch costs its size times its longest member. Cutting the sorted texts
+    into equal counts would leave the longest texts together in the last batch while the others
+    idle; here the cut points minimise the largest batch's padded token count (binary search on
+    that bound, each probe a greedy pass from the longest text down).
+    """
+    order = sorted(range(len(lengths)), key=lengths.__getitem__)
+    ordered = [lengths[i] for i in order]
+
+    def cuts(bound: int) -> list[tuple[int, int]]:
+        spans: list[tuple[int, int]] = []
+        end = len(ordered)
+        while end > 0:
+            start = end - 1  # the longest remaining text opens a batch and sets its width
+            while start > 0 and (end - start + 1) * ordered[end - 1] <= bound:
+                start -= 1
+            spans.append((start, end))
+            end = start
+        return spans
+
+    if not ordered:
+        return []
+    low, high = ordered[-1], len(ordered) * ordered[-1]
+    while low < high:
+        middle = (low + high) // 2
+        if len(cuts(middle)) <= parts:
+            high = middle
+        else:
+            low = middle + 1
+    return [order[start:end] for start, end in reversed(cuts(low))]
+
+
 def cached_artifact(
     cache_dir: str | Path,
     kind: str,
@@ -328,13 +363,13 @@ class RuntimeEmbedder(FingerprintDescribed):
         if not texts:
             return out
         encodings = self._tokenizer.encode_batch(list(texts))
-        batches = length_batches([len(e.ids) for e in encodings], self._batch_size_for(len(texts)))
+        batches = self._batches([len(e.ids) for e in encodings])
         with self._lock:
             self._embed_batches(encodings, batches, out)
         return out
 
-    def _batch_size_for(self, count: int) -> int:
-        return self._batch_size
+    def _batches(self, lengths: list[int]) -> list[list[int]]:
+        return length_batches(lengths, self._batch_size)
 
     def _embed_batches(self, encodings: list, batches: list[list[int]], out: np.ndarray) -> None:
         """Writes the vectors of each batch of `encodings` (row indices) into `out`, under the lock."""

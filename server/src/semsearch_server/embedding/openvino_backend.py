@@ -11,6 +11,7 @@ import numpy as np
 from semsearch_server.embedding.onnx_backend import (
     ONNX_FILE,
     RuntimeEmbedder,
+    balanced_batches,
     cached_artifact,
     mean_pool_normalize,
     onnx_export_dir,
@@ -48,8 +49,8 @@ class OpenVinoEmbedder(RuntimeEmbedder):
     The model is compiled for throughput: OpenVINO splits the threads into streams (here two of
     one thread each) and a call keeps one batch in flight per stream. Two one-thread streams
     embedded 2,000 STS sentences 1.1-1.2x faster than one two-thread stream (1224-1274 against
-    1037-1126/s), and as fast or faster on groups of 5-32 short queries, which are cut into one
-    batch per stream.
+    1037-1126/s). A group that fits in one batch per stream is cut so that the streams finish
+    together (`balanced_batches`): on groups of 8-32 short queries 1.04-1.17x faster than equal counts.
     """
 
     backend = "openvino"
@@ -92,9 +93,11 @@ class OpenVinoEmbedder(RuntimeEmbedder):
         self._requests = [compiled.create_infer_request() for _ in range(self.streams)]
         super().__init__(reference, [p.get_any_name() for p in compiled.inputs], batch_size)
 
-    def _batch_size_for(self, count: int) -> int:
-        # Enough batches to give every stream one; never more than batch_size texts in one.
-        return max(1, min(self._batch_size, -(-count // self.streams)))
+    def _batches(self, lengths: list[int]) -> list[list[int]]:
+        if len(lengths) <= self.streams * self._batch_size:
+            # One round: one batch per stream, cut so that the streams finish together.
+            return balanced_batches(lengths, self.streams)
+        return super()._batches(lengths)
 
     def _embed_batches(self, encodings: list, batches: list[list[int]], out: np.ndarray) -> None:
         in_flight: dict[int, tuple[list[int], np.ndarray]] = {}

@@ -206,14 +206,14 @@ class VectorIndex:
         return selector
 
     def _params(self, selector):
-        inner = self._index.index if isinstance(self._index, faiss.IndexIDMap2) else self._index
-        inner = faiss.downcast_index(inner)
-        if isinstance(inner, faiss.IndexHNSW):
+        if self.spec.kind is IndexKind.HNSW:
             params = faiss.SearchParametersHNSW()
             params.efSearch = max(self.spec.hnsw_ef_search, 1)
-        elif isinstance(inner, faiss.IndexIVF):
+        elif self.spec.kind is IndexKind.IVF and self.trained:
             params = faiss.SearchParametersIVF()
             params.nprobe = self.spec.ivf_nprobe
+        elif selector is None:
+            return None  # exact search with nothing to exclude: no parameters to build per query
         else:
             params = faiss.SearchParameters()
         if selector is not None:
