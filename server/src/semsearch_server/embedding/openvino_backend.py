@@ -100,15 +100,16 @@ class OpenVinoEmbedder(RuntimeEmbedder):
         return super()._batches(lengths)
 
     def _embed_batches(self, encodings: list, batches: list[list[int]], out: np.ndarray) -> None:
-        in_flight: dict[int, tuple[list[int], np.ndarray]] = {}
+        in_flight: dict[int, tuple[list[int], dict[str, np.ndarray]]] = {}
         try:
             for n, rows in enumerate(batches):
                 slot = n % self.streams
                 if slot in in_flight:
                     self._collect(slot, *in_flight.pop(slot), out)
                 inputs = self._pad(rows, encodings)
-                self._requests[slot].start_async(inputs)
-                in_flight[slot] = (rows, inputs["attention_mask"])
+                # Shared, not copied (a copy holds the GIL); in_flight keeps the arrays alive until collected.
+                self._requests[slot].start_async(inputs, share_inputs=True)
+                in_flight[slot] = (rows, inputs)
             while in_flight:
                 slot = next(iter(in_flight))
                 self._collect(slot, *in_flight.pop(slot), out)
@@ -118,11 +119,11 @@ class OpenVinoEmbedder(RuntimeEmbedder):
                 with contextlib.suppress(Exception):
                     self._requests[slot].wait()
 
-    def _collect(self, slot: int, rows: list[int], attention_mask: np.ndarray, out: np.ndarray) -> None:
+    def _collect(self, slot: int, rows: list[int], inputs: dict[str, np.ndarray], out: np.ndarray) -> None:
         request = self._requests[slot]
         request.wait()
         # mean_pool_normalize copies: the output tensor's memory is reused by the next inference.
-        out[rows] = mean_pool_normalize(request.get_output_tensor(0).data, attention_mask)
+        out[rows] = mean_pool_normalize(request.get_output_tensor(0).data, inputs["attention_mask"])
 
 
 def _convert(reference: SentenceTransformerEmbedder, cache_dir: str | Path, target: Path) -> dict:
