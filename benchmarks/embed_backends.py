@@ -103,7 +103,7 @@ def main() -> None:
     backends: dict[str, Callable[[list[str]], np.ndarray]] = {
         "torch loop b32 (baseline)": torch_loop,
         "torch SentenceTransformerEmbedder": reference.encode,
-        "onnx fp32": onnx.encode,
+        "onnx fp32 (fused graph)": onnx.encode,
         f"openvino {ov_default.precision}": ov_default.encode,
     }
     if ov_default.precision != "f32":

@@ -140,6 +140,43 @@ def test_a_failed_fusion_falls_back_to_the_plain_export(onnx_embedder, reference
     assert _cosines(plain.encode(STS_LIKE), reference.encode(STS_LIKE)).min() >= MIN_COSINE
 
 
+def test_a_fused_graph_that_disagrees_is_not_cached(onnx_embedder, reference, tmp_path, monkeypatch, caplog):
+    cache = tmp_path / "cache"
+    shutil.copytree(onnx_embedder.model_dir.parent.parent / "onnx", cache / "onnx")
+    differences = []
+
+    def wrong_fusion(*args):  # as if a pattern had matched where it should not
+        differences.append(args)
+        return 0.5
+
+    monkeypatch.setattr(onnx_backend, "_largest_difference", wrong_fusion)
+    with caplog.at_level(logging.WARNING, logger=onnx_backend.__name__):
+        plain = onnx_backend.OnnxEmbedder(reference, cache)
+    assert len(differences) == 1
+    assert plain.model_dir.parent.name == "onnx"
+    assert "differs from the traced one" in caplog.text
+    assert not (cache / "onnx-fused" / reference.fingerprint.weights_sha256).exists()
+
+
+def test_the_fused_graph_matches_the_traced_one(onnx_embedder, reference, tmp_path):
+    # The check itself, on the real graphs: a plain export against the fused one is within tolerance,
+    # and it is not blind: the same graph against a model with other weights is far off.
+    plain = onnx_embedder.model_dir.parent.parent / "onnx" / reference.fingerprint.weights_sha256
+    names = onnx_backend._input_names(reference.model[0].auto_model)
+    vocab = int(reference.model[0].auto_model.config.vocab_size)
+    fused = onnx_embedder.model_dir / onnx_backend.ONNX_FILE
+    assert onnx_backend._largest_difference(plain / onnx_backend.ONNX_FILE, fused, names, vocab) <= 1e-3
+
+    import onnx
+    from onnx import numpy_helper
+
+    altered = onnx.load(str(plain / onnx_backend.ONNX_FILE))
+    weights = next(t for t in altered.graph.initializer if t.data_type == onnx.TensorProto.FLOAT and len(t.dims) == 2)
+    weights.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(weights) * 1.05, weights.name))
+    onnx.save(altered, str(tmp_path / "altered.onnx"))
+    assert onnx_backend._largest_difference(tmp_path / "altered.onnx", fused, names, vocab) > 1e-2
+
+
 def test_second_build_reuses_the_cache(onnx_embedder, reference, cache_dir, monkeypatch):
     model_file = onnx_embedder.model_dir / onnx_backend.ONNX_FILE
     before = model_file.stat()

@@ -30,6 +30,8 @@ log = logging.getLogger(__name__)
 # Bumped whenever the export or the manifest changes, so that old caches are rebuilt, not misread.
 EXPORT_FORMAT = 1
 ONNX_FILE = "model.onnx"
+# Largest difference in last_hidden_state allowed between the fused and the traced graph.
+FUSED_TOLERANCE = 1e-3
 MANIFEST_FILE = "manifest.json"
 
 
@@ -305,6 +307,11 @@ def _export_fused(reference: SentenceTransformerEmbedder, tmp: Path, name: str) 
     )
     fused = {op: count for op, count in optimized.get_fused_operator_statistics().items() if count}
     optimized.save_model_to_file(str(tmp / name))
+    # The fusions match graph patterns written for BERT; on another architecture a wrong match
+    # must not reach the cache. Both graphs run on the same padded batch and must agree.
+    difference = _largest_difference(traced, tmp / name, input_names, int(config.vocab_size))
+    if not difference <= FUSED_TOLERANCE:
+        raise ValueError(f"the fused graph differs from the traced one by up to {difference:.2e}")
     traced.unlink()
     log.info("fused operators: %s", fused or "none (the graph stays as exported)")
     return {
@@ -314,6 +321,26 @@ def _export_fused(reference: SentenceTransformerEmbedder, tmp: Path, name: str) 
         "inputs": input_names,
         "fused": fused,
     }
+
+
+def _largest_difference(first: Path, second: Path, input_names: list[str], vocab_size: int) -> float:
+    """Largest absolute difference of last_hidden_state between two graphs on one padded batch."""
+    import onnxruntime
+
+    rng = np.random.default_rng(0)
+    ids = rng.integers(1000, vocab_size, size=(3, 24), dtype=np.int64)
+    mask = np.ones_like(ids)
+    mask[1, 17:] = 0  # a padded row, as length-sorted batches have
+    mask[2, 5:] = 0
+    ids[mask == 0] = 0
+    inputs = {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
+    inputs = {name: inputs[name] for name in input_names}
+    outputs = []
+    for path in (first, second):
+        session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        outputs.append(session.run(None, inputs)[0])
+    real = mask.astype(bool)  # padded positions are masked out of the pooling either way
+    return float(np.abs(outputs[0][real] - outputs[1][real]).max())
 
 
 class RuntimeEmbedder(FingerprintDescribed):
