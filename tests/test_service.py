@@ -88,6 +88,22 @@ def test_get_returns_found_documents_in_request_order(client, collection):
     assert [d.id for d in client.get(["c", "zz", "a"], collection=collection)] == ["c", "a"]
 
 
+def test_texts_ids_and_metadata_come_back_exactly_as_stored(client, collection):
+    # Hits and documents are read back through SQLite's JSON functions: nothing may be re-encoded.
+    tricky = [
+        Document('quote"and\\backslash', 'He said "hi" \\ then left.\n\tIndented\r\nline', {"k": '"v"'}),
+        Document("whitespace-controls", "tabs\tand\nnewlines\r\n", {"ctl": "\t\n\r"}),
+        Document("ünïcödé-ключ-键", "Naïve café 😀 — 東京 مرحبا \u2028 sep", {"ключ": "значение", "emoji": "🎉"}),
+        Document("numbers-look-alike", "123", {"n": "007", "b": "true", "z": "null"}),
+    ]
+    client.upsert(tricky, collection=collection)
+    assert client.get([d.id for d in tricky], collection=collection) == tricky
+    hits = client.search("café", collection=collection, top_k=4)
+    assert {(h.id, h.text, tuple(sorted(h.metadata.items()))) for h in hits} == {
+        (d.id, d.text, tuple(sorted(d.metadata.items()))) for d in tricky
+    }
+
+
 def test_batch_search_matches_single_searches(client):
     queries = ["I drink water with wine", "food", "fish"]
     batch = client.batch_search(queries, collection="demo", top_k=3)
