@@ -227,3 +227,38 @@ def test_upsert_stream_stores_every_message_before_a_bad_one_and_nothing_after(c
     assert client.upsert_stream(good[:3], collection=collection) == 120  # replaces, counts again
     hits = client.search("message 7 sentence 3 about rivers", collection=collection, top_k=1)
     assert hits[0].id == "m7-3"
+
+
+def test_upsert_stream_applies_messages_in_order_across_collections(client, collection, embedder):
+    # Consecutive messages for one collection share a transaction; the outcome must be the same as
+    # applying each message in turn: the later version of an id wins, text and vector alike.
+    from semsearch.v1 import search_service_pb2 as pb
+
+    other = collection + "-b"
+    client.create_collection(other)
+    try:
+
+        def message(name: str, *docs: tuple[str, str]) -> pb.UpsertRequest:
+            return pb.UpsertRequest(collection=name, documents=[pb.Document(id=i, text=t) for i, t in docs])
+
+        stream = [
+            message(collection, ("x1", "a red bicycle"), ("x2", "a cup of tea")),
+            message(collection, ("x1", "stock markets fell sharply")),
+            message(other, ("y1", "a cup of tea")),
+            message(collection, ("x2", "snow on the mountains"), ("x3", "a red bicycle")),
+        ]
+        assert client.stub.UpsertStream(iter(stream), timeout=60).upserted_count == 6
+        assert client.get(["x1", "x2", "x3"], collection=collection) == [
+            Document("x1", "stock markets fell sharply"),
+            Document("x2", "snow on the mountains"),
+            Document("x3", "a red bicycle"),
+        ]
+        assert client.get(["y1"], collection=other) == [Document("y1", "a cup of tea")]
+        assert {c.name: c.document_count for c in client.list_collections()}[collection] == 3
+        # Each stored vector is the latest text's: searching with that text finds it at cosine 1.
+        for doc_id, text in [("x1", "stock markets fell sharply"), ("x2", "snow on the mountains")]:
+            hits = client.search(text, collection=collection, top_k=5, min_score=-1.0)
+            assert hits[0].id == doc_id and hits[0].score == pytest.approx(1.0, abs=1e-4)
+            assert sorted(h.id for h in hits) == ["x1", "x2", "x3"]  # no stale copy of a replaced one
+    finally:
+        client.delete_collection(other)

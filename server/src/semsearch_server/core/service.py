@@ -100,8 +100,10 @@ class SearchService:
 
         Consecutive messages are embedded together, up to `STREAM_EMBED_GROUP` texts: sorting a larger
         group by length wastes far less padding than one message at a time (on the default model and
-        backend, groups of 1,024 embed 1.6x faster than messages of 64). Each message is still its own
-        transaction; a bad message is reported after every message before it has been stored.
+        backend, groups of 1,024 embed 1.6x faster than messages of 64), and consecutive messages of
+        a group that go to the same collection are stored in one transaction (an id sent twice: the
+        later message wins, as if applied in order). A crash therefore leaves a prefix of whole
+        messages stored; a bad message is reported after every message before it has been stored.
         The response only comes at the end of the stream, so nothing is acknowledged earlier.
         """
         stored = 0
@@ -115,9 +117,12 @@ class SearchService:
             if not still_wanted():
                 raise DeadlineExceeded(f"the deadline passed while embedding; {stored} documents were stored")
             offset = 0
-            for store, docs in pending:
-                store.upsert(docs, vectors[offset : offset + len(docs)])
+            for store, messages in _runs_by_store(pending):
+                docs = [d for m in messages for d in m]
+                run_vectors = vectors[offset : offset + len(docs)]
                 offset += len(docs)
+                latest = _last_of_each_id(docs)
+                store.upsert([docs[i] for i in latest], run_vectors[latest])
                 stored += len(docs)
             pending.clear()
 
@@ -262,3 +267,22 @@ class SearchService:
         close = getattr(self.embedder, "close", None)
         if close is not None:
             close()
+
+
+def _runs_by_store(
+    pending: Sequence[tuple[IndexStore, Sequence[Document]]],
+) -> list[tuple[IndexStore, list[Sequence[Document]]]]:
+    """Consecutive messages for the same collection, merged: [(store, [documents, ...]), ...] in order."""
+    runs: list[tuple[IndexStore, list[Sequence[Document]]]] = []
+    for store, docs in pending:
+        if runs and runs[-1][0] is store:
+            runs[-1][1].append(docs)
+        else:
+            runs.append((store, [docs]))
+    return runs
+
+
+def _last_of_each_id(docs: Sequence[Document]) -> list[int]:
+    """Positions of the last document with each id, in order of those positions."""
+    last = {doc.id: i for i, doc in enumerate(docs)}
+    return sorted(last.values())
