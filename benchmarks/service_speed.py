@@ -10,7 +10,7 @@ Service: a real server process over loopback gRPC, with its default (or --server
 
 Rounds alternate baseline and service so drift in the machine's load hits both; medians are reported.
 
-    python benchmarks/service_speed.py [--count 2000] [--rounds 3] [--server-args "--backend torch"]
+    python benchmarks/service_speed.py [--count 2000] [--rounds 5] [--server-args "--backend torch"]
 """
 
 from __future__ import annotations
@@ -123,7 +123,7 @@ def main() -> int:
     parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR, help="STS Benchmark folder")
     parser.add_argument("--count", type=int, default=2000, help="sentences to ingest")
     parser.add_argument("--queries", type=int, default=200, help="queries per latency round")
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5, help="alternating baseline/service rounds (medians)")
     parser.add_argument("--seconds", type=float, default=10.0, help="duration of each throughput run")
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--server-args", default="", help="extra semsearch-server flags, e.g. '--backend torch'")
