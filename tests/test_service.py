@@ -262,3 +262,33 @@ def test_upsert_stream_applies_messages_in_order_across_collections(client, coll
             assert sorted(h.id for h in hits) == ["x1", "x2", "x3"]  # no stale copy of a replaced one
     finally:
         client.delete_collection(other)
+
+
+def test_ivf_trains_once_enough_documents_are_written(client, collection):
+    # nlist 2 needs 2 * 39 = 78 vectors: exact search before that, IVF after, same answers with
+    # nprobe covering every list; deletes and replacements keep the trained index in step.
+    name = collection + "-ivf"
+    client.create_collection(name, index="ivf", ivf_nlist=2, ivf_nprobe=2)
+    try:
+        docs = [Document(f"d{i}", f"sentence {i} about {topic}") for i, topic in enumerate(["rivers", "wine"] * 50)]
+
+        def trained() -> bool:
+            return {c.name: c for c in client.list_collections()}[name].index_trained
+
+        client.upsert(docs[:70], collection=name)
+        client.upsert(docs[:70], collection=collection)
+        assert not trained()
+        client.upsert(docs[70:], collection=name)
+        client.upsert(docs[70:], collection=collection)
+        assert trained()
+        for query in ["a river", "red wine", "sentence 42"]:
+            exact = client.search(query, collection=collection, top_k=10, min_score=-1.0)
+            approx = client.search(query, collection=name, top_k=10, min_score=-1.0)
+            assert [h.id for h in approx] == [h.id for h in exact]
+        client.delete(["d1", "d3"], collection=name)
+        client.upsert([Document("d5", "a completely different text about chess")], collection=name)
+        hits = client.search("chess", collection=name, top_k=100, min_score=-1.0)
+        assert hits[0].id == "d5" and len(hits) == 98
+        assert not {"d1", "d3"} & {h.id for h in hits}
+    finally:
+        client.delete_collection(name)

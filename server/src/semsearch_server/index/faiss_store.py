@@ -382,7 +382,9 @@ class FaissIndexStore:
 
     def _after_write(self, changed: int) -> None:
         self._writes_since_snapshot += changed
-        if self._index.needs_rebuild(self.count()):
+        # The index holds exactly the stored documents here (both changed under the write lock), so
+        # its count stands in for SELECT COUNT(*), which scans the table: ~8 ms per write at 1M rows.
+        if self._index.needs_rebuild(self._index.ntotal):
             self._rebuild_from_database()
             self._write_snapshot()
         elif self._writes_since_snapshot >= self._snapshot_every:
