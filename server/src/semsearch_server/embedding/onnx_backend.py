@@ -433,7 +433,8 @@ def _pad(encodings: list, input_names: list[str]) -> dict[str, np.ndarray]:
 
 
 class OnnxEmbedder(RuntimeEmbedder):
-    """Embeds with onnxruntime on the CPU, from the cached ONNX export of the reference model.
+    """Embeds with onnxruntime on the CPU, from the cached fused export of the reference model
+    (`fused_onnx_dir`), or from the plain export if the fused one cannot be built or does not agree.
 
     Args:
         reference: the torch embedder of the same model (exported on first use, kept as `.reference`).
@@ -442,8 +443,8 @@ class OnnxEmbedder(RuntimeEmbedder):
         batch_size: texts per forward pass.
         spin: let intra-op threads spin-wait between the operators of a run instead of sleeping,
             and stop spinning when the run returns ("session.force_spinning_stop"). On a one-query
-            call this saves the thread wake-ups between ~100 small operators: p50 3.4-3.8 against
-            4.2-4.6 ms here, at the same CPU time per query. Spinning that outlives the run (onnxruntime's
+            call this saves a thread wake-up per operator: p50 3.4-3.8 against 4.2-4.6 ms here (plain
+            graph), at the same CPU time per query. Spinning that outlives the run (onnxruntime's
             default) was as fast but burned ~40 % more CPU, starving the other engine, gRPC's threads
             and anything else on a shared 2-core box, so it is never used.
     """
