@@ -5,7 +5,7 @@ hand-written sentence-transformers torch loop (batch 32, the baseline), and top-
 small exact search; with ratios to the baseline. Repeats are interleaved across backends and
 reported as medians, because the machine is shared and noisy.
 
-    HF_HUB_OFFLINE=1 PYTHONPATH=server/src python benchmarks/embed_backends.py --data-dir /work/shared/data/stsbenchmark
+    python benchmarks/embed_backends.py [--data-dir ../shared/data/stsbenchmark] [-n 2000]
 """
 
 from __future__ import annotations
@@ -19,21 +19,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+from common import DEFAULT_DATA_DIR, sts_sentences
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
-
-def load_sentences(data_dir: Path, n: int) -> list[str]:
-    """The first n distinct sentences of sts-train.csv (tab-separated; fields 5 and 6; no quoting)."""
-    seen: dict[str, None] = {}
-    with open(data_dir / "sts-train.csv", encoding="utf-8") as fh:
-        for line in fh:
-            fields = line.rstrip("\n").split("\t")[:7]
-            for sentence in fields[5:7]:
-                seen.setdefault(sentence.strip(), None)
-            if len(seen) >= n:
-                break
-    return list(seen)[:n]
 
 
 def elapsed(fn: Callable[[], object]) -> float:
@@ -48,7 +36,7 @@ def top10(corpus: np.ndarray, queries: np.ndarray) -> np.ndarray:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data-dir", type=Path, default=Path("/work/shared/data/stsbenchmark"))
+    parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR, help="STS Benchmark folder")
     parser.add_argument("-n", type=int, default=2000, help="sentences to encode")
     parser.add_argument("--repeats", type=int, default=3, help="throughput runs per backend (median)")
     parser.add_argument(
@@ -75,7 +63,7 @@ def main() -> None:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    sentences = load_sentences(args.data_dir, args.n)
+    sentences = sts_sentences(args.data_dir, args.n)
     reference = SentenceTransformerEmbedder(default_model_path())
     model = reference.model
 

@@ -346,7 +346,8 @@ def _largest_difference(first: Path, second: Path, input_names: list[str], vocab
 class RuntimeEmbedder(FingerprintDescribed):
     """Shared part of the exported-model embedders: tokenising, length-sorted batching and pooling.
 
-    Subclasses set `backend` and implement `_forward(inputs) -> last_hidden_state` for one padded batch.
+    Subclasses set `backend` and implement `_forward(inputs) -> last_hidden_state` for one padded batch,
+    or override `_embed_batches` to run several batches at once (OpenVINO's streams).
 
     Attributes:
         reference: the torch SentenceTransformerEmbedder this one was made from and checked against.
