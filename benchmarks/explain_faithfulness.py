@@ -22,12 +22,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from common import DEFAULT_DATA_DIR, sts_rows
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 LEVELS = (0.1, 0.2, 0.3, 0.5)
 RANDOM_ORDERINGS = 10
-DEFAULT_DATA_DIR = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "stsbenchmark"
 
 
 @dataclass(frozen=True)
@@ -38,15 +38,12 @@ class Pair:
 
 
 def load_pairs(data_dir: Path, count: int, seed: int, min_gold: float = 3.0) -> list[Pair]:
-    """Reads sts-dev.csv (tab-separated, no quoting) and picks ``count`` pairs with gold >= ``min_gold``."""
-    pairs = []
-    for line in (data_dir / "sts-dev.csv").read_text(encoding="utf-8").splitlines():
-        fields = line.split("\t")[:7]  # some lines carry two extra source fields
-        if len(fields) < 7:
-            continue
-        gold, query, doc = float(fields[4]), fields[5].strip(), fields[6].strip()
-        if gold >= min_gold and query and doc:
-            pairs.append(Pair(query, doc, gold))
+    """Picks ``count`` sts-dev.csv pairs with gold >= ``min_gold``, at random with ``seed``."""
+    pairs = [
+        Pair(query, doc, gold)
+        for gold, query, doc in sts_rows(data_dir, ("sts-dev.csv",))
+        if gold >= min_gold and query and doc
+    ]
     return random.Random(seed).sample(pairs, min(count, len(pairs)))
 
 

@@ -43,11 +43,10 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import faiss
 import numpy as np
+from common import DEFAULT_DATA_DIR, sts_sentences
 from semsearch_server.core.models import IndexKind, IndexSpec
 from semsearch_server.index.vector_index import VectorIndex, ivf_nlist_for
 
-REPO = Path(__file__).resolve().parents[1]
-DEFAULT_DATA_DIR = REPO / ".." / "shared" / "data" / "stsbenchmark"
 K = 10
 TARGET_SIZE = 1_000_000
 TARGET_RECALL = 0.98
@@ -81,17 +80,6 @@ class Row:
 
 
 # -- data ------------------------------------------------------------------------------------------
-def load_sentences(data_dir: Path) -> list[str]:
-    """Unique sentences of sts-train.csv and sts-dev.csv (tab-separated, no quoting: some texts hold '"')."""
-    seen: dict[str, None] = {}
-    for name in ("sts-train.csv", "sts-dev.csv"):
-        for line in (data_dir / name).read_text(encoding="utf-8").splitlines():
-            for text in line.split("\t")[:7][5:7]:  # some lines carry two extra source fields
-                if text.strip():
-                    seen.setdefault(text.strip())
-    return list(seen)
-
-
 def embed_cached(texts: list[str], cache_dir: Path) -> np.ndarray:
     from semsearch_server.embedding.sentence_transformer import SentenceTransformerEmbedder, default_model_path
 
@@ -304,7 +292,7 @@ def main() -> None:
     if args.quick:
         args.sizes = [100_000]
 
-    sentences = load_sentences(args.data_dir)
+    sentences = sts_sentences(args.data_dir, None, files=("sts-train.csv", "sts-dev.csv"))
     embeddings = embed_cached(sentences, args.cache)
     rng = np.random.default_rng(args.seed)
     order = rng.permutation(len(sentences))
