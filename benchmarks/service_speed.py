@@ -8,7 +8,8 @@ Service: a real server process over loopback gRPC, with its default (or --server
   query   one client's Search p50 vs the baseline's encode+search p50 (both over the ingested set);
   load    16 concurrent clients' Search throughput vs one client's, with p50/p99.
 
-Rounds alternate baseline and service so drift in the machine's load hits both; medians are reported.
+Rounds alternate baseline and service (and, for load, one client and 16) so that drift in the machine's
+load hits both sides; medians are reported.
 
     python benchmarks/service_speed.py [--count 2000] [--rounds 5] [--server-args "--backend torch"]
 """
@@ -125,6 +126,7 @@ def main() -> int:
     parser.add_argument("--queries", type=int, default=200, help="queries per latency round")
     parser.add_argument("--rounds", type=int, default=5, help="alternating baseline/service rounds (medians)")
     parser.add_argument("--seconds", type=float, default=10.0, help="duration of each throughput run")
+    parser.add_argument("--load-rounds", type=int, default=3, help="alternating one-client/many-client runs")
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--server-args", default="", help="extra semsearch-server flags, e.g. '--backend torch'")
     args = parser.parse_args()
@@ -150,8 +152,15 @@ def main() -> int:
                     print(f"  round {r + 1}: ingest baseline {base_ingest[-1]:7.1f}/s service {svc_ingest[-1]:7.1f}/s")
                 service_vectors = client.embed(texts[:256])
                 cosines = np.sum(service_vectors * baseline.encode(texts[:256]), axis=1)
-                one_rate, one_lat = concurrent_searches(server.address, queries, "round0", 1, args.seconds)
-                many_rate, many_lat = concurrent_searches(server.address, queries, "round0", args.clients, args.seconds)
+                one_rates, one_lat, many_rates, many_lat = [], [], [], []
+                for _ in range(args.load_rounds):
+                    rate, latencies = concurrent_searches(server.address, queries, "round0", 1, args.seconds)
+                    one_rates.append(rate)
+                    one_lat += latencies
+                    rate, latencies = concurrent_searches(server.address, queries, "round0", args.clients, args.seconds)
+                    many_rates.append(rate)
+                    many_lat += latencies
+                one_rate, many_rate = statistics.median(one_rates), statistics.median(many_rates)
         finally:
             server.terminate(timeout=120)
             server.stop()
@@ -174,7 +183,10 @@ def main() -> int:
         f"{percentile(svc_q, 0.5) * 1000:.2f} ms: {query_ratio:.2f}x  target <= {QUERY_TARGET}x  "
         f"{verdict(query_ratio <= QUERY_TARGET)}"
     )
-    print(f"load     1 client {one_rate:.1f} searches/s (p50 {percentile(one_lat, 0.5) * 1000:.1f} ms, p99 "
+    print(f"load     medians of {args.load_rounds} alternating runs of {args.seconds:g} s "
+          f"(1 client: {', '.join(f'{r:.0f}' for r in one_rates)}/s; "
+          f"{args.clients} clients: {', '.join(f'{r:.0f}' for r in many_rates)}/s)")  # fmt: skip
+    print(f"         1 client {one_rate:.1f} searches/s (p50 {percentile(one_lat, 0.5) * 1000:.1f} ms, p99 "
           f"{percentile(one_lat, 0.99) * 1000:.1f} ms); {args.clients} clients {many_rate:.1f}/s (p50 "
           f"{percentile(many_lat, 0.5) * 1000:.1f} ms, p99 {percentile(many_lat, 0.99) * 1000:.1f} ms): "
           f"{conc_ratio:.2f}x  target >= {CONCURRENCY_TARGET}x  "
