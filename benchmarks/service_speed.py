@@ -11,7 +11,7 @@ Service: a real server process over loopback gRPC, with its default (or --server
 Rounds alternate baseline and service (and, for load, one client and 16) so that drift in the machine's
 load hits both sides; medians are reported.
 
-    python benchmarks/service_speed.py [--count 2000] [--rounds 5] [--server-args "--backend torch"]
+    python benchmarks/service_speed.py [--count 2000] [--rounds 5] [--load-rounds 3] [--server-args "--backend torch"]
 """
 
 from __future__ import annotations
@@ -130,6 +130,8 @@ def main() -> int:
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--server-args", default="", help="extra semsearch-server flags, e.g. '--backend torch'")
     args = parser.parse_args()
+    if args.rounds < 1 or args.load_rounds < 1:
+        parser.error("--rounds and --load-rounds must be at least 1")
 
     texts = sts_sentences(args.data_dir, args.count)
     queries = sts_sentences(args.data_dir, None, files=("sts-dev.csv",))[: args.queries]
