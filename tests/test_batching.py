@@ -142,6 +142,98 @@ def test_close_stops_the_worker():
         batcher.encode(["late"])
 
 
+class BulkGatedEmbedder(FakeEmbedder):
+    """A FakeEmbedder whose calls of more than `bulk_over` texts block until `release` is set."""
+
+    def __init__(self, bulk_over: int) -> None:
+        super().__init__()
+        self.bulk_over = bulk_over
+        self.release = threading.Event()
+        self.bulk_started = threading.Event()
+        self.bulk_running = 0
+        self.most_bulk_running = 0
+        self._count = threading.Lock()
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        if len(texts) <= self.bulk_over:
+            return super().encode(texts)
+        with self._count:
+            self.bulk_running += 1
+            self.most_bulk_running = max(self.most_bulk_running, self.bulk_running)
+        self.bulk_started.set()
+        try:
+            assert self.release.wait(10), "the test never released the bulk call"
+            return super().encode(texts)
+        finally:
+            with self._count:
+                self.bulk_running -= 1
+
+
+def in_thread(call) -> tuple[threading.Thread, list]:
+    """Runs call() in a started thread; the list receives its result."""
+    out: list = []
+    thread = threading.Thread(target=lambda: out.append(call()), daemon=True)
+    thread.start()
+    return thread, out
+
+
+BULK = [f"document {i} " + "y" * (i % 9) for i in range(40)]
+
+
+def test_bulk_lane_lets_small_requests_pass_a_running_bulk_request(make_batcher):
+    inner = BulkGatedEmbedder(bulk_over=8)
+    batcher = make_batcher(inner, max_batch=8, bulk_lane=True)
+    bulk_thread, bulk_out = in_thread(lambda: batcher.encode(BULK))
+    assert inner.bulk_started.wait(5)
+    small_thread, small_out = in_thread(lambda: batcher.encode(["a query", "another"]))
+    small_thread.join(5)
+    assert small_out, "the small request waited for the bulk one"
+    np.testing.assert_array_equal(small_out[0], np.stack([vector("a query"), vector("another")]))
+    assert bulk_thread.is_alive()
+    inner.release.set()
+    bulk_thread.join(5)
+    np.testing.assert_array_equal(bulk_out[0], np.stack([vector(t) for t in BULK]))
+
+
+def test_without_bulk_lane_a_small_request_waits_for_the_bulk_one(make_batcher):
+    inner = BulkGatedEmbedder(bulk_over=8)
+    batcher = make_batcher(inner, max_batch=8)
+    bulk_thread, _ = in_thread(lambda: batcher.encode(BULK))
+    assert inner.bulk_started.wait(5)
+    small_thread, small_out = in_thread(lambda: batcher.encode(["a query"]))
+    small_thread.join(0.3)
+    assert not small_out
+    inner.release.set()
+    small_thread.join(5)
+    bulk_thread.join(5)
+    np.testing.assert_array_equal(small_out[0], vector("a query")[None])
+
+
+def test_bulk_lane_runs_one_bulk_request_at_a_time(make_batcher):
+    inner = BulkGatedEmbedder(bulk_over=8)
+    inner.release.set()
+    batcher = make_batcher(inner, max_batch=8, bulk_lane=True)
+    requests = [[f"{i}: {t}" for t in BULK] for i in range(4)] + [[f"small {i}"] for i in range(4)]
+    results = run_concurrently(batcher, requests)
+    for texts, got in zip(requests, results, strict=True):
+        np.testing.assert_array_equal(got, np.stack([vector(t) for t in texts]))
+    assert inner.most_bulk_running == 1
+
+
+@pytest.mark.parametrize("two_engines", [True, False])
+def test_the_service_gets_a_bulk_lane_only_with_two_engines(tmp_path, two_engines):
+    from semsearch_server.config import ServerConfig
+    from semsearch_server.embedding.routing import SizeRoutedEmbedder
+    from semsearch_server.wiring import build_service
+
+    embedder = SizeRoutedEmbedder(FakeEmbedder(), FakeEmbedder()) if two_engines else FakeEmbedder()
+    service = build_service(ServerConfig(data_dir=tmp_path), embedder=embedder)
+    try:
+        assert service.embedder.bulk_lane is two_engines
+    finally:
+        service.close()
+
+
 def test_real_model_rows_match_direct_encode(make_batcher):
     from semsearch_server.embedding.sentence_transformer import (
         SentenceTransformerEmbedder,

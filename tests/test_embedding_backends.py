@@ -11,6 +11,7 @@ import logging
 import os
 import shutil
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -313,3 +314,41 @@ def test_size_routing_sends_each_request_to_one_engine():
     assert small.calls == [1, 2] and bulk.calls == [3, 40]
     assert routed.fingerprint.backend == "bulk (batches) + small (<= 2 texts)"
     assert routed.dimension == 2 and routed.max_seq_length == 8
+
+
+def test_size_routing_sends_requests_around_a_busy_batch_engine():
+    class Gated:
+        def __init__(self, name):
+            self.fingerprint = ModelFingerprint(name, "sha", 2, "mean", True, 8, name)
+            self.calls = []
+            self.open = threading.Event()
+            self.open.set()
+            self.entered = threading.Event()
+
+        def encode(self, texts):
+            self.calls.append(len(texts))
+            self.entered.set()
+            assert self.open.wait(10)
+            return np.zeros((len(texts), 2), dtype=np.float32)
+
+    bulk, small = Gated("bulk"), Gated("small")
+    routed = SizeRoutedEmbedder(bulk, small, small_max_texts=2, small_max_texts_while_busy=8)
+    assert routed.serves_small_calls_while_busy
+    routed.encode(["t"] * 5)  # idle: the batch engine takes it
+    bulk.open.clear()
+    bulk.entered.clear()
+    running = threading.Thread(target=routed.encode, args=(["t"] * 40,))
+    running.start()
+    assert bulk.entered.wait(5)
+    for n in (1, 5, 8):
+        routed.encode(["t"] * n)  # would hang if it went to the blocked batch engine
+    waiting = threading.Thread(target=routed.encode, args=(["t"] * 9,))
+    waiting.start()
+    waiting.join(0.2)
+    assert waiting.is_alive()  # too large for the latency engine: waits for the batch one
+    bulk.open.set()
+    running.join(5)
+    waiting.join(5)
+    routed.encode(["t"] * 5)  # idle again
+    assert small.calls == [1, 5, 8]
+    assert sorted(bulk.calls) == [5, 5, 9, 40]

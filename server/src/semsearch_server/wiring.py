@@ -47,7 +47,9 @@ def build_service(config: ServerConfig, embedder=None, explainer=None, observe=N
         explainer = _build_explainer(reference)
     if observe is not None:
         embedder = observe(embedder)
-    embedder = MicroBatchingEmbedder(embedder, config.batch_max_size, config.batch_max_wait_ms)
+    # With two engines (routing.py), an upsert on the batch engine need not hold up searches.
+    bulk_lane = bool(getattr(embedder, "serves_small_calls_while_busy", False))
+    embedder = MicroBatchingEmbedder(embedder, config.batch_max_size, config.batch_max_wait_ms, bulk_lane)
     registry = CollectionRegistry(config.data_dir, embedder.fingerprint, config.snapshot_every)
     registry.load_all()
     service = SearchService(embedder, registry, config.limits, explainer)
