@@ -6,12 +6,15 @@ Service: a real server process over loopback gRPC, with its default (or --server
   ingest  UpsertStream of N real STS sentences vs the baseline's encode of them; the service's vectors
           must agree with torch's to cosine >= 0.999 (checked through Embed);
   query   one client's Search p50 vs the baseline's encode+search p50 (both over the ingested set);
-  load    16 concurrent clients' Search throughput vs one client's, with p50/p99.
+  load    16 concurrent clients' Search throughput vs one client's, with p50/p99;
+  mixed   one client's Search latency while an UpsertStream of the N sentences runs (no target:
+          shows whether searches wait for the upsert).
 
 Rounds alternate baseline and service (and, for load, one client and 16) so that drift in the machine's
 load hits both sides; medians are reported.
 
-    python benchmarks/service_speed.py [--count 2000] [--rounds 5] [--load-rounds 3] [--server-args "--backend torch"]
+    python benchmarks/service_speed.py [--count 2000] [--rounds 5] [--load-rounds 3] [--mixed-rounds 2]
+                                       [--server-args "--backend torch"]
 """
 
 from __future__ import annotations
@@ -119,6 +122,31 @@ def concurrent_searches(address: str, queries: list[str], collection: str, clien
     return len(latencies) / (time.monotonic() - started), latencies
 
 
+def searches_during_ingest(client: SearchClient, address: str, texts: list[str], queries: list[str], collection: str):
+    """(ingest docs/s, Search latencies of another client searching every 20 ms while it ran)."""
+    latencies: list[float] = []
+    ingest_done = threading.Event()
+
+    def loop() -> None:
+        with SearchClient(address, timeout=60) as searcher:
+            i = 0
+            while not ingest_done.is_set():
+                started = time.perf_counter()
+                searcher.search(queries[i % len(queries)], collection="round0", top_k=10)
+                latencies.append(time.perf_counter() - started)
+                i += 1
+                ingest_done.wait(0.02)
+
+    thread = threading.Thread(target=loop)
+    thread.start()
+    try:
+        rate = service_ingest(client, texts, collection)
+    finally:
+        ingest_done.set()
+        thread.join()
+    return rate, latencies
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR, help="STS Benchmark folder")
@@ -128,10 +156,11 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=10.0, help="duration of each throughput run")
     parser.add_argument("--load-rounds", type=int, default=3, help="alternating one-client/many-client runs")
     parser.add_argument("--clients", type=int, default=16)
+    parser.add_argument("--mixed-rounds", type=int, default=2, help="upserts with a client searching meanwhile")
     parser.add_argument("--server-args", default="", help="extra semsearch-server flags, e.g. '--backend torch'")
     args = parser.parse_args()
-    if args.rounds < 1 or args.load_rounds < 1:
-        parser.error("--rounds and --load-rounds must be at least 1")
+    if args.rounds < 1 or args.load_rounds < 1 or args.mixed_rounds < 0:
+        parser.error("--rounds and --load-rounds must be at least 1, --mixed-rounds at least 0")
 
     texts = sts_sentences(args.data_dir, args.count)
     queries = sts_sentences(args.data_dir, None, files=("sts-dev.csv",))[: args.queries]
@@ -163,6 +192,11 @@ def main() -> int:
                     many_rates.append(rate)
                     many_lat += latencies
                 one_rate, many_rate = statistics.median(one_rates), statistics.median(many_rates)
+                mixed_rates, mixed_lat = [], []
+                for r in range(args.mixed_rounds):
+                    rate, latencies = searches_during_ingest(client, server.address, texts, queries, f"mixed{r}")
+                    mixed_rates.append(rate)
+                    mixed_lat += latencies
         finally:
             server.terminate(timeout=120)
             server.stop()
@@ -193,6 +227,12 @@ def main() -> int:
           f"{percentile(many_lat, 0.5) * 1000:.1f} ms, p99 {percentile(many_lat, 0.99) * 1000:.1f} ms): "
           f"{conc_ratio:.2f}x  target >= {CONCURRENCY_TARGET}x  "
           f"{verdict(conc_ratio >= CONCURRENCY_TARGET)}")  # fmt: skip
+    if mixed_lat:
+        print(f"mixed    one client searching every 20 ms during an UpsertStream of {len(texts)} "
+              f"({len(mixed_lat)} searches in {args.mixed_rounds} runs): p50 {percentile(mixed_lat, 0.5) * 1000:.1f} "
+              f"ms, p99 {percentile(mixed_lat, 0.99) * 1000:.1f} ms, max {max(mixed_lat) * 1000:.1f} ms (quiet "
+              f"p50 {percentile(one_lat, 0.5) * 1000:.1f} ms); ingest meanwhile "
+              f"{statistics.median(mixed_rates):.1f} docs/s")  # fmt: skip
     passed = (ingest_ratio >= INGEST_TARGET and query_ratio <= QUERY_TARGET and conc_ratio >= CONCURRENCY_TARGET
               and cosines.min() >= COSINE_TARGET)  # fmt: skip
     return 0 if passed else 1
