@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import threading
+from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -105,38 +107,65 @@ class SearchService:
         later message wins, as if applied in order). A crash therefore leaves a prefix of whole
         messages stored; a bad message is reported after every message before it has been stored.
         The response only comes at the end of the stream, so nothing is acknowledged earlier.
+
+        A group is embedded in a helper thread while this one reads and validates the next group's
+        messages and stores the group before, so the model is not left idle waiting for either
+        (the service ingested at 0.94x the engine's in-process rate without this).
         """
         stored = 0
-        pending: list[tuple[IndexStore, Sequence[Document]]] = []
+        group: list[tuple[IndexStore, Sequence[Document]]] = []
+        group_texts = 0
+        # Groups handed to the helper, oldest first: (messages, future of their vectors).
+        embedding: deque[tuple[list[tuple[IndexStore, Sequence[Document]]], Future]] = deque()
 
-        def flush() -> None:
+        def store_oldest() -> None:
             nonlocal stored
-            if not pending:
-                return
-            vectors = self.embedder.encode([d.text for _, docs in pending for d in docs])
+            messages, vectors_future = embedding.popleft()
+            vectors = vectors_future.result()
             if not still_wanted():
                 raise DeadlineExceeded(f"the deadline passed while embedding; {stored} documents were stored")
             offset = 0
-            for store, messages in _runs_by_store(pending):
-                docs = [d for m in messages for d in m]
+            for store, runs in _runs_by_store(messages):
+                docs = [d for m in runs for d in m]
                 run_vectors = vectors[offset : offset + len(docs)]
                 offset += len(docs)
                 latest = _last_of_each_id(docs)
                 store.upsert([docs[i] for i in latest], run_vectors[latest])
                 stored += len(docs)
-            pending.clear()
 
-        for i, (collection, documents) in enumerate(batches):
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="stream-embed") as helper:
+
+            def start_embedding() -> None:
+                nonlocal group, group_texts
+                if group:
+                    texts = [d.text for _, docs in group for d in docs]
+                    embedding.append((group, helper.submit(self.embedder.encode, texts)))
+                    group, group_texts = [], 0
+
             try:
-                store = self._store(collection)
-                self.validate.documents(documents)
-            except SemsearchError as exc:
-                flush()
-                raise type(exc)(f"stream message {i} (after {stored} documents were stored): {exc}") from None
-            pending.append((store, documents))
-            if sum(len(docs) for _, docs in pending) >= STREAM_EMBED_GROUP:
-                flush()
-        flush()
+                for i, (collection, documents) in enumerate(batches):
+                    try:
+                        store = self._store(collection)
+                        self.validate.documents(documents)
+                    except SemsearchError as exc:
+                        start_embedding()
+                        while embedding:
+                            store_oldest()
+                        raise type(exc)(f"stream message {i} (after {stored} documents were stored): {exc}") from None
+                    group.append((store, documents))
+                    group_texts += len(documents)
+                    if group_texts >= STREAM_EMBED_GROUP:
+                        start_embedding()
+                        # The previous group is stored while this one is embedded.
+                        while len(embedding) > 1:
+                            store_oldest()
+                start_embedding()
+                while embedding:
+                    store_oldest()
+            finally:
+                # After a failure, groups not yet embedded are dropped (the helper is waited for on exit).
+                for _, vectors_future in embedding:
+                    vectors_future.cancel()
         return stored
 
     def delete(self, collection: str, ids: Sequence[str], still_wanted: Callable[[], bool] = _always) -> int:
