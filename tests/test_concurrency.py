@@ -12,6 +12,9 @@ WRITERS = 8
 READERS = 8
 BATCH = 4
 SECONDS = 4.0
+# Each writer stops after this many batches: the final check searches for every live document with
+# top_k = 1,000, so the live set must stay below that however fast the machine is.
+MAX_BATCHES = 30
 
 
 def test_concurrent_writers_and_readers(server, collection):
@@ -27,7 +30,7 @@ def test_concurrent_writers_and_readers(server, collection):
         rng = random.Random(w)
         with SearchClient(server.address, timeout=60) as client:
             batch = 0
-            while not stop.is_set():
+            while not stop.is_set() and batch < MAX_BATCHES:
                 docs = [
                     Document(
                         i,
@@ -101,5 +104,6 @@ def test_concurrent_writers_and_readers(server, collection):
         assert d.text.startswith(f"writer {w} batch {b} ") and d.metadata == {"writer": w, "batch": b}
     assert client.get(sorted(gone)[:500], collection=collection) == []
     # The index agrees with the database: a search over everything returns only live documents.
+    assert len(live) < 1000
     everything = client.search("writer batch item", collection=collection, top_k=1000)
     assert {h.id for h in everything} == live
