@@ -289,10 +289,13 @@ def test_unknown_backend_is_rejected(cache_dir):
 
 
 def test_auto_routes_single_queries_to_onnx_and_batches_to_openvino(reference, cache_dir, onnx_embedder):
-    embedder = factory.build_embedder(default_model_path(), "auto", cache_dir=cache_dir, reference=reference)
+    embedder = factory.build_embedder(
+        default_model_path(), "auto", cache_dir=cache_dir, reference=reference, small_max_texts_while_busy=48
+    )
     assert isinstance(embedder, SizeRoutedEmbedder)
     assert embedder.inner.fingerprint.backend == "openvino" and embedder.small.fingerprint.backend == "onnx"
     assert factory.torch_reference(embedder) is reference
+    assert embedder.small_max_texts_while_busy == 48
     for texts in (STS_LIKE[:1], STS_LIKE[:4], STS_LIKE):
         assert _cosines(embedder.encode(list(texts)), reference.encode(list(texts))).min() >= MIN_COSINE
 

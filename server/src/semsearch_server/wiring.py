@@ -30,6 +30,8 @@ def build_embedder(config: ServerConfig):
         cache_dir=config.model_cache_dir,
         threads=config.threads or None,
         reference=reference,
+        # Any group the micro-batcher forms may go to ONNX Runtime while OpenVINO runs a bulk request.
+        small_max_texts_while_busy=config.batch_max_size,
     )
     return embedder, reference
 

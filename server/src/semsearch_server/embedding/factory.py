@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from semsearch_server.embedding.base import Embedder
+from semsearch_server.embedding.routing import SMALL_REQUEST_TEXTS_WHILE_BUSY
 from semsearch_server.embedding.sentence_transformer import SentenceTransformerEmbedder
 
 log = logging.getLogger(__name__)
@@ -75,6 +76,7 @@ def build_embedder(
     model_name: str | None = None,
     reference: SentenceTransformerEmbedder | None = None,
     openvino_precision: str | None = None,
+    small_max_texts_while_busy: int = SMALL_REQUEST_TEXTS_WHILE_BUSY,
 ) -> Embedder:
     """Builds the embedder for `backend` ("auto", "torch", "onnx" or "openvino").
 
@@ -96,6 +98,8 @@ def build_embedder(
         openvino_precision: OpenVINO's inference precision, "bf16" or "f32"; None means bf16 where
             the CPU supports it (then "auto" also tries f32 before onnx). bf16 passes the agreement
             check here (cosine >= 0.99997) but swaps ~0.5% of top-10 results among near-ties.
+        small_max_texts_while_busy: with two engines, the largest request ONNX Runtime takes while
+            OpenVINO is busy (routing.py); the server passes its largest micro-batch group.
 
     Returns:
         The embedder; `torch_reference(embedder)` gives the torch embedder behind it.
@@ -124,7 +128,9 @@ def build_embedder(
         if problem is None:
             log.info("embedding backend: %s (%s)", name, embedder.fingerprint.short())
             if backend == "auto" and runtime == "openvino":
-                return _with_latency_engine(embedder, reference, cache_dir, threads, expected)
+                return _with_latency_engine(
+                    embedder, reference, cache_dir, threads, expected, small_max_texts_while_busy
+                )
             return embedder
         if backend != "auto":
             raise BackendUnavailable(f"embedding backend {name} {problem}")
@@ -215,6 +221,7 @@ def _with_latency_engine(
     cache_dir: str | Path,
     threads: int | None,
     expected: np.ndarray,
+    small_max_texts_while_busy: int,
 ) -> Embedder:
     """`bulk` with ONNX Runtime answering single queries, if it loads and agrees with torch."""
     from semsearch_server.embedding.onnx_backend import OnnxEmbedder
@@ -228,7 +235,7 @@ def _with_latency_engine(
     if problem is not None:
         log.warning("single queries stay on %s: onnx %s", bulk.fingerprint.backend, problem)
         return bulk
-    routed = SizeRoutedEmbedder(bulk, small)
+    routed = SizeRoutedEmbedder(bulk, small, small_max_texts_while_busy=small_max_texts_while_busy)
     log.info("embedding backend: %s", routed.fingerprint.backend)
     return routed
 

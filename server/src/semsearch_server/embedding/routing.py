@@ -36,6 +36,9 @@ class SizeRoutedEmbedder(EmbedderWrapper):
         small: the single-query (latency) engine of the same model.
         small_max_texts: the largest request the latency engine takes.
         small_max_texts_while_busy: the largest request it takes while the batch engine is busy.
+
+    Attributes:
+        small_max_texts_while_busy: as given (at least `small_max_texts`).
     """
 
     serves_small_calls_while_busy = True
@@ -50,7 +53,7 @@ class SizeRoutedEmbedder(EmbedderWrapper):
         super().__init__(inner)
         self.small = small
         self._small_max = small_max_texts
-        self._small_max_while_busy = max(small_max_texts, small_max_texts_while_busy)
+        self.small_max_texts_while_busy = max(small_max_texts, small_max_texts_while_busy)
         self._inner_calls = 0  # calls running on (or waiting for) inner
         self._calls_lock = threading.Lock()
         self._fingerprint = dataclasses.replace(
@@ -64,7 +67,7 @@ class SizeRoutedEmbedder(EmbedderWrapper):
 
     def encode(self, texts: list[str]) -> np.ndarray:
         with self._calls_lock:
-            limit = self._small_max_while_busy if self._inner_calls else self._small_max
+            limit = self.small_max_texts_while_busy if self._inner_calls else self._small_max
             to_small = len(texts) <= limit
             if not to_small:
                 self._inner_calls += 1
