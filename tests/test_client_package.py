@@ -20,6 +20,18 @@ def test_importing_the_client_does_not_import_torch_or_faiss():
     assert out.stdout.strip() == "", f"client imported {out.stdout.strip()}"
 
 
+def test_cli_commands_start_without_numpy_until_arrays_are_needed():
+    # numpy's import is about a quarter of `semsearch search`/`semsearch index` start-up.
+    code = (
+        "import sys, semsearch, semsearch.cli, semsearch.indexer, semsearch.readers\n"
+        "print('numpy' in sys.modules)\n"
+        "import semsearch.client as c\n"
+        "print(c._matrix([1.0, 0.0, 0.0, 1.0], 2).tolist())\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split("\n")[:2] == ["False", "[[1.0, 0.0], [0.0, 1.0]]"]
+
+
 def test_client_distribution_declares_no_heavy_dependency():
     import tomllib
 

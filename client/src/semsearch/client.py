@@ -5,15 +5,19 @@ from __future__ import annotations
 import functools
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
-import numpy as np
 
 from semsearch.errors import from_rpc_error
 from semsearch.types import Document, ExplainResult, Hit, Segment
 from semsearch.v1 import search_service_pb2 as pb
 from semsearch.v1 import search_service_pb2_grpc as pb_grpc
+
+if TYPE_CHECKING:
+    # numpy is imported where arrays are built (embed, explain): its import is about a quarter of a CLI
+    # command's start-up (`semsearch search`, `semsearch index`), which needs no arrays.
+    import numpy as np
 
 DEFAULT_ADDRESS = "localhost:50051"
 DEFAULT_TIMEOUT = 30.0
@@ -55,6 +59,8 @@ def _hit(h: pb.Hit) -> Hit:
 
 
 def _matrix(values, size: int) -> np.ndarray | None:
+    import numpy as np
+
     return np.asarray(values, dtype=np.float64).reshape(size, size) if size else None
 
 
@@ -178,6 +184,8 @@ class SearchClient:
     def embed(self, texts: Sequence[str], timeout: float | None = None) -> np.ndarray:
         """The server's L2-normalised embeddings, shape (len(texts), dimension)."""
         response = self._call(self.stub.Embed, pb.EmbedRequest(texts=list(texts)), timeout)
+        import numpy as np
+
         return np.array([e.values for e in response.embeddings], dtype=np.float32).reshape(
             len(texts), response.dimension
         )
@@ -216,6 +224,8 @@ class SearchClient:
 
         def segments(items) -> list[Segment]:
             return [Segment(s.text, s.start, s.end, s.contribution, s.special) for s in items]
+
+        import numpy as np
 
         shape = (r.rows, r.cols)
         return ExplainResult(
