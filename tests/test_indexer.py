@@ -18,6 +18,7 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
 from semsearch.cli import main
 from semsearch.readers import numbered_lines, read_rows
 
@@ -165,6 +166,19 @@ def bad_file(tmp_path: Path) -> Path:
     path = tmp_path / "bad.jsonl"
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+@pytest.mark.parametrize("quiet", [True, False])
+def test_files_are_counted_ahead_only_for_the_progress_bar(tmp_path, capsys, monkeypatch, quiet):
+    import semsearch.indexer
+
+    counted = []
+    real = semsearch.indexer.count_lines
+    monkeypatch.setattr(semsearch.indexer, "count_lines", lambda path: counted.append(path) or real(path))
+    path = write_jsonl(tmp_path / "docs.jsonl", [{"id": f"d{i}", "text": f"text {i}"} for i in range(5)])
+    code, summary, _ = index(capsys, str(path), "--address", "127.0.0.1:1", "--dry-run", *(["--quiet"] * quiet))
+    assert code == 0 and summary["indexed"] == 5
+    assert counted == ([] if quiet else [str(path)])
 
 
 def test_bad_line_stops_with_file_and_line_dry_run_needs_no_server(tmp_path, capsys):

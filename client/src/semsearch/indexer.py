@@ -600,10 +600,12 @@ def run_index_command(client: SearchClient, args: argparse.Namespace) -> int:
             restored = checkpoint.restore() if args.resume else True
             if not args.resume:
                 checkpoint.save()  # a fresh start: a stale checkpoint must not survive a failed first chunk
+            # The total (an extra pass over every input file) is only for the bar's ETA: not when quiet.
+            total = None if args.quiet else _expected_rows(sources, args.format, args.text_field)
             progress = stack.enter_context(
                 tqdm(
-                    total=_expected_rows(sources, args.format, args.text_field), unit="doc", file=sys.stderr,
-                    disable=args.quiet, dynamic_ncols=True, mininterval=0.5, smoothing=0.1,
+                    total=total, unit="doc", file=sys.stderr, disable=args.quiet, dynamic_ncols=True,
+                    mininterval=0.5, smoothing=0.1,
                 )
             )  # fmt: skip
 
