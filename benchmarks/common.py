@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import re
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+from semsearch_server.core.validation import TEXT_FORBIDDEN
+
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA_DIR = REPO.parent / "shared" / "data" / "stsbenchmark"
-_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
 
 def sts_rows(data_dir: Path, files: tuple[str, ...] = ("sts-train.csv",)) -> Iterator[tuple[float, str, str]]:
@@ -31,13 +31,14 @@ def sts_rows(data_dir: Path, files: tuple[str, ...] = ("sts-train.csv",)) -> Ite
 def sts_sentences(data_dir: Path, count: int | None = None, files: tuple[str, ...] = ("sts-train.csv",)) -> list[str]:
     """Unique non-empty sentences, in file order, at most `count`.
 
-    Sentences with control characters are left out, on both sides of every comparison: the service
-    refuses them (INVALID_ARGUMENT), and sts-train.csv has one ("Treasury\x12s ...", a mangled apostrophe).
+    Sentences the service refuses for their control characters (INVALID_ARGUMENT, by the validator's
+    own pattern) are left out, on both sides of every comparison; sts-train.csv has one
+    ("Treasury\x12s ...", a mangled apostrophe).
     """
     seen: dict[str, None] = {}
     for _, first, second in sts_rows(data_dir, files):
         for text in (first, second):
-            if text and not _CONTROL.search(text):
+            if text and not TEXT_FORBIDDEN.search(text):
                 seen.setdefault(text)
         if count is not None and len(seen) >= count:
             break
