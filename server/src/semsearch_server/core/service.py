@@ -142,15 +142,18 @@ class SearchService:
                     embedding.append((group, helper.submit(self.embedder.encode, texts)))
                     group, group_texts = [], 0
 
+            def store_everything() -> None:
+                start_embedding()
+                while embedding:
+                    store_oldest()
+
             try:
                 for i, (collection, documents) in enumerate(batches):
                     try:
                         store = self._store(collection)
                         self.validate.documents(documents)
                     except SemsearchError as exc:
-                        start_embedding()
-                        while embedding:
-                            store_oldest()
+                        store_everything()
                         raise type(exc)(f"stream message {i} (after {stored} documents were stored): {exc}") from None
                     group.append((store, documents))
                     group_texts += len(documents)
@@ -159,9 +162,7 @@ class SearchService:
                         # The previous group is stored while this one is embedded.
                         while len(embedding) > 1:
                             store_oldest()
-                start_embedding()
-                while embedding:
-                    store_oldest()
+                store_everything()
             finally:
                 # After a failure, groups not yet embedded are dropped (the helper is waited for on exit).
                 for _, vectors_future in embedding:
