@@ -207,8 +207,8 @@ def test_a_write_whose_deadline_passes_while_embedding_changes_nothing(client, c
     with pytest.raises(DeadlineExceededError):
         client.upsert(docs, collection=collection, timeout=0.3)
     # A second write queues behind the first one's embedding (the test server's single torch engine runs
-    # one model call at a time; it has no bulk lane), so once it is
-    # acknowledged the abandoned call has passed its deadline check; a moment more covers its commit.
+    # one model call at a time; it has no bulk lane), so once it is acknowledged the abandoned call has
+    # passed its deadline check; a moment more covers its commit.
     client.upsert([Document("marker", "after the slow call")], collection=collection)
     time.sleep(1.0)
     assert client.get([d.id for d in docs], collection=collection) == []
