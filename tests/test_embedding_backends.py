@@ -75,6 +75,12 @@ def onnx_embedder(reference, cache_dir):
 
 
 @pytest.fixture(scope="session")
+def plain_onnx_dir(reference, cache_dir) -> Path:
+    """The plain ONNX export: onnxruntime's fallback, and OpenVINO's when its torch frontend fails."""
+    return onnx_backend.onnx_export_dir(reference, cache_dir)
+
+
+@pytest.fixture(scope="session")
 def openvino_embedder(reference, cache_dir):
     pytest.importorskip("openvino")
     from semsearch_server.embedding.openvino_backend import OpenVinoEmbedder
@@ -125,9 +131,11 @@ def test_onnxruntime_runs_the_fused_graph(onnx_embedder, reference):
     assert manifest["weights_sha256"] == reference.fingerprint.weights_sha256
 
 
-def test_a_failed_fusion_falls_back_to_the_plain_export(onnx_embedder, reference, tmp_path, monkeypatch, caplog):
+def test_a_failed_fusion_falls_back_to_the_plain_export(
+    onnx_embedder, plain_onnx_dir, reference, tmp_path, monkeypatch, caplog
+):
     cache = tmp_path / "cache"
-    shutil.copytree(onnx_embedder.model_dir.parent.parent / "onnx", cache / "onnx")
+    shutil.copytree(plain_onnx_dir, cache / "onnx" / plain_onnx_dir.name)
 
     def failing_fusion(*args, **kwargs):
         raise RuntimeError("no fusion today")
@@ -141,9 +149,11 @@ def test_a_failed_fusion_falls_back_to_the_plain_export(onnx_embedder, reference
     assert _cosines(plain.encode(STS_LIKE), reference.encode(STS_LIKE)).min() >= MIN_COSINE
 
 
-def test_a_fused_graph_that_disagrees_is_not_cached(onnx_embedder, reference, tmp_path, monkeypatch, caplog):
+def test_a_fused_graph_that_disagrees_is_not_cached(
+    onnx_embedder, plain_onnx_dir, reference, tmp_path, monkeypatch, caplog
+):
     cache = tmp_path / "cache"
-    shutil.copytree(onnx_embedder.model_dir.parent.parent / "onnx", cache / "onnx")
+    shutil.copytree(plain_onnx_dir, cache / "onnx" / plain_onnx_dir.name)
     differences = []
 
     def wrong_fusion(*args):  # as if a pattern had matched where it should not
@@ -159,19 +169,19 @@ def test_a_fused_graph_that_disagrees_is_not_cached(onnx_embedder, reference, tm
     assert not (cache / "onnx-fused" / reference.fingerprint.weights_sha256).exists()
 
 
-def test_the_fused_graph_matches_the_traced_one(onnx_embedder, reference, tmp_path):
+def test_the_fused_graph_matches_the_traced_one(onnx_embedder, plain_onnx_dir, reference, tmp_path):
     # The check itself, on the real graphs: a plain export against the fused one is within tolerance,
     # and it is not blind: the same graph against a model with other weights is far off.
-    plain = onnx_embedder.model_dir.parent.parent / "onnx" / reference.fingerprint.weights_sha256
-    names = onnx_backend._input_names(reference.model[0].auto_model)
+    plain = plain_onnx_dir / onnx_backend.ONNX_FILE
+    names = onnx_backend.transformer_input_names(reference.model[0].auto_model)
     vocab = int(reference.model[0].auto_model.config.vocab_size)
     fused = onnx_embedder.model_dir / onnx_backend.ONNX_FILE
-    assert onnx_backend._largest_difference(plain / onnx_backend.ONNX_FILE, fused, names, vocab) <= 1e-3
+    assert onnx_backend._largest_difference(plain, fused, names, vocab) <= 1e-3
 
     import onnx
     from onnx import numpy_helper
 
-    altered = onnx.load(str(plain / onnx_backend.ONNX_FILE))
+    altered = onnx.load(str(plain))
     weights = next(t for t in altered.graph.initializer if t.data_type == onnx.TensorProto.FLOAT and len(t.dims) == 2)
     weights.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(weights) * 1.05, weights.name))
     onnx.save(altered, str(tmp_path / "altered.onnx"))
@@ -249,6 +259,60 @@ def test_corrupt_openvino_cache_is_rebuilt(openvino_embedder, reference, tmp_pat
     rebuilt = OpenVinoEmbedder(reference, cache)
     assert weights.stat().st_size == (openvino_embedder.model_dir / "model.bin").stat().st_size
     assert _cosines(rebuilt.encode(STS_LIKE), reference.encode(STS_LIKE)).min() >= MIN_COSINE
+
+
+def test_openvino_runs_the_torch_conversion_with_fused_attention(openvino_embedder, reference):
+    from semsearch_server.embedding import openvino_backend
+
+    manifest = json.loads((openvino_embedder.model_dir / onnx_backend.MANIFEST_FILE).read_text())
+    assert manifest["recipe"] == openvino_backend.FROM_TORCH
+    ir = (openvino_embedder.model_dir / "model.xml").read_text()
+    assert ir.count('type="ScaledDotProductAttention"') == 6  # one per layer of the default model
+    # One batch padded far beyond most of its rows: the mask must hold at every width.
+    texts = ["x", "A plane is taking off.", *LONG_TEXTS[:1], "", "Three men are playing chess."]
+    encodings = openvino_embedder._tokenizer.encode_batch(texts)
+    got = np.zeros((len(texts), 384), dtype=np.float32)
+    openvino_embedder._embed_batches(encodings, [list(range(len(texts)))], got)
+    assert _cosines(got, reference.encode(texts)).min() >= MIN_COSINE
+
+
+def test_an_openvino_cache_from_the_onnx_route_of_older_versions_is_rebuilt(openvino_embedder, reference, tmp_path):
+    from semsearch_server.embedding.openvino_backend import FROM_TORCH, OpenVinoEmbedder
+
+    cache = tmp_path / "cache"
+    shutil.copytree(openvino_embedder.model_dir.parent.parent, cache)
+    manifest_file = cache / "openvino" / reference.fingerprint.weights_sha256 / onnx_backend.MANIFEST_FILE
+    manifest = json.loads(manifest_file.read_text())
+    del manifest["recipe"]  # as written before the recipe was recorded
+    manifest_file.write_text(json.dumps(manifest))
+    rebuilt = OpenVinoEmbedder(reference, cache)
+    assert json.loads(manifest_file.read_text())["recipe"] == FROM_TORCH
+    assert _cosines(rebuilt.encode(STS_LIKE), reference.encode(STS_LIKE)).min() >= MIN_COSINE
+
+
+def test_openvino_converts_the_onnx_export_when_the_torch_frontend_fails(
+    openvino_embedder, plain_onnx_dir, reference, tmp_path, monkeypatch, caplog
+):
+    from semsearch_server.embedding import openvino_backend
+
+    cache = tmp_path / "cache"
+    shutil.copytree(plain_onnx_dir, cache / "onnx" / plain_onnx_dir.name)
+
+    def failing_frontend(reference):
+        raise RuntimeError("unsupported operator")
+
+    monkeypatch.setattr(openvino_backend, "_from_torch", failing_frontend)
+    with caplog.at_level(logging.WARNING, logger=openvino_backend.__name__):
+        converted = openvino_backend.OpenVinoEmbedder(reference, cache)
+    assert "unsupported operator" in caplog.text
+    manifest = json.loads((converted.model_dir / onnx_backend.MANIFEST_FILE).read_text())
+    assert manifest["recipe"] == openvino_backend.FROM_ONNX
+    assert _cosines(converted.encode(STS_LIKE), reference.encode(STS_LIKE)).min() >= MIN_COSINE
+    # The IR made that way is a sound cache: the next start keeps it rather than converting again.
+    monkeypatch.undo()
+    again = openvino_backend.OpenVinoEmbedder(reference, cache)
+    manifest = json.loads((again.model_dir / onnx_backend.MANIFEST_FILE).read_text())
+    assert manifest["recipe"] == openvino_backend.FROM_ONNX
 
 
 def test_auto_picks_an_agreeing_fast_backend(cache_dir, onnx_embedder):

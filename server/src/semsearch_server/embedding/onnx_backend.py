@@ -110,18 +110,20 @@ def cached_artifact(
     fingerprint: ModelFingerprint,
     files: tuple[str, ...],
     build: Callable[[Path], dict],
+    recipes: tuple[str, ...] = (),
 ) -> Path:
     """The directory `cache_dir/kind/<weights sha256>` holding `files`, built by `build` if missing or corrupt.
 
     `build(tmp_dir)` writes `files` into tmp_dir and returns extra manifest fields. The manifest
-    records each file's sha256; a directory whose files no longer match is rebuilt. A new directory
-    is built beside the final one and renamed into place, so a crash or a concurrent start never
-    leaves a half-written cache behind.
+    records each file's sha256; a directory whose files no longer match is rebuilt. With `recipes`,
+    `build` must record one of them as the manifest's "recipe", and a directory made another way
+    (an older version's conversion) is rebuilt too. A new directory is built beside the final one
+    and renamed into place, so a crash or a concurrent start never leaves a half-written cache behind.
     """
     root = Path(cache_dir) / kind
     final = root / fingerprint.weights_sha256
     if final.is_dir():
-        problem = _cache_problem(final, fingerprint, files)
+        problem = _cache_problem(final, fingerprint, files, recipes)
         if problem is None:
             return final
         log.warning("%s cache %s is unusable (%s); rebuilding it", kind, final, problem)
@@ -141,7 +143,7 @@ def cached_artifact(
             os.rename(tmp, final)
         except OSError:
             # Another process finished the same build first: use its copy if it is sound.
-            if _cache_problem(final, fingerprint, files) is not None:
+            if _cache_problem(final, fingerprint, files, recipes) is not None:
                 raise
     finally:
         if tmp.exists():
@@ -149,7 +151,9 @@ def cached_artifact(
     return final
 
 
-def _cache_problem(directory: Path, fingerprint: ModelFingerprint, files: tuple[str, ...]) -> str | None:
+def _cache_problem(
+    directory: Path, fingerprint: ModelFingerprint, files: tuple[str, ...], recipes: tuple[str, ...] = ()
+) -> str | None:
     """Why a cache directory cannot be used, or None if it can."""
     try:
         manifest = json.loads((directory / MANIFEST_FILE).read_text())
@@ -159,6 +163,8 @@ def _cache_problem(directory: Path, fingerprint: ModelFingerprint, files: tuple[
         return f"format {manifest.get('format')!r}, expected {EXPORT_FORMAT}"
     if manifest.get("weights_sha256") != fingerprint.weights_sha256:
         return "made from other weights"
+    if recipes and manifest.get("recipe") not in recipes:
+        return f"made by {manifest.get('recipe', 'an older version')!r}, expected one of {list(recipes)}"
     for name in files:
         expected = manifest.get("files", {}).get(name)
         try:
@@ -211,7 +217,7 @@ def fused_onnx_dir(reference: SentenceTransformerEmbedder, cache_dir: str | Path
     )
 
 
-def _traceable(transformer):
+def last_hidden_state_module(transformer):
     """The torch module the exporters trace: `transformer`, returning its last_hidden_state."""
     import torch
 
@@ -232,7 +238,7 @@ def _traceable(transformer):
     return LastHiddenState().eval()
 
 
-def _input_names(transformer) -> list[str]:
+def transformer_input_names(transformer) -> list[str]:
     names = ["input_ids", "attention_mask"]
     if "token_type_ids" in inspect.signature(transformer.forward).parameters:
         names.append("token_type_ids")
@@ -243,14 +249,14 @@ def _export_onnx(reference: SentenceTransformerEmbedder, target: Path) -> dict:
     import torch
 
     transformer = reference.model[0].auto_model
-    input_names = _input_names(transformer)
+    input_names = transformer_input_names(transformer)
     log.info("exporting %s to ONNX at %s (one-off)", reference.fingerprint.model_name, target)
     example = tuple(torch.ones(2, 16, dtype=torch.long) for _ in input_names)
     batch = torch.export.Dim("batch")
     seq = torch.export.Dim("seq", max=int(transformer.config.max_position_embeddings))
     with torch.no_grad():
         torch.onnx.export(
-            _traceable(transformer),
+            last_hidden_state_module(transformer),
             example,
             str(target),
             input_names=input_names,
@@ -280,7 +286,7 @@ def _export_fused(reference: SentenceTransformerEmbedder, tmp: Path, name: str) 
     # that the reference model (Explain, the agreement check) keeps its own attention.
     transformer = copy.deepcopy(reference.model[0].auto_model).eval()
     transformer.set_attn_implementation("eager")
-    input_names = _input_names(transformer)
+    input_names = transformer_input_names(transformer)
     traced = tmp / "traced.onnx"
     log.info("exporting %s to fused ONNX at %s (one-off)", reference.fingerprint.model_name, tmp / name)
     with torch.no_grad(), warnings.catch_warnings():
@@ -288,7 +294,7 @@ def _export_fused(reference: SentenceTransformerEmbedder, tmp: Path, name: str) 
         # what matters is checked after loading: the vectors must agree with torch's.
         warnings.simplefilter("ignore")
         torch.onnx.export(
-            _traceable(transformer),
+            last_hidden_state_module(transformer),
             tuple(torch.ones(2, 16, dtype=torch.long) for _ in input_names),
             str(traced),
             input_names=input_names,

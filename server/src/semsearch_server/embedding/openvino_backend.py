@@ -13,14 +13,20 @@ from semsearch_server.embedding.onnx_backend import (
     RuntimeEmbedder,
     balanced_batches,
     cached_artifact,
+    last_hidden_state_module,
     mean_pool_normalize,
     onnx_export_dir,
+    transformer_input_names,
 )
 from semsearch_server.embedding.sentence_transformer import SentenceTransformerEmbedder
 
 log = logging.getLogger(__name__)
 
 IR_FILES = ("model.xml", "model.bin")
+# How the IR was made, recorded in the cache manifest: from the torch model (the default), or from the
+# ONNX export when OpenVINO's PyTorch frontend cannot convert the model.
+FROM_TORCH = "openvino.convert_model(torch module)"
+FROM_ONNX = "openvino.convert_model(onnx export)"
 
 
 def default_precision() -> str:
@@ -34,7 +40,8 @@ def default_precision() -> str:
 class OpenVinoEmbedder(RuntimeEmbedder):
     """Embeds with the OpenVINO runtime on the CPU.
 
-    The IR is cached under `cache_dir/openvino/<weights sha256>/`, converted from the ONNX export.
+    The IR is cached under `cache_dir/openvino/<weights sha256>/`, converted from the torch model
+    (`_convert`).
 
     Args:
         reference: the torch embedder of the same model (kept as `.reference`).
@@ -71,6 +78,7 @@ class OpenVinoEmbedder(RuntimeEmbedder):
             reference.fingerprint,
             IR_FILES,
             lambda tmp: _convert(reference, cache_dir, tmp),
+            recipes=(FROM_TORCH, FROM_ONNX),
         )
         config: dict[str, object] = {
             "INFERENCE_PRECISION_HINT": precision or default_precision(),
@@ -127,14 +135,53 @@ class OpenVinoEmbedder(RuntimeEmbedder):
 
 
 def _convert(reference: SentenceTransformerEmbedder, cache_dir: str | Path, target: Path) -> dict:
+    """Writes the IR of the reference model's transformer (output: last_hidden_state) into `target`.
+
+    Converted from the torch module by OpenVINO's PyTorch frontend, which keeps each attention as one
+    ScaledDotProductAttention operator that the CPU plugin runs as a fused kernel. The IR converted
+    from the ONNX export spells attention out in ~10 operators per layer (MatMul, Softmax, masking
+    with IsNaN/Select): measured here, model only, this one embeds groups of 1-16 STS sentences
+    7-12 % faster (larger groups 0-4 %, where the matrix products dominate) at the same vectors
+    (cosine >= 0.99996), and a first start needs no ONNX export for OpenVINO (16.7 -> ~11.5 s).
+    Should the frontend fail on some model, the ONNX route is used.
+    """
     import openvino as ov
 
-    source = onnx_export_dir(reference, cache_dir) / ONNX_FILE
-    log.info("converting %s to OpenVINO IR at %s (one-off)", source, target)
+    try:
+        model, recipe = _from_torch(reference), FROM_TORCH
+    except Exception as exc:  # noqa: BLE001 - the ONNX route converts what the frontend cannot
+        log.warning(
+            "OpenVINO converts the ONNX export: converting the torch model failed (%s: %s)", type(exc).__name__, exc
+        )
+        source = onnx_export_dir(reference, cache_dir) / ONNX_FILE
+        model, recipe = ov.convert_model(str(source)), FROM_ONNX
+    log.info("saving OpenVINO IR at %s (one-off, %s)", target, recipe)
     # Weights stay float32 in the IR; the precision is chosen when compiling.
-    ov.save_model(ov.convert_model(str(source)), str(target / IR_FILES[0]), compress_to_fp16=False)
-    return {
-        "converter": "openvino.convert_model",
-        "openvino": ov.get_version(),
-        "source": str(source),
-    }
+    ov.save_model(model, str(target / IR_FILES[0]), compress_to_fp16=False)
+    return {"recipe": recipe, "openvino": ov.get_version()}
+
+
+def _from_torch(reference: SentenceTransformerEmbedder):
+    import warnings
+
+    import openvino as ov
+    import torch
+
+    transformer = reference.model[0].auto_model
+    names = transformer_input_names(transformer)
+    # The trace runs on a padded batch so that nothing decided from the example (a mask that is all
+    # ones can be dropped by the attention code) is baked into the graph.
+    ids = torch.full((2, 16), int(transformer.config.vocab_size) // 2, dtype=torch.long)
+    mask = torch.ones_like(ids)
+    mask[1, 9:] = 0
+    ids[mask == 0] = 0
+    example = {"input_ids": ids, "attention_mask": mask, "token_type_ids": torch.zeros_like(ids)}
+    with torch.no_grad(), warnings.catch_warnings():
+        # The tracer warns about shape-dependent Python branches in the model code; what matters
+        # is checked after loading: the vectors must agree with torch's, padded batches included.
+        warnings.simplefilter("ignore")
+        return ov.convert_model(
+            last_hidden_state_module(transformer),
+            example_input=tuple(example[name] for name in names),
+            input=[(name, ov.PartialShape([-1, -1]), ov.Type.i64) for name in names],
+        )
