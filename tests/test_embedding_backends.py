@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import shutil
+import subprocess
 import sys
 import threading
 from pathlib import Path
@@ -82,9 +83,10 @@ def plain_onnx_dir(reference, cache_dir) -> Path:
 
 @pytest.fixture(scope="session")
 def openvino_embedder(reference, cache_dir):
-    pytest.importorskip("openvino")
+    # The backend module first: it keeps OpenVINO's telemetry from loading, as it does in the server.
     from semsearch_server.embedding.openvino_backend import OpenVinoEmbedder
 
+    pytest.importorskip("openvino")
     return OpenVinoEmbedder(reference, cache_dir)
 
 
@@ -313,6 +315,40 @@ def test_openvino_converts_the_onnx_export_when_the_torch_frontend_fails(
     again = openvino_backend.OpenVinoEmbedder(reference, cache)
     manifest = json.loads((again.model_dir / onnx_backend.MANIFEST_FILE).read_text())
     assert manifest["recipe"] == openvino_backend.FROM_ONNX
+
+
+def test_the_runtimes_send_no_telemetry(tmp_path):
+    pytest.importorskip("openvino")
+    pytest.importorskip("onnxruntime")
+    # A fresh interpreter, as the server is. Left alone, importing openvino and converting a model fork
+    # processes that post usage events (8 forks here) and count runs in ~/intel, and an onnxruntime
+    # session queues events under ~/.cache/Microsoft: neither may fork nor write under $HOME.
+    script = """
+import os, sys
+forks = []
+os.register_at_fork(before=lambda: forks.append(1))
+import semsearch_server.embedding.openvino_backend
+import onnx, onnxruntime, openvino, torch
+from onnx import TensorProto, helper
+openvino.convert_model(torch.nn.Linear(2, 2), example_input=torch.zeros(1, 2))
+x, y = (helper.make_tensor_value_info(name, TensorProto.FLOAT, [1]) for name in "xy")
+graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g", [x], [y])
+onnxruntime.InferenceSession(helper.make_model(graph).SerializeToString(), providers=["CPUExecutionProvider"])
+print(len(forks), type(sys.modules["openvino.tools.ovc.telemetry_utils"].tm.Telemetry()).__module__)
+"""
+    home = tmp_path / "home"
+    home.mkdir()
+    # Without the CI markers and the variable that would switch the telemetry off by themselves.
+    skip = ("CI", "TF_BUILD", "JENKINS_URL", "ORT_DISABLE_TELEMETRY")
+    env = {k: v for k, v in os.environ.items() if k not in skip}
+    out = subprocess.run(
+        [sys.executable, "-c", script], env={**env, "HOME": str(home)}, capture_output=True, text=True, timeout=300
+    )
+    assert out.returncode == 0, out.stderr
+    forks, telemetry_class_module = out.stdout.split()
+    assert forks == "0"
+    assert telemetry_class_module == "openvino.tools.ovc.telemetry_stub"
+    assert sorted(str(p.relative_to(home)) for p in home.rglob("*")) == []
 
 
 def test_auto_picks_an_agreeing_fast_backend(cache_dir, onnx_embedder):

@@ -27,6 +27,12 @@ from semsearch_server.files import sha256_file
 
 log = logging.getLogger(__name__)
 
+# onnxruntime's wheels (1.32 here, on Linux) queue usage events for Microsoft's telemetry from the
+# first session: a device id and an event database under ~/.cache/Microsoft/DeveloperTools/. A server
+# meant to run offline keeps that off unless its operator set the variable. It must be set before
+# onnxruntime creates its environment; only this module imports onnxruntime, lazily, after this line.
+os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
+
 # Bumped whenever the export or the manifest changes, so that old caches are rebuilt, not misread.
 EXPORT_FORMAT = 1
 ONNX_FILE = "model.onnx"

@@ -1,9 +1,10 @@
-"""The OpenVINO Embedder: the cached ONNX export converted once to OpenVINO IR, run on the CPU."""
+"""The OpenVINO Embedder: the reference model converted once to OpenVINO IR, run on the CPU."""
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +22,13 @@ from semsearch_server.embedding.onnx_backend import (
 from semsearch_server.embedding.sentence_transformer import SentenceTransformerEmbedder
 
 log = logging.getLogger(__name__)
+
+# OpenVINO reports usage to Google Analytics by default: `import openvino` and every conversion fork
+# a process that posts an event and count runs in ~/intel/stats. A server that must run offline
+# should neither phone home nor fork while gRPC's threads run, so the telemetry package is kept from
+# importing; OpenVINO then uses its own no-op stub. Only this module imports openvino, so this runs
+# first (unless the package was already imported by someone else, which is left alone).
+sys.modules.setdefault("openvino_telemetry", None)
 
 IR_FILES = ("model.xml", "model.bin")
 # How the IR was made, recorded in the cache manifest: from the torch model (the default), or from the
