@@ -121,6 +121,14 @@ def test_fingerprint_and_token_counts_match_torch(runtime_embedder, reference):
     assert runtime_embedder.token_counts(texts) == reference.token_counts(texts)
 
 
+def test_counting_a_text_longer_than_the_window_does_not_warn(capfd):
+    # A fresh model: transformers warns once per tokenizer, so a shared one may have used its warning up.
+    fresh = SentenceTransformerEmbedder(default_model_path())
+    capfd.readouterr()
+    assert fresh.token_counts(["word " * 400, "short"]) == [402, 3]
+    assert "indexing errors" not in capfd.readouterr().err
+
+
 def test_openvino_precision_is_recorded(openvino_embedder):
     assert openvino_embedder.precision in ("bf16", "f32")
 

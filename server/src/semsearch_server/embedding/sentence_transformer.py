@@ -122,7 +122,9 @@ class SentenceTransformerEmbedder(FingerprintDescribed):
         return np.ascontiguousarray(vectors, dtype=np.float32)
 
     def token_counts(self, texts: list[str]) -> list[int]:
-        encoded = self.model.tokenizer(list(texts), add_special_tokens=True, truncation=False)
+        # verbose=False: counting a text longer than the window is the point here, not an error, so
+        # transformers' "will result in indexing errors" warning would only mislead the server's log.
+        encoded = self.model.tokenizer(list(texts), add_special_tokens=True, truncation=False, verbose=False)
         return [len(ids) for ids in encoded["input_ids"]]
 
 
