@@ -182,7 +182,10 @@ def test_real_process_json_logs_and_metrics(tmp_path):
     finally:
         proc.stop()
     output = proc.output()
-    records = [json.loads(line) for line in output.splitlines() if line.startswith("{")]
+    # Every line, libraries' warnings and progress bars included, is one JSON record.
+    lines = [line for line in output.replace("\r", "\n").splitlines() if line.strip()]
+    assert [line for line in lines if not line.startswith("{")] == []
+    records = [json.loads(line) for line in lines]
     access = [r for r in records if r["logger"] == "semsearch_server.access"]
     assert [r["rpc"] for r in access] == [f"/{SERVICE}/Search"]
     assert ACCESS_FIELDS | {"collection", "time", "level"} <= access[0].keys()

@@ -71,6 +71,8 @@ class SentenceTransformerEmbedder(FingerprintDescribed):
         import torch
         from sentence_transformers import SentenceTransformer
 
+        _route_transformers_output()
+
         path = Path(model_path)
         if not path.is_dir():
             raise FileNotFoundError(f"model path {model_path!r} is not a directory")
@@ -126,6 +128,20 @@ class SentenceTransformerEmbedder(FingerprintDescribed):
         # transformers' "will result in indexing errors" warning would only mislead the server's log.
         encoded = self.model.tokenizer(list(texts), add_special_tokens=True, truncation=False, verbose=False)
         return [len(ids) for ids in encoded["input_ids"]]
+
+
+def _route_transformers_output() -> None:
+    """Sends transformers' log records through the process's own logging, and turns its progress bars off.
+
+    transformers writes its warnings with a handler of its own ("[transformers] ...") and draws a
+    "Loading weights" bar on every model load, both straight to stderr: in a server's log they are
+    lines its formatter never saw, which breaks `--log-format json` for whoever parses it.
+    """
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_default_handler()
+    transformers_logging.enable_propagation()
+    transformers_logging.disable_progress_bar()
 
 
 def _model_display_name(path: Path) -> str:
