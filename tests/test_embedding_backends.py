@@ -259,6 +259,75 @@ def test_openvino_keeps_one_batch_in_flight_per_stream(openvino_embedder, refere
     assert _cosines(openvino_embedder.encode(texts), expected).min() >= MIN_COSINE
 
 
+class _TimedRequest:
+    """Stands in for an OpenVINO infer request that takes `seconds` per batch and reports like one.
+
+    Its output marks each row: the mean-pooled vector of a row is the unit vector at the row's first
+    token id modulo the dimension, so a vector that lands in another text's row is caught.
+    """
+
+    def __init__(self, seconds: float, dimension: int) -> None:
+        self.seconds, self.dimension = seconds, dimension
+        self.starts: list[int] = []  # batch sizes, in the order this request was given them
+        self._done = threading.Event()
+        self._output = None
+        self._report = None
+
+    def set_callback(self, report, userdata) -> None:
+        self._report = lambda: report(userdata)
+
+    def start_async(self, inputs, share_inputs=True) -> None:
+        ids = inputs["input_ids"]
+        hidden = np.zeros((*ids.shape, self.dimension), dtype=np.float32)
+        hidden[np.arange(len(ids)), :, ids[:, 1] % self.dimension] = 1.0
+        self._output, self._done = hidden, threading.Event()
+        self.starts.append(len(ids))
+
+        def finish() -> None:
+            self._done.set()
+            self._report()
+
+        threading.Timer(self.seconds, finish).start()
+
+    def wait(self) -> None:
+        self._done.wait()
+
+    def get_output_tensor(self, index: int):
+        return type("Tensor", (), {"data": self._output})()
+
+
+def test_openvino_gives_each_batch_to_the_first_free_stream_longest_first(openvino_embedder, monkeypatch):
+    # Stream 0 takes 10x as long per batch as stream 1: handing batches out in turn would give them
+    # half each; first-free gives the fast stream most of them. Each vector must still be its text's.
+    slow, fast = _TimedRequest(0.2, 384), _TimedRequest(0.02, 384)
+    finished = __import__("queue").SimpleQueue()
+    for slot, request in enumerate((slow, fast)):
+        request.set_callback(finished.put, slot)
+    monkeypatch.setattr(openvino_embedder, "_requests", [slow, fast])
+    monkeypatch.setattr(openvino_embedder, "_finished", finished)
+    # 300 texts of 1-7 words, each opening with a whole-word token whose id no other text's shares
+    # modulo the dimension.
+    words, marks = [], set()
+    for word, token_id in sorted(openvino_embedder._tokenizer.get_vocab().items(), key=lambda item: item[1]):
+        if word.isascii() and word.isalpha() and len(word) > 3 and token_id % 384 not in marks:
+            words.append(word)
+            marks.add(token_id % 384)
+        if len(words) == 300:
+            break
+    texts = [" ".join([word] * (1 + i % 7)) for i, word in enumerate(words)]
+    vectors = openvino_embedder.encode(texts)
+    first_ids = [e.ids[1] % 384 for e in openvino_embedder._tokenizer.encode_batch(texts)]
+    assert len(set(first_ids)) == len(texts)
+    assert list(vectors.argmax(axis=1)) == first_ids
+    assert len(fast.starts) >= 2 * len(slow.starts)
+    # Longest first: the batches a stream was given never get longer (padded width), so the last
+    # ones, which decide when the call ends, are the shortest.
+    lengths = openvino_embedder.token_counts(texts)
+    batches = openvino_embedder._batches(lengths)
+    widths = [max(lengths[i] for i in rows) for rows in batches]
+    assert len(batches) > 2 and widths == sorted(widths, reverse=True)
+
+
 def test_corrupt_openvino_cache_is_rebuilt(openvino_embedder, reference, tmp_path):
     from semsearch_server.embedding.openvino_backend import OpenVinoEmbedder
 
