@@ -35,9 +35,9 @@ IR_FILES = ("model.xml", "model.bin")
 # How the IR was made, recorded in the cache manifest: from the torch model (the default), or from the
 # ONNX export when OpenVINO's PyTorch frontend cannot convert the model.
 FROM_TORCH = "openvino.convert_model(torch module)"
+FROM_ONNX = "openvino.convert_model(onnx export)"
 # How long a call waits for a request to report itself finished before waiting on one directly.
 REPORT_WAIT_SECONDS = 1.0
-FROM_ONNX = "openvino.convert_model(onnx export)"
 
 
 def default_precision() -> str:
@@ -144,8 +144,8 @@ class OpenVinoEmbedder(RuntimeEmbedder):
             while in_flight:
                 self._collect_next(in_flight, out)
         finally:
-            # After a failure no request may still be running when the lock is released, and no
-            # report of one may be left for the next call.
+            # After a failure no request may still be running when the lock is released. Reports
+            # left over are drained; one that still arrives late is skipped as stale by the next call.
             for slot in in_flight:
                 with contextlib.suppress(Exception):
                     self._requests[slot].wait()
