@@ -122,8 +122,10 @@ def concurrent_searches(address: str, queries: list[str], collection: str, clien
     return len(latencies) / (time.monotonic() - started), latencies
 
 
-def searches_during_ingest(client: SearchClient, address: str, texts: list[str], queries: list[str], collection: str):
-    """(ingest docs/s, Search latencies of another client searching every 20 ms while it ran)."""
+def searches_during_ingest(
+    client: SearchClient, address: str, texts: list[str], queries: list[str], collection: str, searched: str
+):
+    """(ingest docs/s into `collection`, latencies of another client searching `searched` every 20 ms meanwhile)."""
     latencies: list[float] = []
     ingest_done = threading.Event()
 
@@ -132,7 +134,7 @@ def searches_during_ingest(client: SearchClient, address: str, texts: list[str],
             i = 0
             while not ingest_done.is_set():
                 started = time.perf_counter()
-                searcher.search(queries[i % len(queries)], collection="round0", top_k=10)
+                searcher.search(queries[i % len(queries)], collection=searched, top_k=10)
                 latencies.append(time.perf_counter() - started)
                 i += 1
                 ingest_done.wait(0.02)
@@ -194,7 +196,9 @@ def main() -> int:
                 one_rate, many_rate = statistics.median(one_rates), statistics.median(many_rates)
                 mixed_rates, mixed_lat = [], []
                 for r in range(args.mixed_rounds):
-                    rate, latencies = searches_during_ingest(client, server.address, texts, queries, f"mixed{r}")
+                    rate, latencies = searches_during_ingest(
+                        client, server.address, texts, queries, f"mixed{r}", searched="round0"
+                    )
                     mixed_rates.append(rate)
                     mixed_lat += latencies
         finally:

@@ -9,6 +9,7 @@ import dataclasses
 import json
 import logging
 import os
+import queue
 import shutil
 import subprocess
 import sys
@@ -300,7 +301,7 @@ def test_openvino_gives_each_batch_to_the_first_free_stream_longest_first(openvi
     # Stream 0 takes 10x as long per batch as stream 1: handing batches out in turn would give them
     # half each; first-free gives the fast stream most of them. Each vector must still be its text's.
     slow, fast = _TimedRequest(0.2, 384), _TimedRequest(0.02, 384)
-    finished = __import__("queue").SimpleQueue()
+    finished = queue.SimpleQueue()
     for slot, request in enumerate((slow, fast)):
         request.set_callback(finished.put, slot)
     monkeypatch.setattr(openvino_embedder, "_requests", [slow, fast])
