@@ -44,7 +44,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import faiss
 import numpy as np
 from common import DEFAULT_DATA_DIR, sts_sentences
-from semsearch_server.core.models import IndexKind, IndexSpec
+from semsearch_server.domain import IndexKind, IndexSpec
 from semsearch_server.index.vector_index import VectorIndex, ivf_nlist_for
 
 K = 10

@@ -88,7 +88,35 @@ def test_proto_has_every_name_of_the_contract():
         for name in pb.DESCRIPTOR.message_types_by_name
     }
     assert fields["Document"] == {"id", "text", "metadata"}
-    assert fields["Hit"] == {"id", "score", "text", "metadata"}
+    assert fields["Hit"] == {"id", "score", "text", "metadata", "dense_score", "lexical_score", "passage"}
+    # The ranking additions (API.md, "Ranking additions").
+    assert fields["Passage"] == {"index", "start", "end"}
+    assert fields["HybridParams"] >= {"fusion", "dense_weight", "rrf_k"}
+    assert fields["PassageConfig"] >= {"mode", "window_tokens", "overlap_tokens"}
+    assert fields["SearchRequest"] >= {"mode", "hybrid"}
+    assert fields["BatchSearchRequest"] >= {"mode", "hybrid"}
+    assert fields["CreateCollectionRequest"] >= {"passages", "default_mode"}
+    assert fields["CollectionInfo"] >= {"passages", "default_mode"}
+    assert fields["ExplainRequest"] >= {"mode", "hybrid", "top_k"}
+    assert fields["ExplainResponse"] >= {
+        "rank",
+        "kth_score",
+        "lexical_terms",
+        "dense_score",
+        "lexical_score",
+        "dense_weight",
+        "passage",
+    }
+    assert fields["LexicalTerm"] >= {"term", "contribution"}
+    enums = {name: set(e.values_by_name) for name, e in pb.DESCRIPTOR.enum_types_by_name.items()}
+    assert enums["SearchMode"] == {
+        "SEARCH_MODE_UNSPECIFIED",
+        "SEARCH_MODE_DENSE",
+        "SEARCH_MODE_LEXICAL",
+        "SEARCH_MODE_HYBRID",
+    }
+    assert enums["Fusion"] == {"FUSION_UNSPECIFIED", "FUSION_WEIGHTED", "FUSION_RRF"}
+    assert enums["PassageMode"] == {"PASSAGE_MODE_UNSPECIFIED", "PASSAGE_MODE_ON", "PASSAGE_MODE_OFF"}
     assert fields["SearchRequest"] >= {"collection", "query", "top_k", "min_score", "filter"}
     assert fields["BatchSearchRequest"] >= {"collection", "queries", "top_k", "min_score", "filter"}
     assert fields["ExplainRequest"] >= {

@@ -8,8 +8,8 @@ import threading
 import numpy as np
 import pytest
 from semsearch_server.config import ServerConfig
-from semsearch_server.core.models import Document, IndexSpec
 from semsearch_server.core.service import STREAM_EMBED_GROUP
+from semsearch_server.domain import Document, IndexSpec
 from semsearch_server.embedding.base import ModelFingerprint
 from semsearch_server.errors import DeadlineExceeded, InvalidArgument
 from semsearch_server.wiring import build_service

@@ -7,9 +7,9 @@ import logging
 from semsearch.demo import DEMO_COLLECTION, DEMO_DOCUMENTS
 
 from semsearch_server.config import ServerConfig
-from semsearch_server.core.models import Document, IndexSpec
 from semsearch_server.core.registry import CollectionRegistry
 from semsearch_server.core.service import SearchService
+from semsearch_server.domain import Document, IndexSpec
 from semsearch_server.embedding.batching import MicroBatchingEmbedder
 from semsearch_server.errors import AlreadyExists
 

@@ -7,6 +7,25 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class SearchMode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    SEARCH_MODE_UNSPECIFIED: _ClassVar[SearchMode]
+    SEARCH_MODE_DENSE: _ClassVar[SearchMode]
+    SEARCH_MODE_LEXICAL: _ClassVar[SearchMode]
+    SEARCH_MODE_HYBRID: _ClassVar[SearchMode]
+
+class Fusion(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    FUSION_UNSPECIFIED: _ClassVar[Fusion]
+    FUSION_WEIGHTED: _ClassVar[Fusion]
+    FUSION_RRF: _ClassVar[Fusion]
+
+class PassageMode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    PASSAGE_MODE_UNSPECIFIED: _ClassVar[PassageMode]
+    PASSAGE_MODE_ON: _ClassVar[PassageMode]
+    PASSAGE_MODE_OFF: _ClassVar[PassageMode]
+
 class Granularity(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     GRANULARITY_UNSPECIFIED: _ClassVar[Granularity]
@@ -25,6 +44,16 @@ class CollectionState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     COLLECTION_STATE_UNSPECIFIED: _ClassVar[CollectionState]
     COLLECTION_STATE_READY: _ClassVar[CollectionState]
     COLLECTION_STATE_FAILED: _ClassVar[CollectionState]
+SEARCH_MODE_UNSPECIFIED: SearchMode
+SEARCH_MODE_DENSE: SearchMode
+SEARCH_MODE_LEXICAL: SearchMode
+SEARCH_MODE_HYBRID: SearchMode
+FUSION_UNSPECIFIED: Fusion
+FUSION_WEIGHTED: Fusion
+FUSION_RRF: Fusion
+PASSAGE_MODE_UNSPECIFIED: PassageMode
+PASSAGE_MODE_ON: PassageMode
+PASSAGE_MODE_OFF: PassageMode
 GRANULARITY_UNSPECIFIED: Granularity
 GRANULARITY_WORD: Granularity
 GRANULARITY_TOKEN: Granularity
@@ -54,7 +83,7 @@ class Document(_message.Message):
     def __init__(self, id: _Optional[str] = ..., text: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class Hit(_message.Message):
-    __slots__ = ("id", "score", "text", "metadata")
+    __slots__ = ("id", "score", "text", "metadata", "dense_score", "lexical_score", "passage")
     class MetadataEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -66,11 +95,47 @@ class Hit(_message.Message):
     SCORE_FIELD_NUMBER: _ClassVar[int]
     TEXT_FIELD_NUMBER: _ClassVar[int]
     METADATA_FIELD_NUMBER: _ClassVar[int]
+    DENSE_SCORE_FIELD_NUMBER: _ClassVar[int]
+    LEXICAL_SCORE_FIELD_NUMBER: _ClassVar[int]
+    PASSAGE_FIELD_NUMBER: _ClassVar[int]
     id: str
     score: float
     text: str
     metadata: _containers.ScalarMap[str, str]
-    def __init__(self, id: _Optional[str] = ..., score: _Optional[float] = ..., text: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    dense_score: float
+    lexical_score: float
+    passage: Passage
+    def __init__(self, id: _Optional[str] = ..., score: _Optional[float] = ..., text: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., dense_score: _Optional[float] = ..., lexical_score: _Optional[float] = ..., passage: _Optional[_Union[Passage, _Mapping]] = ...) -> None: ...
+
+class Passage(_message.Message):
+    __slots__ = ("index", "start", "end")
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    START_FIELD_NUMBER: _ClassVar[int]
+    END_FIELD_NUMBER: _ClassVar[int]
+    index: int
+    start: int
+    end: int
+    def __init__(self, index: _Optional[int] = ..., start: _Optional[int] = ..., end: _Optional[int] = ...) -> None: ...
+
+class HybridParams(_message.Message):
+    __slots__ = ("fusion", "dense_weight", "rrf_k")
+    FUSION_FIELD_NUMBER: _ClassVar[int]
+    DENSE_WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    RRF_K_FIELD_NUMBER: _ClassVar[int]
+    fusion: Fusion
+    dense_weight: float
+    rrf_k: int
+    def __init__(self, fusion: _Optional[_Union[Fusion, str]] = ..., dense_weight: _Optional[float] = ..., rrf_k: _Optional[int] = ...) -> None: ...
+
+class PassageConfig(_message.Message):
+    __slots__ = ("mode", "window_tokens", "overlap_tokens")
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    WINDOW_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    OVERLAP_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    mode: PassageMode
+    window_tokens: int
+    overlap_tokens: int
+    def __init__(self, mode: _Optional[_Union[PassageMode, str]] = ..., window_tokens: _Optional[int] = ..., overlap_tokens: _Optional[int] = ...) -> None: ...
 
 class UpsertRequest(_message.Message):
     __slots__ = ("collection", "documents")
@@ -121,7 +186,7 @@ class GetResponse(_message.Message):
     def __init__(self, documents: _Optional[_Iterable[_Union[Document, _Mapping]]] = ...) -> None: ...
 
 class SearchRequest(_message.Message):
-    __slots__ = ("collection", "query", "top_k", "min_score", "filter")
+    __slots__ = ("collection", "query", "top_k", "min_score", "filter", "mode", "hybrid")
     class FilterEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -134,12 +199,16 @@ class SearchRequest(_message.Message):
     TOP_K_FIELD_NUMBER: _ClassVar[int]
     MIN_SCORE_FIELD_NUMBER: _ClassVar[int]
     FILTER_FIELD_NUMBER: _ClassVar[int]
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    HYBRID_FIELD_NUMBER: _ClassVar[int]
     collection: str
     query: str
     top_k: int
     min_score: float
     filter: _containers.ScalarMap[str, str]
-    def __init__(self, collection: _Optional[str] = ..., query: _Optional[str] = ..., top_k: _Optional[int] = ..., min_score: _Optional[float] = ..., filter: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    mode: SearchMode
+    hybrid: HybridParams
+    def __init__(self, collection: _Optional[str] = ..., query: _Optional[str] = ..., top_k: _Optional[int] = ..., min_score: _Optional[float] = ..., filter: _Optional[_Mapping[str, str]] = ..., mode: _Optional[_Union[SearchMode, str]] = ..., hybrid: _Optional[_Union[HybridParams, _Mapping]] = ...) -> None: ...
 
 class SearchResponse(_message.Message):
     __slots__ = ("hits",)
@@ -148,7 +217,7 @@ class SearchResponse(_message.Message):
     def __init__(self, hits: _Optional[_Iterable[_Union[Hit, _Mapping]]] = ...) -> None: ...
 
 class BatchSearchRequest(_message.Message):
-    __slots__ = ("collection", "queries", "top_k", "min_score", "filter")
+    __slots__ = ("collection", "queries", "top_k", "min_score", "filter", "mode", "hybrid")
     class FilterEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -161,12 +230,16 @@ class BatchSearchRequest(_message.Message):
     TOP_K_FIELD_NUMBER: _ClassVar[int]
     MIN_SCORE_FIELD_NUMBER: _ClassVar[int]
     FILTER_FIELD_NUMBER: _ClassVar[int]
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    HYBRID_FIELD_NUMBER: _ClassVar[int]
     collection: str
     queries: _containers.RepeatedScalarFieldContainer[str]
     top_k: int
     min_score: float
     filter: _containers.ScalarMap[str, str]
-    def __init__(self, collection: _Optional[str] = ..., queries: _Optional[_Iterable[str]] = ..., top_k: _Optional[int] = ..., min_score: _Optional[float] = ..., filter: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    mode: SearchMode
+    hybrid: HybridParams
+    def __init__(self, collection: _Optional[str] = ..., queries: _Optional[_Iterable[str]] = ..., top_k: _Optional[int] = ..., min_score: _Optional[float] = ..., filter: _Optional[_Mapping[str, str]] = ..., mode: _Optional[_Union[SearchMode, str]] = ..., hybrid: _Optional[_Union[HybridParams, _Mapping]] = ...) -> None: ...
 
 class BatchSearchResponse(_message.Message):
     __slots__ = ("results",)
@@ -175,7 +248,14 @@ class BatchSearchResponse(_message.Message):
     def __init__(self, results: _Optional[_Iterable[_Union[SearchResponse, _Mapping]]] = ...) -> None: ...
 
 class ExplainRequest(_message.Message):
-    __slots__ = ("collection", "query", "doc_id", "doc_text", "granularity", "include_attention", "attention_layer", "attention_head")
+    __slots__ = ("collection", "query", "doc_id", "doc_text", "granularity", "include_attention", "attention_layer", "attention_head", "mode", "hybrid", "top_k", "filter")
+    class FilterEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     COLLECTION_FIELD_NUMBER: _ClassVar[int]
     QUERY_FIELD_NUMBER: _ClassVar[int]
     DOC_ID_FIELD_NUMBER: _ClassVar[int]
@@ -184,6 +264,10 @@ class ExplainRequest(_message.Message):
     INCLUDE_ATTENTION_FIELD_NUMBER: _ClassVar[int]
     ATTENTION_LAYER_FIELD_NUMBER: _ClassVar[int]
     ATTENTION_HEAD_FIELD_NUMBER: _ClassVar[int]
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    HYBRID_FIELD_NUMBER: _ClassVar[int]
+    TOP_K_FIELD_NUMBER: _ClassVar[int]
+    FILTER_FIELD_NUMBER: _ClassVar[int]
     collection: str
     query: str
     doc_id: str
@@ -192,7 +276,25 @@ class ExplainRequest(_message.Message):
     include_attention: bool
     attention_layer: int
     attention_head: int
-    def __init__(self, collection: _Optional[str] = ..., query: _Optional[str] = ..., doc_id: _Optional[str] = ..., doc_text: _Optional[str] = ..., granularity: _Optional[_Union[Granularity, str]] = ..., include_attention: _Optional[bool] = ..., attention_layer: _Optional[int] = ..., attention_head: _Optional[int] = ...) -> None: ...
+    mode: SearchMode
+    hybrid: HybridParams
+    top_k: int
+    filter: _containers.ScalarMap[str, str]
+    def __init__(self, collection: _Optional[str] = ..., query: _Optional[str] = ..., doc_id: _Optional[str] = ..., doc_text: _Optional[str] = ..., granularity: _Optional[_Union[Granularity, str]] = ..., include_attention: _Optional[bool] = ..., attention_layer: _Optional[int] = ..., attention_head: _Optional[int] = ..., mode: _Optional[_Union[SearchMode, str]] = ..., hybrid: _Optional[_Union[HybridParams, _Mapping]] = ..., top_k: _Optional[int] = ..., filter: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
+class LexicalTerm(_message.Message):
+    __slots__ = ("term", "contribution", "query_text", "term_frequency", "document_frequency")
+    TERM_FIELD_NUMBER: _ClassVar[int]
+    CONTRIBUTION_FIELD_NUMBER: _ClassVar[int]
+    QUERY_TEXT_FIELD_NUMBER: _ClassVar[int]
+    TERM_FREQUENCY_FIELD_NUMBER: _ClassVar[int]
+    DOCUMENT_FREQUENCY_FIELD_NUMBER: _ClassVar[int]
+    term: str
+    contribution: float
+    query_text: str
+    term_frequency: int
+    document_frequency: int
+    def __init__(self, term: _Optional[str] = ..., contribution: _Optional[float] = ..., query_text: _Optional[str] = ..., term_frequency: _Optional[int] = ..., document_frequency: _Optional[int] = ...) -> None: ...
 
 class Segment(_message.Message):
     __slots__ = ("text", "start", "end", "contribution", "special")
@@ -209,7 +311,7 @@ class Segment(_message.Message):
     def __init__(self, text: _Optional[str] = ..., start: _Optional[int] = ..., end: _Optional[int] = ..., contribution: _Optional[float] = ..., special: _Optional[bool] = ...) -> None: ...
 
 class ExplainResponse(_message.Message):
-    __slots__ = ("score", "query_segments", "doc_segments", "pair_contributions", "rows", "cols", "cross_attention", "query_self_attention", "query_self_attention_size", "doc_self_attention", "doc_self_attention_size", "attention_layer", "attention_head", "query_truncated", "doc_truncated", "index_score", "notes")
+    __slots__ = ("score", "query_segments", "doc_segments", "pair_contributions", "rows", "cols", "cross_attention", "query_self_attention", "query_self_attention_size", "doc_self_attention", "doc_self_attention_size", "attention_layer", "attention_head", "query_truncated", "doc_truncated", "index_score", "notes", "rank", "kth_score", "lexical_terms", "dense_score", "lexical_score", "dense_weight", "passage", "mode", "fusion", "dense_min", "dense_max", "lexical_max", "rrf_k", "dense_rank", "lexical_rank")
     SCORE_FIELD_NUMBER: _ClassVar[int]
     QUERY_SEGMENTS_FIELD_NUMBER: _ClassVar[int]
     DOC_SEGMENTS_FIELD_NUMBER: _ClassVar[int]
@@ -227,6 +329,21 @@ class ExplainResponse(_message.Message):
     DOC_TRUNCATED_FIELD_NUMBER: _ClassVar[int]
     INDEX_SCORE_FIELD_NUMBER: _ClassVar[int]
     NOTES_FIELD_NUMBER: _ClassVar[int]
+    RANK_FIELD_NUMBER: _ClassVar[int]
+    KTH_SCORE_FIELD_NUMBER: _ClassVar[int]
+    LEXICAL_TERMS_FIELD_NUMBER: _ClassVar[int]
+    DENSE_SCORE_FIELD_NUMBER: _ClassVar[int]
+    LEXICAL_SCORE_FIELD_NUMBER: _ClassVar[int]
+    DENSE_WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    PASSAGE_FIELD_NUMBER: _ClassVar[int]
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    FUSION_FIELD_NUMBER: _ClassVar[int]
+    DENSE_MIN_FIELD_NUMBER: _ClassVar[int]
+    DENSE_MAX_FIELD_NUMBER: _ClassVar[int]
+    LEXICAL_MAX_FIELD_NUMBER: _ClassVar[int]
+    RRF_K_FIELD_NUMBER: _ClassVar[int]
+    DENSE_RANK_FIELD_NUMBER: _ClassVar[int]
+    LEXICAL_RANK_FIELD_NUMBER: _ClassVar[int]
     score: float
     query_segments: _containers.RepeatedCompositeFieldContainer[Segment]
     doc_segments: _containers.RepeatedCompositeFieldContainer[Segment]
@@ -244,7 +361,22 @@ class ExplainResponse(_message.Message):
     doc_truncated: bool
     index_score: float
     notes: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, score: _Optional[float] = ..., query_segments: _Optional[_Iterable[_Union[Segment, _Mapping]]] = ..., doc_segments: _Optional[_Iterable[_Union[Segment, _Mapping]]] = ..., pair_contributions: _Optional[_Iterable[float]] = ..., rows: _Optional[int] = ..., cols: _Optional[int] = ..., cross_attention: _Optional[_Iterable[float]] = ..., query_self_attention: _Optional[_Iterable[float]] = ..., query_self_attention_size: _Optional[int] = ..., doc_self_attention: _Optional[_Iterable[float]] = ..., doc_self_attention_size: _Optional[int] = ..., attention_layer: _Optional[int] = ..., attention_head: _Optional[int] = ..., query_truncated: _Optional[bool] = ..., doc_truncated: _Optional[bool] = ..., index_score: _Optional[float] = ..., notes: _Optional[_Iterable[str]] = ...) -> None: ...
+    rank: int
+    kth_score: float
+    lexical_terms: _containers.RepeatedCompositeFieldContainer[LexicalTerm]
+    dense_score: float
+    lexical_score: float
+    dense_weight: float
+    passage: Passage
+    mode: SearchMode
+    fusion: Fusion
+    dense_min: float
+    dense_max: float
+    lexical_max: float
+    rrf_k: int
+    dense_rank: int
+    lexical_rank: int
+    def __init__(self, score: _Optional[float] = ..., query_segments: _Optional[_Iterable[_Union[Segment, _Mapping]]] = ..., doc_segments: _Optional[_Iterable[_Union[Segment, _Mapping]]] = ..., pair_contributions: _Optional[_Iterable[float]] = ..., rows: _Optional[int] = ..., cols: _Optional[int] = ..., cross_attention: _Optional[_Iterable[float]] = ..., query_self_attention: _Optional[_Iterable[float]] = ..., query_self_attention_size: _Optional[int] = ..., doc_self_attention: _Optional[_Iterable[float]] = ..., doc_self_attention_size: _Optional[int] = ..., attention_layer: _Optional[int] = ..., attention_head: _Optional[int] = ..., query_truncated: _Optional[bool] = ..., doc_truncated: _Optional[bool] = ..., index_score: _Optional[float] = ..., notes: _Optional[_Iterable[str]] = ..., rank: _Optional[int] = ..., kth_score: _Optional[float] = ..., lexical_terms: _Optional[_Iterable[_Union[LexicalTerm, _Mapping]]] = ..., dense_score: _Optional[float] = ..., lexical_score: _Optional[float] = ..., dense_weight: _Optional[float] = ..., passage: _Optional[_Union[Passage, _Mapping]] = ..., mode: _Optional[_Union[SearchMode, str]] = ..., fusion: _Optional[_Union[Fusion, str]] = ..., dense_min: _Optional[float] = ..., dense_max: _Optional[float] = ..., lexical_max: _Optional[float] = ..., rrf_k: _Optional[int] = ..., dense_rank: _Optional[int] = ..., lexical_rank: _Optional[int] = ...) -> None: ...
 
 class Embedding(_message.Message):
     __slots__ = ("values",)
@@ -295,28 +427,36 @@ class IndexConfig(_message.Message):
     def __init__(self, kind: _Optional[_Union[IndexKind, str]] = ..., hnsw: _Optional[_Union[HnswParams, _Mapping]] = ..., ivf: _Optional[_Union[IvfParams, _Mapping]] = ...) -> None: ...
 
 class CollectionInfo(_message.Message):
-    __slots__ = ("name", "document_count", "index", "state", "status_message", "index_trained")
+    __slots__ = ("name", "document_count", "index", "state", "status_message", "index_trained", "passages", "default_mode")
     NAME_FIELD_NUMBER: _ClassVar[int]
     DOCUMENT_COUNT_FIELD_NUMBER: _ClassVar[int]
     INDEX_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     STATUS_MESSAGE_FIELD_NUMBER: _ClassVar[int]
     INDEX_TRAINED_FIELD_NUMBER: _ClassVar[int]
+    PASSAGES_FIELD_NUMBER: _ClassVar[int]
+    DEFAULT_MODE_FIELD_NUMBER: _ClassVar[int]
     name: str
     document_count: int
     index: IndexConfig
     state: CollectionState
     status_message: str
     index_trained: bool
-    def __init__(self, name: _Optional[str] = ..., document_count: _Optional[int] = ..., index: _Optional[_Union[IndexConfig, _Mapping]] = ..., state: _Optional[_Union[CollectionState, str]] = ..., status_message: _Optional[str] = ..., index_trained: _Optional[bool] = ...) -> None: ...
+    passages: PassageConfig
+    default_mode: SearchMode
+    def __init__(self, name: _Optional[str] = ..., document_count: _Optional[int] = ..., index: _Optional[_Union[IndexConfig, _Mapping]] = ..., state: _Optional[_Union[CollectionState, str]] = ..., status_message: _Optional[str] = ..., index_trained: _Optional[bool] = ..., passages: _Optional[_Union[PassageConfig, _Mapping]] = ..., default_mode: _Optional[_Union[SearchMode, str]] = ...) -> None: ...
 
 class CreateCollectionRequest(_message.Message):
-    __slots__ = ("name", "index")
+    __slots__ = ("name", "index", "passages", "default_mode")
     NAME_FIELD_NUMBER: _ClassVar[int]
     INDEX_FIELD_NUMBER: _ClassVar[int]
+    PASSAGES_FIELD_NUMBER: _ClassVar[int]
+    DEFAULT_MODE_FIELD_NUMBER: _ClassVar[int]
     name: str
     index: IndexConfig
-    def __init__(self, name: _Optional[str] = ..., index: _Optional[_Union[IndexConfig, _Mapping]] = ...) -> None: ...
+    passages: PassageConfig
+    default_mode: SearchMode
+    def __init__(self, name: _Optional[str] = ..., index: _Optional[_Union[IndexConfig, _Mapping]] = ..., passages: _Optional[_Union[PassageConfig, _Mapping]] = ..., default_mode: _Optional[_Union[SearchMode, str]] = ...) -> None: ...
 
 class CreateCollectionResponse(_message.Message):
     __slots__ = ("collection",)

@@ -9,9 +9,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from semsearch_server.core.models import CollectionState, CollectionStatus, IndexSpec
 from semsearch_server.core.validation import DEFAULT_COLLECTION
-from semsearch_server.embedding.base import ModelFingerprint
+from semsearch_server.domain import CollectionState, CollectionStatus, IndexSpec, ModelFingerprint
 from semsearch_server.errors import AlreadyExists, FailedPrecondition, NotFound
 from semsearch_server.index.faiss_store import CollectionBroken, FaissIndexStore, ModelMismatch, read_manifest
 

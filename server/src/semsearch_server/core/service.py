@@ -13,9 +13,9 @@ import numpy as np
 
 from semsearch_server import __version__
 from semsearch_server.config import Limits
-from semsearch_server.core.models import CollectionStatus, Document, Hit, IndexSpec
 from semsearch_server.core.registry import CollectionRegistry
 from semsearch_server.core.validation import Validator
+from semsearch_server.domain import CollectionStatus, Document, Hit, IndexSpec
 from semsearch_server.embedding.base import Embedder, ModelFingerprint
 from semsearch_server.errors import (
     DeadlineExceeded,

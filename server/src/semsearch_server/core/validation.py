@@ -10,7 +10,7 @@ import re
 from collections.abc import Mapping, Sequence
 
 from semsearch_server.config import Limits
-from semsearch_server.core.models import Document, IndexKind, IndexSpec
+from semsearch_server.domain import Document, IndexKind, IndexSpec
 from semsearch_server.errors import InvalidArgument
 
 DEFAULT_COLLECTION = "default"

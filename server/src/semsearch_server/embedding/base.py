@@ -1,63 +1,14 @@
-"""The Embedder interface the core depends on, and the model fingerprint that guards indexes."""
+"""The Embedder interface the core depends on (the model fingerprint lives in domain.py)."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
 from typing import Protocol
 
 import numpy as np
 
+from semsearch_server.domain import ModelFingerprint
 
-@dataclass(frozen=True)
-class ModelFingerprint:
-    """Everything about a model that decides which vectors it produces.
-
-    Two fingerprints are compatible when vectors from one can be searched with queries from the other:
-    the same weights, configuration, dimension, pooling, normalisation and window. The backend
-    (torch, onnx, openvino) is recorded but not compared: every backend is checked at start-up to
-    agree with torch to cosine >= 0.9999.
-    """
-
-    model_name: str
-    weights_sha256: str
-    dimension: int
-    pooling: str
-    normalized: bool
-    max_seq_length: int
-    backend: str
-
-    def compatibility_key(self) -> tuple:
-        return (
-            self.weights_sha256,
-            self.dimension,
-            self.pooling,
-            self.normalized,
-            self.max_seq_length,
-        )
-
-    def is_compatible(self, other: ModelFingerprint) -> bool:
-        return self.compatibility_key() == other.compatibility_key()
-
-    def short(self) -> str:
-        return (
-            f"{self.model_name} (weights sha256 {self.weights_sha256[:12]}, dim {self.dimension}, "
-            f"{self.pooling} pooling, normalized={self.normalized}, max_seq_length {self.max_seq_length})"
-        )
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> ModelFingerprint:
-        return cls(
-            model_name=str(data["model_name"]),
-            weights_sha256=str(data["weights_sha256"]),
-            dimension=int(data["dimension"]),
-            pooling=str(data["pooling"]),
-            normalized=bool(data["normalized"]),
-            max_seq_length=int(data["max_seq_length"]),
-            backend=str(data.get("backend", "torch")),
-        )
+__all__ = ["Embedder", "EmbedderWrapper", "FingerprintDescribed", "ModelFingerprint"]
 
 
 class Embedder(Protocol):

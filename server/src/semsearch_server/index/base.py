@@ -1,35 +1,183 @@
-"""The IndexStore interface: one collection's documents and vectors, durable and searchable."""
+"""The store interfaces: one collection (IndexStore) and the place collections live (StoreProvider).
+
+The core reaches collections through these methods only, so FAISS + SQLite under a data directory and a
+remote engine (Milvus) are interchangeable. Scores are computed by the store, fusion by the core:
+
+- dense: the cosine of a query vector and a document's best passage (inner product of normalised vectors);
+- lexical: BM25 of the query text and the document's stored text, as the store tokenises it.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
 
-from semsearch_server.core.models import Document, Hit, IndexSpec
+from semsearch_server.domain import (
+    CollectionSettings,
+    CollectionStatus,
+    Document,
+    ModelFingerprint,
+    Passage,
+)
+from semsearch_server.errors import FailedPrecondition
+
+
+@dataclass(frozen=True)
+class EmbeddedDocument:
+    """A document as the store persists it: its passages (at least one) and one vector per passage."""
+
+    document: Document
+    passages: tuple[Passage, ...]
+    vectors: np.ndarray  # (len(passages), dimension), float32, each row L2-normalised
+
+
+@dataclass(frozen=True)
+class DenseMatch:
+    doc_id: str
+    score: float  # cosine of the query and the best passage
+    passage: Passage
+
+
+@dataclass(frozen=True)
+class LexicalMatch:
+    doc_id: str
+    score: float  # BM25, > 0: at least one query term occurs in the document
+
+
+@dataclass(frozen=True)
+class LexicalTermScore:
+    """One query term's share of a document's BM25 score."""
+
+    term: str  # as the index sees it (normalised, stemmed)
+    query_text: str  # the query words that produced it, as written
+    contribution: float
+    term_frequency: int  # occurrences in the document
+    document_frequency: int  # documents of the collection that contain it
+
+
+@dataclass(frozen=True)
+class ScoreTable:
+    """Every document's scores for one query (Explain's rank): row i is doc_ids[i]."""
+
+    doc_ids: list[str]
+    dense: np.ndarray | None  # float32 per document (best passage), None when not asked for
+    lexical: np.ndarray | None
 
 
 class IndexStore(Protocol):
-    """A collection. Every method is thread-safe; a write returns only once it is durable."""
+    """A collection. Every method is thread-safe; a write returns only once it is durable, and is then in
+    both the dense and the lexical index, or (after a crash before it returned) in neither."""
 
     name: str
-    spec: IndexSpec
+    settings: CollectionSettings
+    fingerprint: ModelFingerprint
 
-    def upsert(self, docs: Sequence[Document], vectors: np.ndarray) -> int: ...
+    # -- writes ------------------------------------------------------------------------------------
+    def upsert(self, docs: Sequence[EmbeddedDocument]) -> int:
+        """Inserts or replaces (by id) all of docs, atomically; ids are distinct. Returns len(docs)."""
+        ...
 
-    def delete(self, ids: Sequence[str]) -> int: ...
+    def delete(self, ids: Sequence[str]) -> int:
+        """Deletes by id, atomically; returns how many existed."""
+        ...
 
-    def get(self, ids: Sequence[str]) -> list[Document]: ...
+    # -- reads -------------------------------------------------------------------------------------
+    def get(self, ids: Sequence[str]) -> list[Document]:
+        """Found documents in request order, text byte for byte as stored."""
+        ...
 
-    def get_vectors(self, ids: Sequence[str]) -> dict[str, np.ndarray]: ...
+    def get_passages(self, ids: Sequence[str]) -> dict[str, tuple[tuple[Passage, ...], np.ndarray]]:
+        """Each found document's passages and their stored vectors."""
+        ...
 
-    def search(
-        self, queries: np.ndarray, top_k: int, min_score: float, filter: Mapping[str, str]
-    ) -> list[list[Hit]]: ...
+    def search_dense(self, queries: np.ndarray, top_k: int, filter: Mapping[str, str]) -> list[list[DenseMatch]]:
+        """Per query vector: the top_k documents by best-passage cosine, best first, distinct ids."""
+        ...
 
+    def search_lexical(self, queries: Sequence[str], top_k: int, filter: Mapping[str, str]) -> list[list[LexicalMatch]]:
+        """Per query text: the top_k documents by BM25 (only documents with a query term), best first."""
+        ...
+
+    def dense_scores(self, query: np.ndarray, ids: Sequence[str]) -> dict[str, DenseMatch]:
+        """Best-passage cosine of one query vector for each of these documents that exists."""
+        ...
+
+    def lexical_scores(self, query: str, ids: Sequence[str]) -> dict[str, float]:
+        """BM25 of one query for each of these documents that exists (0.0 when no term occurs)."""
+        ...
+
+    def explain_lexical(self, query: str, doc_id: str) -> list[LexicalTermScore]:
+        """The document's BM25 for the query, term by term (query order); contributions sum to its score."""
+        ...
+
+    def score_all(
+        self, query: str, vector: np.ndarray | None, filter: Mapping[str, str], dense: bool, lexical: bool
+    ) -> ScoreTable:
+        """Every document the filter keeps, with the scores asked for (Explain's exact rank)."""
+        ...
+
+    # -- housekeeping ------------------------------------------------------------------------------
     def count(self) -> int: ...
+
+    def status(self) -> CollectionStatus: ...
 
     def snapshot(self) -> None: ...
 
-    def close(self) -> None: ...
+    def close(self, snapshot: bool = True) -> None: ...
+
+
+class StoreProvider(Protocol):
+    """Where collections live: opens, creates and deletes them by name (a data directory, a Milvus)."""
+
+    def names(self) -> list[str]:
+        """Every collection this provider holds, including ones that cannot be opened."""
+        ...
+
+    def open(self, name: str, running: ModelFingerprint) -> IndexStore:
+        """Opens and recovers a collection.
+
+        Raises:
+            ModelMismatch (FailedPrecondition): its vectors came from another model.
+            CollectionBroken: it cannot be served (the message says why and where).
+        """
+        ...
+
+    def open_for_reindex(self, name: str, running: ModelFingerprint) -> IndexStore:
+        """Opens a collection of another model without loading its vectors, to re-embed its texts."""
+        ...
+
+    def create(self, name: str, settings: CollectionSettings, fingerprint: ModelFingerprint) -> IndexStore:
+        """Creates an empty collection atomically (a crash leaves all of it or nothing)."""
+        ...
+
+    def delete(self, name: str, store: IndexStore | None) -> None:
+        """Deletes a collection (closing store first, if it is open)."""
+        ...
+
+    def settings_of(self, name: str) -> CollectionSettings:
+        """The settings recorded for a collection, readable even when it cannot be opened."""
+        ...
+
+    def cleanup(self) -> None:
+        """Removes what interrupted creates and deletes left behind."""
+        ...
+
+
+class CollectionBroken(Exception):
+    """A collection that cannot be served; the message names the file or object and the reason."""
+
+
+class ModelMismatch(FailedPrecondition):
+    """A collection whose vectors came from another model than the running one."""
+
+    def __init__(self, name: str, stored: ModelFingerprint, running: ModelFingerprint) -> None:
+        super().__init__(
+            f"collection {name!r} was built by model {stored.short()} but the server runs {running.short()}; "
+            f"its stored texts can be re-embedded with the running model: `semsearch reindex --collection {name}` "
+            "(or start the server with the original --model)"
+        )
+        self.stored = stored
+        self.running = running

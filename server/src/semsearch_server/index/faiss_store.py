@@ -24,10 +24,10 @@ from pathlib import Path
 
 import numpy as np
 
-from semsearch_server.core.models import CollectionState, CollectionStatus, Document, Hit, IndexSpec
-from semsearch_server.embedding.base import ModelFingerprint
+from semsearch_server.domain import CollectionState, CollectionStatus, Document, Hit, IndexSpec, ModelFingerprint
 from semsearch_server.errors import FailedPrecondition
 from semsearch_server.files import atomic_write, atomic_write_json, sha256_file
+from semsearch_server.index.base import CollectionBroken, ModelMismatch
 from semsearch_server.index.rwlock import ReadWriteLock
 from semsearch_server.index.vector_index import VectorIndex
 
@@ -63,10 +63,6 @@ INSERT OR IGNORE INTO state(key, value) VALUES ('seq', '0');
 
 # Upserts are applied in slices of this many rows' SQL parameters (SQLite's variable limit).
 _SQL_CHUNK = 500
-
-
-class CollectionBroken(Exception):
-    """A collection that cannot be served; the message names the file and the reason."""
 
 
 def write_manifest(directory: Path, name: str, spec: IndexSpec, fingerprint: ModelFingerprint) -> None:
@@ -500,14 +496,3 @@ class FaissIndexStore:
             for reader in self._readers:
                 reader.close()
             self._db.close()
-
-
-class ModelMismatch(FailedPrecondition):
-    def __init__(self, name: str, stored: ModelFingerprint, running: ModelFingerprint) -> None:
-        super().__init__(
-            f"collection {name!r} was built by model {stored.short()} but the server runs {running.short()}; "
-            f"its stored texts can be re-embedded with the running model: `semsearch reindex --collection {name}` "
-            "(or start the server with the original --model)"
-        )
-        self.stored = stored
-        self.running = running

@@ -11,7 +11,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from semsearch_server.core.models import IndexKind, IndexSpec
+from semsearch_server.domain import IndexKind, IndexSpec
 
 # HNSW cannot remove vectors: removed labels are masked at search time and the graph is rebuilt
 # from the stored vectors once this share of it is dead.

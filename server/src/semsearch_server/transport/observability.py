@@ -21,7 +21,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from semsearch_server.config import ServerConfig
-from semsearch_server.core.models import CollectionStatus
+from semsearch_server.domain import CollectionStatus
 from semsearch_server.embedding.base import Embedder, EmbedderWrapper
 from semsearch_server.transport.auth import HEALTH_PREFIX, build_auth_interceptor, handler_with_behavior
 

@@ -12,8 +12,8 @@ import numpy as np
 from semsearch.v1 import search_service_pb2 as pb
 from semsearch.v1 import search_service_pb2_grpc as pb_grpc
 
-from semsearch_server.core.models import CollectionState, CollectionStatus, Document, Hit, IndexKind, IndexSpec
 from semsearch_server.core.service import SearchService
+from semsearch_server.domain import CollectionState, CollectionStatus, Document, Hit, IndexKind, IndexSpec
 from semsearch_server.errors import InvalidArgument, SemsearchError, Unavailable
 from semsearch_server.transport.errors import status_for
 
