@@ -239,16 +239,15 @@ class LexicalIndex:
 
     def _term_ids(self, docs_terms: list[list[str]]) -> np.ndarray:
         vocab = self._vocab
-        new = {t for terms in docs_terms for t in terms if t not in vocab}
+        flat = [t for terms in docs_terms for t in terms]
+        new = set(flat).difference(vocab)
         if new:
             for term in sorted(new):
                 vocab[term] = len(self._terms)
                 self._terms.append(term)
             self._df.extend(np.zeros(len(new), dtype=np.int64))
             self._postings.extend([None] * len(new))
-        total = sum(len(terms) for terms in docs_terms)
-        flat = [t for terms in docs_terms for t in terms]
-        return np.fromiter(map(vocab.__getitem__, flat), dtype=np.int64, count=total)
+        return np.fromiter(map(vocab.__getitem__, flat), dtype=np.int64, count=len(flat))
 
     def _append(self, labels: np.ndarray, docs_terms: list[list[str]]) -> None:
         n = len(labels)
@@ -285,10 +284,15 @@ class LexicalIndex:
         ends = np.concatenate((bounds, [len(terms)])).tolist()
         postings = self._postings
         for term, s, e in zip(terms[starts].tolist(), starts, ends, strict=True):
-            if postings[term] is None:
+            plist = postings[term]
+            if plist is None:
                 postings[term] = _Growable.wrap(rows[s:e].copy())
-            else:
-                postings[term].extend(rows[s:e])
+                continue
+            size = plist.size + e - s
+            if size > len(plist.data):
+                plist.reserve(e - s)
+            plist.data[plist.size : size] = rows[s:e]  # inlined extend(): this loop runs once per distinct term
+            plist.size = size
 
     def remove(self, labels: Sequence[int]) -> None:
         """Removes documents; labels not present are ignored."""
