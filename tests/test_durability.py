@@ -52,7 +52,8 @@ class Ingest:
                         Document(
                             f"r{self.round_no}-b{batch_no}-{j}",
                             f"round {self.round_no} batch {batch_no} item {j} about "
-                            f"{self.rng.choice(['wine', 'fish', 'rain', 'trains'])}",
+                            f"{self.rng.choice(['wine', 'fish', 'rain', 'trains'])} "
+                            f"{_tag(f'r{self.round_no}-b{batch_no}-{j}')}",
                         )
                         for j in range(BATCH)
                     ]
@@ -65,6 +66,11 @@ class Ingest:
                         self.expected[d.id] = d.text
                         self.deleted.discard(d.id)
                 self.in_flight = None
+
+
+def _tag(doc_id: str) -> str:
+    """A word only this document contains: the lexical index must find exactly it by that word."""
+    return "tag" + doc_id.replace("-", "x")
 
 
 def _resolve_in_flight(client, ingest: Ingest) -> None:
@@ -104,6 +110,15 @@ def _check_state(client, expected: dict[str, str], deleted: set[str]) -> None:
     if ids:  # the FAISS index agrees with the database: a stored text finds itself
         probe = random.Random(len(ids)).choice(ids)
         assert client.search(expected[probe], top_k=1)[0].id == probe
+    # The lexical index agrees with the database: every acknowledged document is found by its own tag,
+    # no deleted one is.
+    for chunk_ids, want in ((ids, True), (gone, False)):
+        for start in range(0, len(chunk_ids), 200):
+            chunk = chunk_ids[start : start + 200]
+            results = client.batch_search([_tag(i) for i in chunk], top_k=1, mode="lexical")
+            for doc_id, hits in zip(chunk, results, strict=True):
+                found = [h.id for h in hits]
+                assert found == ([doc_id] if want else []), f"lexical index out of step for {doc_id}: {found}"
 
 
 def test_acknowledged_writes_survive_repeated_sigkill(tmp_path):

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from semsearch_server.config import ServerConfig
 from semsearch_server.core.service import STREAM_EMBED_GROUP
-from semsearch_server.domain import Document, IndexSpec
+from semsearch_server.domain import CollectionSettings, Document
 from semsearch_server.embedding.base import ModelFingerprint
 from semsearch_server.errors import DeadlineExceeded, InvalidArgument
 from semsearch_server.wiring import build_service
@@ -52,7 +52,7 @@ def make_service(tmp_path):
 
     def make(embedder):
         service = build_service(ServerConfig(data_dir=tmp_path / f"data{len(made)}"), embedder=embedder)
-        service.create_collection("c", IndexSpec())
+        service.create_collection("c", CollectionSettings())
         made.append(service)
         return service
 
@@ -72,11 +72,11 @@ def test_the_next_group_is_embedded_while_the_previous_one_is_stored(make_servic
     real_upsert = store.upsert
     overlapped = []
 
-    def upsert(docs, vectors):
+    def upsert(docs, still_wanted=None):
         # Storing group 1 waits for group 2's embedding to start: without the overlap this never happens.
         if not overlapped:
             overlapped.append(embedder.started[1].wait(5))
-        return real_upsert(docs, vectors)
+        return real_upsert(docs, still_wanted)
 
     store.upsert = upsert
     stream = messages(4)
@@ -85,10 +85,12 @@ def test_the_next_group_is_embedded_while_the_previous_one_is_stored(make_servic
     assert embedder.calls == [STREAM_EMBED_GROUP, STREAM_EMBED_GROUP]
     ids = [d.id for _, docs in stream for d in docs]
     assert store.count() == len(ids)
-    stored = store.get_vectors(ids[:: HALF_GROUP // 4])
-    for doc_id, got in stored.items():
+    stored = store.get_passages(ids[:: HALF_GROUP // 4])
+    assert len(stored) == len(ids[:: HALF_GROUP // 4])
+    for doc_id, (passages, got) in stored.items():
         m, i = doc_id[1:].split("-")
-        np.testing.assert_allclose(got, vector(f"message {m} text {i}"), atol=1e-6)
+        assert len(passages) == 1
+        np.testing.assert_allclose(got[0], vector(f"message {m} text {i}"), atol=1e-6)
 
 
 def test_a_bad_message_after_several_groups_keeps_every_message_before_it(make_service):
@@ -109,7 +111,8 @@ def test_a_failed_embedding_keeps_only_the_groups_before_it(make_service):
 
 def test_a_deadline_that_passes_mid_stream_keeps_the_groups_before_it(make_service):
     service = make_service(CountingEmbedder())
-    answers = iter([True, False])
+    store = service.registry.get("c")
+    # The deadline passes once the first group is stored (it is asked again before each store).
     with pytest.raises(DeadlineExceeded, match=f"{STREAM_EMBED_GROUP} documents were stored"):
-        service.upsert_stream(messages(6), still_wanted=lambda: next(answers))
+        service.upsert_stream(messages(6), still_wanted=lambda: store.count() < STREAM_EMBED_GROUP)
     assert service.registry.get("c").count() == STREAM_EMBED_GROUP

@@ -13,7 +13,7 @@ from semsearch.errors import (
     UnauthenticatedError,
     UnavailableError,
 )
-from semsearch.types import Document, ExplainResult, Hit, Segment
+from semsearch.types import Document, ExplainResult, Hit, LexicalTerm, Passage, Ranking, Segment
 
 __all__ = [
     "AlreadyExistsError",
@@ -23,8 +23,11 @@ __all__ = [
     "FailedPreconditionError",
     "Hit",
     "InvalidArgumentError",
+    "LexicalTerm",
     "NotFoundError",
+    "Passage",
     "PermissionDeniedError",
+    "Ranking",
     "ResourceExhaustedError",
     "SearchClient",
     "Segment",

@@ -40,7 +40,24 @@ def _metadata_suffix(metadata) -> str:
 
 
 def _hit_dict(hit: Hit) -> dict:
-    return {"id": hit.id, "score": round(hit.score, 6), "text": hit.text, "metadata": dict(hit.metadata)}
+    out = {"id": hit.id, "score": round(hit.score, 6), "text": hit.text, "metadata": dict(hit.metadata)}
+    out |= {"dense_score": round(hit.dense_score, 6), "lexical_score": round(hit.lexical_score, 6)}
+    if hit.passage is not None:
+        out["passage"] = {"index": hit.passage.index, "start": hit.passage.start, "end": hit.passage.end}
+    return out
+
+
+def _passage_view(hit: Hit, highlight: bool) -> str:
+    """The hit's best passage: the whole text for a one-passage document, else the passage marked as an
+    excerpt (and shown in bold on a terminal)."""
+    if hit.passage is None or (hit.passage.start == 0 and hit.passage.end == len(hit.text)):
+        return hit.text
+    passage = " ".join(hit.passage_text.split())
+    if highlight:
+        passage = f"\033[1m{passage}\033[0m"
+    before = "…" if hit.passage.start > 0 else ""
+    after = "…" if hit.passage.end < len(hit.text) else ""
+    return f"{before}{passage}{after}  [passage {hit.passage.index + 1}, chars {hit.passage.start}-{hit.passage.end}]"
 
 
 def _print_hits(hits: list[Hit]) -> None:
@@ -48,9 +65,10 @@ def _print_hits(hits: list[Hit]) -> None:
         print("no hits")
         return
     width = max(len(h.id) for h in hits)
+    highlight = sys.stdout.isatty()
     for rank, hit in enumerate(hits, 1):
         meta = _metadata_suffix(hit.metadata)
-        print(f"{rank:>3}. {hit.score:7.4f}  {hit.id:<{width}}  {hit.text}{meta}")
+        print(f"{rank:>3}. {hit.score:7.4f}  {hit.id:<{width}}  {_passage_view(hit, highlight)}{meta}")
 
 
 def _doc_dict(doc: Document) -> dict:
@@ -72,6 +90,10 @@ def cmd_search(client: SearchClient, args) -> int:
         top_k=args.top_k,
         min_score=args.min_score,
         filter=_metadata_pairs(args.filter, "--filter"),
+        mode=args.mode,
+        fusion=args.fusion,
+        dense_weight=args.dense_weight,
+        rrf_k=args.rrf_k,
     )
     _print_json({"hits": [_hit_dict(h) for h in hits]}) if args.json else _print_hits(hits)
     return 0
@@ -98,7 +120,7 @@ def cmd_delete(client: SearchClient, args) -> int:
 
 
 def cmd_explain(client: SearchClient, args) -> int:
-    from semsearch.explain_view import render_attention, render_text, write_html, write_png
+    from semsearch.explain_view import render_attention, render_ranking, render_text, write_html, write_png
 
     if (args.doc_id is None) == (args.doc_text is None):
         print("semsearch explain: give exactly one of --doc-id and --doc-text", file=sys.stderr)
@@ -112,6 +134,12 @@ def cmd_explain(client: SearchClient, args) -> int:
         include_attention=args.attention,
         attention_layer=args.layer,
         attention_head=args.head,
+        mode=args.mode,
+        fusion=args.fusion,
+        dense_weight=args.dense_weight,
+        rrf_k=args.rrf_k,
+        top_k=args.top_k,
+        filter=_metadata_pairs(args.filter, "--filter"),
     )
     doc_text = args.doc_text
     if doc_text is None:
@@ -123,6 +151,9 @@ def cmd_explain(client: SearchClient, args) -> int:
     if args.json:
         _print_json(_explain_dict(result))
         return 0
+    if result.ranking is not None:
+        print(render_ranking(result))
+        print()
     print(render_text(result, args.query, doc_text, top_pairs=args.top_pairs))
     if args.attention:
         print()
@@ -153,6 +184,38 @@ def _explain_dict(result) -> dict:
         "doc_truncated": result.doc_truncated,
         "notes": result.notes,
     }
+    r = result.ranking
+    if r is not None:
+        out["ranking"] = {
+            "mode": r.mode,
+            "rank": r.rank,
+            "top_k": r.top_k,
+            "kth_score": r.kth_score,
+            "dense_score": r.dense_score,
+            "lexical_score": r.lexical_score,
+            "lexical_terms": [
+                {
+                    "term": t.term,
+                    "query_text": t.query_text,
+                    "contribution": t.contribution,
+                    "term_frequency": t.term_frequency,
+                    "document_frequency": t.document_frequency,
+                }
+                for t in r.lexical_terms
+            ],
+            "passage": None if r.passage is None else vars(r.passage),
+        }
+        if r.mode == "hybrid":
+            out["ranking"] |= {
+                "fusion": r.fusion,
+                "dense_weight": r.dense_weight,
+                "dense_min": r.dense_min,
+                "dense_max": r.dense_max,
+                "lexical_max": r.lexical_max,
+                "rrf_k": r.rrf_k,
+                "dense_rank": r.dense_rank,
+                "lexical_rank": r.lexical_rank,
+            }
     if result.query_self_attention is not None:
         out["attention_layer"] = result.attention_layer
         out["attention_head"] = result.attention_head
@@ -164,7 +227,9 @@ def _explain_dict(result) -> dict:
 def _collection_line(c) -> str:
     kind = {1: "flat", 2: "hnsw", 3: "ivf"}.get(c.index.kind, "flat")
     state = "ready" if c.state == 1 else "FAILED"
-    line = f"{c.name:<24} {c.document_count:>10}  {kind:<5} {state}"
+    passages = f"{c.passages.window_tokens}/{c.passages.overlap_tokens}" if c.passages.mode != 2 else "off"
+    mode = {2: "lexical", 3: "hybrid"}.get(c.default_mode, "dense")
+    line = f"{c.name:<24} {c.document_count:>10}  {kind:<5} {passages:<9} {mode:<7} {state}"
     return line + (f"  {c.status_message}" if c.status_message else "")
 
 
@@ -179,6 +244,10 @@ def cmd_collections(client: SearchClient, args) -> int:
             hnsw_ef_search=args.hnsw_ef_search,
             ivf_nlist=args.ivf_nlist,
             ivf_nprobe=args.ivf_nprobe,
+            passages=args.passages == "on",
+            window_tokens=args.window_tokens,
+            overlap_tokens=args.overlap_tokens,
+            default_mode=args.default_mode,
         )
         _print_json(MessageToDict(info)) if args.json else print(f"created collection {info.name}")
         return 0
@@ -190,7 +259,7 @@ def cmd_collections(client: SearchClient, args) -> int:
     if args.json:
         _print_json({"collections": [MessageToDict(c, always_print_fields_with_no_presence=True) for c in collections]})
     else:
-        print(f"{'collection':<24} {'documents':>10}  index state")
+        print(f"{'collection':<24} {'documents':>10}  index passages  mode    state")
         for c in collections:
             print(_collection_line(c))
     return 0
@@ -241,6 +310,33 @@ def cmd_index(client: SearchClient, args) -> int:
 
 
 # -- parser --------------------------------------------------------------------------------------------
+def add_mode_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--mode",
+        choices=("dense", "lexical", "hybrid"),
+        default=None,
+        help="dense: cosine of embeddings; lexical: BM25; hybrid: both, fused (default: the collection's)",
+    )
+    p.add_argument("--fusion", choices=("weighted", "rrf"), default=None, help="hybrid: how (default: the server's)")
+    p.add_argument("--dense-weight", type=float, default=0.0, help="hybrid weighted: the dense share, (0, 1]")
+    p.add_argument("--rrf-k", type=int, default=0, help="hybrid rrf: the k of 1/(k + rank)")
+
+
+def add_collection_arguments(p: argparse.ArgumentParser) -> None:
+    """Options of a new collection (collections create, index --create)."""
+    p.add_argument(
+        "--passages",
+        choices=("on", "off"),
+        default="on",
+        help="on: texts longer than the window are split into overlapping token windows; off: one vector per text",
+    )
+    p.add_argument("--window-tokens", type=int, default=0, help="passage window in model tokens (0: server default)")
+    p.add_argument("--overlap-tokens", type=int, default=0, help="tokens shared by consecutive windows (0: default)")
+    p.add_argument(
+        "--default-mode", choices=("dense", "lexical", "hybrid"), default=None, help="mode of a search that names none"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
@@ -272,6 +368,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k", "-k", type=int, default=10)
     p.add_argument("--min-score", type=float, default=0.0)
     p.add_argument("--filter", "-f", action="append", metavar="KEY=VALUE", help="exact metadata match (repeatable)")
+    add_mode_arguments(p)
     p.set_defaults(func=cmd_search)
 
     p = sub.add_parser("get", parents=[common, coll], help="documents by id")
@@ -293,6 +390,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-pairs", type=int, default=8)
     p.add_argument("--png", help="write a heatmap of the pair contributions (needs semsearch-client[plot])")
     p.add_argument("--html", help="write the heatmap as a self-contained HTML page")
+    p.add_argument(
+        "--top-k", "-k", type=int, default=10, help="the k you searched with: says how far the document was from it"
+    )
+    p.add_argument("--filter", "-f", action="append", metavar="KEY=VALUE", help="the filter you searched with")
+    add_mode_arguments(p)
     p.set_defaults(func=cmd_explain)
 
     p = sub.add_parser("collections", parents=[common], help="list, create or delete collections")
@@ -304,6 +406,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hnsw-ef-search", type=int, default=0)
     p.add_argument("--ivf-nlist", type=int, default=0)
     p.add_argument("--ivf-nprobe", type=int, default=0)
+    add_collection_arguments(p)
     p.set_defaults(func=cmd_collections)
 
     p = sub.add_parser("info", parents=[common], help="model, backend and collections")

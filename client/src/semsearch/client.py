@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import grpc
 
 from semsearch.errors import from_rpc_error
-from semsearch.types import Document, ExplainResult, Hit, Segment
+from semsearch.types import Document, ExplainResult, Hit, LexicalTerm, Passage, Ranking, Segment
 from semsearch.v1 import search_service_pb2 as pb
 from semsearch.v1 import search_service_pb2_grpc as pb_grpc
 
@@ -55,7 +55,40 @@ def to_pb_document(doc: DocumentLike) -> pb.Document:
 
 
 def _hit(h: pb.Hit) -> Hit:
-    return Hit(id=h.id, score=h.score, text=h.text, metadata=dict(h.metadata))
+    return Hit(
+        id=h.id,
+        score=h.score,
+        text=h.text,
+        metadata=dict(h.metadata),
+        dense_score=h.dense_score,
+        lexical_score=h.lexical_score,
+        passage=Passage(h.passage.index, h.passage.start, h.passage.end) if h.HasField("passage") else None,
+    )
+
+
+_MODES = {
+    None: pb.SEARCH_MODE_UNSPECIFIED,
+    "dense": pb.SEARCH_MODE_DENSE,
+    "lexical": pb.SEARCH_MODE_LEXICAL,
+    "hybrid": pb.SEARCH_MODE_HYBRID,
+}
+_MODE_NAMES = {v: k for k, v in _MODES.items() if k}
+_FUSIONS = {None: pb.FUSION_UNSPECIFIED, "weighted": pb.FUSION_WEIGHTED, "rrf": pb.FUSION_RRF}
+_FUSION_NAMES = {v: k for k, v in _FUSIONS.items() if k}
+
+
+def _mode(mode: str | None) -> int:
+    if mode not in _MODES:
+        raise ValueError(f"mode must be one of {', '.join(m for m in _MODES if m)} (or None: the collection's default)")
+    return _MODES[mode]
+
+
+def _hybrid(fusion: str | None, dense_weight: float, rrf_k: int) -> pb.HybridParams | None:
+    if fusion not in _FUSIONS:
+        raise ValueError(f"fusion must be one of {', '.join(f for f in _FUSIONS if f)} (or None: the server's default)")
+    if fusion is None and not dense_weight and not rrf_k:
+        return None
+    return pb.HybridParams(fusion=_FUSIONS[fusion], dense_weight=dense_weight, rrf_k=rrf_k)
 
 
 def _matrix(values, size: int) -> np.ndarray | None:
@@ -158,10 +191,26 @@ class SearchClient:
         min_score: float = 0.0,
         filter: Mapping[str, str] | None = None,
         timeout: float | None = None,
+        mode: str | None = None,
+        fusion: str | None = None,
+        dense_weight: float = 0.0,
+        rrf_k: int = 0,
     ) -> list[Hit]:
-        """Nearest documents to `query`, best first; `filter` keeps exact metadata matches."""
+        """Best documents for `query`, best first; `filter` keeps exact metadata matches.
+
+        Args:
+            mode: "dense" (cosine of embeddings), "lexical" (BM25), "hybrid" (both, fused), or None for
+                the collection's default_mode.
+            fusion, dense_weight, rrf_k: hybrid only; "weighted" or "rrf"; 0/None mean the server's default.
+        """
         request = pb.SearchRequest(
-            collection=collection, query=query, top_k=top_k, min_score=min_score, filter=dict(filter or {})
+            collection=collection,
+            query=query,
+            top_k=top_k,
+            min_score=min_score,
+            filter=dict(filter or {}),
+            mode=_mode(mode),
+            hybrid=_hybrid(fusion, dense_weight, rrf_k),
         )
         return [_hit(h) for h in self._call(self.stub.Search, request, timeout).hits]
 
@@ -174,9 +223,20 @@ class SearchClient:
         min_score: float = 0.0,
         filter: Mapping[str, str] | None = None,
         timeout: float | None = None,
+        mode: str | None = None,
+        fusion: str | None = None,
+        dense_weight: float = 0.0,
+        rrf_k: int = 0,
     ) -> list[list[Hit]]:
+        """One result list per query, in order; the options are Search's."""
         request = pb.BatchSearchRequest(
-            collection=collection, queries=list(queries), top_k=top_k, min_score=min_score, filter=dict(filter or {})
+            collection=collection,
+            queries=list(queries),
+            top_k=top_k,
+            min_score=min_score,
+            filter=dict(filter or {}),
+            mode=_mode(mode),
+            hybrid=_hybrid(fusion, dense_weight, rrf_k),
         )
         return [[_hit(h) for h in r.hits] for r in self._call(self.stub.BatchSearch, request, timeout).results]
 
@@ -202,8 +262,18 @@ class SearchClient:
         attention_layer: int = -1,
         attention_head: int = -1,
         timeout: float | None = None,
+        mode: str | None = None,
+        fusion: str | None = None,
+        dense_weight: float = 0.0,
+        rrf_k: int = 0,
+        top_k: int = 0,
+        filter: Mapping[str, str] | None = None,
     ) -> ExplainResult:
-        """Why `query` matches a stored document (`doc_id`) or any text (`doc_text`)."""
+        """Why `query` matches a stored document (`doc_id`) or any text (`doc_text`).
+
+        With doc_id, the result's `ranking` says where the document ranks for this query, mode and
+        filter, the score of the top_k-th hit (the bar it had to clear), and BM25 term by term.
+        """
         if (doc_id is None) == (doc_text is None):
             raise ValueError("give exactly one of doc_id and doc_text")
         if granularity not in _GRANULARITIES:
@@ -215,6 +285,10 @@ class SearchClient:
             include_attention=include_attention,
             attention_layer=attention_layer,
             attention_head=attention_head,
+            mode=_mode(mode),
+            hybrid=_hybrid(fusion, dense_weight, rrf_k),
+            top_k=top_k,
+            filter=dict(filter or {}),
         )
         if doc_id is not None:
             request.doc_id = doc_id
@@ -242,6 +316,7 @@ class SearchClient:
             doc_truncated=r.doc_truncated,
             index_score=r.index_score,
             notes=list(r.notes),
+            ranking=_ranking(r, top_k or 10) if doc_id is not None else None,
         )
 
     # -- collections and the server ------------------------------------------------------------------
@@ -256,8 +331,19 @@ class SearchClient:
         ivf_nlist: int = 0,
         ivf_nprobe: int = 0,
         timeout: float | None = None,
+        passages: bool = True,
+        window_tokens: int = 0,
+        overlap_tokens: int = 0,
+        default_mode: str | None = None,
     ) -> pb.CollectionInfo:
-        """Creates a collection; `index` is flat (exact), hnsw or ivf; 0 parameters mean server defaults."""
+        """Creates a collection; `index` is flat (exact), hnsw or ivf; 0 parameters mean server defaults.
+
+        Args:
+            passages: split texts longer than the window into overlapping token windows (a document
+                scores as its best passage); False keeps one vector per document, truncated.
+            window_tokens, overlap_tokens: the windows (0: the server's defaults).
+            default_mode: the mode of a Search that names none ("dense" unless set).
+        """
         if index not in _INDEX_KINDS:
             raise ValueError(f"index must be one of {', '.join(_INDEX_KINDS)}")
         config = pb.IndexConfig(
@@ -265,7 +351,16 @@ class SearchClient:
             hnsw=pb.HnswParams(m=hnsw_m, ef_construction=hnsw_ef_construction, ef_search=hnsw_ef_search),
             ivf=pb.IvfParams(nlist=ivf_nlist, nprobe=ivf_nprobe),
         )
-        request = pb.CreateCollectionRequest(name=name, index=config)
+        request = pb.CreateCollectionRequest(
+            name=name,
+            index=config,
+            passages=pb.PassageConfig(
+                mode=pb.PASSAGE_MODE_ON if passages else pb.PASSAGE_MODE_OFF,
+                window_tokens=window_tokens,
+                overlap_tokens=overlap_tokens,
+            ),
+            default_mode=_mode(default_mode),
+        )
         return self._call(self.stub.CreateCollection, request, timeout).collection
 
     @_translate_errors
@@ -301,3 +396,27 @@ def _read(path: str | None) -> bytes | None:
         return None
     with open(path, "rb") as fh:
         return fh.read()
+
+
+def _ranking(r: pb.ExplainResponse, top_k: int) -> Ranking:
+    return Ranking(
+        mode=_MODE_NAMES.get(r.mode, "dense"),
+        rank=r.rank,
+        top_k=top_k,
+        kth_score=r.kth_score,
+        dense_score=r.dense_score,
+        lexical_score=r.lexical_score,
+        lexical_terms=[
+            LexicalTerm(t.term, t.contribution, t.query_text, t.term_frequency, t.document_frequency)
+            for t in r.lexical_terms
+        ],
+        passage=Passage(r.passage.index, r.passage.start, r.passage.end) if r.HasField("passage") else None,
+        fusion=_FUSION_NAMES.get(r.fusion, ""),
+        dense_weight=r.dense_weight,
+        dense_min=r.dense_min,
+        dense_max=r.dense_max,
+        lexical_max=r.lexical_max,
+        rrf_k=r.rrf_k,
+        dense_rank=r.dense_rank,
+        lexical_rank=r.lexical_rank,
+    )

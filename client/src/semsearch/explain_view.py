@@ -26,10 +26,68 @@ _LABEL_WIDTH = 22
 __all__ = [
     "ATTENTION_CAVEAT",
     "render_attention",
+    "render_ranking",
     "render_text",
     "write_html",
     "write_png",
 ]
+
+
+def _ordinal(n: int) -> str:
+    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"{n:,}{suffix}"
+
+
+def render_ranking(result: ExplainResult, width: int = 30) -> str:
+    """Where a stored document ranks and why: the bar it had to clear, BM25 term by term, the fusion.
+
+    Returns:
+        Multi-line text (no trailing newline), e.g. "Ranked 37th (hybrid, top 10): needed 0.6100, had 0.5400".
+    """
+    r = result.ranking
+    if r is None:
+        return ""
+    score_name = {"dense": "cosine", "lexical": "BM25", "hybrid": "fused score"}[r.mode]
+    if r.rank == 0:
+        head = f"Not among the documents this filter keeps ({r.mode})."
+    elif r.rank <= r.top_k:
+        head = f"Ranked {_ordinal(r.rank)} ({r.mode}, top {r.top_k}): {score_name} {result.score:.4f}"
+        if r.kth_score:
+            head += f"; the {_ordinal(r.top_k)} hit had {r.kth_score:.4f}"
+    else:
+        head = (
+            f"Ranked {_ordinal(r.rank)} ({r.mode}, top {r.top_k}): needed {r.kth_score:.4f}, "
+            f"had {result.score:.4f} ({score_name})"
+        )
+    lines = [head]
+    if r.passage is not None and r.mode != "lexical":
+        lines.append(
+            f"  dense: cosine {r.dense_score:.4f} "
+            f"(passage {r.passage.index + 1}, chars {r.passage.start}-{r.passage.end})"
+        )
+    if r.mode == "hybrid":
+        if r.fusion == "rrf":
+            parts = [f"1/({r.rrf_k}+{r.dense_rank})" if r.dense_rank else "0 (not in the dense list)"]
+            parts.append(f"1/({r.rrf_k}+{r.lexical_rank})" if r.lexical_rank else "0 (not in the lexical list)")
+            lines.append(f"  fused (rrf) = {' + '.join(parts)} = {result.score:.4f}")
+        else:
+            lines.append(
+                f"  fused = {r.dense_weight:.2f} x ({r.dense_score:.4f} - {r.dense_min:.4f}) / "
+                f"({r.dense_max:.4f} - {r.dense_min:.4f}) + {1 - r.dense_weight:.2f} x {r.lexical_score:.4f} / "
+                f"{r.lexical_max:.4f} = {result.score:.4f}"
+            )
+    if r.mode != "dense":
+        matched = [t for t in r.lexical_terms if t.contribution > 0]
+        if not matched:
+            lines.append("  lexical: no query term matched")
+        else:
+            lines.append(f"  lexical: BM25 {r.lexical_score:.4f}, term by term:")
+            scale = max(t.contribution for t in matched)
+            for t in r.lexical_terms:
+                bar = _bar(t.contribution, scale, width) if t.contribution > 0 else ""
+                where = f"tf {t.term_frequency}, in {t.document_frequency:,} documents"
+                lines.append(f"    {t.query_text[:_LABEL_WIDTH]:<{_LABEL_WIDTH}} {t.contribution:+.4f} {bar}  {where}")
+    return "\n".join(lines)
 
 
 def render_text(result: ExplainResult, query: str, doc: str, top_pairs: int = 8, width: int = 30) -> str:
@@ -49,9 +107,14 @@ def render_text(result: ExplainResult, query: str, doc: str, top_pairs: int = 8,
         (abs(s.contribution) for s in [*result.query_segments, *result.doc_segments]),
         default=0.0,
     )
-    lines = [f"Score {result.score:.4f} (cosine similarity)"]
-    if not math.isclose(result.index_score, result.score, abs_tol=1e-4):
-        lines.append(f"  The index reported {result.index_score:.4f}; the explanation recomputes {result.score:.4f}.")
+    dense = result.score if result.ranking is None or result.ranking.mode == "dense" else result.ranking.dense_score
+    if result.ranking is None or result.ranking.mode == "dense":
+        lines = [f"Score {dense:.4f} (cosine similarity)"]
+    else:
+        lines = [f"Dense part: cosine {dense:.4f} of the best passage, word by word"]
+    recomputed = sum(s.contribution for s in result.query_segments)
+    if not math.isclose(result.index_score, recomputed, abs_tol=1e-4):
+        lines.append(f"  The index reported {result.index_score:.4f}; the explanation recomputes {recomputed:.4f}.")
     for title, text, segments in (
         ("Query", query, result.query_segments),
         ("Document", doc, result.doc_segments),

@@ -128,7 +128,20 @@ def add_index_arguments(parser: argparse.ArgumentParser) -> None:
     sending.add_argument(
         "--create",
         action="store_true",
-        help="create the collection when it does not exist",
+        help="create the collection when it does not exist (with --passages, --window-tokens, --default-mode)",
+    )
+    new = parser.add_argument_group("a collection made by --create")
+    new.add_argument("--index", choices=("flat", "hnsw", "ivf"), default="flat", help="vector index kind")
+    new.add_argument(
+        "--passages",
+        choices=("on", "off"),
+        default="on",
+        help="on: texts longer than the window are split into overlapping token windows; off: one vector per text",
+    )
+    new.add_argument("--window-tokens", type=int, default=0, help="passage window in model tokens (0: server default)")
+    new.add_argument("--overlap-tokens", type=int, default=0, help="tokens shared by consecutive windows (0: default)")
+    new.add_argument(
+        "--default-mode", choices=("dense", "lexical", "hybrid"), default=None, help="mode of a search that names none"
     )
     sending.add_argument("--dry-run", action="store_true", help="parse and validate only; send nothing")
     safety = parser.add_argument_group("re-runs and bad input")
@@ -654,7 +667,14 @@ def _create_collection(client: SearchClient, args: argparse.Namespace, note) -> 
         return  # "default" always exists
     try:
         with_retries(
-            lambda: client.create_collection(args.collection),
+            lambda: client.create_collection(
+                args.collection,
+                index=args.index,
+                passages=args.passages == "on",
+                window_tokens=args.window_tokens,
+                overlap_tokens=args.overlap_tokens,
+                default_mode=args.default_mode,
+            ),
             args.retries,
             "create collection",
             note,

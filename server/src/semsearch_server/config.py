@@ -155,7 +155,11 @@ _OPTIONS: tuple[_Option, ...] = (
     _Option("log_level", _choice("DEBUG", "INFO", "WARNING", "ERROR"), "log level"),
     _Option("log_format", _choice("text", "json"), "log format"),
     _Option("grace_seconds", _non_negative_float, "how long SIGTERM waits for in-flight calls"),
-    _Option("snapshot_every", _positive_int, "writes between FAISS index snapshots"),
+    _Option(
+        "snapshot_every",
+        _positive_int,
+        "writes between index snapshots, at least (past it: when the writes reach half the index)",
+    ),
     _Option("batch_max_size", _positive_int, "most texts the micro-batcher groups into one model call"),
     _Option("batch_max_wait_ms", _non_negative_float, "longest a request waits for others to join its batch"),
     _Option("api_key_file", Path, "file of API keys, one per line: KEY or KEY read-only"),

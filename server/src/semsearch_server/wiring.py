@@ -9,9 +9,11 @@ from semsearch.demo import DEMO_COLLECTION, DEMO_DOCUMENTS
 from semsearch_server.config import ServerConfig
 from semsearch_server.core.registry import CollectionRegistry
 from semsearch_server.core.service import SearchService
-from semsearch_server.domain import Document, IndexSpec
+from semsearch_server.domain import CollectionSettings, Document, PassageConfig
 from semsearch_server.embedding.batching import MicroBatchingEmbedder
+from semsearch_server.embedding.passages import PassageSplitter
 from semsearch_server.errors import AlreadyExists
+from semsearch_server.index.faiss_store import LocalStoreProvider
 
 log = logging.getLogger(__name__)
 
@@ -52,12 +54,23 @@ def build_service(config: ServerConfig, embedder=None, explainer=None, observe=N
     # With two engines (routing.py), an upsert on the batch engine need not hold up searches.
     bulk_lane = bool(getattr(embedder, "serves_small_calls_while_busy", False))
     embedder = MicroBatchingEmbedder(embedder, config.batch_max_size, config.batch_max_wait_ms, bulk_lane)
-    registry = CollectionRegistry(config.data_dir, embedder.fingerprint, config.snapshot_every)
+    splitter = build_splitter(config, embedder)
+    default_settings = CollectionSettings(passages=splitter.resolve(PassageConfig()).as_config())
+    provider = LocalStoreProvider(config.data_dir, config.snapshot_every)
+    registry = CollectionRegistry(provider, embedder.fingerprint, default_settings)
     registry.load_all()
-    service = SearchService(embedder, registry, config.limits, explainer)
+    service = SearchService(embedder, registry, config.limits, explainer, splitter)
     if config.seed_demo:
         seed_demo(service)
     return service
+
+
+def build_splitter(config: ServerConfig, embedder) -> PassageSplitter:
+    """The passage splitter of the model the embedder runs (its own tokenizer, nothing heavier)."""
+    from semsearch_server.embedding.sentence_transformer import default_model_path
+
+    model_path = getattr(embedder, "model_path", None) or config.model or default_model_path()
+    return PassageSplitter.for_model(model_path, embedder.max_seq_length)
 
 
 def _build_explainer(embedder):
@@ -72,7 +85,7 @@ def _build_explainer(embedder):
 def seed_demo(service: SearchService) -> None:
     """Fills the demo collection with the seed contexts if it is empty."""
     try:
-        service.create_collection(DEMO_COLLECTION, IndexSpec())
+        service.create_collection(DEMO_COLLECTION, CollectionSettings())
     except AlreadyExists:
         pass
     store = service.registry.get(DEMO_COLLECTION)

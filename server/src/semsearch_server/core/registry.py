@@ -1,72 +1,85 @@
-"""The collections under the data dir: opened at start-up, created and deleted at run time."""
+"""The collections the server serves: opened at start-up, created and deleted at run time.
+
+Where they live is the StoreProvider's business (a data directory, a Milvus); the registry only keeps
+name -> open store, and the reason for each collection it cannot serve.
+"""
 
 from __future__ import annotations
 
 import logging
-import shutil
 import threading
-import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 from semsearch_server.core.validation import DEFAULT_COLLECTION
-from semsearch_server.domain import CollectionState, CollectionStatus, IndexSpec, ModelFingerprint
+from semsearch_server.domain import (
+    CollectionSettings,
+    CollectionState,
+    CollectionStatus,
+    Document,
+    ModelFingerprint,
+)
 from semsearch_server.errors import AlreadyExists, FailedPrecondition, NotFound
-from semsearch_server.index.faiss_store import CollectionBroken, FaissIndexStore, ModelMismatch, read_manifest
+from semsearch_server.index.base import CollectionBroken, EmbeddedDocument, IndexStore, ModelMismatch, StoreProvider
 
 log = logging.getLogger(__name__)
-
-COLLECTIONS_DIR = "collections"
 
 
 @dataclass(frozen=True)
 class BrokenCollection:
-    """A collection on disk that is not served, and why."""
+    """A collection that is not served, and why."""
 
     name: str
-    directory: Path
     reason: str
     model_mismatch: bool
 
 
 class CollectionRegistry:
-    """Name -> open store. Broken collections are listed with their reason and never crash the server."""
+    """Name -> open store. Broken collections are listed with their reason and never crash the server.
 
-    def __init__(self, data_dir: Path, fingerprint: ModelFingerprint, snapshot_every: int) -> None:
-        self.root = data_dir / COLLECTIONS_DIR
+    Args:
+        provider: where the collections live.
+        fingerprint: the running model's; a collection of another model is not served.
+        default_settings: what `default` is created with when it does not exist.
+    """
+
+    def __init__(
+        self,
+        provider: StoreProvider,
+        fingerprint: ModelFingerprint,
+        default_settings: CollectionSettings | None = None,
+    ) -> None:
+        self.provider = provider
         self.fingerprint = fingerprint
-        self._snapshot_every = snapshot_every
+        self._default_settings = default_settings or CollectionSettings()
         self._lock = threading.Lock()
-        self._stores: dict[str, FaissIndexStore] = {}
+        self._stores: dict[str, IndexStore] = {}
         self._broken: dict[str, BrokenCollection] = {}
 
     def load_all(self) -> None:
         """Opens (and recovers) every collection; creates `default` if it does not exist."""
-        self.root.mkdir(parents=True, exist_ok=True)
-        for directory in sorted(p for p in self.root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-            self._open(directory)
+        for name in self.provider.names():
+            self._open(name)
         if DEFAULT_COLLECTION not in self._stores and DEFAULT_COLLECTION not in self._broken:
-            self.create(DEFAULT_COLLECTION, IndexSpec())
-        for leftover in self.root.glob(".*"):  # interrupted creates and deletes
-            shutil.rmtree(leftover, ignore_errors=True)
+            self.create(DEFAULT_COLLECTION, self._default_settings)
+        self.provider.cleanup()
 
-    def _open(self, directory: Path) -> None:
-        name = directory.name
+    def _open(self, name: str) -> None:
         try:
-            self._stores[name] = FaissIndexStore.open(directory, self.fingerprint, self._snapshot_every)
+            self._stores[name] = self.provider.open(name, self.fingerprint)
         except ModelMismatch as exc:
             log.error("collection %s not served: %s", name, exc)
-            self._broken[name] = BrokenCollection(name, directory, str(exc), model_mismatch=True)
+            self._broken[name] = BrokenCollection(name, str(exc), model_mismatch=True)
         except (CollectionBroken, OSError) as exc:
             reason = f"collection {name!r} cannot be opened: {exc}"
             log.error("%s", reason)
-            self._broken[name] = BrokenCollection(name, directory, reason, model_mismatch=False)
+            self._broken[name] = BrokenCollection(name, reason, model_mismatch=False)
         except Exception as exc:  # noqa: BLE001 - one bad collection must not stop the others
             reason = f"collection {name!r} cannot be opened: {type(exc).__name__}: {exc}"
             log.exception("%s", reason)
-            self._broken[name] = BrokenCollection(name, directory, reason, model_mismatch=False)
+            self._broken[name] = BrokenCollection(name, reason, model_mismatch=False)
 
-    def get(self, name: str) -> FaissIndexStore:
+    def get(self, name: str) -> IndexStore:
         store = self._stores.get(name)
         if store is not None:
             return store
@@ -78,16 +91,11 @@ class CollectionRegistry:
             f"(existing: {', '.join(sorted(self._stores)) or 'none'})"
         )
 
-    def create(self, name: str, spec: IndexSpec) -> FaissIndexStore:
+    def create(self, name: str, settings: CollectionSettings) -> IndexStore:
         with self._lock:
-            if name in self._stores or name in self._broken or (self.root / name).exists():
+            if name in self._stores or name in self._broken or name in self.provider.names():
                 raise AlreadyExists(f"collection {name!r} already exists")
-            # Built under a hidden name and renamed: a crash never leaves a half-made collection.
-            staging = self.root / f".creating-{name}-{time.time_ns()}"
-            store = FaissIndexStore.create(staging, name, spec, self.fingerprint, self._snapshot_every)
-            store.close()
-            staging.rename(self.root / name)
-            store = FaissIndexStore.open(self.root / name, self.fingerprint, self._snapshot_every)
+            store = self.provider.create(name, settings, self.fingerprint)
             self._stores[name] = store
             return store
 
@@ -99,14 +107,11 @@ class CollectionRegistry:
             broken = self._broken.pop(name, None)
             if store is None and broken is None:
                 raise NotFound(f"collection {name!r} does not exist")
-            directory = store.directory if store else broken.directory
-            if store is not None:
-                store.close(snapshot=False)
-            trash = self.root / f".deleting-{name}-{time.time_ns()}"
-            directory.rename(trash)
-            shutil.rmtree(trash, ignore_errors=True)
+            self.provider.delete(name, store)
 
-    def reindex(self, name: str, embed) -> int:
+    def reindex(
+        self, name: str, embed_documents: Callable[[list[Document], CollectionSettings], list[EmbeddedDocument]]
+    ) -> int:
         """Re-embeds a collection's stored texts with the running model and serves it again."""
         with self._lock:
             store = self._stores.get(name)
@@ -115,12 +120,11 @@ class CollectionRegistry:
                 raise NotFound(f"collection {name!r} does not exist")
             if store is None:
                 try:
-                    store = FaissIndexStore.open(
-                        broken.directory, self.fingerprint, self._snapshot_every, check_model=False
-                    )
+                    store = self.provider.open_for_reindex(name, self.fingerprint)
                 except (CollectionBroken, OSError) as exc:
                     raise FailedPrecondition(f"collection {name!r} cannot be reindexed: {exc}") from None
-            count = store.replace_all_vectors(self.fingerprint, embed)
+            settings = store.settings
+            count = store.replace_all_vectors(self.fingerprint, lambda docs: embed_documents(docs, settings))
             self._broken.pop(name, None)
             self._stores[name] = store
             return count
@@ -129,10 +133,21 @@ class CollectionRegistry:
         out = [store.status() for store in list(self._stores.values())]
         for broken in list(self._broken.values()):
             try:
-                spec = IndexSpec.from_dict(read_manifest(broken.directory)["index"])
-            except CollectionBroken:
-                spec = IndexSpec()
-            out.append(CollectionStatus(broken.name, 0, spec, CollectionState.FAILED, broken.reason, False))
+                settings = self.provider.settings_of(broken.name)
+            except (CollectionBroken, OSError):
+                settings = CollectionSettings()
+            out.append(
+                CollectionStatus(
+                    broken.name,
+                    0,
+                    settings.index,
+                    CollectionState.FAILED,
+                    broken.reason,
+                    False,
+                    settings.passages,
+                    settings.default_mode,
+                )
+            )
         return sorted(out, key=lambda s: s.name)
 
     def close(self) -> None:

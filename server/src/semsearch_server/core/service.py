@@ -6,17 +6,29 @@ import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 import numpy as np
 
 from semsearch_server import __version__
 from semsearch_server.config import Limits
+from semsearch_server.core.ranking import HYBRID_CANDIDATES, Candidate, FusionContext, fuse
 from semsearch_server.core.registry import CollectionRegistry
 from semsearch_server.core.validation import Validator
-from semsearch_server.domain import CollectionStatus, Document, Hit, IndexSpec
-from semsearch_server.embedding.base import Embedder, ModelFingerprint
+from semsearch_server.domain import (
+    CollectionSettings,
+    CollectionStatus,
+    Document,
+    Fusion,
+    Hit,
+    HybridParams,
+    ModelFingerprint,
+    Passage,
+    SearchMode,
+)
+from semsearch_server.embedding.base import Embedder
+from semsearch_server.embedding.passages import PassageSplitter, ResolvedPassages
 from semsearch_server.errors import (
     DeadlineExceeded,
     FailedPrecondition,
@@ -24,7 +36,7 @@ from semsearch_server.errors import (
     NotFound,
     SemsearchError,
 )
-from semsearch_server.index.base import IndexStore
+from semsearch_server.index.base import EmbeddedDocument, IndexStore, LexicalTermScore
 
 # UpsertStream embeds consecutive messages together up to this many texts (see upsert_stream).
 STREAM_EMBED_GROUP = 1024
@@ -44,10 +56,29 @@ class Explainer(Protocol):
 
 
 @dataclass(frozen=True)
+class RankingExplanation:
+    """How a stored document ranks for a query: Explain's answer to "why (not) this document?"."""
+
+    mode: SearchMode
+    score: float  # what Search ranks by in this mode
+    dense_score: float
+    lexical_score: float
+    lexical_terms: list[LexicalTermScore]
+    passage: Passage | None
+    rank: int  # 1-based among the documents the filter keeps; 0 when not among them
+    kth_score: float  # the top_k-th hit's score (0 when fewer hits)
+    top_k: int
+    fusion: FusionContext | None = None
+    dense_rank: int = 0
+    lexical_rank: int = 0
+
+
+@dataclass(frozen=True)
 class ExplainOutcome:
-    explanation: Any  # semsearch_server.embedding.explain.Explanation
+    explanation: Any  # semsearch_server.embedding.explain.Explanation, of the best passage
     index_score: float
     notes: list[str] = field(default_factory=list)
+    ranking: RankingExplanation | None = None
 
 
 @dataclass(frozen=True)
@@ -68,15 +99,26 @@ class SearchService:
         registry: the collections (already loaded).
         limits: input limits.
         explainer: computes Explain's decomposition; None disables Explain.
+        splitter: splits long texts into passages; None stores one vector per document whatever the
+            collection's passage settings (embedders without a tokenizer, in unit tests).
+        hybrid_defaults: the fusion and its parameters when a HYBRID request leaves them unset.
     """
 
     def __init__(
-        self, embedder: Embedder, registry: CollectionRegistry, limits: Limits, explainer: Explainer | None = None
+        self,
+        embedder: Embedder,
+        registry: CollectionRegistry,
+        limits: Limits,
+        explainer: Explainer | None = None,
+        splitter: PassageSplitter | None = None,
+        hybrid_defaults: HybridParams | None = None,
     ) -> None:
         self.embedder = embedder
         self.registry = registry
         self.limits = limits
         self.validate = Validator(limits)
+        self.splitter = splitter
+        self.hybrid_defaults = hybrid_defaults or HybridParams()
         self._explainer = explainer
         self._explain_lock = threading.Lock()
 
@@ -90,10 +132,31 @@ class SearchService:
         """
         store = self._store(collection)
         self.validate.documents(documents)
-        vectors = self.embedder.encode([d.text for d in documents])
+        passages = self._split(store, documents)
+        vectors = self.embedder.encode(_passage_texts(documents, passages))
         if not still_wanted():
             raise DeadlineExceeded("the deadline passed while embedding; nothing was stored")
-        return store.upsert(documents, vectors)
+        return store.upsert(_embedded(documents, passages, vectors), still_wanted)
+
+    def _split(self, store: IndexStore, documents: Sequence[Document]) -> list[tuple[Passage, ...]]:
+        config = store.settings.passages
+        if self.splitter is None or not config.enabled:
+            return [(Passage(0, 0, len(d.text)),) for d in documents]
+        settings = ResolvedPassages(True, config.window_tokens, config.overlap_tokens)
+        return self.splitter.split([d.text for d in documents], settings)
+
+    def embed_documents(self, documents: Sequence[Document], settings: CollectionSettings) -> list[EmbeddedDocument]:
+        """Splits and embeds documents as a collection with these settings stores them (Reindex)."""
+        out: list[EmbeddedDocument] = []
+        for start in range(0, len(documents), STREAM_EMBED_GROUP):
+            chunk = documents[start : start + STREAM_EMBED_GROUP]
+            if self.splitter is None or not settings.passages.enabled:
+                passages = [(Passage(0, 0, len(d.text)),) for d in chunk]
+            else:
+                resolved = ResolvedPassages(True, settings.passages.window_tokens, settings.passages.overlap_tokens)
+                passages = self.splitter.split([d.text for d in chunk], resolved)
+            out += _embedded(chunk, passages, self.embedder.encode(_passage_texts(chunk, passages)))
+        return out
 
     def upsert_stream(
         self, batches: Iterable[tuple[str, Sequence[Document]]], still_wanted: Callable[[], bool] = _always
@@ -115,31 +178,33 @@ class SearchService:
         stored = 0
         group: list[tuple[IndexStore, Sequence[Document]]] = []
         group_texts = 0
-        # Groups handed to the helper, oldest first: (messages, future of their vectors).
-        embedding: deque[tuple[list[tuple[IndexStore, Sequence[Document]]], Future]] = deque()
+        # Groups handed to the helper, oldest first: (messages, their passages, future of their vectors).
+        embedding: deque[tuple[list[tuple[IndexStore, Sequence[Document]]], list, Future]] = deque()
 
         def store_oldest() -> None:
             nonlocal stored
-            messages, vectors_future = embedding.popleft()
+            messages, passages, vectors_future = embedding.popleft()
             vectors = vectors_future.result()
             if not still_wanted():
                 raise DeadlineExceeded(f"the deadline passed while embedding; {stored} documents were stored")
+            embedded = _embedded([d for _, docs in messages for d in docs], passages, vectors)
             offset = 0
             for store, runs in _runs_by_store(messages):
-                docs = [d for m in runs for d in m]
-                run_vectors = vectors[offset : offset + len(docs)]
-                offset += len(docs)
-                latest = _last_of_each_id(docs)
-                store.upsert([docs[i] for i in latest], run_vectors[latest])
-                stored += len(docs)
+                count = sum(len(m) for m in runs)
+                items = embedded[offset : offset + count]
+                offset += count
+                latest = _last_of_each_id([item.document for item in items])
+                store.upsert([items[i] for i in latest], still_wanted)
+                stored += count
 
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="stream-embed") as helper:
 
             def start_embedding() -> None:
                 nonlocal group, group_texts
                 if group:
-                    texts = [d.text for _, docs in group for d in docs]
-                    embedding.append((group, helper.submit(self.embedder.encode, texts)))
+                    passages = [p for store, docs in group for p in self._split(store, docs)]
+                    texts = _passage_texts([d for _, docs in group for d in docs], passages)
+                    embedding.append((group, passages, helper.submit(self.embedder.encode, texts)))
                     group, group_texts = [], 0
 
             def store_everything() -> None:
@@ -165,7 +230,7 @@ class SearchService:
                 store_everything()
             finally:
                 # After a failure, groups not yet embedded are dropped (the helper is waited for on exit).
-                for _, vectors_future in embedding:
+                for _, _, vectors_future in embedding:
                     vectors_future.cancel()
         return stored
 
@@ -174,7 +239,7 @@ class SearchService:
         self.validate.ids(ids)
         if not still_wanted():
             raise DeadlineExceeded("the deadline passed before the delete; nothing was deleted")
-        return store.delete(ids)
+        return store.delete(ids, still_wanted)
 
     # -- reads ---------------------------------------------------------------------------------------
     def get(self, collection: str, ids: Sequence[str]) -> list[Document]:
@@ -182,25 +247,121 @@ class SearchService:
         self.validate.ids(ids)
         return store.get(ids)
 
-    def search(self, collection: str, query: str, top_k: int, min_score: float, filter: Mapping[str, str]) -> list[Hit]:
+    def search(
+        self,
+        collection: str,
+        query: str,
+        top_k: int,
+        min_score: float,
+        filter: Mapping[str, str],
+        mode: SearchMode | None = None,
+        hybrid: HybridParams | None = None,
+    ) -> list[Hit]:
+        """The top_k documents for the query in the given mode (None: the collection's default_mode)."""
         store = self._store(collection)
         self.validate.text(query, "query")
-        return self._search(store, [query], top_k, min_score, filter)[0]
+        return self._search(store, [query], top_k, min_score, filter, mode, hybrid)[0]
 
     def batch_search(
-        self, collection: str, queries: Sequence[str], top_k: int, min_score: float, filter: Mapping[str, str]
+        self,
+        collection: str,
+        queries: Sequence[str],
+        top_k: int,
+        min_score: float,
+        filter: Mapping[str, str],
+        mode: SearchMode | None = None,
+        hybrid: HybridParams | None = None,
     ) -> list[list[Hit]]:
         store = self._store(collection)
         self.validate.queries(queries)
-        return self._search(store, queries, top_k, min_score, filter)
+        return self._search(store, queries, top_k, min_score, filter, mode, hybrid)
 
     def _search(
-        self, store: IndexStore, queries: Sequence[str], top_k: int, min_score: float, filter: Mapping[str, str]
+        self,
+        store: IndexStore,
+        queries: Sequence[str],
+        top_k: int,
+        min_score: float,
+        filter: Mapping[str, str],
+        mode: SearchMode | None,
+        hybrid: HybridParams | None,
     ) -> list[list[Hit]]:
         k = self.validate.top_k(top_k)
-        min_score = self.validate.min_score(min_score)
+        mode = mode or store.settings.default_mode
+        min_score = self.validate.min_score(min_score, mode)
         self.validate.filter(filter)
-        return store.search(self.embedder.encode(list(queries)), k, min_score, filter)
+        if mode is SearchMode.LEXICAL:
+            results = store.search_lexical(list(queries), k, filter, documents=True)
+            return [
+                [
+                    Hit(m.doc_id, m.score, m.document.text, m.document.metadata, 0.0, m.score, m.passage)
+                    for m in matches
+                    if m.score >= min_score and m.document is not None
+                ]
+                for matches in results
+            ]
+        vectors = self.embedder.encode(list(queries))
+        if mode is SearchMode.DENSE:
+            results = store.search_dense(vectors, k, filter, documents=True)
+            return [
+                [
+                    Hit(m.doc_id, m.score, m.document.text, m.document.metadata, m.score, 0.0, m.passage)
+                    for m in matches
+                    if m.score >= min_score and m.document is not None
+                ]
+                for matches in results
+            ]
+        params = self.validate.hybrid(hybrid, self.hybrid_defaults)
+        out = []
+        for query, vector in zip(queries, vectors, strict=True):
+            ranked, _ = self._hybrid_ranking(store, query, vector, k, filter, params)
+            top = [(c, score) for c, score in ranked if score >= min_score][:k]
+            docs = {d.id: d for d in store.get([c.doc_id for c, _ in top])} if top else {}
+            out.append(
+                [
+                    Hit(c.doc_id, score, docs[c.doc_id].text, docs[c.doc_id].metadata, c.dense, c.lexical, c.passage)
+                    for c, score in top
+                    if c.doc_id in docs
+                ]
+            )
+        return out
+
+    def _hybrid_ranking(
+        self,
+        store: IndexStore,
+        query: str,
+        vector: np.ndarray,
+        k: int,
+        filter: Mapping[str, str],
+        params: HybridParams,
+    ) -> tuple[list[tuple[Candidate, float]], FusionContext]:
+        """The fused candidate pool for one query, best first, and the context that scored it."""
+        pool = max(k, HYBRID_CANDIDATES)
+        dense = store.search_dense(vector[None, :], pool, filter)[0]
+        lexical = store.search_lexical([query], pool, filter)[0]
+        dense_by_id = {m.doc_id: m for m in dense}
+        lexical_by_id = {m.doc_id: m.score for m in lexical}
+        # Every candidate gets both scores: one list's document may still score on the other signal.
+        missing_dense = [m.doc_id for m in lexical if m.doc_id not in dense_by_id]
+        if missing_dense:
+            dense_by_id.update(store.dense_scores(vector, missing_dense))
+        missing_lexical = [m.doc_id for m in dense if m.doc_id not in lexical_by_id]
+        if missing_lexical:
+            lexical_by_id.update(store.lexical_scores(query, missing_lexical))
+        dense_rank = {m.doc_id: i for i, m in enumerate(dense, start=1)}
+        lexical_rank = {m.doc_id: i for i, m in enumerate(lexical, start=1)}
+        candidates = [
+            Candidate(
+                doc_id,
+                match.score,
+                lexical_by_id.get(doc_id, 0.0),
+                match.passage,
+                dense_rank.get(doc_id, 0),
+                lexical_rank.get(doc_id, 0),
+            )
+            for doc_id, match in dense_by_id.items()
+        ]
+        return fuse(candidates, params)
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         self.validate.texts(texts)
@@ -216,23 +377,50 @@ class SearchService:
         include_attention: bool = False,
         attention_layer: int = -1,
         attention_head: int = -1,
+        mode: SearchMode | None = None,
+        hybrid: HybridParams | None = None,
+        top_k: int = 0,
+        filter: Mapping[str, str] | None = None,
     ) -> ExplainOutcome:
-        """Decomposes the query-document score into token and pair contributions."""
+        """Decomposes the query-document score; for a stored document, also how it ranks and why.
+
+        The dense breakdown explains the document's best passage for the query (the one its dense
+        score comes from); offsets are into the whole document's text.
+        """
         if self._explainer is None:
             raise FailedPrecondition("Explain is not available on this server")
         self.validate.text(query, "query")
+        filter = dict(filter or {})
         query_vector = self.embedder.encode([query])[0]
+        ranking = None
+        offset = 0
         if doc_id is not None:
             store = self._store(collection)
             self.validate.ids([doc_id], "doc_id")
+            k = self.validate.top_k(top_k)
+            self.validate.filter(filter)
             docs = store.get([doc_id])
             if not docs:
                 raise NotFound(f"doc_id: no document {doc_id!r} in collection {store.name!r}")
-            text = docs[0].text
-            stored = store.get_vectors([doc_id]).get(doc_id)
-            index_score = float(query_vector @ stored) if stored is not None else float("nan")
+            full_text = docs[0].text
+            passages, vectors = store.get_passages([doc_id]).get(doc_id, ((Passage(0, 0, len(full_text)),), None))
+            if vectors is None:
+                best, index_score = 0, float("nan")
+            else:
+                sims = vectors @ query_vector
+                best = int(np.argmax(sims))
+                index_score = float(sims[best])
+            passage = passages[best]
+            offset = passage.start
+            text = full_text[passage.start : passage.end]
+            ranking = self._rank(store, query, query_vector, doc_id, index_score, passage, mode, hybrid, k, filter)
         elif doc_text is not None:
             self.validate.text(doc_text, "doc_text")
+            if mode not in (None, SearchMode.DENSE):
+                raise InvalidArgument(
+                    "mode: LEXICAL and HYBRID explain a stored document (doc_id): BM25 depends on the "
+                    "collection's statistics; doc_text is explained in DENSE mode only"
+                )
             text = doc_text
             index_score = float(query_vector @ self.embedder.encode([doc_text])[0])
         else:
@@ -242,6 +430,8 @@ class SearchService:
             explanation = self._explainer.explain(
                 query, text, granularity, include_attention, attention_layer, attention_head
             )
+        if offset:
+            explanation = _shift_doc_segments(explanation, offset)
         notes = []
         if explanation.query_truncated:
             notes.append(
@@ -253,18 +443,80 @@ class SearchService:
                 f"the document is longer than the model's {self.embedder.max_seq_length}-token window "
                 "and was embedded truncated"
             )
+        if ranking is not None and ranking.passage is not None and len(passages) > 1:
+            notes.append(
+                f"the dense part explains passage {ranking.passage.index + 1} of {len(passages)} "
+                f"(characters {ranking.passage.start}-{ranking.passage.end}), the document's best for this query"
+            )
         if abs(explanation.score - index_score) > _SCORE_NOTE_TOLERANCE:
             notes.append(
                 f"the index holds score {index_score:.6f} for this pair (backend {self.embedder.fingerprint.backend}); "
                 f"the explanation recomputes {explanation.score:.6f} with the reference model"
             )
-        return ExplainOutcome(explanation, index_score, notes)
+        return ExplainOutcome(explanation, index_score, notes, ranking)
+
+    def _rank(
+        self,
+        store: IndexStore,
+        query: str,
+        vector: np.ndarray,
+        doc_id: str,
+        dense_score: float,
+        passage: Passage,
+        mode: SearchMode | None,
+        hybrid: HybridParams | None,
+        k: int,
+        filter: Mapping[str, str],
+    ) -> RankingExplanation:
+        """Where the document ranks for this query, mode and filter, and the bar it had to clear."""
+        mode = mode or store.settings.default_mode
+        terms = store.explain_lexical(query, doc_id) if mode is not SearchMode.DENSE else []
+        lexical_score = float(sum(t.contribution for t in terms))
+        hits = self._search(store, [query], k, -1.0 if mode is SearchMode.DENSE else 0.0, filter, mode, hybrid)[0]
+        kth = hits[k - 1].score if len(hits) >= k else 0.0
+        fusion = None
+        dense_rank = lexical_rank = 0
+        if mode is SearchMode.HYBRID:
+            params = self.validate.hybrid(hybrid, self.hybrid_defaults)
+            ranked, fusion = self._hybrid_ranking(store, query, vector, k, filter, params)
+            in_pool = {c.doc_id: (c, s) for c, s in ranked}
+            if doc_id in in_pool:
+                candidate, score = in_pool[doc_id]
+                dense_rank, lexical_rank = candidate.dense_rank, candidate.lexical_rank
+            else:
+                candidate = Candidate(doc_id, dense_score, lexical_score, passage)
+                score = fusion.score(candidate)
+            if params.fusion is Fusion.RRF:
+                # Outside both lists a document has no RRF score: it ranks below the whole pool.
+                better = sum(1 for _, s in ranked if s > score)
+                rank = better + 1 if doc_id in in_pool else len(ranked) + 1
+            else:
+                table = store.score_all(query, vector, filter, dense=True, lexical=True)
+                fused = fusion.weighted(table.dense, table.lexical)
+                rank = _rank_in(table.doc_ids, fused, doc_id)
+        elif mode is SearchMode.LEXICAL:
+            score = lexical_score
+            table = store.score_all(query, None, filter, dense=False, lexical=True)
+            rank = _rank_in(table.doc_ids, table.lexical, doc_id)
+        else:
+            score = dense_score
+            table = store.score_all(query, vector, filter, dense=True, lexical=False)
+            rank = _rank_in(table.doc_ids, table.dense, doc_id)
+        return RankingExplanation(
+            mode, score, dense_score, lexical_score, terms, passage, rank, kth, k, fusion, dense_rank, lexical_rank
+        )
 
     # -- collections ---------------------------------------------------------------------------------
-    def create_collection(self, name: str, spec: IndexSpec) -> CollectionStatus:
+    def create_collection(self, name: str, settings: CollectionSettings) -> CollectionStatus:
         name = self.validate.collection_name(name, "name", allow_empty=False)
-        self.validate.index_spec(spec)
-        return self.registry.create(name, spec).status()
+        self.validate.index_spec(settings.index)
+        return self.registry.create(name, self.resolve_settings(settings)).status()
+
+    def resolve_settings(self, settings: CollectionSettings) -> CollectionSettings:
+        """Fills in the passage defaults for the running model (kept with the collection)."""
+        if self.splitter is None or not settings.passages.enabled:
+            return replace(settings, passages=replace(settings.passages, window_tokens=0, overlap_tokens=0))
+        return replace(settings, passages=self.splitter.resolve(settings.passages).as_config())
 
     def delete_collection(self, name: str) -> None:
         name = self.validate.collection_name(name, "name", allow_empty=False)
@@ -275,7 +527,7 @@ class SearchService:
 
     def reindex(self, collection: str) -> int:
         name = self.validate.collection_name(collection)
-        return self.registry.reindex(name, self.embedder.encode)
+        return self.registry.reindex(name, self.embed_documents)
 
     def info(self) -> ServiceInfo:
         fp = self.embedder.fingerprint
@@ -316,3 +568,40 @@ def _last_of_each_id(docs: Sequence[Document]) -> list[int]:
     """Positions of the last document with each id, in order of those positions."""
     last = {doc.id: i for i, doc in enumerate(docs)}
     return sorted(last.values())
+
+
+def _passage_texts(documents: Sequence[Document], passages: Sequence[tuple[Passage, ...]]) -> list[str]:
+    return [d.text[p.start : p.end] for d, ps in zip(documents, passages, strict=True) for p in ps]
+
+
+def _embedded(
+    documents: Sequence[Document], passages: Sequence[tuple[Passage, ...]], vectors: np.ndarray
+) -> list[EmbeddedDocument]:
+    out = []
+    offset = 0
+    for doc, ps in zip(documents, passages, strict=True):
+        out.append(EmbeddedDocument(doc, ps, vectors[offset : offset + len(ps)]))
+        offset += len(ps)
+    return out
+
+
+def _rank_in(doc_ids: list[str], scores: np.ndarray, doc_id: str) -> int:
+    """1-based rank of doc_id among doc_ids by score (0 when it is not among them).
+
+    The document's own score is taken from the same table, computed the same way as every other's,
+    so that rounding cannot rank it behind itself. Equal scores rank in table order (the store's
+    order of insertion, as its searches break ties).
+    """
+    try:
+        position = doc_ids.index(doc_id)
+    except ValueError:
+        return 0
+    scores = np.asarray(scores)
+    own = scores[position]
+    return int(np.count_nonzero(scores > own) + np.count_nonzero(scores[:position] == own)) + 1
+
+
+def _shift_doc_segments(explanation, offset: int):
+    """The explanation of a passage, with its document segments' offsets into the whole text."""
+    segments = [replace(s, start=s.start + offset, end=s.end + offset) for s in explanation.doc_segments]
+    return replace(explanation, doc_segments=segments)

@@ -10,7 +10,7 @@ import re
 from collections.abc import Mapping, Sequence
 
 from semsearch_server.config import Limits
-from semsearch_server.domain import Document, IndexKind, IndexSpec
+from semsearch_server.domain import Document, HybridParams, IndexKind, IndexSpec, SearchMode
 from semsearch_server.errors import InvalidArgument
 
 DEFAULT_COLLECTION = "default"
@@ -119,10 +119,31 @@ class Validator:
             )
         return top_k
 
-    def min_score(self, min_score: float) -> float:
-        if math.isnan(min_score) or not -1.0 <= min_score <= 1.0:
+    def min_score(self, min_score: float, mode: SearchMode = SearchMode.DENSE) -> float:
+        """min_score bounds the score the mode ranks by: cosine (DENSE), BM25 (LEXICAL), fused (HYBRID)."""
+        if not math.isfinite(min_score):
+            raise InvalidArgument(f"min_score: {min_score} is not a finite number")
+        if mode is SearchMode.DENSE and not -1.0 <= min_score <= 1.0:
             raise InvalidArgument(f"min_score: {min_score} is out of range; cosine scores lie in [-1, 1]")
         return min_score
+
+    def hybrid(self, params: HybridParams | None, defaults: HybridParams) -> HybridParams:
+        """The request's fusion parameters with unset ones (None, 0) taken from the server's defaults."""
+        if params is None:
+            return defaults
+        weight = params.dense_weight or defaults.dense_weight
+        if not math.isfinite(weight) or not 0.0 < weight <= 1.0:
+            raise InvalidArgument(
+                f"hybrid.dense_weight: {params.dense_weight} is out of range; allowed (0, 1] "
+                f"(0 means the default, {defaults.dense_weight})"
+            )
+        rrf_k = params.rrf_k or defaults.rrf_k
+        if not 1 <= rrf_k <= 100_000:
+            raise InvalidArgument(
+                f"hybrid.rrf_k: {params.rrf_k} is out of range; allowed 1-100000 "
+                f"(0 means the default, {defaults.rrf_k})"
+            )
+        return HybridParams(params.fusion or defaults.fusion, weight, rrf_k)
 
     def filter(self, filt: Mapping[str, str], field: str = "filter") -> None:
         self.metadata(filt, field)

@@ -9,7 +9,7 @@ remote engine (Milvus) are interchangeable. Scores are computed by the store, fu
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -39,12 +39,15 @@ class DenseMatch:
     doc_id: str
     score: float  # cosine of the query and the best passage
     passage: Passage
+    document: Document | None = None  # when the search was asked for documents
 
 
 @dataclass(frozen=True)
 class LexicalMatch:
     doc_id: str
     score: float  # BM25, > 0: at least one query term occurs in the document
+    document: Document | None = None  # when the search was asked for documents
+    passage: Passage | None = None  # with the document: its passage with the most query terms
 
 
 @dataclass(frozen=True)
@@ -76,11 +79,14 @@ class IndexStore(Protocol):
     fingerprint: ModelFingerprint
 
     # -- writes ------------------------------------------------------------------------------------
-    def upsert(self, docs: Sequence[EmbeddedDocument]) -> int:
-        """Inserts or replaces (by id) all of docs, atomically; ids are distinct. Returns len(docs)."""
+    def upsert(self, docs: Sequence[EmbeddedDocument], still_wanted: Callable[[], bool] | None = None) -> int:
+        """Inserts or replaces (by id) all of docs, atomically; ids are distinct. Returns len(docs).
+
+        still_wanted is asked right before the write is committed (under the collection's write lock);
+        False abandons it with DeadlineExceeded, so a write reported failed never commits later."""
         ...
 
-    def delete(self, ids: Sequence[str]) -> int:
+    def delete(self, ids: Sequence[str], still_wanted: Callable[[], bool] | None = None) -> int:
         """Deletes by id, atomically; returns how many existed."""
         ...
 
@@ -93,11 +99,16 @@ class IndexStore(Protocol):
         """Each found document's passages and their stored vectors."""
         ...
 
-    def search_dense(self, queries: np.ndarray, top_k: int, filter: Mapping[str, str]) -> list[list[DenseMatch]]:
-        """Per query vector: the top_k documents by best-passage cosine, best first, distinct ids."""
+    def search_dense(
+        self, queries: np.ndarray, top_k: int, filter: Mapping[str, str], documents: bool = False
+    ) -> list[list[DenseMatch]]:
+        """Per query vector: the top_k documents by best-passage cosine, best first, distinct ids
+        (with their documents when asked: one read instead of a search and a get)."""
         ...
 
-    def search_lexical(self, queries: Sequence[str], top_k: int, filter: Mapping[str, str]) -> list[list[LexicalMatch]]:
+    def search_lexical(
+        self, queries: Sequence[str], top_k: int, filter: Mapping[str, str], documents: bool = False
+    ) -> list[list[LexicalMatch]]:
         """Per query text: the top_k documents by BM25 (only documents with a query term), best first."""
         ...
 
@@ -117,6 +128,12 @@ class IndexStore(Protocol):
         self, query: str, vector: np.ndarray | None, filter: Mapping[str, str], dense: bool, lexical: bool
     ) -> ScoreTable:
         """Every document the filter keeps, with the scores asked for (Explain's exact rank)."""
+        ...
+
+    def replace_all_vectors(
+        self, fingerprint: ModelFingerprint, embed_documents: Callable[[list[Document]], list[EmbeddedDocument]]
+    ) -> int:
+        """Re-embeds every stored document (Reindex) and records the new model; returns the count."""
         ...
 
     # -- housekeeping ------------------------------------------------------------------------------

@@ -1,43 +1,76 @@
-"""A collection on disk: SQLite is the write-ahead source of truth, FAISS a snapshotted cache of it.
+"""A collection on disk: SQLite is the write-ahead source of truth, FAISS and BM25 in-memory caches of it.
 
 Layout of ``<data_dir>/collections/<name>/``:
 
-- ``manifest.json``: format version, index spec, and the fingerprint of the model whose vectors are stored.
-- ``documents.sqlite3``: documents (label, id, text, metadata JSON, float32 vector, seq), a metadata
-  key/value table for filters, deletions since the last snapshot, and the write sequence number.
+- ``manifest.json``: format version, settings (index spec, passages, default search mode), and the
+  fingerprint of the model whose vectors are stored.
+- ``documents.sqlite3``: documents (label, id, text, metadata JSON, seq), their passages (label,
+  document label, index, character offsets, float32 vector, seq), a metadata key/value table for
+  filters, the documents and passages removed since the last snapshots, and the write sequence number.
   WAL mode with ``synchronous=FULL``: a write is acknowledged only after its transaction is on disk,
   and a batch is one transaction, so a crash leaves all of it or none of it.
-- ``index.faiss`` + ``index.json``: the FAISS index as of sequence number S, with the file's sha256.
-  Written to a temporary file and renamed. On open, the snapshot is loaded (if it checks out) and every
-  write after S is replayed from SQLite; a missing or damaged snapshot is rebuilt from SQLite.
+- ``index.faiss`` + ``index.json``: the FAISS index of the passages' vectors as of sequence number S,
+  with the file's sha256. ``lexical.bin`` + ``lexical.json``: the BM25 index of the documents' texts as
+  of S', likewise. Both are written to a temporary file and renamed. On open, each snapshot is loaded
+  (if it checks out) and every write after its sequence number is replayed from SQLite; a missing or
+  damaged snapshot is rebuilt from SQLite. Both indexes are therefore derived from the one committed
+  transaction: a write is in both or in neither, whatever happens to the process.
+
+Passages: a document is stored with one or more passages (token windows of its text, split by the
+service). FAISS holds one vector per passage, labelled by the passage's row id; a replaced document's
+passages get new labels, so an add never has to look for a label already in the index.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import shutil
 import sqlite3
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 
-from semsearch_server.domain import CollectionState, CollectionStatus, Document, Hit, IndexSpec, ModelFingerprint
-from semsearch_server.errors import FailedPrecondition
+from semsearch_server.domain import (
+    CollectionSettings,
+    CollectionState,
+    CollectionStatus,
+    Document,
+    IndexSpec,
+    ModelFingerprint,
+    Passage,
+    PassageConfig,
+    SearchMode,
+)
+from semsearch_server.errors import DeadlineExceeded, FailedPrecondition
 from semsearch_server.files import atomic_write, atomic_write_json, sha256_file
-from semsearch_server.index.base import CollectionBroken, ModelMismatch
+from semsearch_server.index.base import (
+    CollectionBroken,
+    DenseMatch,
+    EmbeddedDocument,
+    LexicalMatch,
+    LexicalTermScore,
+    ModelMismatch,
+    ScoreTable,
+)
+from semsearch_server.index.lexical import Analyzer, LexicalIndex
 from semsearch_server.index.rwlock import ReadWriteLock
 from semsearch_server.index.vector_index import VectorIndex
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+# 2: passages in their own table, a BM25 index beside FAISS, settings for passages and search mode.
+FORMAT_VERSION = 2
 MANIFEST = "manifest.json"
 DATABASE = "documents.sqlite3"
 SNAPSHOT = "index.faiss"
 SNAPSHOT_META = "index.json"
+LEXICAL_SNAPSHOT = "lexical.bin"
+LEXICAL_META = "lexical.json"
+COLLECTIONS_DIR = "collections"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS documents (
@@ -45,7 +78,6 @@ CREATE TABLE IF NOT EXISTS documents (
     id       TEXT NOT NULL UNIQUE,
     text     TEXT NOT NULL,
     metadata TEXT NOT NULL,
-    vector   BLOB NOT NULL,
     seq      INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS documents_seq ON documents(seq);
@@ -60,18 +92,41 @@ CREATE TABLE IF NOT EXISTS deletions (label INTEGER PRIMARY KEY, seq INTEGER NOT
 CREATE TABLE IF NOT EXISTS state (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 INSERT OR IGNORE INTO state(key, value) VALUES ('seq', '0');
 """
+# Added by format 2 (and by the upgrade of a format-1 database, in _upgrade_from_v1).
+_PASSAGE_SCHEMA = """
+CREATE TABLE IF NOT EXISTS passages (
+    label     INTEGER PRIMARY KEY AUTOINCREMENT,
+    doc_label INTEGER NOT NULL,
+    idx       INTEGER NOT NULL,
+    start     INTEGER NOT NULL,
+    end       INTEGER NOT NULL,
+    vector    BLOB NOT NULL,
+    seq       INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS passages_doc ON passages(doc_label);
+CREATE INDEX IF NOT EXISTS passages_seq ON passages(seq);
+CREATE TABLE IF NOT EXISTS passage_deletions (label INTEGER PRIMARY KEY, seq INTEGER NOT NULL);
+"""
+
+# A snapshot rewrites the whole index, so a fixed cadence makes bulk ingest quadratic (at 1M flat
+# vectors every 5,000 writes rewrote ~1.5 GB). Past --snapshot-every, a snapshot waits until the writes
+# since the last one reach this share of the index: the bytes written while a collection grows stay
+# within (1 + f) / f = 3x its final size, and a restart replays at most that share from SQLite.
+SNAPSHOT_LOG_FRACTION = 0.5
 
 # Upserts are applied in slices of this many rows' SQL parameters (SQLite's variable limit).
 _SQL_CHUNK = 500
 
 
-def write_manifest(directory: Path, name: str, spec: IndexSpec, fingerprint: ModelFingerprint) -> None:
+def write_manifest(directory: Path, name: str, settings: CollectionSettings, fingerprint: ModelFingerprint) -> None:
     atomic_write_json(
         directory / MANIFEST,
         {
             "format_version": FORMAT_VERSION,
             "name": name,
-            "index": spec.to_dict(),
+            "index": settings.index.to_dict(),
+            "passages": settings.passages.to_dict(),
+            "default_mode": settings.default_mode.value,
             "model": fingerprint.to_dict(),
             "written_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         },
@@ -85,7 +140,7 @@ def read_manifest(directory: Path) -> dict:
         if not isinstance(data, dict):
             raise ValueError("not a JSON object")
         version = int(data["format_version"])
-        IndexSpec.from_dict(data["index"])
+        settings_from_manifest(data)
         ModelFingerprint.from_dict(data["model"])
     except FileNotFoundError:
         raise CollectionBroken(f"{path}: missing") from None
@@ -96,8 +151,40 @@ def read_manifest(directory: Path) -> dict:
     return data
 
 
+def settings_from_manifest(data: dict) -> CollectionSettings:
+    # A format-1 manifest has neither passages nor default_mode: one vector per document, DENSE.
+    return CollectionSettings(
+        index=IndexSpec.from_dict(data["index"]),
+        passages=PassageConfig.from_dict(data.get("passages")),
+        default_mode=SearchMode(data.get("default_mode", SearchMode.DENSE.value)),
+    )
+
+
+class _Grow:
+    """An int64 array indexed by passage label, grown as labels grow (-1: no such passage)."""
+
+    def __init__(self) -> None:
+        self.values = np.full(1024, -1, dtype=np.int64)
+
+    def set(self, labels: np.ndarray, values: np.ndarray | int) -> None:
+        if len(labels) == 0:
+            return
+        top = int(labels.max()) + 1
+        if top > len(self.values):
+            grown = np.full(max(top, 2 * len(self.values)), -1, dtype=np.int64)
+            grown[: len(self.values)] = self.values
+            self.values = grown
+        self.values[labels] = values
+
+    def get(self, labels: np.ndarray) -> np.ndarray:
+        inside = labels < len(self.values)
+        out = np.full(len(labels), -1, dtype=np.int64)
+        out[inside] = self.values[labels[inside]]
+        return out
+
+
 class FaissIndexStore:
-    """One collection: documents and vectors in SQLite, searched through an in-memory FAISS index.
+    """One collection: documents and passage vectors in SQLite, searched through FAISS and BM25 in memory.
 
     Open it with :meth:`open` (existing) or :meth:`create` (new).
     """
@@ -106,32 +193,47 @@ class FaissIndexStore:
         self,
         directory: Path,
         name: str,
-        spec: IndexSpec,
+        settings: CollectionSettings,
         fingerprint: ModelFingerprint,
         snapshot_every: int,
         new: bool = False,
     ) -> None:
         self.directory = directory
         self.name = name
-        self.spec = spec
+        self.settings = settings
         self.fingerprint = fingerprint
         self._snapshot_every = snapshot_every
         self._lock = ReadWriteLock()
         self._local = threading.local()
         self._readers: list[sqlite3.Connection] = []
+        self._legacy_vector_column = False
         self._db = self._connect(new)
-        self._index = VectorIndex(spec, fingerprint.dimension)
+        self._index = VectorIndex(settings.index, fingerprint.dimension)
+        self._analyzer = Analyzer()
+        self._lexical = LexicalIndex(self._analyzer)
+        self._doc_of = _Grow()  # passage label -> document label
         self._writes_since_snapshot = 0
+        self._snapshot_seqs = (0, 0)  # (FAISS, lexical) as last written or loaded
         self._closed = False
+        self._failed: str | None = None
+
+    @property
+    def spec(self) -> IndexSpec:
+        return self.settings.index
 
     # -- opening -------------------------------------------------------------------------------------
     @classmethod
     def create(
-        cls, directory: Path, name: str, spec: IndexSpec, fingerprint: ModelFingerprint, snapshot_every: int = 5000
+        cls,
+        directory: Path,
+        name: str,
+        settings: CollectionSettings,
+        fingerprint: ModelFingerprint,
+        snapshot_every: int = 5000,
     ) -> FaissIndexStore:
         directory.mkdir(parents=True, exist_ok=False)
-        write_manifest(directory, name, spec, fingerprint)
-        store = cls(directory, name, spec, fingerprint, snapshot_every, new=True)
+        write_manifest(directory, name, settings, fingerprint)
+        store = cls(directory, name, settings, fingerprint, snapshot_every, new=True)
         store.snapshot()
         return store
 
@@ -139,7 +241,7 @@ class FaissIndexStore:
     def open(
         cls, directory: Path, running: ModelFingerprint, snapshot_every: int = 5000, check_model: bool = True
     ) -> FaissIndexStore:
-        """Opens and recovers a collection.
+        """Opens and recovers a collection (upgrading a format-1 one in place).
 
         Args:
             check_model: False opens a collection built by another model without loading its vectors,
@@ -147,20 +249,22 @@ class FaissIndexStore:
 
         Raises:
             CollectionBroken: a missing, corrupt or truncated file (the message names it).
-            FailedPrecondition: (as ModelMismatch) the stored vectors came from another model.
+            ModelMismatch: the stored vectors came from another model.
         """
         manifest = read_manifest(directory)
-        spec = IndexSpec.from_dict(manifest["index"])
+        settings = settings_from_manifest(manifest)
         stored = ModelFingerprint.from_dict(manifest["model"])
         name = str(manifest.get("name", directory.name))
         db_path = directory / DATABASE
         if not db_path.is_file():
             raise CollectionBroken(f"{db_path}: missing")
         try:
-            store = cls(directory, name, spec, stored, snapshot_every)
+            store = cls(directory, name, settings, stored, snapshot_every)
             store._check_database()
         except sqlite3.DatabaseError as exc:
             raise CollectionBroken(f"{db_path}: {exc}") from None
+        if int(manifest["format_version"]) < FORMAT_VERSION:
+            write_manifest(directory, name, settings, stored)
         if not stored.is_compatible(running):
             if not check_model:
                 return store
@@ -179,13 +283,17 @@ class FaissIndexStore:
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=FULL")
         if new:
-            db.executescript(_SCHEMA)
-        else:
-            tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-            missing = {"documents", "metadata_kv", "deletions", "state"} - tables
-            if missing:
-                db.close()
-                raise sqlite3.DatabaseError(f"tables missing: {', '.join(sorted(missing))}")
+            db.executescript(_SCHEMA + _PASSAGE_SCHEMA)
+            return db
+        tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        missing = {"documents", "metadata_kv", "deletions", "state"} - tables
+        if missing:
+            db.close()
+            raise sqlite3.DatabaseError(f"tables missing: {', '.join(sorted(missing))}")
+        columns = {r[1] for r in db.execute("PRAGMA table_info(documents)")}
+        self._legacy_vector_column = "vector" in columns
+        if "passages" not in tables:
+            _upgrade_from_v1(db)
         return db
 
     def _reader(self) -> sqlite3.Connection:
@@ -204,45 +312,67 @@ class FaissIndexStore:
             raise sqlite3.DatabaseError(f"integrity check failed: {result}")
 
     def _recover(self) -> None:
-        """Loads the last good snapshot, then replays every write the snapshot does not have."""
+        """Loads the last good snapshots, then replays every write they do not have."""
         started = time.monotonic()
         seq = self._seq()
-        snap_seq = self._load_snapshot()
-        if snap_seq is not None and snap_seq > seq:
-            # The database is older than the index built from it: writes were lost outside our control
-            # (a restored backup, a replaced file). Serving it would silently drop them.
-            raise CollectionBroken(
-                f"{self.directory / DATABASE}: at write {seq}, older than the index snapshot ({snap_seq}); "
-                "restore the matching database file"
-            )
+        snap_seq = self._load_vector_snapshot()
+        lex_seq = self._load_lexical_snapshot()
+        for loaded in (snap_seq, lex_seq):
+            if loaded is not None and loaded > seq:
+                # The database is older than an index built from it: writes were lost outside our
+                # control (a restored backup, a replaced file). Serving it would silently drop them.
+                raise CollectionBroken(
+                    f"{self.directory / DATABASE}: at write {seq}, older than the index snapshot ({loaded}); "
+                    "restore the matching database file"
+                )
+        self._load_passage_map()
+        passages = self._passage_count()
+        replayed = [0, 0]
         if snap_seq is None:
-            self._rebuild_from_database()
-            replayed = "all"
+            self._rebuild_vectors()
         else:
-            replayed = self._replay_after(snap_seq)
-            if self._index.ntotal != self.count():
+            replayed[0] = self._replay_vectors_after(snap_seq)
+            if self._index.ntotal != passages:
                 log.warning(
-                    "collection %s: index holds %d vectors but the database %d documents; rebuilding",
+                    "collection %s: index holds %d vectors but the database %d passages; rebuilding",
                     self.name,
                     self._index.ntotal,
-                    self.count(),
+                    passages,
                 )
-                self._rebuild_from_database()
-        if self._index.needs_rebuild(self.count()):
-            self._rebuild_from_database()
-        if snap_seq != seq:
+                self._rebuild_vectors()
+        if self._index.needs_rebuild(passages):
+            self._rebuild_vectors()
+        documents = self.count()
+        if lex_seq is None:
+            self._rebuild_lexical()
+        else:
+            replayed[1] = self._replay_lexical_after(lex_seq)
+            if len(self._lexical) != documents:
+                log.warning(
+                    "collection %s: lexical index holds %d documents but the database %d; rebuilding",
+                    self.name,
+                    len(self._lexical),
+                    documents,
+                )
+                self._rebuild_lexical()
+        self._snapshot_seqs = (snap_seq or 0, lex_seq or 0)
+        if snap_seq != seq or lex_seq != seq:
             self._write_snapshot()
         log.info(
-            "collection %s: %d documents loaded (snapshot seq %s, database seq %d, replayed %s) in %.2fs",
+            "collection %s: %d documents, %d passages loaded (snapshots at seq %s / %s, database seq %d, "
+            "replayed %d passage and %d document changes) in %.2fs",
             self.name,
-            self.count(),
+            documents,
+            passages,
             snap_seq,
+            lex_seq,
             seq,
-            replayed,
+            replayed[0],
+            replayed[1],
             time.monotonic() - started,
         )
 
-    def _load_snapshot(self) -> int | None:
+    def _load_vector_snapshot(self) -> int | None:
         meta_path, index_path = self.directory / SNAPSHOT_META, self.directory / SNAPSHOT
         if not meta_path.exists() and not index_path.exists():
             return None
@@ -257,113 +387,234 @@ class FaissIndexStore:
             self._index = VectorIndex(self.spec, self.fingerprint.dimension)
             return None
 
-    def _replay_after(self, snap_seq: int) -> int:
-        rows = self._db.execute("SELECT label FROM deletions WHERE seq > ?", (snap_seq,)).fetchall()
+    def _load_lexical_snapshot(self) -> int | None:
+        meta_path, path = self.directory / LEXICAL_META, self.directory / LEXICAL_SNAPSHOT
+        if not meta_path.exists() and not path.exists():
+            return None
+        try:
+            meta = json.loads(meta_path.read_text())
+            if sha256_file(path) != meta["sha256"]:
+                raise ValueError(f"{path} does not match the checksum in {meta_path}")
+            self._lexical = LexicalIndex.read(path, self._analyzer)
+            return int(meta["seq"])
+        except (OSError, ValueError, KeyError, TypeError, RuntimeError) as exc:
+            log.warning(
+                "collection %s: lexical snapshot unusable, rebuilding from the stored texts: %s", self.name, exc
+            )
+            self._lexical = LexicalIndex(self._analyzer)
+            return None
+
+    def _load_passage_map(self) -> None:
+        rows = self._db.execute("SELECT label, doc_label FROM passages").fetchall()
+        self._doc_of = _Grow()
+        if rows:
+            pairs = np.array(rows, dtype=np.int64)
+            self._doc_of.set(pairs[:, 0], pairs[:, 1])
+
+    def _replay_vectors_after(self, snap_seq: int) -> int:
+        rows = self._db.execute("SELECT label FROM passage_deletions WHERE seq > ?", (snap_seq,)).fetchall()
         self._index.remove(np.array([r[0] for r in rows], dtype=np.int64))
         labels, vectors = self._vectors_where("seq > ?", (snap_seq,))
         self._index.add(labels, vectors)
         return len(rows) + len(labels)
 
-    def _rebuild_from_database(self) -> None:
+    def _replay_lexical_after(self, lex_seq: int) -> int:
+        removed = self._db.execute("SELECT label FROM deletions WHERE seq > ?", (lex_seq,)).fetchall()
+        self._lexical.remove([r[0] for r in removed])
+        rows = self._db.execute("SELECT label, text FROM documents WHERE seq > ? ORDER BY label", (lex_seq,)).fetchall()
+        self._lexical.add([r[0] for r in rows], [r[1] for r in rows])
+        return len(removed) + len(rows)
+
+    def _rebuild_vectors(self) -> None:
         labels, vectors = self._vectors_where("1", ())
-        self._index = VectorIndex(self.spec, self.fingerprint.dimension)
-        self._index.rebuild(labels, vectors)
+        index = VectorIndex(self.spec, self.fingerprint.dimension)
+        index.rebuild(labels, vectors)
+        self._index = index
+
+    def _rebuild_lexical(self) -> None:
+        lexical = LexicalIndex(self._analyzer)
+        cursor = self._db.execute("SELECT label, text FROM documents ORDER BY label")
+        while rows := cursor.fetchmany(10_000):
+            lexical.add([r[0] for r in rows], [r[1] for r in rows])
+        self._lexical = lexical
 
     def _vectors_where(self, where: str, params: tuple) -> tuple[np.ndarray, np.ndarray]:
-        rows = self._db.execute(f"SELECT label, vector FROM documents WHERE {where} ORDER BY label", params).fetchall()
+        rows = self._db.execute(f"SELECT label, vector FROM passages WHERE {where} ORDER BY label", params).fetchall()
+        return self._unpack_vectors(rows)
+
+    def _unpack_vectors(self, rows: list) -> tuple[np.ndarray, np.ndarray]:
         dim = self.fingerprint.dimension
         labels = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
         vectors = np.empty((len(rows), dim), dtype=np.float32)
-        for i, (_, blob) in enumerate(rows):
-            vector = np.frombuffer(blob, dtype=np.float32)
+        for i, row in enumerate(rows):
+            vector = np.frombuffer(row[-1], dtype=np.float32)
             if vector.shape != (dim,):
                 raise CollectionBroken(
-                    f"{self.directory / DATABASE}: stored vector of label {labels[i]} has {vector.size} values, "
+                    f"{self.directory / DATABASE}: stored vector of passage {labels[i]} has {vector.size} values, "
                     f"expected {dim}"
                 )
             vectors[i] = vector
         return labels, vectors
 
     # -- writes --------------------------------------------------------------------------------------
-    def upsert(self, docs: Sequence[Document], vectors: np.ndarray) -> int:
-        """Inserts or replaces documents in one transaction; returns once durable."""
-        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    def upsert(self, docs: Sequence[EmbeddedDocument], still_wanted: Callable[[], bool] | None = None) -> int:
+        """Inserts or replaces documents (with all their passages) in one transaction; returns once durable.
+
+        Args:
+            still_wanted: asked once the write lock is held, right before the transaction; False
+                abandons the write (the caller's deadline passed while it waited), so a call reported
+                failed never commits later.
+        """
+        for doc in docs:
+            if doc.vectors.shape != (len(doc.passages), self.fingerprint.dimension):
+                raise ValueError(
+                    f"document {doc.document.id!r}: {doc.vectors.shape} vectors for {len(doc.passages)} passages"
+                )
         with self._lock.write():
-            self._ensure_open()
-            labels = self._write_transaction(lambda seq: self._upsert_rows(docs, vectors, seq))
-            self._index.add(np.array(labels, dtype=np.int64), vectors)
+            self._ensure_writable()
+            if still_wanted is not None and not still_wanted():
+                raise DeadlineExceeded("the deadline passed while waiting for the collection; nothing was stored")
+            doc_labels, removed, added = self._write_transaction(lambda seq: self._upsert_rows(docs, seq))
+            vectors = np.concatenate([d.vectors for d in docs]).astype(np.float32, copy=False)
+            self._after_commit(
+                lambda: self._apply_upsert(doc_labels, [d.document.text for d in docs], removed, added, vectors)
+            )
             self._after_write(len(docs))
         return len(docs)
 
-    def _upsert_rows(self, docs: Sequence[Document], vectors: np.ndarray, seq: int) -> list[int]:
+    def _apply_upsert(
+        self, doc_labels: list[int], texts: list[str], removed: np.ndarray, added: np.ndarray, vectors: np.ndarray
+    ) -> None:
+        self._index.remove(removed)
+        self._doc_of.set(removed, -1)
+        self._index.add(added[:, 0], vectors)
+        self._doc_of.set(added[:, 0], added[:, 1])
+        self._lexical.add(doc_labels, texts)
+
+    def _upsert_rows(self, docs: Sequence[EmbeddedDocument], seq: int) -> tuple[list[int], np.ndarray, np.ndarray]:
+        db = self._db
+        if self._legacy_vector_column:  # a format-1 table: the column stays, empty
+            sql = (
+                "INSERT INTO documents(id, text, metadata, seq, vector) VALUES (?, ?, ?, ?, x'') "
+                "ON CONFLICT(id) DO UPDATE SET text=excluded.text, metadata=excluded.metadata, seq=excluded.seq "
+                "RETURNING label"
+            )
+        else:
+            sql = (
+                "INSERT INTO documents(id, text, metadata, seq) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT(id) DO UPDATE SET text=excluded.text, metadata=excluded.metadata, seq=excluded.seq "
+                "RETURNING label"
+            )
         labels: list[int] = []
-        for doc, vector in zip(docs, vectors, strict=True):
-            (label,) = self._db.execute(
-                "INSERT INTO documents(id, text, metadata, vector, seq) VALUES (?, ?, ?, ?, ?) "
-                "ON CONFLICT(id) DO UPDATE SET text=excluded.text, metadata=excluded.metadata, "
-                "vector=excluded.vector, seq=excluded.seq RETURNING label",
-                (doc.id, doc.text, json.dumps(doc.metadata, ensure_ascii=False, sort_keys=True), vector.tobytes(), seq),
-            ).fetchone()
+        for item in docs:
+            doc = item.document
+            metadata = json.dumps(doc.metadata, ensure_ascii=False, sort_keys=True)
+            (label,) = db.execute(sql, (doc.id, doc.text, metadata, seq)).fetchone()
             labels.append(label)
+        removed: list[int] = []
         for start in range(0, len(labels), _SQL_CHUNK):
             chunk = labels[start : start + _SQL_CHUNK]
             marks = ",".join("?" * len(chunk))
-            self._db.execute(f"DELETE FROM metadata_kv WHERE label IN ({marks})", chunk)
-            self._db.execute(f"DELETE FROM deletions WHERE label IN ({marks})", chunk)
-        self._db.executemany(
-            "INSERT INTO metadata_kv(label, key, value) VALUES (?, ?, ?)",
-            [(label, k, v) for label, doc in zip(labels, docs, strict=True) for k, v in doc.metadata.items()],
+            removed += [r[0] for r in db.execute(f"SELECT label FROM passages WHERE doc_label IN ({marks})", chunk)]
+            db.execute(f"DELETE FROM passages WHERE doc_label IN ({marks})", chunk)
+            db.execute(f"DELETE FROM metadata_kv WHERE label IN ({marks})", chunk)
+            db.execute(f"DELETE FROM deletions WHERE label IN ({marks})", chunk)
+        db.executemany(
+            "INSERT OR REPLACE INTO passage_deletions(label, seq) VALUES (?, ?)", [(lb, seq) for lb in removed]
         )
-        return labels
+        added: list[tuple[int, int]] = []
+        for label, item in zip(labels, docs, strict=True):
+            for passage, vector in zip(item.passages, item.vectors, strict=True):
+                (passage_label,) = db.execute(
+                    "INSERT INTO passages(doc_label, idx, start, end, vector, seq) VALUES (?, ?, ?, ?, ?, ?) "
+                    "RETURNING label",
+                    (label, passage.index, passage.start, passage.end, np.asarray(vector, np.float32).tobytes(), seq),
+                ).fetchone()
+                added.append((passage_label, label))
+        db.executemany(
+            "INSERT INTO metadata_kv(label, key, value) VALUES (?, ?, ?)",
+            [
+                (label, k, v)
+                for label, item in zip(labels, docs, strict=True)
+                for k, v in item.document.metadata.items()
+            ],
+        )
+        return labels, np.array(removed, dtype=np.int64), np.array(added, dtype=np.int64).reshape(-1, 2)
 
-    def delete(self, ids: Sequence[str]) -> int:
+    def delete(self, ids: Sequence[str], still_wanted: Callable[[], bool] | None = None) -> int:
         """Deletes documents by id in one transaction; returns how many existed."""
         with self._lock.write():
-            self._ensure_open()
-            labels = self._write_transaction(lambda seq: self._delete_rows(ids, seq))
-            self._index.remove(np.array(labels, dtype=np.int64))
+            self._ensure_writable()
+            if still_wanted is not None and not still_wanted():
+                raise DeadlineExceeded("the deadline passed while waiting for the collection; nothing was deleted")
+            labels, passages = self._write_transaction(lambda seq: self._delete_rows(ids, seq))
+
+            def apply() -> None:
+                self._index.remove(passages)
+                self._doc_of.set(passages, -1)
+                self._lexical.remove(labels)
+
+            self._after_commit(apply)
             self._after_write(len(labels))
         return len(labels)
 
-    def _delete_rows(self, ids: Sequence[str], seq: int) -> list[int]:
+    def _delete_rows(self, ids: Sequence[str], seq: int) -> tuple[list[int], np.ndarray]:
+        db = self._db
         labels: list[int] = []
         for start in range(0, len(ids), _SQL_CHUNK):
             chunk = list(ids[start : start + _SQL_CHUNK])
             marks = ",".join("?" * len(chunk))
-            labels += [r[0] for r in self._db.execute(f"SELECT label FROM documents WHERE id IN ({marks})", chunk)]
+            labels += [r[0] for r in db.execute(f"SELECT label FROM documents WHERE id IN ({marks})", chunk)]
+        passages: list[int] = []
         for start in range(0, len(labels), _SQL_CHUNK):
             chunk = labels[start : start + _SQL_CHUNK]
             marks = ",".join("?" * len(chunk))
-            self._db.execute(f"DELETE FROM documents WHERE label IN ({marks})", chunk)
-            self._db.execute(f"DELETE FROM metadata_kv WHERE label IN ({marks})", chunk)
-        self._db.executemany("INSERT OR REPLACE INTO deletions(label, seq) VALUES (?, ?)", [(lb, seq) for lb in labels])
-        return labels
+            passages += [r[0] for r in db.execute(f"SELECT label FROM passages WHERE doc_label IN ({marks})", chunk)]
+            db.execute(f"DELETE FROM documents WHERE label IN ({marks})", chunk)
+            db.execute(f"DELETE FROM passages WHERE doc_label IN ({marks})", chunk)
+            db.execute(f"DELETE FROM metadata_kv WHERE label IN ({marks})", chunk)
+        db.executemany("INSERT OR REPLACE INTO deletions(label, seq) VALUES (?, ?)", [(lb, seq) for lb in labels])
+        db.executemany(
+            "INSERT OR REPLACE INTO passage_deletions(label, seq) VALUES (?, ?)", [(lb, seq) for lb in passages]
+        )
+        return labels, np.array(passages, dtype=np.int64)
 
-    def replace_all_vectors(self, fingerprint: ModelFingerprint, embed) -> int:
-        """Re-embeds every stored text with embed(texts) and records the new model (Reindex)."""
+    def replace_all_vectors(
+        self,
+        fingerprint: ModelFingerprint,
+        embed_documents: Callable[[list[Document]], list[EmbeddedDocument]],
+    ) -> int:
+        """Re-embeds every stored document with embed_documents and records the new model (Reindex)."""
         with self._lock.write():
             self._ensure_open()
-            rows = self._db.execute("SELECT label, text FROM documents ORDER BY label").fetchall()
-            vectors = embed([r[1] for r in rows]) if rows else np.zeros((0, fingerprint.dimension), np.float32)
+            rows = self._db.execute("SELECT label, id, text, metadata FROM documents ORDER BY label").fetchall()
+            embedded = embed_documents([Document(r[1], r[2], json.loads(r[3])) for r in rows]) if rows else []
 
-            def rewrite(seq: int) -> list[int]:
-                self._db.executemany(
-                    "UPDATE documents SET vector = ?, seq = ? WHERE label = ?",
-                    [
-                        (v.tobytes(), seq, r[0])
-                        for r, v in zip(rows, np.asarray(vectors, dtype=np.float32), strict=True)
-                    ],
-                )
-                return []
+            def rewrite(seq: int) -> None:
+                db = self._db
+                db.execute("INSERT OR REPLACE INTO passage_deletions(label, seq) SELECT label, ? FROM passages", (seq,))
+                db.execute("DELETE FROM passages")
+                for (label, *_), item in zip(rows, embedded, strict=True):
+                    db.executemany(
+                        "INSERT INTO passages(doc_label, idx, start, end, vector, seq) VALUES (?, ?, ?, ?, ?, ?)",
+                        [
+                            (label, p.index, p.start, p.end, np.asarray(v, np.float32).tobytes(), seq)
+                            for p, v in zip(item.passages, item.vectors, strict=True)
+                        ],
+                    )
 
             self._write_transaction(rewrite)
-            write_manifest(self.directory, self.name, self.spec, fingerprint)
+            write_manifest(self.directory, self.name, self.settings, fingerprint)
             self.fingerprint = fingerprint
-            self._rebuild_from_database()
+            self._failed = None
+            self._load_passage_map()
+            self._rebuild_vectors()
+            if len(self._lexical) != len(rows):
+                self._rebuild_lexical()
             self._write_snapshot()
         return len(rows)
 
-    def _write_transaction(self, apply) -> list[int]:
+    def _write_transaction(self, apply):
         db = self._db
         db.execute("BEGIN IMMEDIATE")
         try:
@@ -376,32 +627,71 @@ class FaissIndexStore:
             raise
         return result
 
+    def _after_commit(self, apply: Callable[[], None]) -> None:
+        """Applies a committed write to the in-memory indexes.
+
+        The write is durable once committed, so a failure here must not be reported as a failed
+        write: the indexes are rebuilt from the database (which holds the write). Only if that fails
+        too is the collection taken out of service, loudly, until a restart rebuilds it.
+        """
+        try:
+            apply()
+        except Exception:  # noqa: BLE001 - any failure leaves the in-memory indexes in doubt
+            log.exception("collection %s: a committed write could not be applied in memory; rebuilding", self.name)
+            try:
+                self._load_passage_map()
+                self._rebuild_vectors()
+                self._rebuild_lexical()
+            except Exception as exc:  # noqa: BLE001
+                self._failed = (
+                    f"collection {self.name!r} stored a write but could not index it ({type(exc).__name__}: {exc}); "
+                    "it is out of service until the server restarts and rebuilds it from its database"
+                )
+                log.exception("%s", self._failed)
+
     def _after_write(self, changed: int) -> None:
         self._writes_since_snapshot += changed
-        # The index holds exactly the stored documents here (both changed under the write lock), so
+        # The index holds exactly the stored passages here (both changed under the write lock), so
         # its count stands in for SELECT COUNT(*), which scans the table: ~8 ms per write at 1M rows.
         if self._index.needs_rebuild(self._index.ntotal):
-            self._rebuild_from_database()
+            self._rebuild_vectors()
             self._write_snapshot()
-        elif self._writes_since_snapshot >= self._snapshot_every:
+        elif self._writes_since_snapshot >= max(self._snapshot_every, SNAPSHOT_LOG_FRACTION * self._index.ntotal):
             self._write_snapshot()
 
     # -- reads ---------------------------------------------------------------------------------------
     def get(self, ids: Sequence[str]) -> list[Document]:
         """Found documents in request order."""
         with self._lock.read():
-            self._ensure_open()
+            self._ensure_readable()
             found = self._fetch("id", list(ids))
         return [Document(d[0], d[1], d[2]) for d in (found.get(i) for i in ids) if d is not None]
 
-    def get_vectors(self, ids: Sequence[str]) -> dict[str, np.ndarray]:
+    def get_passages(self, ids: Sequence[str]) -> dict[str, tuple[tuple[Passage, ...], np.ndarray]]:
         with self._lock.read():
-            self._ensure_open()
-            marks = ",".join("?" * len(ids))
-            rows = (
-                self._reader().execute(f"SELECT id, vector FROM documents WHERE id IN ({marks})", list(ids)).fetchall()
-            )
-        return {r[0]: np.frombuffer(r[1], dtype=np.float32).copy() for r in rows}
+            self._ensure_readable()
+            rows = self._passage_rows("d.id", list(ids), with_vectors=True)
+        out: dict[str, tuple[list[Passage], list[np.ndarray]]] = {}
+        for _, doc_id, idx, start, end, blob in rows:
+            passages, vectors = out.setdefault(doc_id, ([], []))
+            passages.append(Passage(idx, start, end))
+            vectors.append(np.frombuffer(blob, dtype=np.float32))
+        return {k: (tuple(p), np.vstack(v)) for k, (p, v) in out.items()}
+
+    def _passage_rows(self, column: str, keys: list, with_vectors: bool = False) -> list[tuple]:
+        """(passage label, document id, index, start, end[, vector]) for passages whose column is in keys."""
+        extra = ", p.vector" if with_vectors else ""
+        out: list[tuple] = []
+        db = self._reader()
+        for start in range(0, len(keys), _SQL_CHUNK):
+            chunk = keys[start : start + _SQL_CHUNK]
+            marks = ",".join("?" * len(chunk))
+            out += db.execute(
+                f"SELECT p.label, d.id, p.idx, p.start, p.end{extra} FROM passages p "
+                f"JOIN documents d ON d.label = p.doc_label WHERE {column} IN ({marks}) ORDER BY p.doc_label, p.idx",
+                chunk,
+            ).fetchall()
+        return out
 
     def _fetch(self, column: str, keys: list) -> dict:
         """{key: (id, text, metadata, label)} for documents whose column is in keys."""
@@ -423,32 +713,198 @@ class FaissIndexStore:
                 out[key] = (doc_id, text, metadata, label)
         return out
 
-    def search(self, queries: np.ndarray, top_k: int, min_score: float, filter: Mapping[str, str]) -> list[list[Hit]]:
+    def search_dense(
+        self, queries: np.ndarray, top_k: int, filter: Mapping[str, str], documents: bool = False
+    ) -> list[list[DenseMatch]]:
+        """Per query: the top_k documents by their best passage's cosine, best first.
+
+        Args:
+            documents: also fetch each match's document (text and metadata) in the same read.
+        """
+        queries = np.ascontiguousarray(queries, dtype=np.float32)
         with self._lock.read():
-            self._ensure_open()
-            allowed = self._labels_matching(filter) if filter else None
-            scores, labels = self._index.search(queries, top_k, allowed)
-            wanted = sorted({int(x) for x in labels.ravel() if x >= 0})
-            docs = self._fetch("label", wanted)
-        results: list[list[Hit]] = []
-        for row_scores, row_labels in zip(scores, labels, strict=True):
-            hits = []
-            for score, label in zip(row_scores.tolist(), row_labels.tolist(), strict=True):
-                if label < 0 or score < min_score or label not in docs:
+            self._ensure_readable()
+            allowed = self._passages_matching(filter) if filter else None
+            best = [self._best_passages(q, top_k, allowed) for q in queries]
+            labels = sorted({label for row in best for label, _ in row})
+            details = {r[0]: r for r in self._passage_rows("p.label", labels)}
+            docs = self._fetch("id", sorted({r[1] for r in details.values()})) if documents else {}
+        results: list[list[DenseMatch]] = []
+        for row in best:
+            matches = []
+            for label, score in row:
+                detail = details.get(label)
+                if detail is None:
                     continue
-                doc_id, text, metadata, _ = docs[label]
-                hits.append(Hit(doc_id, float(score), text, metadata))
-            results.append(hits)
+                _, doc_id, idx, start, end = detail
+                doc = docs.get(doc_id)
+                document = Document(doc[0], doc[1], doc[2]) if doc else None
+                matches.append(DenseMatch(doc_id, score, Passage(idx, start, end), document))
+            results.append(matches)
         return results
 
-    def _labels_matching(self, filter: Mapping[str, str]) -> np.ndarray:
+    def _best_passages(self, query: np.ndarray, top_k: int, allowed: np.ndarray | None) -> list[tuple[int, float]]:
+        """[(passage label, score)] of the top_k documents' best passages (grown until top_k documents)."""
+        total = self._index.ntotal
+        want = top_k if not self.settings.passages.enabled else top_k * 2
+        while True:
+            k = max(1, min(want, total))
+            scores, labels = self._index.search(query[None, :], k, allowed)
+            seen: set[int] = set()
+            row: list[tuple[int, float]] = []
+            doc_labels = self._doc_of.get(labels[0])
+            for label, doc_label, score in zip(
+                labels[0].tolist(), doc_labels.tolist(), scores[0].tolist(), strict=True
+            ):
+                if label < 0 or doc_label < 0 or doc_label in seen:
+                    continue
+                seen.add(doc_label)
+                row.append((label, float(score)))
+                if len(row) == top_k:
+                    return row
+            if k >= total or (labels[0] < 0).any():
+                return row
+            want *= 4
+
+    def _passages_matching(self, filter: Mapping[str, str]) -> np.ndarray:
+        clauses = " INTERSECT ".join("SELECT label FROM metadata_kv WHERE key = ? AND value = ?" for _ in filter)
+        params = [x for kv in sorted(filter.items()) for x in kv]
+        rows = self._reader().execute(f"SELECT label FROM passages WHERE doc_label IN ({clauses})", params).fetchall()
+        return np.array([r[0] for r in rows], dtype=np.int64)
+
+    def _documents_matching(self, filter: Mapping[str, str]) -> np.ndarray:
         clauses = " INTERSECT ".join("SELECT label FROM metadata_kv WHERE key = ? AND value = ?" for _ in filter)
         params = [x for kv in sorted(filter.items()) for x in kv]
         rows = self._reader().execute(clauses, params).fetchall()
         return np.array([r[0] for r in rows], dtype=np.int64)
 
+    def search_lexical(
+        self, queries: Sequence[str], top_k: int, filter: Mapping[str, str], documents: bool = False
+    ) -> list[list[LexicalMatch]]:
+        with self._lock.read():
+            self._ensure_readable()
+            allowed = self._documents_matching(filter) if filter else None
+            found = [self._lexical.search(q, top_k, allowed) for q in queries]
+            labels = sorted({int(label) for labels, _ in found for label in labels})
+            docs = self._fetch("label", labels)
+            spans = self._spans_of(labels) if documents else {}
+        results = []
+        for query, (labels, scores) in zip(queries, found, strict=True):
+            terms = set(self._analyzer.terms(query)) if documents else set()
+            matches = []
+            for label, score in zip(labels.tolist(), scores.tolist(), strict=True):
+                doc = docs.get(label)
+                if doc is None:
+                    continue
+                if documents:
+                    passage = self._best_lexical_passage(doc[1], spans.get(label, ()), terms)
+                    matches.append(LexicalMatch(doc[0], float(score), Document(doc[0], doc[1], doc[2]), passage))
+                else:
+                    matches.append(LexicalMatch(doc[0], float(score)))
+            results.append(matches)
+        return results
+
+    def _spans_of(self, doc_labels: list[int]) -> dict[int, list[Passage]]:
+        out: dict[int, list[Passage]] = {}
+        db = self._reader()
+        for start in range(0, len(doc_labels), _SQL_CHUNK):
+            chunk = doc_labels[start : start + _SQL_CHUNK]
+            marks = ",".join("?" * len(chunk))
+            rows = db.execute(
+                f"SELECT doc_label, idx, start, end FROM passages WHERE doc_label IN ({marks}) ORDER BY doc_label, idx",
+                chunk,
+            )
+            for doc_label, idx, begin, end in rows:
+                out.setdefault(doc_label, []).append(Passage(idx, begin, end))
+        return out
+
+    def _best_lexical_passage(self, text: str, spans: Sequence[Passage], terms: set[str]) -> Passage:
+        """The passage with the most occurrences of query terms (the first of equals)."""
+        if len(spans) <= 1:
+            return spans[0] if spans else Passage(0, 0, len(text))
+        positions = [t.start for t in self._analyzer.tokens(text) if t.term in terms]
+        counts = [sum(1 for at in positions if p.start <= at < p.end) for p in spans]
+        return spans[counts.index(max(counts))]
+
+    def dense_scores(self, query: np.ndarray, ids: Sequence[str]) -> dict[str, DenseMatch]:
+        query = np.ascontiguousarray(query, dtype=np.float32).reshape(1, -1)
+        with self._lock.read():
+            self._ensure_readable()
+            rows = self._passage_rows("d.id", list(ids))
+            if not rows:
+                return {}
+            labels = np.array([r[0] for r in rows], dtype=np.int64)
+            scores, found = self._index.search(query, len(labels), labels)
+        by_label = {r[0]: r for r in rows}
+        out: dict[str, DenseMatch] = {}
+        for label, score in zip(found[0].tolist(), scores[0].tolist(), strict=True):
+            row = by_label.get(label)
+            if row is None or row[1] in out:  # best first: the first passage seen of a document is its best
+                continue
+            out[row[1]] = DenseMatch(row[1], float(score), Passage(row[2], row[3], row[4]))
+        return out
+
+    def lexical_scores(self, query: str, ids: Sequence[str]) -> dict[str, float]:
+        with self._lock.read():
+            self._ensure_readable()
+            found = self._fetch("id", list(ids))
+            labels = [found[i][3] for i in ids if i in found]
+            scores = self._lexical.scores(query, labels) if labels else np.zeros(0)
+        by_label = {doc[3]: doc[0] for doc in found.values()}
+        return {by_label[label]: float(s) for label, s in zip(labels, scores.tolist(), strict=True)}
+
+    def explain_lexical(self, query: str, doc_id: str) -> list[LexicalTermScore]:
+        with self._lock.read():
+            self._ensure_readable()
+            found = self._fetch("id", [doc_id])
+            if doc_id not in found:
+                return []
+            terms = self._lexical.explain(query, found[doc_id][3])
+        return [
+            LexicalTermScore(
+                t.term, t.query_text, float(t.contribution), int(t.term_frequency), int(t.document_frequency)
+            )
+            for t in terms
+        ]
+
+    def score_all(
+        self, query: str, vector: np.ndarray | None, filter: Mapping[str, str], dense: bool, lexical: bool
+    ) -> ScoreTable:
+        with self._lock.read():
+            self._ensure_readable()
+            db = self._reader()
+            if filter:
+                allowed = self._documents_matching(filter)
+                rows = [(int(label),) for label in allowed.tolist()]
+            else:
+                rows = db.execute("SELECT label FROM documents").fetchall()
+            doc_labels = np.array(sorted(r[0] for r in rows), dtype=np.int64)
+            ids_by_label = self._fetch("label", doc_labels.tolist()) if len(doc_labels) else {}
+            dense_scores = None
+            if dense and vector is not None:
+                dense_scores = np.full(len(doc_labels), -np.inf, dtype=np.float32)
+                position = {label: i for i, label in enumerate(doc_labels.tolist())}
+                cursor = db.execute("SELECT doc_label, vector FROM passages")
+                q = np.asarray(vector, dtype=np.float32)
+                while chunk := cursor.fetchmany(20_000):
+                    keep = [(position[d], blob) for d, blob in chunk if d in position]
+                    if not keep:
+                        continue
+                    where = np.array([k[0] for k in keep], dtype=np.int64)
+                    matrix = np.frombuffer(b"".join(k[1] for k in keep), dtype=np.float32).reshape(len(keep), -1)
+                    np.maximum.at(dense_scores, where, matrix @ q)
+            lexical_scores = None
+            if lexical:
+                labels, scores = self._lexical.all_scores(query)
+                by = dict(zip(labels.tolist(), scores.tolist(), strict=True))
+                lexical_scores = np.array([by.get(label, 0.0) for label in doc_labels.tolist()], dtype=np.float32)
+        return ScoreTable([ids_by_label[label][0] for label in doc_labels.tolist()], dense_scores, lexical_scores)
+
     def count(self) -> int:
         return int(self._reader().execute("SELECT COUNT(*) FROM documents").fetchone()[0])
+
+    def _passage_count(self) -> int:
+        return int(self._db.execute("SELECT COUNT(*) FROM passages").fetchone()[0])
 
     def status(self) -> CollectionStatus:
         with self._lock.read():
@@ -456,14 +912,17 @@ class FaissIndexStore:
                 name=self.name,
                 document_count=self.count(),
                 index=self.spec,
-                state=CollectionState.READY,
+                state=CollectionState.READY if self._failed is None else CollectionState.FAILED,
+                message=self._failed or "",
                 index_trained=self._index.trained,
+                passages=self.settings.passages,
+                default_mode=self.settings.default_mode,
             )
 
     # -- snapshots and shutdown ----------------------------------------------------------------------
     def snapshot(self) -> None:
         with self._lock.write():
-            if not self._closed:
+            if not self._closed and self._failed is None:
                 self._write_snapshot()
 
     def _write_snapshot(self) -> None:
@@ -474,8 +933,17 @@ class FaissIndexStore:
         if self.spec.kind.value == "hnsw":
             meta["hnsw"] = self._index.slot_state()
         atomic_write_json(self.directory / SNAPSHOT_META, meta)
-        # Deletions older than the snapshot are in it; the log need not keep them.
-        self._db.execute("DELETE FROM deletions WHERE seq <= ?", (seq,))
+        self._snapshot_seqs = (seq, self._snapshot_seqs[1])
+        lexical_path = self.directory / LEXICAL_SNAPSHOT
+        atomic_write(lexical_path, self._lexical.write)
+        atomic_write_json(
+            self.directory / LEXICAL_META,
+            {"seq": seq, "sha256": sha256_file(lexical_path), "count": len(self._lexical)},
+        )
+        self._snapshot_seqs = (seq, seq)
+        # Removals older than both snapshots are in them; the log need not keep them.
+        self._db.execute("DELETE FROM deletions WHERE seq <= ?", (min(self._snapshot_seqs),))
+        self._db.execute("DELETE FROM passage_deletions WHERE seq <= ?", (min(self._snapshot_seqs),))
         self._writes_since_snapshot = 0
 
     def _seq(self) -> int:
@@ -485,14 +953,87 @@ class FaissIndexStore:
         if self._closed:
             raise FailedPrecondition(f"collection {self.name!r} has been deleted or the server is shutting down")
 
+    def _ensure_readable(self) -> None:
+        self._ensure_open()
+        if self._failed is not None:
+            raise FailedPrecondition(self._failed)
+
+    _ensure_writable = _ensure_readable
+
     def close(self, snapshot: bool = True) -> None:
-        """Writes a final snapshot (so the next start replays nothing) and closes the database."""
+        """Writes final snapshots (so the next start replays nothing) and closes the database."""
         with self._lock.write():
             if self._closed:
                 return
-            if snapshot:
+            if snapshot and self._failed is None:
                 self._write_snapshot()
             self._closed = True
             for reader in self._readers:
                 reader.close()
             self._db.close()
+
+
+def _upgrade_from_v1(db: sqlite3.Connection) -> None:
+    """Gives a format-1 database its passages table: each document becomes its one passage.
+
+    A passage keeps its document's label, so the FAISS snapshot (labelled by document) stays valid and
+    nothing is re-embedded; the documents' own vector column is emptied. One transaction.
+    """
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        for statement in _PASSAGE_SCHEMA.strip().split(";"):
+            if statement.strip():
+                db.execute(statement)
+        db.execute(
+            "INSERT INTO passages(label, doc_label, idx, start, end, vector, seq) "
+            "SELECT label, label, 0, 0, length(text), vector, seq FROM documents"
+        )
+        db.execute("INSERT INTO passage_deletions(label, seq) SELECT label, seq FROM deletions")
+        db.execute("UPDATE documents SET vector = x''")
+        db.execute("COMMIT")
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+
+
+class LocalStoreProvider:
+    """Collections as directories under ``<data_dir>/collections``, each a FaissIndexStore."""
+
+    def __init__(self, data_dir: Path, snapshot_every: int = 5000) -> None:
+        self.root = data_dir / COLLECTIONS_DIR
+        self._snapshot_every = snapshot_every
+
+    def names(self) -> list[str]:
+        self.root.mkdir(parents=True, exist_ok=True)
+        return sorted(p.name for p in self.root.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+    def open(self, name: str, running: ModelFingerprint) -> FaissIndexStore:
+        return FaissIndexStore.open(self.root / name, running, self._snapshot_every)
+
+    def open_for_reindex(self, name: str, running: ModelFingerprint) -> FaissIndexStore:
+        return FaissIndexStore.open(self.root / name, running, self._snapshot_every, check_model=False)
+
+    def exists(self, name: str) -> bool:
+        return (self.root / name).exists()
+
+    def create(self, name: str, settings: CollectionSettings, fingerprint: ModelFingerprint) -> FaissIndexStore:
+        # Built under a hidden name and renamed: a crash never leaves a half-made collection.
+        staging = self.root / f".creating-{name}-{time.time_ns()}"
+        store = FaissIndexStore.create(staging, name, settings, fingerprint, self._snapshot_every)
+        store.close()
+        staging.rename(self.root / name)
+        return FaissIndexStore.open(self.root / name, fingerprint, self._snapshot_every)
+
+    def delete(self, name: str, store: FaissIndexStore | None) -> None:
+        if store is not None:
+            store.close(snapshot=False)
+        trash = self.root / f".deleting-{name}-{time.time_ns()}"
+        (self.root / name).rename(trash)
+        shutil.rmtree(trash, ignore_errors=True)
+
+    def settings_of(self, name: str) -> CollectionSettings:
+        return settings_from_manifest(read_manifest(self.root / name))
+
+    def cleanup(self) -> None:
+        for leftover in self.root.glob(".*"):  # interrupted creates and deletes
+            shutil.rmtree(leftover, ignore_errors=True)

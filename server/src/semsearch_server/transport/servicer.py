@@ -13,7 +13,20 @@ from semsearch.v1 import search_service_pb2 as pb
 from semsearch.v1 import search_service_pb2_grpc as pb_grpc
 
 from semsearch_server.core.service import SearchService
-from semsearch_server.domain import CollectionState, CollectionStatus, Document, Hit, IndexKind, IndexSpec
+from semsearch_server.domain import (
+    CollectionSettings,
+    CollectionState,
+    CollectionStatus,
+    Document,
+    Fusion,
+    Hit,
+    HybridParams,
+    IndexKind,
+    IndexSpec,
+    Passage,
+    PassageConfig,
+    SearchMode,
+)
 from semsearch_server.errors import InvalidArgument, SemsearchError, Unavailable
 from semsearch_server.transport.errors import status_for
 
@@ -23,6 +36,15 @@ _KIND_TO_PB = {IndexKind.FLAT: pb.INDEX_KIND_FLAT, IndexKind.HNSW: pb.INDEX_KIND
 _PB_TO_KIND = {v: k for k, v in _KIND_TO_PB.items()} | {pb.INDEX_KIND_UNSPECIFIED: IndexKind.FLAT}
 _STATE_TO_PB = {CollectionState.READY: pb.COLLECTION_STATE_READY, CollectionState.FAILED: pb.COLLECTION_STATE_FAILED}
 _GRANULARITY = {pb.GRANULARITY_UNSPECIFIED: "word", pb.GRANULARITY_WORD: "word", pb.GRANULARITY_TOKEN: "token"}
+_MODE_TO_PB = {
+    SearchMode.DENSE: pb.SEARCH_MODE_DENSE,
+    SearchMode.LEXICAL: pb.SEARCH_MODE_LEXICAL,
+    SearchMode.HYBRID: pb.SEARCH_MODE_HYBRID,
+}
+_PB_TO_MODE = {v: k for k, v in _MODE_TO_PB.items()} | {pb.SEARCH_MODE_UNSPECIFIED: None}
+_FUSION_TO_PB = {Fusion.WEIGHTED: pb.FUSION_WEIGHTED, Fusion.RRF: pb.FUSION_RRF}
+_PB_TO_FUSION = {v: k for k, v in _FUSION_TO_PB.items()} | {pb.FUSION_UNSPECIFIED: None}
+_PASSAGE_MODES = {pb.PASSAGE_MODE_UNSPECIFIED: True, pb.PASSAGE_MODE_ON: True, pb.PASSAGE_MODE_OFF: False}
 
 
 def _rpc(method: Callable) -> Callable:
@@ -46,7 +68,50 @@ def to_document(doc: pb.Document) -> Document:
 
 
 def to_pb_hit(hit: Hit) -> pb.Hit:
-    return pb.Hit(id=hit.id, score=hit.score, text=hit.text, metadata=hit.metadata)
+    return pb.Hit(
+        id=hit.id,
+        score=hit.score,
+        text=hit.text,
+        metadata=hit.metadata,
+        dense_score=hit.dense_score,
+        lexical_score=hit.lexical_score,
+        passage=to_pb_passage(hit.passage, hit.text),
+    )
+
+
+def to_pb_passage(passage: Passage | None, text: str = "") -> pb.Passage:
+    if passage is None:  # one passage: the whole text
+        return pb.Passage(index=0, start=0, end=len(text))
+    return pb.Passage(index=passage.index, start=passage.start, end=passage.end)
+
+
+def to_mode(value: int, field: str = "mode") -> SearchMode | None:
+    if value not in _PB_TO_MODE:
+        raise InvalidArgument(f"{field}: unknown value {value}; allowed DENSE, LEXICAL, HYBRID (or unset)")
+    return _PB_TO_MODE[value]
+
+
+def to_hybrid(request) -> HybridParams | None:
+    if not request.HasField("hybrid"):
+        return None
+    params = request.hybrid
+    if params.fusion not in _PB_TO_FUSION:
+        raise InvalidArgument(f"hybrid.fusion: unknown value {params.fusion}; allowed WEIGHTED, RRF (or unset)")
+    return HybridParams(_PB_TO_FUSION[params.fusion], params.dense_weight, params.rrf_k)
+
+
+def to_settings(request: pb.CreateCollectionRequest) -> CollectionSettings:
+    passages = request.passages
+    if passages.mode not in _PASSAGE_MODES:
+        raise InvalidArgument(f"passages.mode: unknown value {passages.mode}; allowed ON, OFF (or unset)")
+    if passages.window_tokens < 0 or passages.overlap_tokens < 0:
+        raise InvalidArgument("passages: window_tokens and overlap_tokens must not be negative (0 means the default)")
+    mode = to_mode(request.default_mode, "default_mode")
+    return CollectionSettings(
+        index=to_index_spec(request.index),
+        passages=PassageConfig(_PASSAGE_MODES[passages.mode], passages.window_tokens, passages.overlap_tokens),
+        default_mode=mode or SearchMode.DENSE,
+    )
 
 
 def to_index_spec(config: pb.IndexConfig) -> IndexSpec:
@@ -76,6 +141,12 @@ def to_pb_collection(status: CollectionStatus) -> pb.CollectionInfo:
         state=_STATE_TO_PB[status.state],
         status_message=status.message,
         index_trained=status.index_trained,
+        passages=pb.PassageConfig(
+            mode=pb.PASSAGE_MODE_ON if status.passages.enabled else pb.PASSAGE_MODE_OFF,
+            window_tokens=status.passages.window_tokens,
+            overlap_tokens=status.passages.overlap_tokens,
+        ),
+        default_mode=_MODE_TO_PB[status.default_mode],
     )
 
 
@@ -129,14 +200,26 @@ class SearchServicer(pb_grpc.SearchServiceServicer):
     @_rpc
     def Search(self, request: pb.SearchRequest, context) -> pb.SearchResponse:
         hits = self.service.search(
-            request.collection, request.query, request.top_k, request.min_score, dict(request.filter)
+            request.collection,
+            request.query,
+            request.top_k,
+            request.min_score,
+            dict(request.filter),
+            to_mode(request.mode),
+            to_hybrid(request),
         )
         return pb.SearchResponse(hits=[to_pb_hit(h) for h in hits])
 
     @_rpc
     def BatchSearch(self, request: pb.BatchSearchRequest, context) -> pb.BatchSearchResponse:
         results = self.service.batch_search(
-            request.collection, list(request.queries), request.top_k, request.min_score, dict(request.filter)
+            request.collection,
+            list(request.queries),
+            request.top_k,
+            request.min_score,
+            dict(request.filter),
+            to_mode(request.mode),
+            to_hybrid(request),
         )
         return pb.BatchSearchResponse(
             results=[pb.SearchResponse(hits=[to_pb_hit(h) for h in hits]) for hits in results]
@@ -156,8 +239,13 @@ class SearchServicer(pb_grpc.SearchServiceServicer):
             include_attention=request.include_attention,
             attention_layer=request.attention_layer if request.HasField("attention_layer") else -1,
             attention_head=request.attention_head if request.HasField("attention_head") else -1,
+            mode=to_mode(request.mode),
+            hybrid=to_hybrid(request),
+            top_k=request.top_k,
+            filter=dict(request.filter),
         )
         e = outcome.explanation
+        r = outcome.ranking
 
         def segments(items) -> list[pb.Segment]:
             return [
@@ -167,7 +255,6 @@ class SearchServicer(pb_grpc.SearchServiceServicer):
 
         rows, cols = e.pair_contributions.shape
         return pb.ExplainResponse(
-            score=e.score,
             query_segments=segments(e.query_segments),
             doc_segments=segments(e.doc_segments),
             pair_contributions=_matrix(e.pair_contributions),
@@ -184,6 +271,7 @@ class SearchServicer(pb_grpc.SearchServiceServicer):
             doc_truncated=e.doc_truncated,
             index_score=outcome.index_score,
             notes=outcome.notes,
+            **(_ranking_fields(r) if r is not None else _text_fields(e.score)),
         )
 
     @_rpc
@@ -195,7 +283,7 @@ class SearchServicer(pb_grpc.SearchServiceServicer):
 
     @_rpc
     def CreateCollection(self, request: pb.CreateCollectionRequest, context) -> pb.CreateCollectionResponse:
-        status = self.service.create_collection(request.name, to_index_spec(request.index))
+        status = self.service.create_collection(request.name, to_settings(request))
         return pb.CreateCollectionResponse(collection=to_pb_collection(status))
 
     @_rpc
@@ -226,3 +314,43 @@ class SearchServicer(pb_grpc.SearchServiceServicer):
     @_rpc
     def Reindex(self, request: pb.ReindexRequest, context) -> pb.ReindexResponse:
         return pb.ReindexResponse(reindexed_count=self.service.reindex(request.collection))
+
+
+def _text_fields(score: float) -> dict:
+    """Explain of doc_text: DENSE, the recomputed cosine."""
+    return {"score": score, "mode": pb.SEARCH_MODE_DENSE, "dense_score": score}
+
+
+def _ranking_fields(r) -> dict:
+    """ExplainResponse's ranking fields from a RankingExplanation (the score becomes the mode's)."""
+    fields = {
+        "score": r.score,
+        "mode": _MODE_TO_PB[r.mode],
+        "rank": r.rank,
+        "kth_score": r.kth_score,
+        "dense_score": r.dense_score,
+        "lexical_score": r.lexical_score,
+        "lexical_terms": [
+            pb.LexicalTerm(
+                term=t.term,
+                contribution=t.contribution,
+                query_text=t.query_text,
+                term_frequency=t.term_frequency,
+                document_frequency=t.document_frequency,
+            )
+            for t in r.lexical_terms
+        ],
+        "passage": to_pb_passage(r.passage),
+        "dense_rank": r.dense_rank,
+        "lexical_rank": r.lexical_rank,
+    }
+    if r.fusion is not None:
+        fields |= {
+            "fusion": _FUSION_TO_PB[r.fusion.params.fusion],
+            "dense_weight": r.fusion.params.dense_weight,
+            "rrf_k": r.fusion.params.rrf_k,
+            "dense_min": r.fusion.dense_min,
+            "dense_max": r.fusion.dense_max,
+            "lexical_max": r.fusion.lexical_max,
+        }
+    return fields
