@@ -271,8 +271,9 @@ class SearchClient:
     ) -> ExplainResult:
         """Why `query` matches a stored document (`doc_id`) or any text (`doc_text`).
 
-        With doc_id, the result's `ranking` says where the document ranks for this query, mode and
-        filter, the score of the top_k-th hit (the bar it had to clear), and BM25 term by term.
+        With doc_id, the result's `ranking` has BM25 term by term and the fusion's inputs; with top_k
+        (the k searched with) also where the document ranks for this query, mode and filter, and the
+        score of the top_k-th hit: the bar it had to clear.
         """
         if (doc_id is None) == (doc_text is None):
             raise ValueError("give exactly one of doc_id and doc_text")
@@ -316,7 +317,7 @@ class SearchClient:
             doc_truncated=r.doc_truncated,
             index_score=r.index_score,
             notes=list(r.notes),
-            ranking=_ranking(r, top_k or 10) if doc_id is not None else None,
+            ranking=_ranking(r, top_k) if doc_id is not None else None,
         )
 
     # -- collections and the server ------------------------------------------------------------------

@@ -48,7 +48,9 @@ def render_ranking(result: ExplainResult, width: int = 30) -> str:
     if r is None:
         return ""
     score_name = {"dense": "cosine", "lexical": "BM25", "hybrid": "fused score"}[r.mode]
-    if r.rank == 0:
+    if r.top_k == 0:
+        head = f"Score {result.score:.4f} ({score_name}, {r.mode}); give top_k for the rank"
+    elif r.rank == 0:
         head = f"Not among the documents this filter keeps ({r.mode})."
     elif r.rank <= r.top_k:
         head = f"Ranked {_ordinal(r.rank)} ({r.mode}, top {r.top_k}): {score_name} {result.score:.4f}"

@@ -15,7 +15,7 @@ from semsearch_server import __version__
 from semsearch_server.config import Limits
 from semsearch_server.core.ranking import HYBRID_CANDIDATES, Candidate, FusionContext, fuse
 from semsearch_server.core.registry import CollectionRegistry
-from semsearch_server.core.validation import Validator
+from semsearch_server.core.validation import DEFAULT_TOP_K, Validator
 from semsearch_server.domain import (
     CollectionSettings,
     CollectionStatus,
@@ -397,7 +397,8 @@ class SearchService:
         if doc_id is not None:
             store = self._store(collection)
             self.validate.ids([doc_id], "doc_id")
-            k = self.validate.top_k(top_k)
+            # top_k 0: no rank asked for (it scores every document the filter keeps).
+            k = self.validate.top_k(top_k) if top_k else 0
             self.validate.filter(filter)
             docs = store.get([doc_id])
             if not docs:
@@ -468,40 +469,44 @@ class SearchService:
         k: int,
         filter: Mapping[str, str],
     ) -> RankingExplanation:
-        """Where the document ranks for this query, mode and filter, and the bar it had to clear."""
+        """The document's score in the mode, its parts, and (for k > 0) its rank and the k-th hit's score."""
         mode = mode or store.settings.default_mode
         terms = store.explain_lexical(query, doc_id) if mode is not SearchMode.DENSE else []
         lexical_score = float(sum(t.contribution for t in terms))
-        hits = self._search(store, [query], k, -1.0 if mode is SearchMode.DENSE else 0.0, filter, mode, hybrid)[0]
-        kth = hits[k - 1].score if len(hits) >= k else 0.0
         fusion = None
-        dense_rank = lexical_rank = 0
+        dense_rank = lexical_rank = rank = 0
+        kth = 0.0
         if mode is SearchMode.HYBRID:
             params = self.validate.hybrid(hybrid, self.hybrid_defaults)
-            ranked, fusion = self._hybrid_ranking(store, query, vector, k, filter, params)
+            ranked, fusion = self._hybrid_ranking(store, query, vector, k or DEFAULT_TOP_K, filter, params)
             in_pool = {c.doc_id: (c, s) for c, s in ranked}
             if doc_id in in_pool:
                 candidate, score = in_pool[doc_id]
                 dense_rank, lexical_rank = candidate.dense_rank, candidate.lexical_rank
             else:
-                candidate = Candidate(doc_id, dense_score, lexical_score, passage)
-                score = fusion.score(candidate)
-            if params.fusion is Fusion.RRF:
-                # Outside both lists a document has no RRF score: it ranks below the whole pool.
-                better = sum(1 for _, s in ranked if s > score)
-                rank = better + 1 if doc_id in in_pool else len(ranked) + 1
-            else:
-                table = store.score_all(query, vector, filter, dense=True, lexical=True)
-                fused = fusion.weighted(table.dense, table.lexical)
-                rank = _rank_in(table.doc_ids, fused, doc_id)
+                score = fusion.score(Candidate(doc_id, dense_score, lexical_score, passage))
+            if k:
+                kth = ranked[k - 1][1] if len(ranked) >= k else 0.0
+                if params.fusion is Fusion.RRF:
+                    # Outside both lists a document has no RRF score: it ranks below the whole pool.
+                    rank = _rank_in([c.doc_id for c, _ in ranked], [s for _, s in ranked], doc_id) or len(ranked) + 1
+                else:
+                    table = store.score_all(query, vector, filter, dense=True, lexical=True)
+                    rank = _rank_in(table.doc_ids, fusion.weighted(table.dense, table.lexical), doc_id)
         elif mode is SearchMode.LEXICAL:
             score = lexical_score
-            table = store.score_all(query, None, filter, dense=False, lexical=True)
-            rank = _rank_in(table.doc_ids, table.lexical, doc_id)
+            if k:
+                hits = store.search_lexical([query], k, filter)[0]
+                kth = hits[k - 1].score if len(hits) >= k else 0.0
+                table = store.score_all(query, None, filter, dense=False, lexical=True)
+                rank = _rank_in(table.doc_ids, table.lexical, doc_id)
         else:
             score = dense_score
-            table = store.score_all(query, vector, filter, dense=True, lexical=False)
-            rank = _rank_in(table.doc_ids, table.dense, doc_id)
+            if k:
+                hits = store.search_dense(vector[None, :], k, filter)[0]
+                kth = hits[k - 1].score if len(hits) >= k else 0.0
+                table = store.score_all(query, vector, filter, dense=True, lexical=False)
+                rank = _rank_in(table.doc_ids, table.dense, doc_id)
         return RankingExplanation(
             mode, score, dense_score, lexical_score, terms, passage, rank, kth, k, fusion, dense_rank, lexical_rank
         )
