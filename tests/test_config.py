@@ -88,3 +88,19 @@ def test_secret_paths_must_exist_and_describe_shows_paths_only(tmp_path):
     described = load_config([], {"SEMSEARCH_API_KEY_FILE": str(keys)}).describe()
     assert described["api_key_file"] == str(keys)
     assert "very-secret-key" not in repr(described)
+
+
+def test_the_milvus_store_needs_its_uri_and_never_logs_its_token(tmp_path):
+    with pytest.raises(ConfigError, match="store is milvus: give milvus_uri"):
+        load_config(["--store", "milvus"], {})
+    with pytest.raises(ConfigError, match="option store"):
+        load_config(["--store", "cassandra"], {})
+    with pytest.raises(ConfigError, match="milvus_prefix"):
+        load_config(["--milvus-prefix", "bad prefix"], {})
+    config = load_config(
+        ["--store", "milvus"], {"SEMSEARCH_MILVUS_URI": "http://milvus:19530", "SEMSEARCH_MILVUS_TOKEN": "root:s3cret"}
+    )
+    assert (config.store, config.milvus_uri, config.milvus_prefix) == ("milvus", "http://milvus:19530", "semsearch_")
+    assert "s3cret" not in repr(config.describe())
+    with pytest.raises(ConfigError, match="milvus_token: file"):
+        load_config(["--store", "milvus", "--milvus-uri", "x.db", "--milvus-token", f"@{tmp_path / 'none'}"], {})

@@ -60,6 +60,10 @@ class ServerConfig:
     tls_client_ca: Path | None = None
     metrics_port: int = 0
     seed_demo: bool = False
+    store: str = "local"
+    milvus_uri: str = ""
+    milvus_token: str = ""  # a token, or @FILE to read it from a file
+    milvus_prefix: str = "semsearch_"
     limits: Limits = Limits()
 
     @property
@@ -73,6 +77,8 @@ class ServerConfig:
             value = getattr(self, f.name)
             if isinstance(value, Limits):
                 out.update({f"limits.{k.name}": getattr(value, k.name) for k in fields(value)})
+            elif f.name == "milvus_token":
+                out[f.name] = value if value.startswith("@") or not value else "(set)"
             else:
                 out[f.name] = str(value) if isinstance(value, Path) else value
         return out
@@ -130,6 +136,12 @@ def _regex(text: str) -> str:
     return text
 
 
+def _regex_free_prefix(text: str) -> str:
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,63}", text):
+        raise ValueError(f"must be letters, digits and _ (not starting with a digit), got {text!r}")
+    return text
+
+
 def _non_negative_float(text: str) -> float:
     value = float(text)
     if value < 0:
@@ -168,6 +180,14 @@ _OPTIONS: tuple[_Option, ...] = (
     _Option("tls_client_ca", Path, "PEM CA bundle: require client certificates signed by it (mTLS)"),
     _Option("metrics_port", _non_negative_int, "Prometheus metrics HTTP port (0 = off)"),
     _Option("seed_demo", _bool, "load the five-sentence demo into collection 'demo' when it is empty"),
+    _Option(
+        "store",
+        _choice("local", "milvus"),
+        "where collections live: local (FAISS + SQLite under --data-dir) or milvus (--milvus-uri)",
+    ),
+    _Option("milvus_uri", str, "Milvus endpoint (http://host:19530) or a Milvus Lite *.db file, for --store milvus"),
+    _Option("milvus_token", str, "Milvus token, or @FILE to read it from a file"),
+    _Option("milvus_prefix", _regex_free_prefix, "prefix of the Milvus collections this deployment owns"),
     _Option("max_text_chars", _positive_int, "longest text or query, in characters", True),
     _Option("max_documents_per_request", _positive_int, "most documents in one Upsert message", True),
     _Option("max_top_k", _positive_int, "largest top_k", True),
@@ -261,6 +281,10 @@ def _read_config_file(path: Path) -> dict[str, Any]:
 
 
 def _check_consistency(config: ServerConfig) -> None:
+    if config.store == "milvus" and not config.milvus_uri:
+        raise ConfigError("option store is milvus: give milvus_uri (http://host:19530, or a *.db file for Milvus Lite)")
+    if config.milvus_token.startswith("@") and not Path(config.milvus_token[1:]).is_file():
+        raise ConfigError(f"option milvus_token: file {config.milvus_token[1:]} does not exist")
     if (config.tls_cert is None) != (config.tls_key is None):
         raise ConfigError("options tls_cert and tls_key must be given together")
     if config.tls_client_ca is not None and config.tls_cert is None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 from semsearch.demo import DEMO_COLLECTION, DEMO_DOCUMENTS
 
@@ -56,13 +57,25 @@ def build_service(config: ServerConfig, embedder=None, explainer=None, observe=N
     embedder = MicroBatchingEmbedder(embedder, config.batch_max_size, config.batch_max_wait_ms, bulk_lane)
     splitter = build_splitter(config, embedder)
     default_settings = CollectionSettings(passages=splitter.resolve(PassageConfig()).as_config())
-    provider = LocalStoreProvider(config.data_dir, config.snapshot_every)
+    provider = build_store_provider(config)
     registry = CollectionRegistry(provider, embedder.fingerprint, default_settings)
     registry.load_all()
     service = SearchService(embedder, registry, config.limits, explainer, splitter)
     if config.seed_demo:
         seed_demo(service)
     return service
+
+
+def build_store_provider(config: ServerConfig):
+    """Where the collections live: the data directory, or a Milvus (pymilvus imported only then)."""
+    if config.store == "milvus":
+        from semsearch_server.index.milvus_store import MilvusStoreProvider
+
+        token = config.milvus_token
+        if token.startswith("@"):
+            token = Path(token[1:]).read_text().strip()
+        return MilvusStoreProvider(config.milvus_uri, token, config.milvus_prefix)
+    return LocalStoreProvider(config.data_dir, config.snapshot_every)
 
 
 def build_splitter(config: ServerConfig, embedder) -> PassageSplitter:
