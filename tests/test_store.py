@@ -86,3 +86,57 @@ def test_a_growing_collection_snapshots_in_proportion_to_its_size(store, monkeyp
     assert 5 <= len(snapshots) <= 10, snapshots
     for before, after in zip(snapshots, snapshots[1:], strict=False):
         assert after >= 1.4 * before
+
+
+def test_an_hnsw_compaction_runs_beside_the_live_index_without_stopping_search_or_writes(tmp_path, monkeypatch):
+    import threading
+
+    from semsearch_server.domain import IndexKind, IndexSpec
+    from semsearch_server.index import faiss_store
+    from semsearch_server.index.vector_index import VectorIndex
+
+    settings = CollectionSettings(index=IndexSpec(kind=IndexKind.HNSW, hnsw_m=8), passages=PassageConfig(False))
+    store = FaissIndexStore.create(tmp_path / "h", "h", settings, FINGERPRINT, snapshot_every=10_000)
+    try:
+        store.upsert([embedded(f"d{i}", f"document {i}", [i]) for i in range(40)])
+        building, release = threading.Event(), threading.Event()
+        real_rebuild = VectorIndex.rebuild
+
+        def slow_rebuild(self, labels, vectors):
+            building.set()
+            assert release.wait(30), "the test never released the rebuild"
+            return real_rebuild(self, labels, vectors)
+
+        monkeypatch.setattr(faiss_store.VectorIndex, "rebuild", slow_rebuild)
+        store.delete([f"d{i}" for i in range(12)])  # 30 % dead: compaction starts beside the live index
+        assert building.wait(10)
+        # While it builds: searches are answered and writes land, from another thread, within seconds.
+        done = {}
+
+        def meanwhile():
+            done["search"] = store.search_dense(unit(20)[None, :], 1, {})[0][0].doc_id
+            store.upsert([embedded("new", "a document written during the rebuild", [99])])
+            store.delete(["d13"])
+            done["writes"] = True
+
+        worker = threading.Thread(target=meanwhile)
+        worker.start()
+        worker.join(10)
+        assert done == {"search": "d20", "writes": True}, "search or writes waited for the rebuild"
+        release.set()
+        store._rebuild_thread.join(30)
+        monkeypatch.undo()
+        # The new index has the writes that arrived meanwhile; of the dead, only the delete made during
+        # the rebuild (HNSW masks removals until the next compaction).
+        assert store._index.ntotal == 40 - 12 + 1 - 1
+        assert len(store._index._dead) == 1
+        assert store.search_dense(unit(99)[None, :], 1, {})[0][0].doc_id == "new"
+        found = {m.doc_id for m in store.search_dense(unit(13)[None, :], 40, {})[0]}
+        assert "d13" not in found and not any(f"d{i}" in found for i in range(12))
+    finally:
+        store.close()
+    reopened = FaissIndexStore.open(tmp_path / "h", FINGERPRINT)
+    try:
+        assert reopened.count() == 28 and reopened.search_dense(unit(99)[None, :], 1, {})[0][0].doc_id == "new"
+    finally:
+        reopened.close()

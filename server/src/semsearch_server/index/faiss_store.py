@@ -216,6 +216,9 @@ class FaissIndexStore:
         self._snapshot_seqs = (0, 0)  # (FAISS, lexical) as last written or loaded
         self._closed = False
         self._failed: str | None = None
+        # A rebuild of the vector index running beside the live one (HNSW compaction, IVF training).
+        self._rebuild_thread: threading.Thread | None = None
+        self._rebuild_from_seq: int | None = None
 
     @property
     def spec(self) -> IndexSpec:
@@ -424,6 +427,58 @@ class FaissIndexStore:
         rows = self._db.execute("SELECT label, text FROM documents WHERE seq > ? ORDER BY label", (lex_seq,)).fetchall()
         self._lexical.add([r[0] for r in rows], [r[1] for r in rows])
         return len(removed) + len(rows)
+
+    def _start_rebuild_beside(self) -> None:
+        """Starts building a new vector index from the database as of now, without holding the lock.
+
+        Searches and writes go on against the live index meanwhile. The build reads the passages up to
+        the current sequence number (passages are never changed in place, only added and removed), then
+        takes the write lock for as long as it takes to replay the writes that arrived since, the same
+        replay a restart does, and swaps the indexes. Called with the write lock held.
+        """
+        if self._rebuild_thread is not None and self._rebuild_thread.is_alive():
+            return
+        self._rebuild_from_seq = self._seq()
+        self._rebuild_thread = threading.Thread(
+            target=self._rebuild_beside, args=(self._rebuild_from_seq,), name=f"rebuild-{self.name}", daemon=True
+        )
+        self._rebuild_thread.start()
+
+    def _rebuild_beside(self, from_seq: int) -> None:
+        started = time.monotonic()
+        try:
+            db = sqlite3.connect(self.directory / DATABASE, isolation_level=None, check_same_thread=False, timeout=30)
+            try:
+                rows = db.execute(
+                    "SELECT label, vector FROM passages WHERE seq <= ? ORDER BY label", (from_seq,)
+                ).fetchall()
+            finally:
+                db.close()
+            labels, vectors = self._unpack_vectors(rows)
+            index = VectorIndex(self.spec, self.fingerprint.dimension)
+            index.rebuild(labels, vectors)
+            with self._lock.write():
+                if self._closed or self._failed is not None:
+                    return
+                live, self._index = self._index, index
+                try:
+                    replayed = self._replay_vectors_after(from_seq)
+                except BaseException:
+                    self._index = live
+                    raise
+                self._rebuild_from_seq = None
+                self._write_snapshot()
+            log.info(
+                "collection %s: vector index rebuilt beside the live one (%d vectors, %d writes replayed) in %.2fs",
+                self.name,
+                index.ntotal,
+                replayed,
+                time.monotonic() - started,
+            )
+        except Exception:  # noqa: BLE001 - the live index keeps serving; the next write tries again
+            log.exception("collection %s: rebuilding the vector index failed; the live index keeps serving", self.name)
+        finally:
+            self._rebuild_from_seq = None
 
     def _rebuild_vectors(self) -> None:
         labels, vectors = self._vectors_where("1", ())
@@ -654,9 +709,8 @@ class FaissIndexStore:
         # The index holds exactly the stored passages here (both changed under the write lock), so
         # its count stands in for SELECT COUNT(*), which scans the table: ~8 ms per write at 1M rows.
         if self._index.needs_rebuild(self._index.ntotal):
-            self._rebuild_vectors()
-            self._write_snapshot()
-        elif self._writes_since_snapshot >= max(self._snapshot_every, SNAPSHOT_LOG_FRACTION * self._index.ntotal):
+            self._start_rebuild_beside()
+        if self._writes_since_snapshot >= max(self._snapshot_every, SNAPSHOT_LOG_FRACTION * self._index.ntotal):
             self._write_snapshot()
 
     # -- reads ---------------------------------------------------------------------------------------
@@ -941,9 +995,13 @@ class FaissIndexStore:
             {"seq": seq, "sha256": sha256_file(lexical_path), "count": len(self._lexical)},
         )
         self._snapshot_seqs = (seq, seq)
-        # Removals older than both snapshots are in them; the log need not keep them.
-        self._db.execute("DELETE FROM deletions WHERE seq <= ?", (min(self._snapshot_seqs),))
-        self._db.execute("DELETE FROM passage_deletions WHERE seq <= ?", (min(self._snapshot_seqs),))
+        # Removals older than both snapshots are in them; the log need not keep them, except those a
+        # rebuild in progress will replay.
+        keep_after = min(
+            *self._snapshot_seqs, *([self._rebuild_from_seq] if self._rebuild_from_seq is not None else [])
+        )
+        self._db.execute("DELETE FROM deletions WHERE seq <= ?", (keep_after,))
+        self._db.execute("DELETE FROM passage_deletions WHERE seq <= ?", (keep_after,))
         self._writes_since_snapshot = 0
 
     def _seq(self) -> int:
@@ -961,7 +1019,9 @@ class FaissIndexStore:
     _ensure_writable = _ensure_readable
 
     def close(self, snapshot: bool = True) -> None:
-        """Writes final snapshots (so the next start replays nothing) and closes the database."""
+        """Writes final snapshots (so the next start replays nothing) and closes the database.
+
+        A rebuild still running is abandoned (the next start rebuilds, if still needed)."""
         with self._lock.write():
             if self._closed:
                 return
