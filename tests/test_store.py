@@ -140,3 +140,24 @@ def test_an_hnsw_compaction_runs_beside_the_live_index_without_stopping_search_o
         assert reopened.count() == 28 and reopened.search_dense(unit(99)[None, :], 1, {})[0][0].doc_id == "new"
     finally:
         reopened.close()
+
+
+def test_reindex_embeds_without_the_lock_and_keeps_what_was_written_meanwhile(store):
+    store.upsert([embedded(f"d{i}", f"document {i}", [i]) for i in range(5)])
+    new_model = ModelFingerprint("fake2", "1" * 64, 8, "mean", True, 16, "fake")
+
+    def embed_documents(docs):
+        # Runs with no lock held: a search and a write go through, from this very thread.
+        assert store.search_dense(unit(3)[None, :], 1, {})[0][0].doc_id == "d3"
+        store.upsert([embedded("d0", "rewritten during the reindex", [50])])
+        store.delete(["d1"])
+        return [EmbeddedDocument(d, (Passage(0, 0, len(d.text)),), unit(100 + int(d.id[1:]))[None, :]) for d in docs]
+
+    assert store.replace_all_vectors(new_model, embed_documents) == 4
+    assert store.fingerprint == new_model
+    # Re-embedded: d2..d4 score 1 against their new vectors; d0 keeps its newer write; d1 stays deleted.
+    for i in (2, 3, 4):
+        best = store.search_dense(unit(100 + i)[None, :], 1, {})[0][0]
+        assert best.doc_id == f"d{i}" and abs(best.score - 1) < 1e-5
+    assert store.search_dense(unit(50)[None, :], 1, {})[0][0].doc_id == "d0"
+    assert store.get(["d1"]) == [] and store._index.ntotal == 4

@@ -55,6 +55,7 @@ class CollectionRegistry:
         self._lock = threading.Lock()
         self._stores: dict[str, IndexStore] = {}
         self._broken: dict[str, BrokenCollection] = {}
+        self._reindexing: set[str] = set()
 
     def load_all(self) -> None:
         """Opens (and recovers) every collection; creates `default` if it does not exist."""
@@ -112,12 +113,20 @@ class CollectionRegistry:
     def reindex(
         self, name: str, embed_documents: Callable[[list[Document], CollectionSettings], list[EmbeddedDocument]]
     ) -> int:
-        """Re-embeds a collection's stored texts with the running model and serves it again."""
+        """Re-embeds a collection's stored texts with the running model and serves it again.
+
+        The registry's lock is held only to look the collection up and to publish it: re-embedding
+        takes minutes at scale, and other collections are created, deleted and searched meanwhile.
+        """
         with self._lock:
+            if name in self._reindexing:
+                raise FailedPrecondition(f"collection {name!r} is being reindexed already")
             store = self._stores.get(name)
             broken = self._broken.get(name)
             if store is None and broken is None:
                 raise NotFound(f"collection {name!r} does not exist")
+            self._reindexing.add(name)
+        try:
             if store is None:
                 try:
                     store = self.provider.open_for_reindex(name, self.fingerprint)
@@ -125,9 +134,13 @@ class CollectionRegistry:
                     raise FailedPrecondition(f"collection {name!r} cannot be reindexed: {exc}") from None
             settings = store.settings
             count = store.replace_all_vectors(self.fingerprint, lambda docs: embed_documents(docs, settings))
-            self._broken.pop(name, None)
-            self._stores[name] = store
+            with self._lock:
+                self._broken.pop(name, None)
+                self._stores[name] = store
             return count
+        finally:
+            with self._lock:
+                self._reindexing.discard(name)
 
     def statuses(self) -> list[CollectionStatus]:
         out = [store.status() for store in list(self._stores.values())]

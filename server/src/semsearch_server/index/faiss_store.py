@@ -639,35 +639,54 @@ class FaissIndexStore:
         fingerprint: ModelFingerprint,
         embed_documents: Callable[[list[Document]], list[EmbeddedDocument]],
     ) -> int:
-        """Re-embeds every stored document with embed_documents and records the new model (Reindex)."""
+        """Re-embeds every stored document with embed_documents and records the new model (Reindex).
+
+        The embedding, by far the longest part, holds no lock: the texts are read as of one moment, and a
+        document written or deleted meanwhile keeps what that write gave it (the running model's vectors).
+        Only the rewrite of the passages and the swap of the index hold the write lock.
+        """
+        with self._lock.read():
+            self._ensure_open()
+            rows = (
+                self._reader().execute("SELECT label, id, text, metadata, seq FROM documents ORDER BY label").fetchall()
+            )
+        embedded = embed_documents([Document(r[1], r[2], json.loads(r[3])) for r in rows]) if rows else []
+
+        def rewrite(seq: int) -> int:
+            db = self._db
+            current = dict(db.execute("SELECT label, seq FROM documents").fetchall())
+            kept = [(row, item) for row, item in zip(rows, embedded, strict=True) if current.get(row[0]) == row[4]]
+            for start in range(0, len(kept), _SQL_CHUNK):
+                chunk = [row[0] for row, _ in kept[start : start + _SQL_CHUNK]]
+                marks = ",".join("?" * len(chunk))
+                db.execute(
+                    f"INSERT OR REPLACE INTO passage_deletions(label, seq) "
+                    f"SELECT label, ? FROM passages WHERE doc_label IN ({marks})",
+                    [seq, *chunk],
+                )
+                db.execute(f"DELETE FROM passages WHERE doc_label IN ({marks})", chunk)
+            db.executemany(
+                "INSERT INTO passages(doc_label, idx, start, end, vector, seq) VALUES (?, ?, ?, ?, ?, ?)",
+                [
+                    (row[0], p.index, p.start, p.end, np.asarray(v, np.float32).tobytes(), seq)
+                    for row, item in kept
+                    for p, v in zip(item.passages, item.vectors, strict=True)
+                ],
+            )
+            return len(current)
+
         with self._lock.write():
             self._ensure_open()
-            rows = self._db.execute("SELECT label, id, text, metadata FROM documents ORDER BY label").fetchall()
-            embedded = embed_documents([Document(r[1], r[2], json.loads(r[3])) for r in rows]) if rows else []
-
-            def rewrite(seq: int) -> None:
-                db = self._db
-                db.execute("INSERT OR REPLACE INTO passage_deletions(label, seq) SELECT label, ? FROM passages", (seq,))
-                db.execute("DELETE FROM passages")
-                for (label, *_), item in zip(rows, embedded, strict=True):
-                    db.executemany(
-                        "INSERT INTO passages(doc_label, idx, start, end, vector, seq) VALUES (?, ?, ?, ?, ?, ?)",
-                        [
-                            (label, p.index, p.start, p.end, np.asarray(v, np.float32).tobytes(), seq)
-                            for p, v in zip(item.passages, item.vectors, strict=True)
-                        ],
-                    )
-
-            self._write_transaction(rewrite)
+            count = self._write_transaction(rewrite)
             write_manifest(self.directory, self.name, self.settings, fingerprint)
             self.fingerprint = fingerprint
             self._failed = None
             self._load_passage_map()
             self._rebuild_vectors()
-            if len(self._lexical) != len(rows):
+            if len(self._lexical) != count:
                 self._rebuild_lexical()
             self._write_snapshot()
-        return len(rows)
+        return count
 
     def _write_transaction(self, apply):
         db = self._db
