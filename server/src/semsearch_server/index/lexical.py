@@ -200,7 +200,8 @@ class LexicalIndex:
     Args:
         analyzer: how texts and queries become terms (default: stopwords + Snowball English stemming).
         k1: term-frequency saturation. b: document-length normalisation. The defaults (0.9, 0.4) are
-            Anserini's BM25 defaults, the ones bm25s uses too; see benchmarks/RESULTS.md for the measurement.
+            Anserini's, the configuration of the bm25s reference (Lucene's are 1.2, 0.75, equal on
+            scifact-train within 0.001 nDCG@10: see benchmarks/RESULTS.md).
     """
 
     compact_min_dead = 50_000
