@@ -549,7 +549,7 @@ class LexicalIndex:
             vocabulary = [blob[s:e].decode("utf-8") for s, e in zip([0, *ends], ends, strict=False)]
             if len(set(vocabulary)) != len(vocabulary):
                 raise ValueError("repeated terms")
-        except (KeyError, ValueError, UnicodeDecodeError) as exc:
+        except (KeyError, ValueError, TypeError, IndexError, UnicodeDecodeError) as exc:
             raise ValueError(f"{path}: damaged lexical snapshot ({exc})") from None
         index._rebuild(arrays["labels"], vocabulary, arrays["counts"], arrays["fwd"], arrays["lengths"])
         return index
@@ -572,7 +572,8 @@ def _check_snapshot(arrays: dict[str, np.ndarray], signature: str) -> None:
         raise ValueError("per-document arrays disagree in length")
     if fwd.ndim != 2 or fwd.shape[1] != 2 or len(fwd) != int(counts.astype(np.int64).sum()):
         raise ValueError("term entries do not match the per-document counts")
-    if (counts < 0).any() or len(np.unique(labels)) != n:
+    ordered = np.sort(labels)
+    if (counts < 0).any() or (ordered[1:] == ordered[:-1]).any():
         raise ValueError("negative counts or repeated labels")
     if ends.ndim != 1 or (len(ends) and (ends[-1] != len(vocab) or (np.diff(ends) <= 0).any() or ends[0] <= 0)):
         raise ValueError("vocabulary offsets out of range")
