@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import threading
 import zipfile
 from collections import Counter
 
@@ -283,3 +284,23 @@ def test_damaged_or_foreign_snapshots_raise(tmp_path):
         LexicalIndex.read(path, Analyzer(stemming=False))
     assert zipfile.is_zipfile(path)
     assert len(LexicalIndex.read(path)) == 50
+
+
+def test_analyzer_is_consistent_across_threads_while_its_cache_is_replaced():
+    words = [f"running{i} cells{i % 50} the" for i in range(400)]
+    expected = [Analyzer().terms(w) for w in words]
+    shared = Analyzer()
+    shared.cache_size = 64  # replaced over and over while other threads read it
+    results: list[list[list[str]]] = [[] for _ in range(4)]
+
+    def work(slot: int) -> None:
+        for text in words[slot::2] + words:
+            results[slot].append(shared.terms(text))
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for slot in range(4):
+        assert results[slot] == [expected[i] for i in range(slot, 400, 2)] + expected

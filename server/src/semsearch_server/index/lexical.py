@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import math
 import re
+import threading
 import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -51,8 +52,6 @@ ENGLISH_STOPWORDS = frozenset(
 _WORD = regex.compile(r"[\p{L}\p{N}][\p{L}\p{N}\p{M}]*")
 # The same words in lower-cased ASCII text (stdlib re is faster than regex there).
 _ASCII_WORD = re.compile(r"[a-z0-9]+")
-# Stems remembered per analyzer (a word's stem never changes); cleared when it grows past this.
-_STEM_CACHE_SIZE = 500_000
 
 DEFAULT_K1 = 0.9
 DEFAULT_B = 0.4
@@ -95,12 +94,15 @@ class Analyzer:
         stopwords: drop :data:`ENGLISH_STOPWORDS` (checked before stemming).
     """
 
+    cache_size = 500_000  # words whose terms are remembered (a word's term never changes)
+
     def __init__(self, stemming: bool = True, stopwords: bool = True) -> None:
         self.stemming = stemming
         self.stopwords = stopwords
         self._stemmer = Stemmer.Stemmer("english") if stemming else None
         self._stop = ENGLISH_STOPWORDS if stopwords else frozenset()
         self._terms_of: dict[str, str] = {}  # lower-cased word -> term, "" for a stopword
+        self._stem_lock = threading.Lock()
 
     @property
     def signature(self) -> str:
@@ -109,27 +111,38 @@ class Analyzer:
         stop = "lucene-english" if self.stopwords else "none"
         return f"words=L/N+M;lower;nfc;stop={stop};stem={stem}"
 
-    def _finish(self, words: list[str]) -> list[str]:
-        """Terms of lower-cased words, stopwords dropped, in order: one dict look-up per word (C loops)."""
+    def _lookup(self, words: list[str]) -> dict[str, str]:
+        """A word -> term ("" for a stopword) mapping that holds every one of words.
+
+        Safe for concurrent readers: the cache only grows, and is replaced (never cleared) when full, so a
+        mapping handed out stays complete; the stemmer, which is not thread-safe, runs under a lock.
+        """
         cache = self._terms_of
         missing = set(words).difference(cache)
         if missing:
-            if len(cache) + len(missing) > _STEM_CACHE_SIZE:
-                cache.clear()
-                missing = set(words)
+            if len(cache) + len(missing) > self.cache_size:
+                cache, missing = {}, set(words)
             fresh = [w for w in missing if w not in self._stop]
-            stems = self._stemmer.stemWords(fresh) if self._stemmer is not None else fresh
-            cache.update(dict.fromkeys(missing, ""))  # "": a stopword
+            if self._stemmer is not None:
+                with self._stem_lock:
+                    stems = self._stemmer.stemWords(fresh)
+            else:
+                stems = fresh
+            cache.update(dict.fromkeys(missing, ""))
             cache.update(zip(fresh, stems, strict=True))
-        return list(filter(None, map(cache.__getitem__, words)))
+            self._terms_of = cache
+        return cache
+
+    def _finish(self, words: list[str]) -> list[str]:
+        """Terms of lower-cased words, stopwords dropped, in order: one dict look-up per word (C loops)."""
+        return list(filter(None, map(self._lookup(words).__getitem__, words)))
 
     def tokens(self, text: str) -> list[Token]:
         """The indexed terms with the offsets of the words they came from (``text[start:end]``)."""
         matches = list(_WORD.finditer(text))
         words = _normalise([m.group() for m in matches])
-        self._finish(words)  # fills the cache
-        terms = [self._terms_of[w] for w in words]
-        return [Token(t, m.start(), m.end()) for t, m in zip(terms, matches, strict=True) if t]
+        lookup = self._lookup(words)
+        return [Token(lookup[w], m.start(), m.end()) for w, m in zip(words, matches, strict=True) if lookup[w]]
 
     def terms(self, text: str) -> list[str]:
         """The indexed terms of text, in order (the terms of :meth:`tokens`, faster)."""
@@ -187,7 +200,8 @@ class LexicalIndex:
     Args:
         analyzer: how texts and queries become terms (default: stopwords + Snowball English stemming).
         k1: term-frequency saturation. b: document-length normalisation. The defaults (0.9, 0.4) are
-            Anserini's BM25 defaults, the ones bm25s uses too; see benchmarks/RESULTS.md for the measurement.
+            Anserini's, the configuration of the bm25s reference (Lucene's are 1.2, 0.75, equal on
+            scifact-train within 0.001 nDCG@10: see benchmarks/RESULTS.md).
     """
 
     compact_min_dead = 50_000
@@ -449,13 +463,13 @@ class LexicalIndex:
 
     def scores(self, query: str, labels: Sequence[int]) -> np.ndarray:
         """BM25 of query for each label, float32 (0.0 for an absent label or a document without a query term)."""
-        slots, scores64 = self._accumulate(query)
-        by_slot = dict(zip(slots.tolist(), scores64.astype(np.float32).tolist(), strict=True))
+        slots, scores64 = self._accumulate(query)  # slots ascending
+        want = np.fromiter((self._slot_of.get(int(x), -1) for x in labels), dtype=np.int64, count=len(labels))
         out = np.zeros(len(labels), dtype=np.float32)
-        for i, label in enumerate(labels):
-            slot = self._slot_of.get(int(label))
-            if slot is not None:
-                out[i] = by_slot.get(slot, 0.0)
+        if len(slots):
+            at = np.minimum(np.searchsorted(slots, want), len(slots) - 1)
+            hit = slots[at] == want  # an absent label (-1) never equals a slot
+            out[hit] = scores64[at[hit]]
         return out
 
     def all_scores(self, query: str) -> tuple[np.ndarray, np.ndarray]:
@@ -535,7 +549,7 @@ class LexicalIndex:
             vocabulary = [blob[s:e].decode("utf-8") for s, e in zip([0, *ends], ends, strict=False)]
             if len(set(vocabulary)) != len(vocabulary):
                 raise ValueError("repeated terms")
-        except (KeyError, ValueError, UnicodeDecodeError) as exc:
+        except (KeyError, ValueError, TypeError, IndexError, UnicodeDecodeError) as exc:
             raise ValueError(f"{path}: damaged lexical snapshot ({exc})") from None
         index._rebuild(arrays["labels"], vocabulary, arrays["counts"], arrays["fwd"], arrays["lengths"])
         return index
@@ -558,7 +572,8 @@ def _check_snapshot(arrays: dict[str, np.ndarray], signature: str) -> None:
         raise ValueError("per-document arrays disagree in length")
     if fwd.ndim != 2 or fwd.shape[1] != 2 or len(fwd) != int(counts.astype(np.int64).sum()):
         raise ValueError("term entries do not match the per-document counts")
-    if (counts < 0).any() or len(np.unique(labels)) != n:
+    ordered = np.sort(labels)
+    if (counts < 0).any() or (ordered[1:] == ordered[:-1]).any():
         raise ValueError("negative counts or repeated labels")
     if ends.ndim != 1 or (len(ends) and (ends[-1] != len(vocab) or (np.diff(ends) <= 0).any() or ends[0] <= 0)):
         raise ValueError("vocabulary offsets out of range")
