@@ -68,13 +68,18 @@ class FusionContext:
 
 def fuse(candidates: Sequence[Candidate], params: HybridParams) -> tuple[list[tuple[Candidate, float]], FusionContext]:
     """Scores the pool; returns [(candidate, fused score)] best first (ties: dense score, then id)."""
-    if candidates:
-        dense = np.array([c.dense for c in candidates], dtype=np.float64)
-        lexical = np.array([c.lexical for c in candidates], dtype=np.float64)
-        context = FusionContext(params, float(dense.min()), float(dense.max()), float(lexical.max()))
+    if not candidates:
+        return [], FusionContext(params, 0.0, 0.0, 0.0)
+    dense = np.array([c.dense for c in candidates], dtype=np.float64)
+    lexical = np.array([c.lexical for c in candidates], dtype=np.float64)
+    context = FusionContext(params, float(dense.min()), float(dense.max()), float(lexical.max()))
+    if params.fusion is Fusion.RRF:
+        fused = [context.rrf(c.dense_rank, c.lexical_rank) for c in candidates]
     else:
-        context = FusionContext(params, 0.0, 0.0, 0.0)
-    scored = [(c, context.score(c)) for c in candidates]
+        fused = context.weighted(dense, lexical)
+    # Rounded to float32 as in FusionContext.score: the value the client sees is the value ranked by.
+    scores = np.asarray(fused, dtype=np.float32).tolist()
+    scored = list(zip(candidates, scores, strict=True))
     scored.sort(key=lambda item: (-item[1], -item[0].dense, item[0].doc_id))
     return scored, context
 

@@ -160,27 +160,44 @@ def settings_from_manifest(data: dict) -> CollectionSettings:
     )
 
 
-class _Grow:
-    """An int64 array indexed by passage label, grown as labels grow (-1: no such passage)."""
+class _PassageMap:
+    """Passage label -> (document label, index, start, end), in arrays grown as labels grow.
+
+    Searches map FAISS's passage labels to documents and offsets without a database read; 32 bytes a
+    passage (32 MB at 1M). A document label of -1 marks a removed passage.
+    """
 
     def __init__(self) -> None:
-        self.values = np.full(1024, -1, dtype=np.int64)
+        self.values = np.full((1024, 4), -1, dtype=np.int64)
 
-    def set(self, labels: np.ndarray, values: np.ndarray | int) -> None:
-        if len(labels) == 0:
+    def set(self, rows: np.ndarray) -> None:
+        """rows: (n, 5) of passage label, document label, index, start, end."""
+        if len(rows) == 0:
             return
-        top = int(labels.max()) + 1
+        top = int(rows[:, 0].max()) + 1
         if top > len(self.values):
-            grown = np.full(max(top, 2 * len(self.values)), -1, dtype=np.int64)
+            grown = np.full((max(top, 2 * len(self.values)), 4), -1, dtype=np.int64)
             grown[: len(self.values)] = self.values
             self.values = grown
-        self.values[labels] = values
+        self.values[rows[:, 0]] = rows[:, 1:]
 
-    def get(self, labels: np.ndarray) -> np.ndarray:
-        inside = labels < len(self.values)
+    def remove(self, labels: np.ndarray) -> None:
+        labels = labels[labels < len(self.values)]
+        self.values[labels, 0] = -1
+
+    def documents(self, labels: np.ndarray) -> np.ndarray:
+        inside = (labels >= 0) & (labels < len(self.values))
         out = np.full(len(labels), -1, dtype=np.int64)
-        out[inside] = self.values[labels[inside]]
+        out[inside] = self.values[labels[inside], 0]
         return out
+
+    def of_documents(self, doc_labels: np.ndarray) -> np.ndarray:
+        """The live passage labels of these documents (one pass over the map: ~1 ms per 100k passages)."""
+        return np.flatnonzero(np.isin(self.values[:, 0], doc_labels)).astype(np.int64)
+
+    def passage(self, label: int) -> Passage:
+        _, index, start, end = self.values[label].tolist()
+        return Passage(index, start, end)
 
 
 class FaissIndexStore:
@@ -211,7 +228,7 @@ class FaissIndexStore:
         self._index = VectorIndex(settings.index, fingerprint.dimension)
         self._analyzer = Analyzer()
         self._lexical = LexicalIndex(self._analyzer)
-        self._doc_of = _Grow()  # passage label -> document label
+        self._passages = _PassageMap()
         self._writes_since_snapshot = 0
         self._snapshot_seqs = (0, 0)  # (FAISS, lexical) as last written or loaded
         self._closed = False
@@ -408,11 +425,10 @@ class FaissIndexStore:
             return None
 
     def _load_passage_map(self) -> None:
-        rows = self._db.execute("SELECT label, doc_label FROM passages").fetchall()
-        self._doc_of = _Grow()
-        if rows:
-            pairs = np.array(rows, dtype=np.int64)
-            self._doc_of.set(pairs[:, 0], pairs[:, 1])
+        self._passages = _PassageMap()
+        cursor = self._db.execute("SELECT label, doc_label, idx, start, end FROM passages")
+        while rows := cursor.fetchmany(100_000):
+            self._passages.set(np.array(rows, dtype=np.int64))
 
     def _replay_vectors_after(self, snap_seq: int) -> int:
         rows = self._db.execute("SELECT label FROM passage_deletions WHERE seq > ?", (snap_seq,)).fetchall()
@@ -541,9 +557,9 @@ class FaissIndexStore:
         self, doc_labels: list[int], texts: list[str], removed: np.ndarray, added: np.ndarray, vectors: np.ndarray
     ) -> None:
         self._index.remove(removed)
-        self._doc_of.set(removed, -1)
+        self._passages.remove(removed)
         self._index.add(added[:, 0], vectors)
-        self._doc_of.set(added[:, 0], added[:, 1])
+        self._passages.set(added)
         self._lexical.add(doc_labels, texts)
 
     def _upsert_rows(self, docs: Sequence[EmbeddedDocument], seq: int) -> tuple[list[int], np.ndarray, np.ndarray]:
@@ -577,7 +593,7 @@ class FaissIndexStore:
         db.executemany(
             "INSERT OR REPLACE INTO passage_deletions(label, seq) VALUES (?, ?)", [(lb, seq) for lb in removed]
         )
-        added: list[tuple[int, int]] = []
+        added: list[tuple[int, int, int, int, int]] = []
         for label, item in zip(labels, docs, strict=True):
             for passage, vector in zip(item.passages, item.vectors, strict=True):
                 (passage_label,) = db.execute(
@@ -585,7 +601,7 @@ class FaissIndexStore:
                     "RETURNING label",
                     (label, passage.index, passage.start, passage.end, np.asarray(vector, np.float32).tobytes(), seq),
                 ).fetchone()
-                added.append((passage_label, label))
+                added.append((passage_label, label, passage.index, passage.start, passage.end))
         db.executemany(
             "INSERT INTO metadata_kv(label, key, value) VALUES (?, ?, ?)",
             [
@@ -594,7 +610,7 @@ class FaissIndexStore:
                 for k, v in item.document.metadata.items()
             ],
         )
-        return labels, np.array(removed, dtype=np.int64), np.array(added, dtype=np.int64).reshape(-1, 2)
+        return labels, np.array(removed, dtype=np.int64), np.array(added, dtype=np.int64).reshape(-1, 5)
 
     def delete(self, ids: Sequence[str], still_wanted: Callable[[], bool] | None = None) -> int:
         """Deletes documents by id in one transaction; returns how many existed."""
@@ -606,7 +622,7 @@ class FaissIndexStore:
 
             def apply() -> None:
                 self._index.remove(passages)
-                self._doc_of.set(passages, -1)
+                self._passages.remove(passages)
                 self._lexical.remove(labels)
 
             self._after_commit(apply)
@@ -799,40 +815,56 @@ class FaissIndexStore:
             self._ensure_readable()
             allowed = self._passages_matching(filter) if filter else None
             best = [self._best_passages(q, top_k, allowed) for q in queries]
-            labels = sorted({label for row in best for label, _ in row})
-            details = {r[0]: r for r in self._passage_rows("p.label", labels)}
-            docs = self._fetch("id", sorted({r[1] for r in details.values()})) if documents else {}
+            doc_labels = sorted({doc for row in best for _, _, doc in row})
+            docs = self._fetch("label", doc_labels) if documents else self._ids_by_label(doc_labels)
+            passages = {label: self._passages.passage(label) for row in best for label, _, _ in row}
         results: list[list[DenseMatch]] = []
         for row in best:
             matches = []
-            for label, score in row:
-                detail = details.get(label)
-                if detail is None:
+            for label, score, doc_label in row:
+                doc = docs.get(doc_label)
+                if doc is None:
                     continue
-                _, doc_id, idx, start, end = detail
-                doc = docs.get(doc_id)
-                document = Document(doc[0], doc[1], doc[2]) if doc else None
-                matches.append(DenseMatch(doc_id, score, Passage(idx, start, end), document))
+                document = Document(doc[0], doc[1], doc[2]) if documents else None
+                matches.append(DenseMatch(doc[0], score, passages[label], document))
             results.append(matches)
         return results
 
-    def _best_passages(self, query: np.ndarray, top_k: int, allowed: np.ndarray | None) -> list[tuple[int, float]]:
-        """[(passage label, score)] of the top_k documents' best passages (grown until top_k documents)."""
+    def _ids_by_label(self, doc_labels: list[int]) -> dict[int, tuple[str]]:
+        """{label: (id,)} for these documents: a light read when texts are not wanted."""
+        return {label: (doc_id,) for doc_id, label in self._id_label_pairs("label", doc_labels)}
+
+    def _id_label_pairs(self, column: str, keys: list) -> list[tuple[str, int]]:
+        """(id, label) of the documents whose column is in keys, as one JSON row per chunk (see _fetch)."""
+        out: list[tuple[str, int]] = []
+        db = self._reader()
+        for start in range(0, len(keys), _SQL_CHUNK):
+            chunk = keys[start : start + _SQL_CHUNK]
+            marks = ",".join("?" * len(chunk))
+            (pairs,) = db.execute(
+                f"SELECT json_group_array(json_array(id, label)) FROM documents WHERE {column} IN ({marks})", chunk
+            ).fetchone()
+            out += [(doc_id, label) for doc_id, label in json.loads(pairs)]
+        return out
+
+    def _best_passages(self, query: np.ndarray, top_k: int, allowed: np.ndarray | None) -> list[tuple[int, float, int]]:
+        """[(passage label, score, document label)] of the top_k documents' best passages, best first
+        (the search widens until it has top_k documents or every passage)."""
         total = self._index.ntotal
         want = top_k if not self.settings.passages.enabled else top_k * 2
         while True:
             k = max(1, min(want, total))
             scores, labels = self._index.search(query[None, :], k, allowed)
             seen: set[int] = set()
-            row: list[tuple[int, float]] = []
-            doc_labels = self._doc_of.get(labels[0])
+            row: list[tuple[int, float, int]] = []
+            doc_labels = self._passages.documents(labels[0])
             for label, doc_label, score in zip(
                 labels[0].tolist(), doc_labels.tolist(), scores[0].tolist(), strict=True
             ):
                 if label < 0 or doc_label < 0 or doc_label in seen:
                     continue
                 seen.add(doc_label)
-                row.append((label, float(score)))
+                row.append((label, float(score), doc_label))
                 if len(row) == top_k:
                     return row
             if k >= total or (labels[0] < 0).any():
@@ -859,7 +891,7 @@ class FaissIndexStore:
             allowed = self._documents_matching(filter) if filter else None
             found = [self._lexical.search(q, top_k, allowed) for q in queries]
             labels = sorted({int(label) for labels, _ in found for label in labels})
-            docs = self._fetch("label", labels)
+            docs = self._fetch("label", labels) if documents else self._ids_by_label(labels)
             spans = self._spans_of(labels) if documents else {}
         results = []
         for query, (labels, scores) in zip(queries, found, strict=True):
@@ -903,36 +935,41 @@ class FaissIndexStore:
         query = np.ascontiguousarray(query, dtype=np.float32).reshape(1, -1)
         with self._lock.read():
             self._ensure_readable()
-            rows = self._passage_rows("d.id", list(ids))
-            if not rows:
+            doc_labels = self._labels_by_id(list(ids))
+            if not doc_labels:
                 return {}
-            labels = np.array([r[0] for r in rows], dtype=np.int64)
+            id_of = {label: doc_id for doc_id, label in doc_labels.items()}
+            labels = self._passages.of_documents(np.fromiter(id_of, dtype=np.int64, count=len(id_of)))
             scores, found = self._index.search(query, len(labels), labels)
-        by_label = {r[0]: r for r in rows}
-        out: dict[str, DenseMatch] = {}
-        for label, score in zip(found[0].tolist(), scores[0].tolist(), strict=True):
-            row = by_label.get(label)
-            if row is None or row[1] in out:  # best first: the first passage seen of a document is its best
-                continue
-            out[row[1]] = DenseMatch(row[1], float(score), Passage(row[2], row[3], row[4]))
+            out: dict[str, DenseMatch] = {}
+            owners = self._passages.documents(found[0])
+            for label, owner, score in zip(found[0].tolist(), owners.tolist(), scores[0].tolist(), strict=True):
+                doc_id = id_of.get(owner)
+                if label < 0 or doc_id is None or doc_id in out:  # best first: a document's first is its best
+                    continue
+                out[doc_id] = DenseMatch(doc_id, float(score), self._passages.passage(label))
         return out
 
     def lexical_scores(self, query: str, ids: Sequence[str]) -> dict[str, float]:
         with self._lock.read():
             self._ensure_readable()
-            found = self._fetch("id", list(ids))
-            labels = [found[i][3] for i in ids if i in found]
+            found = self._labels_by_id(list(ids))
+            labels = list(found.values())
             scores = self._lexical.scores(query, labels) if labels else np.zeros(0)
-        by_label = {doc[3]: doc[0] for doc in found.values()}
-        return {by_label[label]: float(s) for label, s in zip(labels, scores.tolist(), strict=True)}
+        return {doc_id: float(s) for doc_id, s in zip(found, scores.tolist(), strict=True)}
+
+    def _labels_by_id(self, ids: list[str]) -> dict[str, int]:
+        """{id: label} of these documents that exist, in the order given."""
+        found = dict(self._id_label_pairs("id", ids))
+        return {doc_id: found[doc_id] for doc_id in ids if doc_id in found}
 
     def explain_lexical(self, query: str, doc_id: str) -> list[LexicalTermScore]:
         with self._lock.read():
             self._ensure_readable()
-            found = self._fetch("id", [doc_id])
+            found = self._labels_by_id([doc_id])
             if doc_id not in found:
                 return []
-            terms = self._lexical.explain(query, found[doc_id][3])
+            terms = self._lexical.explain(query, found[doc_id])
         return [
             LexicalTermScore(
                 t.term, t.query_text, float(t.contribution), int(t.term_frequency), int(t.document_frequency)

@@ -163,9 +163,20 @@ class VectorIndex:
         return _pad_to(k, scores, self._to_labels(ids))
 
     def _search_subset(self, queries: np.ndarray, k: int, allowed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        faiss_ids = self._to_faiss_ids(allowed)
+        if (faiss_ids >= 0).all():
+            try:  # every label present (the usual case): one call, no Python loop per vector
+                matrix = self._index.reconstruct_batch(faiss_ids)
+            except RuntimeError:
+                pass
+            else:
+                scores_all = queries @ matrix.T
+                order = np.argsort(-scores_all, axis=1, kind="stable")[:, :k]
+                scores = np.take_along_axis(scores_all, order, axis=1).astype(np.float32)
+                return _pad_to(k, scores, allowed[order])
         found: list[int] = []
         vectors: list[np.ndarray] = []
-        for label, faiss_id in zip(allowed.tolist(), self._to_faiss_ids(allowed).tolist(), strict=True):
+        for label, faiss_id in zip(allowed.tolist(), faiss_ids.tolist(), strict=True):
             if faiss_id < 0:
                 continue
             try:
