@@ -7,14 +7,22 @@ PORT ?= 50051
 DATA_DIR ?= index_data
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
+# Where pip may also look for torch==2.13.0. Unset, only the default package index is used (enough where a
+# CPU build is on it, as on this project's machines); elsewhere the default index serves the multi-GB CUDA
+# build, so pass PyTorch's CPU index, as server/Dockerfile does:
+#   make run TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
+TORCH_INDEX_URL ?=
+TORCH_INDEX_ARGS := $(if $(TORCH_INDEX_URL),--extra-index-url $(TORCH_INDEX_URL))
+# The slowest tests, printed after every `make test`, so that a test growing slow is seen.
+TEST_DURATIONS := --durations=15
 
 .PHONY: run test test-fast install bench lint proto clean
 
 $(STAMP): client/pyproject.toml server/pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	# torch is pinned in server/pyproject.toml (==2.13.0): the CPU build on this machine, never a CUDA one.
-	$(BIN)/python -m pip install --quiet -e ./client -e './server[test]'
+	# torch is pinned in server/pyproject.toml (==2.13.0); TORCH_INDEX_URL (above) says where its CPU build is.
+	$(BIN)/python -m pip install --quiet $(TORCH_INDEX_ARGS) -e ./client -e './server[test]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -23,11 +31,11 @@ run: $(STAMP)
 	$(BIN)/semsearch-server --port $(PORT) --data-dir $(DATA_DIR) --seed-demo true
 
 test: $(STAMP) lint
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q $(TEST_DURATIONS) tests
 
 # The fast subset: no process kills, no docker-compose or load checks.
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not slow" tests
+	$(BIN)/python -m pytest -q $(TEST_DURATIONS) -m "not slow" tests
 
 # Every benchmark with its defaults (scale.py alone takes about an hour at 1M vectors on 2 cores).
 # Each prints PASS/MISS; a MISS is reported, not hidden, and does not stop the others.

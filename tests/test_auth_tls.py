@@ -8,6 +8,7 @@ import logging
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import grpc
 import pytest
@@ -21,7 +22,7 @@ from semsearch.cli import main as cli_main
 from semsearch.errors import PermissionDeniedError, SemsearchError, UnauthenticatedError
 from semsearch.v1 import search_service_pb2 as pb
 from semsearch_server.config import ConfigError
-from semsearch_server.transport.auth import WRITE_RPCS, Role, parse_key_file
+from semsearch_server.transport.auth import RPC_CLASSES, WRITE_RPCS, ApiKeyInterceptor, Role, parse_key_file
 from semsearch_server.transport.server import SERVICE_NAME
 
 WRITE_KEY = "w-4f9c2e7d1b3a"
@@ -48,9 +49,38 @@ def client_for(srv: InProcessServer, key: str | None) -> SearchClient:
 
 
 # -- API keys ----------------------------------------------------------------------------------------
-def test_write_rpcs_exist_in_the_service():
+def test_every_rpc_of_the_service_is_classified_and_nothing_else():
     methods = {f"/{SERVICE_NAME}/{m.name}" for m in pb.DESCRIPTOR.services_by_name["SearchService"].methods}
-    assert WRITE_RPCS <= methods
+    assert set(RPC_CLASSES) == methods
+    assert WRITE_RPCS == {f"/{SERVICE_NAME}/{name}" for name in ("Upsert", "UpsertStream", "Delete")} | {
+        f"/{SERVICE_NAME}/{name}" for name in ("CreateCollection", "DeleteCollection", "Reindex")
+    }
+
+
+class _Aborted(Exception):
+    pass
+
+
+class _Context:
+    def abort(self, code, details):
+        raise _Aborted(code, details)
+
+
+@pytest.mark.parametrize("key", [WRITE_KEY, READ_KEY])
+def test_an_unclassified_rpc_is_refused_to_every_key(key):
+    """A future RPC nobody classified stays closed, even to a read-write key."""
+    interceptor = ApiKeyInterceptor([(WRITE_KEY, Role.READ_WRITE), (READ_KEY, Role.READ_ONLY)])
+    handler = grpc.unary_unary_rpc_method_handler(lambda request, context: "served")
+    details = SimpleNamespace(
+        method=f"/{SERVICE_NAME}/Compact", invocation_metadata=(("authorization", f"Bearer {key}"),)
+    )
+    refused = interceptor.intercept_service(lambda _: handler, details)
+    with pytest.raises(_Aborted) as info:
+        refused.unary_unary(None, _Context())
+    assert info.value.args[0] == grpc.StatusCode.PERMISSION_DENIED
+    assert "not classified" in info.value.args[1]
+    details.method = f"/{SERVICE_NAME}/Search"  # the same key on a classified read is served
+    assert interceptor.intercept_service(lambda _: handler, details).unary_unary(None, _Context()) == "served"
 
 
 @pytest.mark.parametrize("key", [None, WRONG_KEY])

@@ -13,9 +13,11 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from semsearch_server.deadlines import caller_deadline, remaining
 from semsearch_server.embedding.base import ModelFingerprint
 from semsearch_server.embedding.batching import MicroBatchingEmbedder
 from semsearch_server.embedding.onnx_backend import balanced_batches
+from semsearch_server.errors import DeadlineExceeded
 
 DIM = 8
 
@@ -218,6 +220,76 @@ def test_bulk_lane_runs_one_bulk_request_at_a_time(make_batcher):
     for texts, got in zip(requests, results, strict=True):
         np.testing.assert_array_equal(got, np.stack([vector(t) for t in texts]))
     assert inner.most_bulk_running == 1
+
+
+def in_thread_with_deadline(batcher: MicroBatchingEmbedder, texts: list[str], seconds: float):
+    """batcher.encode(texts) in a thread whose caller gives up after `seconds`; the list gets the
+    result or the exception, and the time it took."""
+    out: list = []
+
+    def call() -> None:
+        started = time.monotonic()
+        with caller_deadline(seconds):
+            try:
+                out.append(batcher.encode(texts))
+            except Exception as exc:  # noqa: BLE001 - the test inspects it
+                out.append(exc)
+        out.append(time.monotonic() - started)
+
+    thread = threading.Thread(target=call, daemon=True)
+    thread.start()
+    return thread, out
+
+
+def test_a_queued_request_leaves_at_its_deadline_and_is_never_encoded(make_batcher):
+    inner = BulkGatedEmbedder(bulk_over=8)
+    batcher = make_batcher(inner, max_batch=8)
+    bulk_thread, _ = in_thread(lambda: batcher.encode(BULK))  # holds the model until released
+    assert inner.bulk_started.wait(5)
+    waiting, out = in_thread_with_deadline(batcher, ["too late"], 0.2)
+    waiting.join(3)
+    assert not waiting.is_alive(), "the request was held past its deadline"
+    assert isinstance(out[0], DeadlineExceeded) and out[1] < 2.0
+    inner.release.set()
+    bulk_thread.join(5)
+    assert batcher.encode(["next"]).shape == (1, DIM)
+    assert inner.calls == [len(BULK), 1]  # "too late" never reached the model
+
+
+def test_a_bulk_request_leaves_the_bulk_lane_queue_at_its_deadline(make_batcher):
+    inner = BulkGatedEmbedder(bulk_over=8)
+    batcher = make_batcher(inner, max_batch=8, bulk_lane=True)
+    bulk_thread, _ = in_thread(lambda: batcher.encode(BULK))
+    assert inner.bulk_started.wait(5)
+    waiting, out = in_thread_with_deadline(batcher, [f"other {t}" for t in BULK], 0.2)
+    waiting.join(3)
+    assert not waiting.is_alive() and isinstance(out[0], DeadlineExceeded)
+    inner.release.set()
+    bulk_thread.join(5)
+    assert inner.calls == [len(BULK)]
+
+
+def test_a_deadline_far_away_changes_nothing(make_batcher):
+    inner = FakeEmbedder(delay=0.02)
+    batcher = make_batcher(inner, max_batch=16, max_wait_ms=5)
+    with caller_deadline(60):
+        results = run_concurrently(batcher, [[f"text {i}"] for i in range(6)])
+    for i, got in enumerate(results):
+        np.testing.assert_array_equal(got, vector(f"text {i}")[None])
+
+
+def test_the_interceptor_hands_the_grpc_deadline_down():
+    import grpc
+    from semsearch_server.transport.deadlines import DeadlineInterceptor
+
+    seen: list = []
+    handler = grpc.unary_unary_rpc_method_handler(lambda request, context: seen.append(remaining()))
+    wrapped = DeadlineInterceptor().intercept_service(lambda _: handler, None)
+    for time_remaining in (5.0, None):
+        context = type("Context", (), {"time_remaining": lambda self, t=time_remaining: t})()
+        wrapped.unary_unary(None, context)
+    assert 4.0 < seen[0] <= 5.0 and seen[1] is None
+    assert remaining() is None  # reset after the call
 
 
 @pytest.mark.parametrize("two_engines", [True, False])

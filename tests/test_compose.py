@@ -102,6 +102,12 @@ def test_profiles_hide_indexer_and_prometheus_by_default(compose):
     assert indexer["command"][:2] == ["semsearch", "index"] and indexer["command"][2].startswith("/input/")
     assert indexer["command"][-2:] == ["--address", "server:50051"]
     assert any(v["target"] == "/input" and v.get("read_only") for v in indexer["volumes"])
+    # ...so the checkpoint goes to a writable volume that the image's user owns.
+    command = indexer["command"]
+    assert command[command.index("--state-dir") + 1] == "/state"
+    state = next(v for v in indexer["volumes"] if v["target"] == "/state")
+    assert state["type"] == "volume" and not state.get("read_only")
+    assert "mkdir -p /data /state && chown semsearch /data /state" in (REPO / "server" / "Dockerfile").read_text()
     prometheus = services["prometheus"]
     assert any(Path(v["source"]) == REPO / "server" / "prometheus.yml" for v in prometheus["volumes"])
 

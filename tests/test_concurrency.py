@@ -57,12 +57,23 @@ def test_concurrent_writers_and_readers(server, collection):
                 found = client.get(ids(w, batch), collection=collection)
                 if len(found) not in (0, BATCH):
                     failures.append(f"half a batch visible: w{w} b{batch}: {len(found)}")
+                gone_before = set(deleted[w])  # deletes acknowledged before this search began
                 hits = client.search("wine", collection=collection, top_k=20, filter={"writer": str(w)})
-                by_batch: dict[str, int] = {}
                 for h in hits:
                     if h.metadata["writer"] != str(w):
                         failures.append(f"filter leaked {h.id}")
-                    by_batch[h.metadata["batch"]] = by_batch.get(h.metadata["batch"], 0) + 1
+                    if int(h.metadata["batch"]) in gone_before:
+                        failures.append(f"search found {h.id} after its delete was acknowledged")
+                # The index side of "no half batch": a search confined to one batch finds all of it or none.
+                whole = client.search(
+                    "wine",
+                    collection=collection,
+                    top_k=20,
+                    min_score=-1.0,  # every document of the batch, however far from the query
+                    filter={"writer": str(w), "batch": str(batch)},
+                )
+                if len(whole) not in (0, BATCH):
+                    failures.append(f"half a batch searchable: w{w} b{batch}: {len(whole)}")
 
     threads = [threading.Thread(target=writer, args=(w,)) for w in range(WRITERS)]
     threads += [threading.Thread(target=reader, args=(r,)) for r in range(READERS)]

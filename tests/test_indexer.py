@@ -326,3 +326,52 @@ def test_sigkill_then_resume_indexes_everything_exactly_once(client, collection,
     # Running again with --resume finds nothing left to do.
     code, summary, _ = index(capsys, *common, "--resume")
     assert (code, summary["indexed"]) == (0, 0)
+
+
+# -- a read-only input (the compose indexer profile mounts its input read-only) ----------------------
+@pytest.fixture
+def read_only_dir(tmp_path):
+    """A directory on a read-only file system: a read-only bind mount as root, permissions otherwise."""
+    source, mounted = tmp_path / "source", tmp_path / "read-only"
+    source.mkdir()
+    mounted.mkdir()
+    if os.geteuid() != 0:
+        yield source, source
+        source.chmod(0o755)
+        return
+    if subprocess.run(["mount", "--bind", "-o", "ro", str(source), str(mounted)], capture_output=True).returncode:
+        pytest.skip("a read-only bind mount needs CAP_SYS_ADMIN")
+    try:
+        yield source, mounted
+    finally:
+        subprocess.run(["umount", str(mounted)], check=True)
+
+
+def test_read_only_input_needs_a_state_dir_and_indexes_with_one(
+    client, collection, server, tmp_path, capsys, read_only_dir
+):
+    source, read_only = read_only_dir
+    docs = unique_sentences(20)
+    write_jsonl(source / "docs.jsonl", [{"id": i, "text": t} for i, t, _ in docs])
+    if os.geteuid() != 0:
+        source.chmod(0o555)
+    path = str(read_only / "docs.jsonl")
+    with pytest.raises(OSError):  # the premise: nothing can be written next to the input
+        (read_only / "probe").write_text("")
+    with pytest.raises(SystemExit) as info:
+        main(["index", path, "--address", server.address, "-c", collection])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert "read-only" in err and "--state-dir" in err
+    assert count(client, collection) == 0  # refused before anything was sent
+
+    state = tmp_path / "state"
+    state.mkdir()
+    code, summary, err = index(capsys, path, "--address", server.address, "-c", collection, "--state-dir", str(state))
+    assert code == 0, err
+    assert summary["indexed"] == 20 and summary["checkpoint"] == str(state / "docs.jsonl.semsearch-checkpoint.json")
+    assert json.loads((state / "docs.jsonl.semsearch-checkpoint.json").read_text())["files"][0]["complete"]
+    code, summary, err = index(
+        capsys, path, "--address", server.address, "-c", collection, "--state-dir", str(state), "--resume"
+    )
+    assert code == 0 and summary["indexed"] == 0, err  # the resume found its checkpoint in the state dir

@@ -152,7 +152,12 @@ def add_index_arguments(parser: argparse.ArgumentParser) -> None:
     )
     safety.add_argument(
         "--checkpoint",
-        help="checkpoint file (default: <first file>.semsearch-checkpoint.json; for stdin in the current directory)",
+        help="checkpoint file (default: <first file>.semsearch-checkpoint.json in --state-dir, else next to the "
+        "first file; for stdin in the current directory)",
+    )
+    safety.add_argument(
+        "--state-dir",
+        help="writable directory for the default checkpoint and rejects file, for inputs on a read-only mount",
     )
     safety.add_argument(
         "--skip-bad",
@@ -296,11 +301,29 @@ class Checkpoint:
         os.replace(tmp, self.path)
 
 
-def default_checkpoint_path(files: list[str], collection: str) -> Path:
-    """Next to the first file; for stdin, in the current directory, named after the collection."""
+def default_checkpoint_path(files: list[str], collection: str, state_dir: str | None = None) -> Path:
+    """In state_dir when given, else next to the first file; for stdin named after the collection (and in the
+    current directory when there is no state_dir)."""
     if files[0] == STDIN:
-        return Path(f"semsearch-stdin-{collection or 'default'}.checkpoint.json")
+        name = f"semsearch-stdin-{collection or 'default'}.checkpoint.json"
+        return Path(state_dir or ".") / name
+    if state_dir:
+        return Path(state_dir) / (Path(files[0]).name + ".semsearch-checkpoint.json")
     return Path(files[0] + ".semsearch-checkpoint.json")
+
+
+def _check_writable(path: Path | None, what: str) -> None:
+    """Refuses, before anything is sent, a checkpoint or rejects file that could not be written."""
+    if path is None:
+        return
+    directory = path.parent
+    if not directory.is_dir():
+        raise argparse.ArgumentTypeError(f"{what} {path}: directory {directory} does not exist")
+    if not os.access(directory, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise argparse.ArgumentTypeError(
+            f"{what} {path} cannot be written ({directory} is read-only); "
+            "pass --state-dir DIR or --checkpoint PATH on a writable file system"
+        )
 
 
 # -- reading -------------------------------------------------------------------------------------------
@@ -600,12 +623,16 @@ def run_index_command(client: SearchClient, args: argparse.Namespace) -> int:
     checkpoint_path = None
     if not args.dry_run:
         checkpoint_path = (
-            Path(args.checkpoint) if args.checkpoint else default_checkpoint_path(args.files, args.collection)
+            Path(args.checkpoint)
+            if args.checkpoint
+            else default_checkpoint_path(args.files, args.collection, args.state_dir)
         )
     checkpoint = Checkpoint(checkpoint_path, args.collection, sources)
     rejects_path = None
     if args.skip_bad and (args.rejects or checkpoint_path):
         rejects_path = Path(args.rejects) if args.rejects else checkpoint_path.with_suffix(".rejects.jsonl")
+    _check_writable(checkpoint_path, "checkpoint")
+    _check_writable(rejects_path, "rejects file")
     stats, error = Stats(), None
     started = time.monotonic()
     with ExitStack() as stack:

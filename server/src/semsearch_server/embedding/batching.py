@@ -8,7 +8,9 @@ from collections import deque
 
 import numpy as np
 
+from semsearch_server.deadlines import remaining
 from semsearch_server.embedding.base import Embedder, EmbedderWrapper
+from semsearch_server.errors import DeadlineExceeded
 
 
 class _Request:
@@ -32,6 +34,10 @@ class MicroBatchingEmbedder(EmbedderWrapper):
     `max_wait_ms` more for others to fill the batch. The group is sorted by length, encoded in one
     inner call, and each caller gets its own rows; if the inner call fails, every caller in the
     group gets the exception.
+
+    A caller with a deadline (``semsearch_server.deadlines``) is not held past it: a queued request
+    whose deadline passes leaves the queue (or, already in a running group, its rows are dropped) and
+    the caller gets DeadlineExceeded; so does a bulk request still waiting for the bulk lane.
 
     With `bulk_lane`, a request of more than `max_batch` texts (an upsert, say) does not take the
     model from the others: it runs in its caller's thread beside the grouped calls, one bulk request
@@ -67,11 +73,16 @@ class MicroBatchingEmbedder(EmbedderWrapper):
         texts = list(texts)
         if not texts:
             return np.zeros((0, self.dimension), dtype=np.float32)
+        timeout = remaining()
         if self.bulk_lane and len(texts) > self._max_batch:
-            with self._bulk_lock:
+            if not self._bulk_lock.acquire(timeout=-1 if timeout is None else max(timeout, 0.0)):
+                raise DeadlineExceeded("the deadline passed while waiting for the model; nothing was embedded")
+            try:
                 if self._closed:
                     raise RuntimeError("the embedder is closed")
                 return self.inner.encode(texts)
+            finally:
+                self._bulk_lock.release()
         request = _Request(texts)
         with self._cond:
             if self._closed:
@@ -87,7 +98,11 @@ class MicroBatchingEmbedder(EmbedderWrapper):
                 return self.inner.encode(texts)
             finally:
                 self._release()
-        request.done.wait()
+        if not request.done.wait(None if timeout is None else max(timeout, 0.0)):
+            with self._cond:
+                if request in self._queue:
+                    self._queue.remove(request)
+            raise DeadlineExceeded("the deadline passed while waiting for the model; nothing was embedded")
         if request.error is not None:
             raise request.error
         return request.result

@@ -58,6 +58,7 @@ from semsearch_server.index.base import (
 )
 from semsearch_server.index.lexical import Analyzer, LexicalIndex
 from semsearch_server.index.rwlock import ReadWriteLock
+from semsearch_server.index.snapshot_policy import SnapshotPolicy
 from semsearch_server.index.vector_index import VectorIndex
 
 log = logging.getLogger(__name__)
@@ -107,12 +108,6 @@ CREATE INDEX IF NOT EXISTS passages_doc ON passages(doc_label);
 CREATE INDEX IF NOT EXISTS passages_seq ON passages(seq);
 CREATE TABLE IF NOT EXISTS passage_deletions (label INTEGER PRIMARY KEY, seq INTEGER NOT NULL);
 """
-
-# A snapshot rewrites the whole index, so a fixed cadence makes bulk ingest quadratic (at 1M flat
-# vectors every 5,000 writes rewrote ~1.5 GB). Past --snapshot-every, a snapshot waits until the writes
-# since the last one reach this share of the index: the bytes written while a collection grows stay
-# within (1 + f) / f = 3x its final size, and a restart replays at most that share from SQLite.
-SNAPSHOT_LOG_FRACTION = 0.5
 
 # Upserts are applied in slices of this many rows' SQL parameters (SQLite's variable limit).
 _SQL_CHUNK = 500
@@ -219,7 +214,8 @@ class FaissIndexStore:
         self.name = name
         self.settings = settings
         self.fingerprint = fingerprint
-        self._snapshot_every = snapshot_every
+        self._snapshot_policy = SnapshotPolicy(min_writes=snapshot_every)
+        self._size_at_snapshot = 0
         self._lock = ReadWriteLock()
         self._local = threading.local()
         self._readers: list[sqlite3.Connection] = []
@@ -745,7 +741,8 @@ class FaissIndexStore:
         # its count stands in for SELECT COUNT(*), which scans the table: ~8 ms per write at 1M rows.
         if self._index.needs_rebuild(self._index.ntotal):
             self._start_rebuild_beside()
-        if self._writes_since_snapshot >= max(self._snapshot_every, SNAPSHOT_LOG_FRACTION * self._index.ntotal):
+        # A snapshot rewrites the whole index: in proportion to its size, not every --snapshot-every writes.
+        if self._snapshot_policy.due(self._writes_since_snapshot, self._size_at_snapshot):
             self._write_snapshot()
 
     # -- reads ---------------------------------------------------------------------------------------
@@ -989,25 +986,22 @@ class FaissIndexStore:
             else:
                 rows = db.execute("SELECT label FROM documents").fetchall()
             doc_labels = np.array(sorted(r[0] for r in rows), dtype=np.int64)
-            ids_by_label = self._fetch("label", doc_labels.tolist()) if len(doc_labels) else {}
+            ids_by_label = self._ids_by_label(doc_labels.tolist()) if len(doc_labels) else {}
             dense_scores = None
             if dense and vector is not None:
+                # Every live passage's cosine, from the index's own arrays (no copy for flat and HNSW).
+                labels, vectors = self._index.all_vectors()
+                position, inside = _positions(doc_labels, self._passages.documents(labels))
                 dense_scores = np.full(len(doc_labels), -np.inf, dtype=np.float32)
-                position = {label: i for i, label in enumerate(doc_labels.tolist())}
-                cursor = db.execute("SELECT doc_label, vector FROM passages")
-                q = np.asarray(vector, dtype=np.float32)
-                while chunk := cursor.fetchmany(20_000):
-                    keep = [(position[d], blob) for d, blob in chunk if d in position]
-                    if not keep:
-                        continue
-                    where = np.array([k[0] for k in keep], dtype=np.int64)
-                    matrix = np.frombuffer(b"".join(k[1] for k in keep), dtype=np.float32).reshape(len(keep), -1)
-                    np.maximum.at(dense_scores, where, matrix @ q)
+                if inside.any():
+                    passage_scores = vectors[inside] @ np.asarray(vector, dtype=np.float32)
+                    np.maximum.at(dense_scores, position[inside], passage_scores)
             lexical_scores = None
             if lexical:
                 labels, scores = self._lexical.all_scores(query)
-                by = dict(zip(labels.tolist(), scores.tolist(), strict=True))
-                lexical_scores = np.array([by.get(label, 0.0) for label in doc_labels.tolist()], dtype=np.float32)
+                lexical_scores = np.zeros(len(doc_labels), dtype=np.float32)
+                position, inside = _positions(doc_labels, labels)
+                lexical_scores[position[inside]] = scores[inside]
         return ScoreTable([ids_by_label[label][0] for label in doc_labels.tolist()], dense_scores, lexical_scores)
 
     def count(self) -> int:
@@ -1059,6 +1053,7 @@ class FaissIndexStore:
         self._db.execute("DELETE FROM deletions WHERE seq <= ?", (keep_after,))
         self._db.execute("DELETE FROM passage_deletions WHERE seq <= ?", (keep_after,))
         self._writes_since_snapshot = 0
+        self._size_at_snapshot = self._index.ntotal
 
     def _seq(self) -> int:
         return int(self._db.execute("SELECT value FROM state WHERE key='seq'").fetchone()[0])
@@ -1087,6 +1082,15 @@ class FaissIndexStore:
             for reader in self._readers:
                 reader.close()
             self._db.close()
+
+
+def _positions(sorted_labels: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Where each of labels sits in sorted_labels, and whether it is there at all."""
+    if len(sorted_labels) == 0:
+        return np.zeros(len(labels), dtype=np.int64), np.zeros(len(labels), dtype=bool)
+    position = np.searchsorted(sorted_labels, labels)
+    inside = (position < len(sorted_labels)) & (sorted_labels[np.minimum(position, len(sorted_labels) - 1)] == labels)
+    return position, inside
 
 
 def _upgrade_from_v1(db: sqlite3.Connection) -> None:

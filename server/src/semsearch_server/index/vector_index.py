@@ -37,23 +37,82 @@ def _pad_to(k: int, scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray,
     )
 
 
+def _borrow(view: np.ndarray, owner: object) -> np.ndarray:
+    """A read-only numpy view of FAISS memory that keeps the FAISS object owning it alive."""
+
+    class _Owned:
+        __array_interface__ = view.__array_interface__
+        _owner = owner
+
+    array = np.asarray(_Owned())
+    array.flags.writeable = False
+    return array
+
+
 def ivf_nlist_for(n: int) -> int:
     """FAISS's rule of thumb: about 4 * sqrt(n) lists."""
     return max(1, min(65536, int(4 * math.sqrt(max(n, 1)))))
 
 
 class VectorIndex:
-    """One collection's vectors. Not thread-safe: the owning store serialises writers against readers."""
+    """One collection's vectors. Not thread-safe: the owning store serialises writers against readers.
 
-    def __init__(self, spec: IndexSpec, dimension: int) -> None:
+    Labels are non-negative int64 (-1 means "no result"). Adds cost O(batch) whatever the collection's size,
+    and so do removes except on flat (one pass over the index, see below):
+
+    - ``add`` expects labels that are not in the index. Labels above every label it has seen (a store that
+      allocates them from a counter) are known absent without a lookup; a lower one is looked up (a
+      dictionary or hash-table lookup, ~10 µs for flat) and, if present, replaced: removed, then added.
+      ``check_labels=True`` makes that a ValueError instead (a debug aid for stores that promise fresh
+      labels).
+    - ``remove`` masks HNSW slots (the graph cannot lose nodes), removes through IVF's hash-table direct map
+      (one lookup per label), and for flat makes one pass over the index with an ``IDSelectorBatch`` (a
+      bloom filter and a hash set per stored id, where ``IDSelectorArray`` compared every stored id with
+      every label; FAISS then compacts the vectors and rebuilds its id map: ~140 ms per call at 1M).
+
+    Rebuilds (HNSW compaction, IVF training) happen beside the live index: ``VectorIndex.built`` makes a new
+    index from a consistent copy (``all_vectors(copy=True)`` of this one, or the database's rows) while the
+    old one keeps serving; the owner then replays on the new index the adds and removes that arrived
+    meanwhile (``remove`` tolerates labels that are absent) and swaps the two under a short lock.
+    """
+
+    def __init__(self, spec: IndexSpec, dimension: int, *, check_labels: bool = False) -> None:
         self.spec = spec
         self.dimension = dimension
-        # HNSW keeps removed vectors in its graph: each add gets a fresh slot id, removed slots are
-        # masked at search time, and slots map back to labels.
+        self.check_labels = check_labels
+        # HNSW keeps removed vectors in its graph: each add gets a fresh slot id (its position in the
+        # graph), removed slots are masked at search time, and slots map back to labels.
         self._dead: set[int] = set()
+        self._dead_ids: np.ndarray | None = None  # _dead as an array, rebuilt after a remove
         self._slot_of: dict[int, int] = {}
-        self._label_of: dict[int, int] = {}
+        self._slot_labels = np.empty(0, dtype=np.int64)  # slot -> label, -1 once removed; capacity >= ntotal
+        self._max_label = -1  # every label ever added is <= this
         self._index = self._empty_index()
+
+    @classmethod
+    def built(
+        cls, spec: IndexSpec, dimension: int, labels: np.ndarray, vectors: np.ndarray, *, check_labels: bool = False
+    ) -> VectorIndex:
+        """A new index holding exactly these (distinct) labels: HNSW compacted, IVF trained when big enough.
+
+        Touches no other index, so the owner may run it outside its locks on a consistent copy of the
+        vectors, then bring the result up to date with ``add``/``remove`` and swap it in.
+        """
+        index = cls(spec, dimension, check_labels=check_labels)
+        labels = np.ascontiguousarray(labels, dtype=np.int64)
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32).reshape(len(labels), dimension)
+        if spec.kind is IndexKind.IVF:
+            nlist = spec.ivf_nlist or ivf_nlist_for(len(labels))
+            if len(labels) >= nlist * _IVF_MIN_POINTS_PER_LIST:
+                quantizer = faiss.IndexFlatIP(dimension)
+                ivf = faiss.IndexIVFFlat(quantizer, dimension, nlist, faiss.METRIC_INNER_PRODUCT)
+                ivf.train(vectors)
+                ivf.nprobe = spec.ivf_nprobe
+                # A hash-table direct map lets remove() find a label's list in O(1) (reconstruct too).
+                ivf.set_direct_map_type(faiss.DirectMap.Hashtable)
+                index._index = ivf
+        index.add(labels, vectors)
+        return index
 
     # -- construction -------------------------------------------------------------------------
     def _empty_index(self) -> faiss.Index:
@@ -75,7 +134,13 @@ class VectorIndex:
 
     @property
     def ntotal(self) -> int:
+        """Live vectors (HNSW's masked slots excluded)."""
         return int(self._index.ntotal) - len(self._dead)
+
+    @property
+    def dead(self) -> int:
+        """HNSW slots removed but still in the graph (0 for flat and IVF)."""
+        return len(self._dead)
 
     def describe(self) -> str:
         inner = faiss.downcast_index(self._index.index) if isinstance(self._index, faiss.IndexIDMap2) else self._index
@@ -83,64 +148,157 @@ class VectorIndex:
 
     # -- writes ------------------------------------------------------------------------------------
     def add(self, labels: np.ndarray, vectors: np.ndarray) -> None:
-        """Adds vectors; a label already present is replaced."""
+        """Adds vectors under distinct labels, expected absent from the index.
+
+        Cost O(len(labels)) for flat and IVF, the graph insertion for HNSW: nothing scans the index. A label
+        not above every label added before is looked up, and replaced if present (see the class docstring).
+
+        Raises:
+            ValueError: check_labels is on and a label is already present or repeated.
+        """
         if len(labels) == 0:
             return
         labels = np.ascontiguousarray(labels, dtype=np.int64)
-        self.remove(labels)
-        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32).reshape(len(labels), self.dimension)
+        if self.check_labels and len(np.unique(labels)) != len(labels):
+            raise ValueError("add: labels repeat within the batch")
+        maybe_present = labels[labels <= self._max_label]
+        if len(maybe_present):
+            present = [label for label in maybe_present.tolist() if self.contains(label)]
+            if present and self.check_labels:
+                raise ValueError(
+                    f"add: {len(present)} labels already in the index (first {present[:5]}); remove them first"
+                )
+            self.remove(np.array(present, dtype=np.int64))
+        self._max_label = max(self._max_label, int(labels.max()))
         if self.spec.kind is IndexKind.HNSW:
             start = int(self._index.ntotal)
             slots = np.arange(start, start + len(labels), dtype=np.int64)
-            for label, slot in zip(labels.tolist(), slots.tolist(), strict=True):
-                self._slot_of[label] = slot
-                self._label_of[slot] = label
+            self._reserve_slots(start + len(labels))
+            self._slot_labels[start : start + len(labels)] = labels
+            self._slot_of.update(zip(labels.tolist(), slots.tolist(), strict=True))
             self._index.add_with_ids(vectors, slots)
         else:
             self._index.add_with_ids(vectors, labels)
 
-    def remove(self, labels: np.ndarray) -> None:
+    def contains(self, label: int) -> bool:
+        """Whether the label has a live vector (a dictionary or hash-table lookup, or one exception)."""
+        if self.spec.kind is IndexKind.HNSW:
+            return label in self._slot_of
+        try:
+            self._index.reconstruct(label)
+        except RuntimeError:
+            return False
+        return True
+
+    def _reserve_slots(self, n: int) -> None:
+        if n > len(self._slot_labels):
+            grown = np.full(max(n, 2 * len(self._slot_labels), 1024), -1, dtype=np.int64)
+            grown[: len(self._slot_labels)] = self._slot_labels
+            self._slot_labels = grown
+
+    def remove(self, labels: np.ndarray) -> int:
+        """Removes these labels' vectors; labels not in the index are ignored. Returns how many were removed."""
         if len(labels) == 0:
-            return
+            return 0
         labels = np.ascontiguousarray(labels, dtype=np.int64)
         if self.spec.kind is IndexKind.HNSW:
+            removed = 0
             for label in labels.tolist():
                 slot = self._slot_of.pop(label, None)
                 if slot is not None:
                     self._dead.add(slot)
-                    del self._label_of[slot]
-        else:
-            # IVF's hash-table direct map only removes through an IDSelectorArray.
-            self._index.remove_ids(faiss.IDSelectorArray(labels))
+                    self._slot_labels[slot] = -1
+                    removed += 1
+            if removed:
+                self._dead_ids = None
+            return removed
+        if self.trained and self.spec.kind is IndexKind.IVF:
+            # The hash-table direct map looks each label up (O(1) apiece) but accepts only an
+            # IDSelectorArray; any other selector would make it scan every inverted list.
+            return int(self._index.remove_ids(faiss.IDSelectorArray(labels)))
+        # IndexIDMap2 over a flat index: one pass over the ids with a bloom filter + hash set per id.
+        # (IDSelectorArray would compare every stored id with every label: O(ntotal * len(labels)).)
+        return int(self._index.remove_ids(faiss.IDSelectorBatch(labels)))
 
-    def needs_rebuild(self, stored_count: int) -> bool:
-        """True when the owner should call rebuild() with every stored vector."""
+    def needs_rebuild(self, stored_count: int | None = None) -> bool:
+        """True when a rebuild (``built`` from every live vector) would pay off.
+
+        HNSW: more than a quarter of the graph is dead. IVF: not trained yet and enough vectors to train.
+
+        Args:
+            stored_count: the owner's document count; defaults to the live vectors (they are the same
+                whenever the index is up to date).
+        """
         if self.spec.kind is IndexKind.HNSW:
             total = int(self._index.ntotal)
             return total > 0 and len(self._dead) / total > _HNSW_REBUILD_DEAD_FRACTION
         if self.spec.kind is IndexKind.IVF and not self.trained:
-            nlist = self.spec.ivf_nlist or ivf_nlist_for(stored_count)
-            return stored_count >= nlist * _IVF_MIN_POINTS_PER_LIST
+            count = self.ntotal if stored_count is None else stored_count
+            nlist = self.spec.ivf_nlist or ivf_nlist_for(count)
+            return count >= nlist * _IVF_MIN_POINTS_PER_LIST
         return False
 
     def rebuild(self, labels: np.ndarray, vectors: np.ndarray) -> None:
-        """Builds the index anew from every live vector (HNSW compaction, IVF training)."""
-        self._dead.clear()
-        self._slot_of.clear()
-        self._label_of.clear()
-        if self.spec.kind is IndexKind.IVF:
-            nlist = self.spec.ivf_nlist or ivf_nlist_for(len(labels))
-            if len(labels) >= nlist * _IVF_MIN_POINTS_PER_LIST:
-                quantizer = faiss.IndexFlatIP(self.dimension)
-                ivf = faiss.IndexIVFFlat(quantizer, self.dimension, nlist, faiss.METRIC_INNER_PRODUCT)
-                ivf.train(np.ascontiguousarray(vectors, dtype=np.float32))
-                ivf.nprobe = self.spec.ivf_nprobe
-                ivf.set_direct_map_type(faiss.DirectMap.Hashtable)
-                ivf.add_with_ids(np.ascontiguousarray(vectors, dtype=np.float32), labels.astype(np.int64))
-                self._index = ivf
-                return
-        self._index = self._empty_index()
-        self.add(labels, vectors)
+        """Replaces this index, in place, by ``built(spec, dimension, labels, vectors)``."""
+        fresh = VectorIndex.built(self.spec, self.dimension, labels, vectors, check_labels=self.check_labels)
+        self.__dict__.update(fresh.__dict__)
+
+    # -- bulk reads --------------------------------------------------------------------------------
+    def all_vectors(self, copy: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """Every live (label, vector) pair: labels (n,) int64 and vectors (n, dimension) float32.
+
+        Flat: views of FAISS's own arrays, no copy. HNSW: views too while no slot is dead, else one
+        gather of the live rows. IVF: one copy, list after list. A view is read-only and valid until the
+        next add/remove/rebuild on this index; pass copy=True to keep the arrays past that (e.g. to
+        build a new index outside the owner's lock).
+        """
+        n = int(self._index.ntotal)
+        if n == 0:
+            return np.empty(0, dtype=np.int64), np.empty((0, self.dimension), dtype=np.float32)
+        if isinstance(self._index, faiss.IndexIDMap2):
+            ids = _borrow(faiss.rev_swig_ptr(self._index.id_map.data(), n), self._index)
+            inner = faiss.downcast_index(self._index.index)
+            storage = faiss.downcast_index(inner.storage) if isinstance(inner, faiss.IndexHNSW) else inner
+            flat = _borrow(faiss.rev_swig_ptr(storage.get_xb(), n * self.dimension), self._index)
+            vectors = flat.reshape(n, self.dimension)
+            if self.spec.kind is IndexKind.HNSW:
+                slot_labels = self._slot_labels[ids]
+                if self._dead:
+                    live = slot_labels >= 0
+                    return slot_labels[live], vectors[live]
+                return slot_labels, (vectors.copy() if copy else vectors)
+            return (ids.copy(), vectors.copy()) if copy else (ids, vectors)
+        return self._ivf_vectors()
+
+    def _stored_ids(self) -> np.ndarray:
+        """The ids FAISS holds (slots for HNSW), without their vectors."""
+        n = int(self._index.ntotal)
+        if isinstance(self._index, faiss.IndexIDMap2):
+            return faiss.rev_swig_ptr(self._index.id_map.data(), n).copy()
+        invlists = faiss.downcast_index(self._index).invlists
+        parts = [
+            faiss.rev_swig_ptr(invlists.get_ids(i), invlists.list_size(i)).copy()
+            for i in range(invlists.nlist)
+            if invlists.list_size(i)
+        ]
+        return np.concatenate(parts) if parts else np.empty(0, dtype=np.int64)
+
+    def _ivf_vectors(self) -> tuple[np.ndarray, np.ndarray]:
+        ivf = faiss.downcast_index(self._index)
+        invlists = ivf.invlists
+        sizes = [invlists.list_size(i) for i in range(ivf.nlist)]
+        labels = np.empty(sum(sizes), dtype=np.int64)
+        vectors = np.empty((sum(sizes), self.dimension), dtype=np.float32)
+        at = 0
+        for list_no, size in enumerate(sizes):
+            if size == 0:
+                continue
+            labels[at : at + size] = faiss.rev_swig_ptr(invlists.get_ids(list_no), size)
+            codes = faiss.rev_swig_ptr(invlists.get_codes(list_no), size * invlists.code_size)
+            vectors[at : at + size] = codes.view(np.float32).reshape(size, self.dimension)
+            at += size
+        return labels, vectors
 
     # -- reads -------------------------------------------------------------------------------------
     def search(self, queries: np.ndarray, k: int, allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -198,18 +356,21 @@ class VectorIndex:
         return labels
 
     def _to_labels(self, ids: np.ndarray) -> np.ndarray:
-        if self.spec.kind is not IndexKind.HNSW:
+        if self.spec.kind is not IndexKind.HNSW or ids.size == 0:
             return ids
-        lookup = self._label_of
-        return np.vectorize(lambda i: lookup.get(int(i), -1), otypes=[np.int64])(ids) if ids.size else ids
+        labels = np.full(ids.shape, -1, dtype=np.int64)
+        found = ids >= 0
+        labels[found] = self._slot_labels[ids[found]]
+        return labels
 
     def _selector(self, allowed: np.ndarray | None):
         parts = []
         if allowed is not None:
             parts.append(faiss.IDSelectorBatch(np.ascontiguousarray(allowed[allowed >= 0], dtype=np.int64)))
         if self._dead:
-            dead = faiss.IDSelectorBatch(np.fromiter(self._dead, dtype=np.int64, count=len(self._dead)))
-            parts.append(faiss.IDSelectorNot(dead))
+            if self._dead_ids is None:
+                self._dead_ids = np.fromiter(self._dead, dtype=np.int64, count=len(self._dead))
+            parts.append(faiss.IDSelectorNot(faiss.IDSelectorBatch(self._dead_ids)))
         if not parts:
             return None
         selector = parts[0] if len(parts) == 1 else faiss.IDSelectorAnd(parts[0], parts[1])
@@ -248,7 +409,17 @@ class VectorIndex:
         if isinstance(index, faiss.IndexIVF):
             index.nprobe = self.spec.ivf_nprobe
         self._index = index
+        self._max_label = -1
         state = state or {}
-        self._dead = set(state.get("dead", ()))
+        self._dead = {int(slot) for slot in state.get("dead", ())}
+        self._dead_ids = None
         self._slot_of = {int(label): int(slot) for label, slot in state.get("slots", ())}
-        self._label_of = {slot: label for label, slot in self._slot_of.items()}
+        self._slot_labels = np.full(max(int(index.ntotal), 1), -1, dtype=np.int64)
+        if self._slot_of:
+            slots = np.fromiter(self._slot_of.values(), dtype=np.int64, count=len(self._slot_of))
+            if slots.max() >= index.ntotal or slots.min() < 0:
+                raise ValueError(f"HNSW slot map names slots outside the index's {index.ntotal} vectors")
+            self._slot_labels[slots] = np.fromiter(self._slot_of.keys(), dtype=np.int64, count=len(self._slot_of))
+            self._max_label = int(self._slot_labels.max())
+        elif self.spec.kind is not IndexKind.HNSW and index.ntotal:
+            self._max_label = int(self._stored_ids().max())

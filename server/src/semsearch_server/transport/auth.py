@@ -8,9 +8,12 @@ The key file (``--api-key-file``) holds one key per line::
     s3cr3t-reader-key read-only    # may call every RPC except the writes
 
 A key is any run of characters without whitespace or '#'. Clients send it as the metadata
-``authorization: Bearer <key>``. A missing or unknown key is UNAUTHENTICATED; a read-only key calling a
-write RPC is PERMISSION_DENIED. The health and reflection services stay open so that probes and grpcurl
-work without a key. Keys are compared in constant time and never logged or echoed.
+``authorization: Bearer <key>``. A missing or unknown key is UNAUTHENTICATED. Every SearchService RPC is
+classified in RPC_CLASSES as a read or a write: a read-only key calling a write RPC is PERMISSION_DENIED,
+and so is any key calling an RPC that is not classified (a new RPC is closed until someone decides what it
+is; a test checks that the table covers the service exactly). The health and reflection services stay open
+so that probes and grpcurl work without a key. Keys are compared in constant time and never logged or
+echoed.
 """
 
 from __future__ import annotations
@@ -27,10 +30,31 @@ import grpc
 from semsearch_server.config import ConfigError
 from semsearch_server.transport.server import SERVICE_NAME
 
-WRITE_RPCS: frozenset[str] = frozenset(
-    f"/{SERVICE_NAME}/{name}"
-    for name in ("Upsert", "UpsertStream", "Delete", "CreateCollection", "DeleteCollection", "Reindex")
-)
+
+class RpcClass(enum.Enum):
+    READ = "read"  # changes nothing: any valid key
+    WRITE = "write"  # changes documents or collections: a read-write key
+
+
+RPC_CLASSES: dict[str, RpcClass] = {
+    f"/{SERVICE_NAME}/{name}": rpc_class
+    for name, rpc_class in {
+        "Upsert": RpcClass.WRITE,
+        "UpsertStream": RpcClass.WRITE,
+        "Delete": RpcClass.WRITE,
+        "Get": RpcClass.READ,
+        "Search": RpcClass.READ,
+        "BatchSearch": RpcClass.READ,
+        "Explain": RpcClass.READ,
+        "Embed": RpcClass.READ,
+        "CreateCollection": RpcClass.WRITE,
+        "ListCollections": RpcClass.READ,
+        "DeleteCollection": RpcClass.WRITE,
+        "GetInfo": RpcClass.READ,
+        "Reindex": RpcClass.WRITE,
+    }.items()
+}
+WRITE_RPCS: frozenset[str] = frozenset(m for m, c in RPC_CLASSES.items() if c is RpcClass.WRITE)
 HEALTH_PREFIX = "/grpc.health.v1.Health/"
 OPEN_PREFIXES: tuple[str, ...] = (HEALTH_PREFIX, "/grpc.reflection.")
 
@@ -40,6 +64,12 @@ _EXPECTED = "send the metadata 'authorization: Bearer <key>' with a key from the
 class Role(enum.Enum):
     READ_ONLY = "read-only"
     READ_WRITE = "read-write"
+
+
+ALLOWED: dict[Role, frozenset[RpcClass]] = {
+    Role.READ_ONLY: frozenset({RpcClass.READ}),
+    Role.READ_WRITE: frozenset(RpcClass),
+}
 
 
 @dataclass(frozen=True)
@@ -92,7 +122,14 @@ class ApiKeyInterceptor(grpc.ServerInterceptor):
         role = self._role(_bearer_token(handler_call_details.invocation_metadata))
         if role is None:
             return _refusing(handler, grpc.StatusCode.UNAUTHENTICATED, f"missing or unknown API key: {_EXPECTED}")
-        if role is Role.READ_ONLY and method in WRITE_RPCS:
+        rpc_class = RPC_CLASSES.get(method)
+        if rpc_class is None:
+            return _refusing(
+                handler,
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"{method} is not classified as a read or a write RPC, so no API key may call it",
+            )
+        if rpc_class not in ALLOWED[role]:
             rpc = method.rsplit("/", 1)[-1]
             return _refusing(
                 handler, grpc.StatusCode.PERMISSION_DENIED, f"{rpc} needs a read-write API key; this key is read-only"

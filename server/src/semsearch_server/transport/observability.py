@@ -24,6 +24,7 @@ from semsearch_server.config import ServerConfig
 from semsearch_server.domain import CollectionStatus
 from semsearch_server.embedding.base import Embedder, EmbedderWrapper
 from semsearch_server.transport.auth import HEALTH_PREFIX, build_auth_interceptor, handler_with_behavior
+from semsearch_server.transport.deadlines import DeadlineInterceptor
 
 access_log = logging.getLogger("semsearch_server.access")
 
@@ -221,13 +222,14 @@ class AccessInterceptor(grpc.ServerInterceptor):
 
 
 def build_interceptors(config: ServerConfig, metrics: Metrics) -> list[grpc.ServerInterceptor]:
-    """Access log and metrics outermost (refused calls are logged and counted), then the API-key check.
+    """Access log and metrics outermost (refused calls are logged and counted), then the API-key check, then
+    the deadline handed to the code below (the embedding batcher).
 
     Raises:
         ConfigError: an unusable API key file.
     """
     auth = build_auth_interceptor(config.api_key_file)
-    return [AccessInterceptor(metrics), *([auth] if auth is not None else [])]
+    return [AccessInterceptor(metrics), *([auth] if auth is not None else []), DeadlineInterceptor()]
 
 
 class MetricsEndpoint:
