@@ -87,7 +87,8 @@ def render_ranking(result: ExplainResult, width: int = 30) -> str:
             scale = max(t.contribution for t in matched)
             for t in r.lexical_terms:
                 bar = _bar(t.contribution, scale, width) if t.contribution > 0 else ""
-                where = f"tf {t.term_frequency}, in {t.document_frequency:,} documents"
+                plural = "" if t.document_frequency == 1 else "s"
+                where = f"tf {t.term_frequency}, in {t.document_frequency:,} document{plural}"
                 lines.append(f"    {t.query_text[:_LABEL_WIDTH]:<{_LABEL_WIDTH}} {t.contribution:+.4f} {bar}  {where}")
     return "\n".join(lines)
 
