@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
 
 from semsearch.demo import DEMO_COLLECTION, DEMO_DOCUMENTS
 
@@ -16,23 +21,34 @@ from semsearch_server.errors import AlreadyExists
 log = logging.getLogger(__name__)
 
 
+@contextmanager
+def start_up_phase(name: str) -> Iterator[None]:
+    """Logs how long one phase of the start-up took ("start-up: <name> in 1.23s")."""
+    started = time.monotonic()
+    yield
+    log.info("start-up: %s in %.2fs", name, time.monotonic() - started)
+
+
 def build_embedder(config: ServerConfig):
-    """The configured backend's embedder, and the torch embedder behind it (Explain needs torch)."""
+    """The configured backend's embedder, and the ModelReference behind it (torch loaded only if needed)."""
     from semsearch_server.embedding.factory import build_embedder as build_backend
-    from semsearch_server.embedding.sentence_transformer import SentenceTransformerEmbedder, default_model_path
+    from semsearch_server.embedding.reference import ModelReference
+    from semsearch_server.embedding.sentence_transformer import default_model_path
 
     model_path = config.model or default_model_path()
-    reference = SentenceTransformerEmbedder(model_path)
-    log.info("model %s loaded: %s", model_path, reference.fingerprint.short())
-    embedder = build_backend(
-        model_path,
-        config.backend,
-        cache_dir=config.model_cache_dir,
-        threads=config.threads or None,
-        reference=reference,
-        # Any group the micro-batcher forms may go to ONNX Runtime while OpenVINO runs a bulk request.
-        small_max_texts_while_busy=config.batch_max_size,
-    )
+    with start_up_phase("model description"):
+        reference = ModelReference(model_path, config.model_cache_dir)
+    log.info("model %s: %s", model_path, reference.fingerprint.short())
+    with start_up_phase("embedding backends"):
+        embedder = build_backend(
+            model_path,
+            config.backend,
+            cache_dir=config.model_cache_dir,
+            threads=config.threads or None,
+            reference=reference,
+            # Any group the micro-batcher forms may go to ONNX Runtime while OpenVINO runs a bulk request.
+            small_max_texts_while_busy=config.batch_max_size,
+        )
     return embedder, reference
 
 
@@ -46,14 +62,15 @@ def build_service(config: ServerConfig, embedder=None, explainer=None, observe=N
     """
     if embedder is None:
         embedder, reference = build_embedder(config)
-        explainer = _build_explainer(reference)
+        explainer = _serving_explainer(embedder, reference)
     if observe is not None:
         embedder = observe(embedder)
     # With two engines (routing.py), an upsert on the batch engine need not hold up searches.
     bulk_lane = bool(getattr(embedder, "serves_small_calls_while_busy", False))
     embedder = MicroBatchingEmbedder(embedder, config.batch_max_size, config.batch_max_wait_ms, bulk_lane)
     registry = CollectionRegistry(config.data_dir, embedder.fingerprint, config.snapshot_every)
-    registry.load_all()
+    with start_up_phase("collections"):
+        registry.load_all()
     service = SearchService(embedder, registry, config.limits, explainer)
     if config.seed_demo:
         seed_demo(service)
@@ -61,12 +78,49 @@ def build_service(config: ServerConfig, embedder=None, explainer=None, observe=N
 
 
 def _build_explainer(embedder):
+    """An Explainer on a loaded torch embedder's model."""
     try:
         from semsearch_server.embedding.explain import Explainer
     except ImportError:
         log.warning("Explain is unavailable: semsearch_server.embedding.explain could not be imported")
         return None
     return Explainer(embedder.model, embedder.model_path)
+
+
+def _serving_explainer(embedder, reference):
+    """Explain on the engine that answers single queries when it is ONNX Runtime (exact, fast, no torch);
+    otherwise on the torch model, loaded on the first Explain."""
+    from semsearch_server.embedding.explain import Explainer
+    from semsearch_server.embedding.onnx_backend import OnnxEmbedder
+    from semsearch_server.embedding.reference import ModelReference
+
+    engine = getattr(embedder, "small", embedder)
+    if isinstance(engine, OnnxEmbedder):
+        explainer = Explainer.on_runtime(
+            engine, reference.model_path, reference.module_kinds, reference.fingerprint.pooling
+        )
+        explainer.vectors_match_search = True
+        return explainer
+    if isinstance(reference, ModelReference) and not reference.torch_loaded:
+        return _LazyExplainer(lambda: _build_explainer(reference.torch))
+    return _build_explainer(reference)
+
+
+class _LazyExplainer:
+    """Builds its explainer on the first call, so that a server that never explains never loads torch."""
+
+    vectors_match_search = False
+
+    def __init__(self, build: Callable[[], Any]) -> None:
+        self._build = build
+        self._explainer: Any = None
+        self._lock = threading.Lock()
+
+    def explain(self, *args: Any, **kwargs: Any) -> Any:
+        with self._lock:
+            if self._explainer is None:
+                self._explainer = self._build()
+        return self._explainer.explain(*args, **kwargs)
 
 
 def seed_demo(service: SearchService) -> None:

@@ -28,8 +28,8 @@ from semsearch_server.index.base import IndexStore
 
 # UpsertStream embeds consecutive messages together up to this many texts (see upsert_stream).
 STREAM_EMBED_GROUP = 1024
-# Scores recomputed for Explain and scores held by the index may differ by float rounding; past this
-# the difference is worth telling the user about.
+# Scores recomputed for Explain and scores held by the index may differ by float rounding (or by the
+# engine: a stored vector may come from the batch engine); past this the difference is worth a note.
 _SCORE_NOTE_TOLERANCE = 1e-4
 
 
@@ -221,7 +221,7 @@ class SearchService:
         if self._explainer is None:
             raise FailedPrecondition("Explain is not available on this server")
         self.validate.text(query, "query")
-        query_vector = self.embedder.encode([query])[0]
+        stored = None
         if doc_id is not None:
             store = self._store(collection)
             self.validate.ids([doc_id], "doc_id")
@@ -230,11 +230,9 @@ class SearchService:
                 raise NotFound(f"doc_id: no document {doc_id!r} in collection {store.name!r}")
             text = docs[0].text
             stored = store.get_vectors([doc_id]).get(doc_id)
-            index_score = float(query_vector @ stored) if stored is not None else float("nan")
         elif doc_text is not None:
             self.validate.text(doc_text, "doc_text")
             text = doc_text
-            index_score = float(query_vector @ self.embedder.encode([doc_text])[0])
         else:
             raise InvalidArgument("target: set doc_id (a stored document) or doc_text (any text)")
         # The eager-attention model and the token pass are not safe to share between threads.
@@ -242,6 +240,14 @@ class SearchService:
             explanation = self._explainer.explain(
                 query, text, granularity, include_attention, attention_layer, attention_head
             )
+        # An explainer on the engine that embeds queries has just computed Search's vectors: no second pass.
+        reuse = getattr(self._explainer, "vectors_match_search", False)
+        query_vector = explanation.query_vector if reuse else self.embedder.encode([query])[0]
+        if doc_id is not None:
+            index_score = float(query_vector @ stored) if stored is not None else float("nan")
+        else:
+            doc_vector = explanation.doc_vector if reuse else self.embedder.encode([doc_text])[0]
+            index_score = float(query_vector @ doc_vector)
         notes = []
         if explanation.query_truncated:
             notes.append(
@@ -253,10 +259,13 @@ class SearchService:
                 f"the document is longer than the model's {self.embedder.max_seq_length}-token window "
                 "and was embedded truncated"
             )
-        if abs(explanation.score - index_score) > _SCORE_NOTE_TOLERANCE:
+        recomputed = explanation.score
+        # `score` is the index's score; the contributions are scaled to add up to it exactly.
+        explanation = explanation.rescaled(index_score)
+        if abs(recomputed - index_score) > _SCORE_NOTE_TOLERANCE:
             notes.append(
                 f"the index holds score {index_score:.6f} for this pair (backend {self.embedder.fingerprint.backend}); "
-                f"the explanation recomputes {explanation.score:.6f} with the reference model"
+                f"the explanation recomputed {recomputed:.6f} and its contributions are scaled to the index's score"
             )
         return ExplainOutcome(explanation, index_score, notes)
 

@@ -18,6 +18,7 @@ import tempfile
 import threading
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -383,7 +384,7 @@ class RuntimeEmbedder(FingerprintDescribed):
         self._batch_size = batch_size
         # Copies of the model's own fast tokenizer, configured once and never changed afterwards so
         # that many threads can use them at once. The file pads to 128: padding is done per batch here.
-        spec = reference.tokenizer.backend_tokenizer.to_str()
+        spec = reference.tokenizer_spec
         self._tokenizer = Tokenizer.from_str(spec)
         self._tokenizer.no_padding()
         self._tokenizer.enable_truncation(self.max_seq_length)
@@ -493,3 +494,19 @@ class OnnxEmbedder(RuntimeEmbedder):
 
     def _forward(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
         return self._session.run(None, inputs)[0]
+
+    def token_states(self, text: str) -> tuple[Any, np.ndarray]:
+        """One text's tokens (a `tokenizers.Encoding`, truncated at the window, the rest in its
+        `overflowing`) and their final-layer vectors, float32 (tokens, dim).
+
+        The very forward pass `encode([text])` makes, so mean-pooling these vectors gives the vector
+        a lone text gets (Explain splits exactly the score that Search computes).
+        """
+        encoding = self._tokenizer.encode(text)
+        inputs = _pad([encoding], self._input_names)
+        with self._lock:
+            hidden = self._forward(inputs)
+        return encoding, np.array(hidden[0], dtype=np.float32)
+
+    def id_to_token(self, token_id: int) -> str:
+        return self._tokenizer.id_to_token(token_id)
