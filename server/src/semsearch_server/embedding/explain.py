@@ -233,16 +233,15 @@ class _TorchStates:
 
 
 class _RuntimeStates:
-    """Token vectors from an exported-model engine (OnnxEmbedder.token_states): one pass per text,
-    the very pass its encode() makes for a text alone, so the explained vectors are the served ones."""
+    """Token vectors from an exported-model engine (OnnxEmbedder.token_states): the engine that embeds
+    lone queries and documents, so the explained vectors are the served ones (to float rounding)."""
 
     def __init__(self, engine: Any) -> None:
         self._engine = engine
 
     def sides(self, texts: list[str]) -> list[_Side]:
         sides = []
-        for text in texts:
-            encoding, hidden = self._engine.token_states(text)
+        for text, (encoding, hidden) in zip(texts, self._engine.token_states(texts), strict=True):
             sides.append(
                 _Side(
                     text=text,
@@ -354,15 +353,8 @@ class Explainer:
         explanation = self._explain_pair(query_side, doc_side, granularity, layer, head)
         if not include_attention:
             return explanation
-        query_groups, doc_groups = (
-            query_side.groups(granularity),
-            doc_side.groups(granularity),
-        )
-        return replace(
-            explanation,
-            query_self_attention=self._self_attention(query_side, query_groups, layer, head),
-            doc_self_attention=self._self_attention(doc_side, doc_groups, layer, head),
-        )
+        query_attention, doc_attention = self._self_attention([query_side, doc_side], granularity, layer, head)
+        return replace(explanation, query_self_attention=query_attention, doc_self_attention=doc_attention)
 
     def explain_many(self, query: str, docs: list[str], granularity: str = "word") -> list[Explanation]:
         """Explains one query against many documents, encoding the query once.
@@ -409,15 +401,18 @@ class Explainer:
         norm_t, norm_u = float(np.linalg.norm(mean_t)), float(np.linalg.norm(mean_u))
         if norm_t == 0.0 or norm_u == 0.0:
             raise FailedPrecondition("Explain cannot split the score: a sentence embedding has zero length")
-        token_pairs = (t @ u.T) / (len(t) * len(u) * norm_t * norm_u)
-
         query_groups, doc_groups = query.groups(granularity), doc.groups(granularity)
-        pairs = _merge(token_pairs, query_groups, doc_groups)
+        # Segment sums of the token vectors: the pair matrix of segments is their dot products, scaled.
+        # sum over the pairs of a segment pair of t_i . u_j = (sum_i t_i) . (sum_j u_j), so no token-pair
+        # matrix is needed (the same sums, added in another order).
+        query_members, doc_members = _membership(query_groups, len(t)), _membership(doc_groups, len(u))
+        query_sums, doc_sums = query_members @ t, doc_members @ u
+        pairs = (query_sums @ doc_sums.T) / (len(t) * len(u) * norm_t * norm_u)
         query_segments = query.segments(query_groups, pairs.sum(axis=1), self._states.token_text)
         doc_segments = doc.segments(doc_groups, pairs.sum(axis=0), self._states.token_text)
 
-        query_means = np.stack([t[group].mean(axis=0) for group in query_groups])
-        doc_means = np.stack([u[group].mean(axis=0) for group in doc_groups])
+        query_means = query_sums / query_members.sum(axis=1, keepdims=True)
+        doc_means = doc_sums / doc_members.sum(axis=1, keepdims=True)
         cross = _softmax_rows(query_means @ doc_means.T / np.sqrt(t.shape[1]))
 
         return Explanation(
@@ -436,19 +431,34 @@ class Explainer:
             doc_vector=(mean_u / norm_u).astype(np.float32),
         )
 
-    def _self_attention(self, side: _Side, groups: list[list[int]], layer: int, head: int) -> np.ndarray:
-        """The model's attention probabilities for one text: sum over a segment's keys, mean over its queries."""
+    def _self_attention(self, sides: list[_Side], granularity: str, layer: int, head: int) -> list[np.ndarray]:
+        """The model's attention probabilities for each text: sum over a segment's keys, mean over its queries.
+
+        One padded pass for all the sides: a padded key gets probability 0 (the mask), so a text's
+        rows over its own tokens are what it gets alone, to float rounding.
+        """
         import torch
 
         model = self._attention_model()
-        # The tokens the explained pass saw (truncated at the window); [PAD]-free, so the mask is all ones.
-        ids = torch.tensor([side.input_ids], dtype=torch.long)
+        # The tokens the explained pass saw (truncated at the window).
+        width = max(len(side.input_ids) for side in sides)
+        ids = torch.zeros((len(sides), width), dtype=torch.long)
+        mask = torch.zeros((len(sides), width), dtype=torch.long)
+        for row, side in enumerate(sides):
+            ids[row, : len(side.input_ids)] = torch.tensor(side.input_ids)
+            mask[row, : len(side.input_ids)] = 1
         with torch.inference_mode():
-            output = model(input_ids=ids, attention_mask=torch.ones_like(ids), output_attentions=True)
-        probabilities = output.attentions[layer][0].to(torch.float64).numpy()  # (heads, n, n)
-        tokens = probabilities.mean(axis=0) if head == -1 else probabilities[head]
-        columns = np.stack([tokens[:, group].sum(axis=1) for group in groups], axis=1)
-        return np.stack([columns[group].mean(axis=0) for group in groups])
+            output = model(input_ids=ids, attention_mask=mask, output_attentions=True)
+        probabilities = output.attentions[layer].to(torch.float64).numpy()  # (texts, heads, n, n)
+        out = []
+        for row, side in enumerate(sides):
+            n = len(side.input_ids)
+            tokens = probabilities[row, :, :n, :n]
+            tokens = tokens.mean(axis=0) if head == -1 else tokens[head]
+            members = _membership(side.groups(granularity), n)
+            columns = tokens @ members.T  # each query token's attention summed over a segment's keys
+            out.append((members @ columns) / members.sum(axis=1, keepdims=True))
+        return out
 
     def _attention_model(self) -> Any:
         with self._eager_lock:
@@ -465,10 +475,12 @@ class Explainer:
             return self._eager_model
 
 
-def _merge(tokens: np.ndarray, row_groups: list[list[int]], col_groups: list[list[int]]) -> np.ndarray:
-    """Sums a token-pair matrix into segment pairs (sums keep the total equal to the score)."""
-    rows = np.stack([tokens[group].sum(axis=0) for group in row_groups])
-    return np.stack([rows[:, group].sum(axis=1) for group in col_groups], axis=1)
+def _membership(groups: list[list[int]], tokens: int) -> np.ndarray:
+    """float64 (segments, tokens): 1 where a token belongs to a segment, else 0."""
+    members = np.zeros((len(groups), tokens))
+    for row, group in enumerate(groups):
+        members[row, group] = 1.0
+    return members
 
 
 def _softmax_rows(logits: np.ndarray) -> np.ndarray:
