@@ -49,6 +49,10 @@ def build_embedder(config: ServerConfig):
             # Any group the micro-batcher forms may go to ONNX Runtime while OpenVINO runs a bulk request.
             small_max_texts_while_busy=config.batch_max_size,
         )
+    if reference.torch_loaded and embedder is not reference.torch:
+        # A first start loaded torch for the exports and the agreement check; serving does not need it.
+        reference.release_torch()
+        log.info("start-up: the torch model is released (needed for the exports and checks only)")
     return embedder, reference
 
 

@@ -109,6 +109,11 @@ class ModelReference(FingerprintDescribed):
     def token_counts(self, texts: list[str]) -> list[int]:
         return self.torch.token_counts(texts)
 
+    def release_torch(self) -> None:
+        """Drops the torch model (after a first start's exports and checks); `torch` loads it again if asked."""
+        with self._torch_lock:
+            self._torch = None
+
     def _load_torch(self, why: str) -> SentenceTransformerEmbedder:
         with self._torch_lock:
             if self._torch is None:
