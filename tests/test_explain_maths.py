@@ -44,9 +44,18 @@ def explainer(request, model_path: str) -> Explainer:
     """Explain on the torch model, and on the ONNX Runtime engine a server answers queries with."""
     if request.param == "torch":
         return Explainer(request.getfixturevalue("torch_model"), model_path)
+    from semsearch_server.embedding.onnx_backend import OnnxAttention
+
     engine = request.getfixturevalue("onnx_engine")
     reference = engine.reference
-    return Explainer.on_runtime(engine, model_path, reference.module_kinds, reference.fingerprint.pooling)
+    cache = Path(os.environ["SEMSEARCH_CACHE_DIR"])
+    return Explainer.on_runtime(
+        engine,
+        model_path,
+        reference.module_kinds,
+        reference.fingerprint.pooling,
+        lambda: OnnxAttention(reference, cache),
+    )
 
 
 @pytest.fixture
@@ -291,3 +300,27 @@ def test_rescaling_a_score_near_zero_spreads_the_difference(explainer: Explainer
     assert_sums(moved)
     assert np.abs(moved.pair_contributions - tiny.pair_contributions).max() <= 1e-5
     assert base.rescaled(float("nan")) is base
+
+
+def test_onnx_attention_gives_torchs_probabilities(onnx_engine, torch_model, model_path: str) -> None:
+    from semsearch_server.embedding.onnx_backend import OnnxAttention
+
+    reference = onnx_engine.reference
+    cache = Path(os.environ["SEMSEARCH_CACHE_DIR"])
+    on_onnx = Explainer.on_runtime(
+        onnx_engine,
+        model_path,
+        reference.module_kinds,
+        reference.fingerprint.pooling,
+        lambda: OnnxAttention(reference, cache),
+    )
+    on_torch = Explainer.on_runtime(onnx_engine, model_path, reference.module_kinds, reference.fingerprint.pooling)
+    for layer, head in ((-1, -1), (2, 5), (0, 0)):
+        got = on_onnx.explain(QUERY, IT_SENTENCE, include_attention=True, attention_layer=layer, attention_head=head)
+        expected = on_torch.explain(
+            QUERY, IT_SENTENCE, include_attention=True, attention_layer=layer, attention_head=head
+        )
+        np.testing.assert_allclose(got.query_self_attention, expected.query_self_attention, atol=1e-4)
+        np.testing.assert_allclose(got.doc_self_attention, expected.doc_self_attention, atol=1e-4)
+    assert isinstance(on_onnx._eager_model, OnnxAttention)
+    assert not isinstance(on_torch._eager_model, OnnxAttention)

@@ -1,4 +1,4 @@
-"""A real server on the default backends: a restart serves without torch, Explain's score is Search's."""
+"""A real server on the default backends: a restart serves and explains without torch; Explain's score is Search's."""
 
 from __future__ import annotations
 
@@ -49,9 +49,20 @@ def test_a_warm_restart_serves_and_explains_without_torch(tmp_path):
             assert free.score == pytest.approx(hits["c5"], abs=2e-3)
             assert free.pair_contributions.sum() == pytest.approx(free.score, abs=1e-5)
             assert not torch_mapped(server.pid)  # Explain runs on the ONNX Runtime engine
+            # Attention runs on its own ONNX export, made (with torch) on the first request for it.
             with_attention = client.explain(QUERY, doc_id="c5", collection="demo", include_attention=True)
             assert with_attention.doc_self_attention.shape == (len(result.doc_segments),) * 2
             assert with_attention.score == pytest.approx(result.score, abs=1e-6)
-            assert torch_mapped(server.pid)  # attention's eager model, loaded on first use
+        assert server.terminate() == 0
+    finally:
+        server.stop()
+    # Once exported, attention needs no torch either.
+    server = ServerProcess(tmp_path / "data", "--seed-demo", "true").start()
+    try:
+        with server.client() as client:
+            again = client.explain(QUERY, doc_id="c5", collection="demo", include_attention=True)
+            assert again.doc_self_attention == pytest.approx(with_attention.doc_self_attention, abs=1e-6)
+            assert "attention model loaded" in server.output()
+            assert not torch_mapped(server.pid)
     finally:
         server.stop()

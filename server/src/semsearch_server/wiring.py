@@ -66,7 +66,7 @@ def build_service(config: ServerConfig, embedder=None, explainer=None, observe=N
     """
     if embedder is None:
         embedder, reference = build_embedder(config)
-        explainer = _serving_explainer(embedder, reference)
+        explainer = _serving_explainer(embedder, reference, config)
     if observe is not None:
         embedder = observe(embedder)
     # With two engines (routing.py), an upsert on the batch engine need not hold up searches.
@@ -91,17 +91,26 @@ def _build_explainer(embedder):
     return Explainer(embedder.model, embedder.model_path)
 
 
-def _serving_explainer(embedder, reference):
-    """Explain on the engine that answers single queries when it is ONNX Runtime (exact, fast, no torch);
-    otherwise on the torch model, loaded on the first Explain."""
+def _serving_explainer(embedder, reference, config: ServerConfig):
+    """Explain on the engine that answers single queries when it is ONNX Runtime (exact, fast, no torch),
+    attention on its ONNX export (made the first time it is asked for); otherwise on the torch model,
+    loaded on the first Explain."""
     from semsearch_server.embedding.explain import Explainer
-    from semsearch_server.embedding.onnx_backend import OnnxEmbedder
+    from semsearch_server.embedding.onnx_backend import OnnxAttention, OnnxEmbedder
     from semsearch_server.embedding.reference import ModelReference
+
+    def attention() -> OnnxAttention:
+        had_torch = reference.torch_loaded
+        try:
+            return OnnxAttention(reference, config.model_cache_dir, threads=config.threads or None)
+        finally:
+            if not had_torch and reference.torch_loaded:
+                reference.release_torch()  # the export needed it; serving attention does not
 
     engine = getattr(embedder, "small", embedder)
     if isinstance(engine, OnnxEmbedder):
         explainer = Explainer.on_runtime(
-            engine, reference.model_path, reference.module_kinds, reference.fingerprint.pooling
+            engine, reference.model_path, reference.module_kinds, reference.fingerprint.pooling, attention
         )
         explainer.vectors_match_search = True
         return explainer

@@ -285,15 +285,23 @@ class Explainer:
         )
 
     @classmethod
-    def on_runtime(cls, engine: Any, model_path: str, module_kinds: list[str], pooling: str) -> Explainer:
-        """An Explainer that runs `engine` (an OnnxEmbedder: `token_states`, `id_to_token`); no torch
-        unless attention is asked for.
+    def on_runtime(
+        cls,
+        engine: Any,
+        model_path: str,
+        module_kinds: list[str],
+        pooling: str,
+        attention: Callable[[], Any] | None = None,
+    ) -> Explainer:
+        """An Explainer that runs `engine` (an OnnxEmbedder: `token_states`, `id_to_token`); no torch.
 
         Args:
             engine: the engine whose token vectors are explained.
             model_path: the model's directory (its transformer's config.json; attention's weights).
             module_kinds: class names of the model's modules in order ("Transformer", "Pooling", ...).
             pooling: the Pooling module's mode ("mean", ...).
+            attention: makes the attention engine (`probabilities(ids, mask)`, as OnnxAttention) on the
+                first request for attention; None loads an eager torch copy of the model instead.
         """
         config = json.loads((Path(_transformer_dir(str(model_path))) / "config.json").read_text())
         self = cls.__new__(cls)
@@ -304,6 +312,7 @@ class Explainer:
             int(config["num_hidden_layers"]),
             int(config["num_attention_heads"]),
         )
+        self._attention_source = attention
         return self
 
     def _setup(self, states: Any, model_path: str, unsupported: str | None, layers: int, heads: int) -> None:
@@ -312,8 +321,9 @@ class Explainer:
         self._unsupported = unsupported
         self._num_layers = layers
         self._num_heads = heads
-        self._eager_model: Any = None
+        self._eager_model: Any = None  # the attention engine, loaded on first use
         self._eager_lock = threading.Lock()
+        self._attention_source: Callable[[], Any] | None = None
         self.vectors_match_search = False
 
     @property
@@ -437,19 +447,14 @@ class Explainer:
         One padded pass for all the sides: a padded key gets probability 0 (the mask), so a text's
         rows over its own tokens are what it gets alone, to float rounding.
         """
-        import torch
-
-        model = self._attention_model()
         # The tokens the explained pass saw (truncated at the window).
         width = max(len(side.input_ids) for side in sides)
-        ids = torch.zeros((len(sides), width), dtype=torch.long)
-        mask = torch.zeros((len(sides), width), dtype=torch.long)
+        ids = np.zeros((len(sides), width), dtype=np.int64)
+        mask = np.zeros((len(sides), width), dtype=np.int64)
         for row, side in enumerate(sides):
-            ids[row, : len(side.input_ids)] = torch.tensor(side.input_ids)
+            ids[row, : len(side.input_ids)] = side.input_ids
             mask[row, : len(side.input_ids)] = 1
-        with torch.inference_mode():
-            output = model(input_ids=ids, attention_mask=mask, output_attentions=True)
-        probabilities = output.attentions[layer].to(torch.float64).numpy()  # (texts, heads, n, n)
+        probabilities = self._attention_probabilities(ids, mask, layer)  # (texts, heads, n, n)
         out = []
         for row, side in enumerate(sides):
             n = len(side.input_ids)
@@ -460,19 +465,37 @@ class Explainer:
             out.append((members @ columns) / members.sum(axis=1, keepdims=True))
         return out
 
-    def _attention_model(self) -> Any:
+    def _attention_probabilities(self, ids: np.ndarray, mask: np.ndarray, layer: int) -> np.ndarray:
+        """float64 (texts, heads, n, n) at `layer`, from the attention export if there is one, else torch."""
         with self._eager_lock:
             if self._eager_model is None:
                 started = time.monotonic()
-                from transformers import AutoModel
-
-                self._eager_model = AutoModel.from_pretrained(
-                    _transformer_dir(self._model_path),
-                    attn_implementation="eager",
-                    local_files_only=True,
-                ).eval()
+                self._eager_model = self._load_attention()
                 log.info("attention model loaded in %.2fs (first Explain with attention)", time.monotonic() - started)
-            return self._eager_model
+            model = self._eager_model
+        if hasattr(model, "probabilities"):
+            return model.probabilities(ids, mask)[layer].astype(np.float64)
+        import torch
+
+        with torch.inference_mode():
+            output = model(
+                input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask), output_attentions=True
+            )
+        return output.attentions[layer].to(torch.float64).numpy()
+
+    def _load_attention(self) -> Any:
+        if self._attention_source is not None:
+            try:
+                return self._attention_source()
+            except Exception as exc:  # noqa: BLE001 - the eager torch model gives the same probabilities
+                log.warning("attention runs on torch: its ONNX export failed (%s: %s)", type(exc).__name__, exc)
+        from transformers import AutoModel
+
+        return AutoModel.from_pretrained(
+            _transformer_dir(self._model_path),
+            attn_implementation="eager",
+            local_files_only=True,
+        ).eval()
 
 
 def _membership(groups: list[list[int]], tokens: int) -> np.ndarray:
