@@ -63,7 +63,7 @@ class Application:
     def load(self) -> SearchService:
         """Loads the model and recovers every collection, then reports SERVING."""
         started = time.monotonic()
-        from semsearch_server.wiring import build_service
+        from semsearch_server.wiring import build_service, return_free_memory
 
         self.service = build_service(
             self.config, self._embedder, self._explainer, observe=lambda inner: MeteredEmbedder(inner, self.metrics)
@@ -73,7 +73,7 @@ class Application:
         # What start-up allocated (modules, models, collections) lives as long as the process: moved out
         # of the collector's sight, later collections walk only what requests allocate, not all of it.
         gc.collect()
-        _return_free_memory()
+        return_free_memory()
         gc.freeze()
         self.servicer.attach(self.service)
         set_health(self.health, serving=True)
@@ -95,18 +95,3 @@ class Application:
             self.service.close()
             self.service = None
         log.info("stopped")
-
-
-def _return_free_memory() -> None:
-    """Hands the C heap's free pages back to the system (glibc keeps them otherwise): after a first
-    start, the exports and the torch model leave hundreds of MB free but resident."""
-    import ctypes
-    import ctypes.util
-
-    name = ctypes.util.find_library("c")
-    try:
-        libc = ctypes.CDLL(name) if name else None
-        if libc is not None and hasattr(libc, "malloc_trim"):
-            libc.malloc_trim(0)
-    except OSError:  # not glibc: nothing to hand back this way
-        pass

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import gc
 import logging
 import threading
 import time
@@ -49,10 +52,6 @@ def build_embedder(config: ServerConfig):
             # Any group the micro-batcher forms may go to ONNX Runtime while OpenVINO runs a bulk request.
             small_max_texts_while_busy=config.batch_max_size,
         )
-    if reference.torch_loaded and embedder is not reference.torch:
-        # A first start loaded torch for the exports and the agreement check; serving does not need it.
-        reference.release_torch()
-        log.info("start-up: the torch model is released (needed for the exports and checks only)")
     return embedder, reference
 
 
@@ -67,6 +66,8 @@ def build_service(config: ServerConfig, embedder=None, explainer=None, observe=N
     if embedder is None:
         embedder, reference = build_embedder(config)
         explainer = _serving_explainer(embedder, reference, config)
+        if reference.torch_loaded and embedder is not reference.torch:
+            _settle_first_start(reference, config)
     if observe is not None:
         embedder = observe(embedder)
     # With two engines (routing.py), an upsert on the batch engine need not hold up searches.
@@ -79,6 +80,50 @@ def build_service(config: ServerConfig, embedder=None, explainer=None, observe=N
     if config.seed_demo:
         seed_demo(service)
     return service
+
+
+def _settle_first_start(reference, config: ServerConfig) -> None:
+    """A first start loaded torch for the exports and the agreement check, which serving does not need.
+
+    In the background (SERVING is not delayed), the attention export is made while torch is loaded
+    anyway, so that no later Explain with attention needs torch; then the torch model is released
+    and the freed heap handed back.
+    """
+
+    def settle() -> None:
+        from semsearch_server.embedding.onnx_backend import attention_onnx_dir
+
+        started = time.monotonic()
+        try:
+            attention_onnx_dir(reference, config.model_cache_dir)
+            log.info("attention export ready in %.2fs (background, first start)", time.monotonic() - started)
+        except Exception as exc:  # noqa: BLE001 - attention will run on the torch model instead
+            log.warning(
+                "attention export failed (%s: %s); attention will load the torch model", type(exc).__name__, exc
+            )
+        reference.release_torch()
+        # Start-up froze what it had allocated (app.py); the torch model is among it.
+        frozen = gc.get_freeze_count() > 0
+        gc.unfreeze()
+        gc.collect()
+        return_free_memory()
+        if frozen:
+            gc.freeze()
+        log.info("the torch model is released (needed for the first start's exports and checks only)")
+
+    threading.Thread(target=settle, name="first-start-settle", daemon=True).start()
+
+
+def return_free_memory() -> None:
+    """Hands the C heap's free pages back to the system (glibc keeps them otherwise): after a first
+    start, the exports and the torch model leave hundreds of MB free but resident."""
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name) if name else None
+        if libc is not None and hasattr(libc, "malloc_trim"):
+            libc.malloc_trim(0)
+    except OSError:  # not glibc: nothing to hand back this way
+        pass
 
 
 def _build_explainer(embedder):
