@@ -159,7 +159,7 @@ def _serving_explainer(embedder, reference, config: ServerConfig):
         )
         explainer.vectors_match_search = True
         return explainer
-    if isinstance(reference, ModelReference) and not reference.torch_loaded:
+    if isinstance(reference, ModelReference):
         return _LazyExplainer(lambda: _build_explainer(reference.torch))
     return _build_explainer(reference)
 
