@@ -533,3 +533,67 @@ def test_size_routing_sends_requests_around_a_busy_batch_engine():
     routed.encode(["t"] * 5)  # idle again
     assert small.calls == [1, 5, 8]
     assert sorted(bulk.calls) == [5, 5, 9, 40]
+
+
+def test_model_reference_describes_the_model_like_torch_without_loading_it(reference, tmp_path):
+    from semsearch_server.embedding.reference import ModelReference
+
+    first = ModelReference(default_model_path(), tmp_path)  # nothing cached: loads torch to describe it
+    assert first.torch_loaded
+    second = ModelReference(default_model_path(), tmp_path)
+    assert not second.torch_loaded
+
+    def untouched(spec: str) -> str:
+        # The model's tokenizer keeps the padding and truncation of its last call in its state; the
+        # runtimes set both themselves, so only the rest must match.
+        from tokenizers import Tokenizer
+
+        tokenizer = Tokenizer.from_str(spec)
+        tokenizer.no_padding()
+        tokenizer.no_truncation()
+        return tokenizer.to_str()
+
+    for described in (first, second):
+        assert described.fingerprint == reference.fingerprint
+        assert untouched(described.tokenizer_spec) == untouched(reference.tokenizer_spec)
+        assert described.module_kinds == ["Transformer", "Pooling", "Normalize"]
+    # Another model's weights (a different sha256) are never described by this file.
+    (info,) = (tmp_path / "model-info").iterdir()
+    assert info.name == f"{reference.fingerprint.weights_sha256}.json"
+    info.write_text("{not json")
+    assert ModelReference(default_model_path(), tmp_path).torch_loaded  # unreadable: described again
+
+
+def test_a_restart_reuses_the_agreement_verdicts_without_torch(reference, cache_dir, onnx_embedder, monkeypatch):
+    factory.build_embedder(default_model_path(), "onnx", cache_dir=cache_dir)  # as a first start
+    verdict = cache_dir / "agreement" / reference.fingerprint.weights_sha256 / "onnx.json"
+    assert json.loads(verdict.read_text())["problem"] is None
+
+    def not_again(*_):
+        raise AssertionError("the agreement check ran again")
+
+    monkeypatch.setattr(factory, "agreement_problem", not_again)
+    embedder = factory.build_embedder(default_model_path(), "onnx", cache_dir=cache_dir)
+    assert embedder.fingerprint.backend == "onnx"
+    assert not embedder.reference.torch_loaded  # neither the check nor the fingerprint needed torch
+
+    # Anything the verdict depends on changes its key: a stricter check runs again.
+    checked = []
+    monkeypatch.setattr(factory, "agreement_problem", lambda embedder, expected: checked.append(expected.shape))
+    monkeypatch.setattr(factory, "MIN_COSINE", 0.99995)
+    factory.build_embedder(default_model_path(), "onnx", cache_dir=cache_dir, reference=reference)
+    assert checked == [(len(factory.CHECK_SENTENCES), 384)]
+    # So does another artifact: a verdict about the same backend on other files is not reused.
+    key = factory._verdict_key("onnx", embedder)
+    assert key["artifact"]["files"] and key["weights_sha256"] == reference.fingerprint.weights_sha256
+
+
+def test_a_cached_disagreement_is_reported_like_a_fresh_one(reference, cache_dir, onnx_embedder, monkeypatch, caplog):
+    monkeypatch.setitem(sys.modules, "openvino", None)
+    monkeypatch.setattr(factory, "MIN_COSINE", 1.5)
+    for _ in range(2):  # the second time from the cached verdict
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger=factory.__name__):
+            embedder = factory.build_embedder(default_model_path(), "auto", cache_dir=cache_dir, reference=reference)
+        assert embedder is reference
+        assert any("disagrees with torch" in r.getMessage() for r in caplog.records)

@@ -29,15 +29,60 @@ def model_path() -> str:
 
 
 @pytest.fixture(scope="session")
-def model(model_path: str):
+def onnx_engine(model_path: str):
+    """The server's ONNX Runtime engine, made from the model description alone (no torch model)."""
+    pytest.importorskip("onnxruntime")
+    from semsearch_server.embedding.onnx_backend import OnnxEmbedder
+    from semsearch_server.embedding.reference import ModelReference
+
+    cache = Path(os.environ["SEMSEARCH_CACHE_DIR"])  # the session's shared export cache (conftest)
+    return OnnxEmbedder(ModelReference(model_path, cache), cache)
+
+
+@pytest.fixture(scope="session", params=["torch", "onnx"])
+def explainer(request, model_path: str) -> Explainer:
+    """Explain on the torch model, and on the ONNX Runtime engine a server answers queries with."""
+    if request.param == "torch":
+        return Explainer(request.getfixturevalue("torch_model"), model_path)
+    from semsearch_server.embedding.onnx_backend import OnnxAttention
+
+    engine = request.getfixturevalue("onnx_engine")
+    reference = engine.reference
+    cache = Path(os.environ["SEMSEARCH_CACHE_DIR"])
+    return Explainer.on_runtime(
+        engine,
+        model_path,
+        reference.module_kinds,
+        reference.fingerprint.pooling,
+        lambda: OnnxAttention(reference, cache),
+    )
+
+
+@pytest.fixture
+def model(request, model_path: str):
+    """What the explainer under test embeds with: Search's vectors are this model's `encode`."""
+    engine = request.node.callspec.params.get("explainer") if hasattr(request.node, "callspec") else None
+    if engine == "onnx":
+        return _EngineModel(request.getfixturevalue("onnx_engine"))
+    return request.getfixturevalue("torch_model")
+
+
+@pytest.fixture(scope="session")
+def torch_model(model_path: str):
     from sentence_transformers import SentenceTransformer
 
     return SentenceTransformer(model_path, device="cpu", local_files_only=True)
 
 
-@pytest.fixture(scope="session")
-def explainer(model, model_path: str) -> Explainer:
-    return Explainer(model, model_path)
+class _EngineModel:
+    """An OnnxEmbedder seen through SentenceTransformer.encode's signature; one text per call, as a
+    server embeds a lone query or document."""
+
+    def __init__(self, engine) -> None:
+        self._engine = engine
+
+    def encode(self, texts, normalize_embeddings=True):
+        return np.stack([self._engine.encode([text])[0] for text in texts])
 
 
 def encode_cosine(model, query: str, doc: str) -> float:
@@ -214,3 +259,68 @@ def test_cls_pooling_model_is_refused(model_path: str, tmp_path: Path) -> None:
     cls_model = SentenceTransformer(str(copy), device="cpu", local_files_only=True)
     with pytest.raises(FailedPrecondition, match="mean-pooling.*cls"):
         Explainer(cls_model, str(copy)).explain(QUERY, DOC)
+
+
+def test_cls_pooling_model_is_refused_on_the_runtime_engine(onnx_engine, model_path: str) -> None:
+    kinds = onnx_engine.reference.module_kinds
+    assert kinds == ["Transformer", "Pooling", "Normalize"]
+    with pytest.raises(FailedPrecondition, match="mean-pooling.*cls"):
+        Explainer.on_runtime(onnx_engine, model_path, kinds, "cls").explain(QUERY, DOC)
+    with pytest.raises(FailedPrecondition, match="Dense"):
+        Explainer.on_runtime(onnx_engine, model_path, [*kinds, "Dense"], "mean").explain(QUERY, DOC)
+
+
+def test_the_runtime_engine_explains_the_vectors_it_serves(onnx_engine, model_path: str) -> None:
+    reference = onnx_engine.reference
+    explainer = Explainer.on_runtime(onnx_engine, model_path, reference.module_kinds, reference.fingerprint.pooling)
+    result = explainer.explain(QUERY, DOC)
+    served = onnx_engine.encode([QUERY]), onnx_engine.encode([DOC])
+    # The pass Search makes for a lone text, to float rounding: the index's score is this one.
+    np.testing.assert_allclose(result.query_vector, served[0][0], atol=2e-6)
+    np.testing.assert_allclose(result.doc_vector, served[1][0], atol=2e-6)
+    assert result.score == pytest.approx(float(served[0][0] @ served[1][0]), abs=2e-6)
+    assert not explainer.attention_loaded  # attention's model loads on the first request for it
+
+
+@pytest.mark.parametrize("target", [0.5, -0.2, 0.7554, 0.0])
+def test_rescaled_contributions_add_up_to_the_given_score(explainer: Explainer, target: float) -> None:
+    result = explainer.explain(QUERY, DOC).rescaled(target)
+    assert result.score == target
+    assert_sums(result)
+    assert result.pair_contributions.sum() == pytest.approx(target, abs=1e-9)
+
+
+def test_rescaling_a_score_near_zero_spreads_the_difference(explainer: Explainer) -> None:
+    base = explainer.explain(QUERY, DOC)
+    # A recomputed score this small cannot be scaled (the ratio would blow rounding up).
+    tiny = base.rescaled(1e-5)
+    assert tiny.score == 1e-5
+    moved = tiny.rescaled(2e-5)
+    assert moved.score == 2e-5
+    assert_sums(moved)
+    assert np.abs(moved.pair_contributions - tiny.pair_contributions).max() <= 1e-5
+    assert base.rescaled(float("nan")) is base
+
+
+def test_onnx_attention_gives_torchs_probabilities(onnx_engine, torch_model, model_path: str) -> None:
+    from semsearch_server.embedding.onnx_backend import OnnxAttention
+
+    reference = onnx_engine.reference
+    cache = Path(os.environ["SEMSEARCH_CACHE_DIR"])
+    on_onnx = Explainer.on_runtime(
+        onnx_engine,
+        model_path,
+        reference.module_kinds,
+        reference.fingerprint.pooling,
+        lambda: OnnxAttention(reference, cache),
+    )
+    on_torch = Explainer.on_runtime(onnx_engine, model_path, reference.module_kinds, reference.fingerprint.pooling)
+    for layer, head in ((-1, -1), (2, 5), (0, 0)):
+        got = on_onnx.explain(QUERY, IT_SENTENCE, include_attention=True, attention_layer=layer, attention_head=head)
+        expected = on_torch.explain(
+            QUERY, IT_SENTENCE, include_attention=True, attention_layer=layer, attention_head=head
+        )
+        np.testing.assert_allclose(got.query_self_attention, expected.query_self_attention, atol=1e-4)
+        np.testing.assert_allclose(got.doc_self_attention, expected.doc_self_attention, atol=1e-4)
+    assert isinstance(on_onnx._eager_model, OnnxAttention)
+    assert not isinstance(on_torch._eager_model, OnnxAttention)

@@ -2,8 +2,16 @@
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import gc
 import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from semsearch.demo import DEMO_COLLECTION, DEMO_DOCUMENTS
 
@@ -19,23 +27,34 @@ from semsearch_server.index.faiss_store import LocalStoreProvider
 log = logging.getLogger(__name__)
 
 
+@contextmanager
+def start_up_phase(name: str) -> Iterator[None]:
+    """Logs how long one phase of the start-up took ("start-up: <name> in 1.23s")."""
+    started = time.monotonic()
+    yield
+    log.info("start-up: %s in %.2fs", name, time.monotonic() - started)
+
+
 def build_embedder(config: ServerConfig):
-    """The configured backend's embedder, and the torch embedder behind it (Explain needs torch)."""
+    """The configured backend's embedder, and the ModelReference behind it (torch loaded only if needed)."""
     from semsearch_server.embedding.factory import build_embedder as build_backend
-    from semsearch_server.embedding.sentence_transformer import SentenceTransformerEmbedder, default_model_path
+    from semsearch_server.embedding.reference import ModelReference
+    from semsearch_server.embedding.sentence_transformer import default_model_path
 
     model_path = config.model or default_model_path()
-    reference = SentenceTransformerEmbedder(model_path)
-    log.info("model %s loaded: %s", model_path, reference.fingerprint.short())
-    embedder = build_backend(
-        model_path,
-        config.backend,
-        cache_dir=config.model_cache_dir,
-        threads=config.threads or None,
-        reference=reference,
-        # Any group the micro-batcher forms may go to ONNX Runtime while OpenVINO runs a bulk request.
-        small_max_texts_while_busy=config.batch_max_size,
-    )
+    with start_up_phase("model description"):
+        reference = ModelReference(model_path, config.model_cache_dir)
+    log.info("model %s: %s", model_path, reference.fingerprint.short())
+    with start_up_phase("embedding backends"):
+        embedder = build_backend(
+            model_path,
+            config.backend,
+            cache_dir=config.model_cache_dir,
+            threads=config.threads or None,
+            reference=reference,
+            # Any group the micro-batcher forms may go to ONNX Runtime while OpenVINO runs a bulk request.
+            small_max_texts_while_busy=config.batch_max_size,
+        )
     return embedder, reference
 
 
@@ -49,7 +68,9 @@ def build_service(config: ServerConfig, embedder=None, explainer=None, observe=N
     """
     if embedder is None:
         embedder, reference = build_embedder(config)
-        explainer = _build_explainer(reference)
+        explainer = _serving_explainer(embedder, reference, config)
+        if reference.torch_loaded and embedder is not reference.torch:
+            _settle_first_start(reference, config)
     if observe is not None:
         embedder = observe(embedder)
     # With two engines (routing.py), an upsert on the batch engine need not hold up searches.
@@ -59,7 +80,8 @@ def build_service(config: ServerConfig, embedder=None, explainer=None, observe=N
     default_settings = CollectionSettings(passages=splitter.resolve(PassageConfig()).as_config())
     provider = build_store_provider(config)
     registry = CollectionRegistry(provider, embedder.fingerprint, default_settings)
-    registry.load_all()
+    with start_up_phase("collections"):
+        registry.load_all()
     service = SearchService(embedder, registry, config.limits, explainer, splitter)
     if config.seed_demo:
         seed_demo(service)
@@ -86,13 +108,103 @@ def build_splitter(config: ServerConfig, embedder) -> PassageSplitter:
     return PassageSplitter.for_model(model_path, embedder.max_seq_length)
 
 
+def _settle_first_start(reference, config: ServerConfig) -> None:
+    """A first start loaded torch for the exports and the agreement check, which serving does not need.
+
+    In the background (SERVING is not delayed), the attention export is made while torch is loaded
+    anyway, so that no later Explain with attention needs torch; then the torch model is released
+    and the freed heap handed back.
+    """
+
+    def settle() -> None:
+        from semsearch_server.embedding.onnx_backend import attention_onnx_dir
+
+        started = time.monotonic()
+        try:
+            attention_onnx_dir(reference, config.model_cache_dir)
+            log.info("attention export ready in %.2fs (background, first start)", time.monotonic() - started)
+        except Exception as exc:  # noqa: BLE001 - attention will run on the torch model instead
+            log.warning(
+                "attention export failed (%s: %s); attention will load the torch model", type(exc).__name__, exc
+            )
+        reference.release_torch()
+        # Start-up froze what it had allocated (app.py); the torch model is among it.
+        frozen = gc.get_freeze_count() > 0
+        gc.unfreeze()
+        gc.collect()
+        return_free_memory()
+        if frozen:
+            gc.freeze()
+        log.info("the torch model is released (needed for the first start's exports and checks only)")
+
+    threading.Thread(target=settle, name="first-start-settle", daemon=True).start()
+
+
+def return_free_memory() -> None:
+    """Hands the C heap's free pages back to the system (glibc keeps them otherwise): after a first
+    start, the exports and the torch model leave hundreds of MB free but resident."""
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name) if name else None
+        if libc is not None and hasattr(libc, "malloc_trim"):
+            libc.malloc_trim(0)
+    except OSError:  # not glibc: nothing to hand back this way
+        pass
+
+
 def _build_explainer(embedder):
+    """An Explainer on a loaded torch embedder's model."""
     try:
         from semsearch_server.embedding.explain import Explainer
     except ImportError:
         log.warning("Explain is unavailable: semsearch_server.embedding.explain could not be imported")
         return None
     return Explainer(embedder.model, embedder.model_path)
+
+
+def _serving_explainer(embedder, reference, config: ServerConfig):
+    """Explain on the engine that answers single queries when it is ONNX Runtime (exact, fast, no torch),
+    attention on its ONNX export (made the first time it is asked for); otherwise on the torch model,
+    loaded on the first Explain."""
+    from semsearch_server.embedding.explain import Explainer
+    from semsearch_server.embedding.onnx_backend import OnnxAttention, OnnxEmbedder
+    from semsearch_server.embedding.reference import ModelReference
+
+    def attention() -> OnnxAttention:
+        had_torch = reference.torch_loaded
+        try:
+            return OnnxAttention(reference, config.model_cache_dir, threads=config.threads or None)
+        finally:
+            if not had_torch and reference.torch_loaded:
+                reference.release_torch()  # the export needed it; serving attention does not
+
+    engine = getattr(embedder, "small", embedder)
+    if isinstance(engine, OnnxEmbedder):
+        explainer = Explainer.on_runtime(
+            engine, reference.model_path, reference.module_kinds, reference.fingerprint.pooling, attention
+        )
+        explainer.vectors_match_search = True
+        return explainer
+    if isinstance(reference, ModelReference):
+        return _LazyExplainer(lambda: _build_explainer(reference.torch))
+    return _build_explainer(reference)
+
+
+class _LazyExplainer:
+    """Builds its explainer on the first call, so that a server that never explains never loads torch."""
+
+    vectors_match_search = False
+
+    def __init__(self, build: Callable[[], Any]) -> None:
+        self._build = build
+        self._explainer: Any = None
+        self._lock = threading.Lock()
+
+    def explain(self, *args: Any, **kwargs: Any) -> Any:
+        with self._lock:
+            if self._explainer is None:
+                self._explainer = self._build()
+        return self._explainer.explain(*args, **kwargs)
 
 
 def seed_demo(service: SearchService) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -40,8 +41,8 @@ from semsearch_server.index.base import EmbeddedDocument, IndexStore, LexicalTer
 
 # UpsertStream embeds consecutive messages together up to this many texts (see upsert_stream).
 STREAM_EMBED_GROUP = 1024
-# Scores recomputed for Explain and scores held by the index may differ by float rounding; past this
-# the difference is worth telling the user about.
+# Scores recomputed for Explain and scores held by the index may differ by float rounding (or by the
+# engine: a stored vector may come from the batch engine); past this the difference is worth a note.
 _SCORE_NOTE_TOLERANCE = 1e-4
 
 
@@ -391,9 +392,10 @@ class SearchService:
             raise FailedPrecondition("Explain is not available on this server")
         self.validate.text(query, "query")
         filter = dict(filter or {})
-        query_vector = self.embedder.encode([query])[0]
-        ranking = None
-        offset = 0
+        query_vector = None
+        stored = None
+        passages: tuple[Passage, ...] = ()
+        passage = None
         if doc_id is not None:
             store = self._store(collection)
             self.validate.ids([doc_id], "doc_id")
@@ -405,16 +407,14 @@ class SearchService:
                 raise NotFound(f"doc_id: no document {doc_id!r} in collection {store.name!r}")
             full_text = docs[0].text
             passages, vectors = store.get_passages([doc_id]).get(doc_id, ((Passage(0, 0, len(full_text)),), None))
-            if vectors is None:
-                best, index_score = 0, float("nan")
-            else:
-                sims = vectors @ query_vector
-                best = int(np.argmax(sims))
-                index_score = float(sims[best])
+            best = 0
+            if vectors is not None and len(passages) > 1:
+                # The dense part explains the passage the document's dense score comes from.
+                query_vector = self.embedder.encode([query])[0]
+                best = int(np.argmax(vectors @ query_vector))
             passage = passages[best]
-            offset = passage.start
+            stored = None if vectors is None else vectors[best]
             text = full_text[passage.start : passage.end]
-            ranking = self._rank(store, query, query_vector, doc_id, index_score, passage, mode, hybrid, k, filter)
         elif doc_text is not None:
             self.validate.text(doc_text, "doc_text")
             if mode not in (None, SearchMode.DENSE):
@@ -423,7 +423,6 @@ class SearchService:
                     "collection's statistics; doc_text is explained in DENSE mode only"
                 )
             text = doc_text
-            index_score = float(query_vector @ self.embedder.encode([doc_text])[0])
         else:
             raise InvalidArgument("target: set doc_id (a stored document) or doc_text (any text)")
         # The eager-attention model and the token pass are not safe to share between threads.
@@ -431,8 +430,17 @@ class SearchService:
             explanation = self._explainer.explain(
                 query, text, granularity, include_attention, attention_layer, attention_head
             )
-        if offset:
-            explanation = _shift_doc_segments(explanation, offset)
+        # An explainer on the engine that embeds queries has just computed Search's vectors: no second pass.
+        reuse = getattr(self._explainer, "vectors_match_search", False)
+        if query_vector is None:
+            query_vector = explanation.query_vector if reuse else self.embedder.encode([query])[0]
+        if doc_id is not None:
+            index_score = float(query_vector @ stored) if stored is not None else float("nan")
+        else:
+            doc_vector = explanation.doc_vector if reuse else self.embedder.encode([doc_text])[0]
+            index_score = float(query_vector @ doc_vector)
+        if passage is not None and passage.start:
+            explanation = _shift_doc_segments(explanation, passage.start)
         notes = []
         if explanation.query_truncated:
             notes.append(
@@ -444,16 +452,23 @@ class SearchService:
                 f"the document is longer than the model's {self.embedder.max_seq_length}-token window "
                 "and was embedded truncated"
             )
-        if ranking is not None and ranking.passage is not None and len(passages) > 1:
+        if len(passages) > 1:
             notes.append(
-                f"the dense part explains passage {ranking.passage.index + 1} of {len(passages)} "
-                f"(characters {ranking.passage.start}-{ranking.passage.end}), the document's best for this query"
+                f"the dense part explains passage {passage.index + 1} of {len(passages)} "
+                f"(characters {passage.start}-{passage.end}), the document's best for this query"
             )
-        if abs(explanation.score - index_score) > _SCORE_NOTE_TOLERANCE:
+        recomputed = explanation.score
+        # `score` is the index's score; the contributions are scaled to add up to it exactly.
+        if math.isfinite(index_score):
+            explanation = explanation.rescaled(index_score)
+        if abs(recomputed - index_score) > _SCORE_NOTE_TOLERANCE:
             notes.append(
                 f"the index holds score {index_score:.6f} for this pair (backend {self.embedder.fingerprint.backend}); "
-                f"the explanation recomputes {explanation.score:.6f} with the reference model"
+                f"the explanation recomputed {recomputed:.6f} and its contributions are scaled to the index's score"
             )
+        ranking = None
+        if doc_id is not None:
+            ranking = self._rank(store, query, query_vector, doc_id, index_score, passage, mode, hybrid, k, filter)
         return ExplainOutcome(explanation, index_score, notes, ranking)
 
     def _rank(

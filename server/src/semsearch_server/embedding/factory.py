@@ -1,23 +1,37 @@
 """Chooses and builds the embedding backend, checking that it agrees with torch.
 
-Every backend needs the torch SentenceTransformerEmbedder: it is the reference the others are
-checked against, the source of their ONNX export and fingerprint, and what Explain runs on. The
+The torch SentenceTransformerEmbedder is the reference every other backend is checked against and
+the source of their exports. Behind a `ModelReference` it is loaded only when needed: a restart with
+the exports and the agreement verdicts cached (`cache_dir/agreement/`) serves without torch. The
 embedder returned by `build_embedder` reaches it through `torch_reference(embedder)`.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
+import os
+import re
+import tempfile
+import time
 from collections.abc import Callable, Iterator
+from importlib import metadata
 from pathlib import Path
 
 import numpy as np
 
 from semsearch_server.embedding.base import Embedder
+from semsearch_server.embedding.reference import ModelReference
 from semsearch_server.embedding.routing import SMALL_REQUEST_TEXTS_WHILE_BUSY
 from semsearch_server.embedding.sentence_transformer import SentenceTransformerEmbedder
 
 log = logging.getLogger(__name__)
+
+# Bumped whenever the verdict file or its key changes.
+VERDICT_FORMAT = 1
+# Packages whose versions can change what a backend or the torch reference computes.
+_VERDICT_PACKAGES = ("torch", "transformers", "sentence-transformers", "tokenizers", "onnxruntime", "openvino")
 
 BACKENDS = ("auto", "torch", "onnx", "openvino")
 MIN_COSINE = 0.9999
@@ -74,7 +88,7 @@ def build_embedder(
     cache_dir: str | Path,
     threads: int | None = None,
     model_name: str | None = None,
-    reference: SentenceTransformerEmbedder | None = None,
+    reference: SentenceTransformerEmbedder | ModelReference | None = None,
     openvino_precision: str | None = None,
     small_max_texts_while_busy: int = SMALL_REQUEST_TEXTS_WHILE_BUSY,
 ) -> Embedder:
@@ -82,7 +96,9 @@ def build_embedder(
 
     "auto" tries OpenVINO (bf16 where the CPU has it, then f32), then onnxruntime, then torch, and
     keeps the first that loads and agrees with torch on CHECK_SENTENCES to cosine >= MIN_COSINE;
-    each one passed over is logged as a warning with the reason. When "auto" picks OpenVINO, ONNX
+    each one passed over is logged as a warning with the reason. The verdict of each check is cached
+    under `cache_dir/agreement/` keyed by everything that decides it (`_verdict_key`), so a restart
+    neither re-runs the check nor loads torch for it. When "auto" picks OpenVINO, ONNX
     Runtime (if it agrees too) answers requests of a few texts, where it is faster (routing.py).
     An explicit backend that fails to load or to agree raises BackendUnavailable instead.
 
@@ -94,7 +110,8 @@ def build_embedder(
             (process-wide). None leaves each runtime's default (all cores).
         model_name: the name to report in the fingerprint; defaults to the directory's name.
         reference: an already loaded torch embedder of `model_path` to use instead of loading
-            another copy of the model.
+            another copy of the model, or a ModelReference (loads torch only if needed); None
+            makes a ModelReference.
         openvino_precision: OpenVINO's inference precision, "bf16" or "f32"; None means bf16 where
             the CPU supports it (then "auto" also tries f32 before onnx). bf16 passes the agreement
             check here (cosine >= 0.99997) but swaps ~0.5% of top-10 results among near-ties.
@@ -107,19 +124,21 @@ def build_embedder(
     if backend not in BACKENDS:
         raise ValueError(f"unknown embedding backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     if reference is None:
-        reference = SentenceTransformerEmbedder(model_path, model_name=model_name)
+        reference = ModelReference(model_path, cache_dir, model_name=model_name)
     if backend == "torch":
-        return _use_torch(reference, threads)
+        return _use_torch(_torch_of(reference), threads)
 
-    expected = _reference_vectors(reference)
+    expected = _ReferenceVectors(reference)
     # Runtimes that failed to load: their other variants would fail the same way.
     broken: set[str] = set()
     for name, runtime, build in _candidates(backend, reference, cache_dir, threads, openvino_precision):
         if runtime in broken:
             continue
         try:
+            started = time.monotonic()
             embedder = build()
-            problem = agreement_problem(embedder, expected)
+            log.info("start-up: %s loaded in %.2fs", name, time.monotonic() - started)
+            problem = checked_agreement(name, embedder, expected, cache_dir)
         except Exception as exc:
             problem = f"failed to load: {type(exc).__name__}: {exc}"
             broken.add(runtime)
@@ -136,16 +155,18 @@ def build_embedder(
             raise BackendUnavailable(f"embedding backend {name} {problem}")
         log.warning("embedding backend %s not used: %s", name, problem)
     log.warning("embedding backend: falling back to torch")
-    return _use_torch(reference, threads)
+    return _use_torch(_torch_of(reference), threads)
 
 
 def torch_reference(embedder: Embedder) -> SentenceTransformerEmbedder:
-    """The torch SentenceTransformerEmbedder behind an embedder from build_embedder (for Explain).
+    """The torch SentenceTransformerEmbedder behind an embedder from build_embedder (loaded if it was not).
 
     Looks through wrappers that expose `.inner` (MicroBatchingEmbedder) and backends that expose
     `.reference` (OnnxEmbedder, OpenVinoEmbedder); a torch embedder is its own reference.
     """
     while not isinstance(embedder, SentenceTransformerEmbedder):
+        if isinstance(embedder, ModelReference):
+            return embedder.torch
         if hasattr(embedder, "reference"):
             embedder = embedder.reference
         elif hasattr(embedder, "inner"):
@@ -170,6 +191,98 @@ def agreement_problem(embedder: Embedder, expected: np.ndarray) -> str | None:
     return None
 
 
+def checked_agreement(
+    name: str, embedder: Embedder, expected: Callable[[], np.ndarray], cache_dir: str | Path
+) -> str | None:
+    """`agreement_problem(embedder, expected())`, or its cached verdict when nothing that decides it changed.
+
+    The verdict (None or the problem) is kept in `cache_dir/agreement/<weights sha256>/<name>.json`
+    with its key. A disagreement is cached like an agreement; a failure to load never gets here.
+    """
+    key = _verdict_key(name, embedder)
+    slug = re.sub(r"[^A-Za-z0-9]+", "-", name).strip("-")
+    file = Path(cache_dir) / "agreement" / embedder.fingerprint.weights_sha256 / f"{slug}.json"
+    try:
+        cached = json.loads(file.read_text())
+    except (OSError, ValueError):
+        cached = None
+    if isinstance(cached, dict) and cached.get("key") == key:
+        problem = cached.get("problem")
+        log.info("start-up: %s agreement with torch: cached verdict (%s)", name, problem or "agrees")
+        return problem
+    started = time.monotonic()
+    problem = agreement_problem(embedder, expected())
+    log.info("start-up: %s agreement with torch checked in %.2fs", name, time.monotonic() - started)
+    try:
+        file.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".verdict-", dir=file.parent)
+        with os.fdopen(fd, "w") as out:
+            json.dump({"key": key, "problem": problem}, out, indent=2)
+        os.replace(tmp, file)
+    except OSError as exc:  # the next start checks again
+        log.warning("could not cache the agreement verdict at %s: %s", file, exc)
+    return problem
+
+
+def _verdict_key(name: str, embedder: Embedder) -> dict:
+    """Everything the agreement check's outcome depends on: the check itself, the model, the artifact
+    the backend runs (its manifest: file hashes, recipe, exporter versions), the backend's precision,
+    the installed runtime and reference packages, and the CPU (bf16 kernels differ between CPUs)."""
+    model_dir = getattr(embedder, "model_dir", None)
+    try:
+        manifest = json.loads((Path(model_dir) / "manifest.json").read_text()) if model_dir else None
+    except (OSError, ValueError):
+        manifest = None
+    versions = {}
+    for package in _VERDICT_PACKAGES:
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = None
+    check = json.dumps([MIN_COSINE, CHECK_SENTENCES], ensure_ascii=False)
+    return {
+        "format": VERDICT_FORMAT,
+        "backend": name,
+        "weights_sha256": embedder.fingerprint.weights_sha256,
+        "check": hashlib.sha256(check.encode()).hexdigest(),
+        "artifact": manifest,
+        "precision": getattr(embedder, "precision", None),
+        "packages": versions,
+        "cpu": _cpu_description(),
+    }
+
+
+def _cpu_description() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("model name", "flags")):
+                return hashlib.sha256(line.encode()).hexdigest()[:16] + ":" + line.split(":", 1)[1].strip()[:60]
+    except OSError:
+        pass
+    import platform
+
+    return f"{platform.machine()} {platform.processor()}"
+
+
+class _ReferenceVectors:
+    """torch's vectors of CHECK_SENTENCES, computed (loading torch) on the first call only."""
+
+    def __init__(self, reference: SentenceTransformerEmbedder | ModelReference) -> None:
+        self._reference = reference
+        self._vectors: np.ndarray | None = None
+
+    def __call__(self) -> np.ndarray:
+        if self._vectors is None:
+            started = time.monotonic()
+            self._vectors = _reference_vectors(_torch_of(self._reference))
+            log.info("start-up: torch vectors of the check sentences in %.2fs", time.monotonic() - started)
+        return self._vectors
+
+
+def _torch_of(reference: SentenceTransformerEmbedder | ModelReference) -> SentenceTransformerEmbedder:
+    return reference.torch if isinstance(reference, ModelReference) else reference
+
+
 def _reference_vectors(reference: SentenceTransformerEmbedder) -> np.ndarray:
     """torch's vectors of CHECK_SENTENCES, encoded in groups of similar length.
 
@@ -186,7 +299,7 @@ def _reference_vectors(reference: SentenceTransformerEmbedder) -> np.ndarray:
 
 def _candidates(
     backend: str,
-    reference: SentenceTransformerEmbedder,
+    reference: SentenceTransformerEmbedder | ModelReference,
     cache_dir: str | Path,
     threads: int | None,
     openvino_precision: str | None,
@@ -217,10 +330,10 @@ def _candidates(
 
 def _with_latency_engine(
     bulk: Embedder,
-    reference: SentenceTransformerEmbedder,
+    reference: SentenceTransformerEmbedder | ModelReference,
     cache_dir: str | Path,
     threads: int | None,
-    expected: np.ndarray,
+    expected: Callable[[], np.ndarray],
     small_max_texts_while_busy: int,
 ) -> Embedder:
     """`bulk` with ONNX Runtime answering single queries, if it loads and agrees with torch."""
@@ -228,8 +341,10 @@ def _with_latency_engine(
     from semsearch_server.embedding.routing import SizeRoutedEmbedder
 
     try:
+        started = time.monotonic()
         small = OnnxEmbedder(reference, cache_dir, threads=threads)
-        problem = agreement_problem(small, expected)
+        log.info("start-up: onnx loaded in %.2fs", time.monotonic() - started)
+        problem = checked_agreement("onnx", small, expected, cache_dir)
     except Exception as exc:  # noqa: BLE001 - the batch engine alone still serves
         problem = f"failed to load: {type(exc).__name__}: {exc}"
     if problem is not None:

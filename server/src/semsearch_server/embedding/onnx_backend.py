@@ -18,6 +18,7 @@ import tempfile
 import threading
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -39,6 +40,9 @@ ONNX_FILE = "model.onnx"
 # Largest difference in last_hidden_state allowed between the fused and the traced graph.
 FUSED_TOLERANCE = 1e-3
 MANIFEST_FILE = "manifest.json"
+ATTENTION_FILE = "attention.onnx"
+# Largest difference in an attention probability allowed between the export and torch's eager model.
+ATTENTION_TOLERANCE = 1e-4
 
 
 def mean_pool_normalize(hidden: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
@@ -335,10 +339,77 @@ def _export_fused(reference: SentenceTransformerEmbedder, tmp: Path, name: str) 
     }
 
 
-def _largest_difference(first: Path, second: Path, input_names: list[str], vocab_size: int) -> float:
-    """Largest absolute difference of last_hidden_state between two graphs on one padded batch."""
-    import onnxruntime
+def attention_onnx_dir(reference: SentenceTransformerEmbedder, cache_dir: str | Path) -> Path:
+    """The cached ONNX export of the model's self-attention probabilities, for Explain's attention view.
 
+    Output `attentions`, float32 (layers, batch, heads, seq, seq), traced from an eager-attention copy
+    of the transformer (the default sdpa attention returns no probabilities). Checked against torch's
+    eager probabilities on a padded batch before it is cached.
+    """
+    return cached_artifact(
+        cache_dir,
+        "onnx-attention",
+        reference.fingerprint,
+        (ATTENTION_FILE,),
+        lambda tmp: _export_attention(reference, tmp / ATTENTION_FILE),
+    )
+
+
+def _export_attention(reference: SentenceTransformerEmbedder, target: Path) -> dict:
+    import copy
+    import warnings
+
+    import onnxruntime
+    import torch
+
+    transformer = copy.deepcopy(reference.model[0].auto_model).eval()
+    transformer.set_attn_implementation("eager")
+    input_names = transformer_input_names(transformer)
+
+    class Attentions(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.transformer = transformer
+
+        def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+            output = self.transformer(**dict(zip(input_names, inputs, strict=True)), output_attentions=True)
+            return torch.stack(output.attentions)
+
+    module = Attentions().eval()
+    log.info("exporting %s's attention to ONNX at %s (one-off)", reference.fingerprint.model_name, target)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracing caveats
+        torch.onnx.export(
+            module,
+            tuple(torch.ones(2, 16, dtype=torch.long) for _ in input_names),
+            str(target),
+            input_names=input_names,
+            output_names=["attentions"],
+            dynamic_axes={
+                **{name: {0: "batch", 1: "seq"} for name in input_names},
+                "attentions": {1: "batch", 3: "seq", 4: "seq"},
+            },
+            opset_version=17,
+            dynamo=False,
+        )
+        # The export must give torch's probabilities, padded rows included.
+        inputs = _check_batch(input_names, int(transformer.config.vocab_size))
+        expected = module(*(torch.from_numpy(inputs[name]) for name in input_names)).numpy()
+    session = onnxruntime.InferenceSession(str(target), providers=["CPUExecutionProvider"])
+    got = session.run(None, inputs)[0]
+    real = (
+        inputs["attention_mask"].astype(bool)[None, :, None, :, None]
+        & inputs["attention_mask"].astype(bool)[None, :, None, None, :]
+    )
+    real = np.broadcast_to(real, got.shape)
+    difference = float(np.abs(got[real] - expected[real]).max())
+    if not difference <= ATTENTION_TOLERANCE:
+        raise ValueError(f"the attention export differs from torch's by up to {difference:.2e}")
+    return {"exporter": "torch.onnx.export(dynamo=False), eager attention", "torch": torch.__version__}
+
+
+def _check_batch(input_names: list[str], vocab_size: int) -> dict[str, np.ndarray]:
+    """A padded batch of random tokens (rows of 24, 17 and 5 real tokens) for comparing two graphs."""
     rng = np.random.default_rng(0)
     ids = rng.integers(1000, vocab_size, size=(3, 24), dtype=np.int64)
     mask = np.ones_like(ids)
@@ -346,7 +417,53 @@ def _largest_difference(first: Path, second: Path, input_names: list[str], vocab
     mask[2, 5:] = 0
     ids[mask == 0] = 0
     inputs = {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
-    inputs = {name: inputs[name] for name in input_names}
+    return {name: inputs[name] for name in input_names}
+
+
+class OnnxAttention:
+    """The model's self-attention probabilities, from the cached attention export on onnxruntime.
+
+    Args:
+        reference: the model (its torch model is loaded only to make the export, the first time).
+        cache_dir: where exports are cached.
+        threads: intra-op threads; None lets onnxruntime use every core.
+    """
+
+    def __init__(
+        self, reference: SentenceTransformerEmbedder, cache_dir: str | Path, threads: int | None = None
+    ) -> None:
+        import onnxruntime as ort
+
+        self.model_dir = attention_onnx_dir(reference, cache_dir)
+        options = ort.SessionOptions()
+        options.inter_op_num_threads = 1
+        if threads:
+            options.intra_op_num_threads = threads
+        options.add_session_config_entry("session.intra_op.allow_spinning", "1")
+        options.add_session_config_entry("session.force_spinning_stop", "1")
+        self._session = ort.InferenceSession(
+            str(self.model_dir / ATTENTION_FILE), options, providers=["CPUExecutionProvider"]
+        )
+        self._input_names = [i.name for i in self._session.get_inputs()]
+        self._lock = threading.Lock()
+
+    def probabilities(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+        """float32 (layers, batch, heads, seq, seq) for int64 (batch, seq) ids padded with mask 0."""
+        inputs = {
+            "input_ids": input_ids,
+            "attention_mask": attention_mask,
+            "token_type_ids": np.zeros_like(input_ids),
+        }
+        with self._lock:
+            return self._session.run(None, {name: inputs[name] for name in self._input_names})[0]
+
+
+def _largest_difference(first: Path, second: Path, input_names: list[str], vocab_size: int) -> float:
+    """Largest absolute difference of last_hidden_state between two graphs on one padded batch."""
+    import onnxruntime
+
+    inputs = _check_batch(input_names, vocab_size)
+    mask = inputs["attention_mask"]
     outputs = []
     for path in (first, second):
         session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
@@ -383,7 +500,7 @@ class RuntimeEmbedder(FingerprintDescribed):
         self._batch_size = batch_size
         # Copies of the model's own fast tokenizer, configured once and never changed afterwards so
         # that many threads can use them at once. The file pads to 128: padding is done per batch here.
-        spec = reference.tokenizer.backend_tokenizer.to_str()
+        spec = reference.tokenizer_spec
         self._tokenizer = Tokenizer.from_str(spec)
         self._tokenizer.no_padding()
         self._tokenizer.enable_truncation(self.max_seq_length)
@@ -493,3 +610,25 @@ class OnnxEmbedder(RuntimeEmbedder):
 
     def _forward(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
         return self._session.run(None, inputs)[0]
+
+    def token_states(self, texts: list[str]) -> list[tuple[Any, np.ndarray]]:
+        """Each text's tokens (a `tokenizers.Encoding`, truncated at the window, the rest in its
+        `overflowing`) and their final-layer vectors, float32 (tokens, dim), padding left out.
+
+        Up to `batch_size` texts run as one padded forward pass (Explain's query and document: one
+        call costs ~0.7x two calls of one text here), so mean-pooling a text's vectors gives the
+        vector `encode` gives it, to float rounding of the padded batch (~1e-7).
+        """
+        encodings = self._tokenizer.encode_batch(list(texts))
+        out: list[tuple[Any, np.ndarray]] = []
+        for begin in range(0, len(encodings), self._batch_size):
+            batch = encodings[begin : begin + self._batch_size]
+            inputs = _pad(batch, self._input_names)
+            with self._lock:
+                hidden = self._forward(inputs)
+            # Copies: the session may reuse its output buffer.
+            out += [(encoding, np.array(hidden[row, : len(encoding.ids)])) for row, encoding in enumerate(batch)]
+        return out
+
+    def id_to_token(self, token_id: int) -> str:
+        return self._tokenizer.id_to_token(token_id)

@@ -104,7 +104,10 @@ class OpenVinoEmbedder(RuntimeEmbedder):
         if threads:
             config["INFERENCE_NUM_THREADS"] = threads
         core = ov.Core()
-        compiled = core.compile_model(core.read_model(str(self.model_dir / IR_FILES[0])), "CPU", config)
+        # OpenVINO's own cache of the compiled model (keyed by the IR, the device, the configuration and
+        # its version): a restart imports it instead of compiling, 0.35 against 0.8-1.0 s here.
+        core.set_property({"CACHE_DIR": str(Path(cache_dir) / "openvino-compiled")})
+        compiled = core.compile_model(str(self.model_dir / IR_FILES[0]), "CPU", config)
         self.precision = compiled.get_property("INFERENCE_PRECISION_HINT").to_string()
         self.streams = max(1, int(compiled.get_property("NUM_STREAMS")))
         log.info(

@@ -110,6 +110,11 @@ class SentenceTransformerEmbedder(FingerprintDescribed):
     def tokenizer(self):
         return self.model.tokenizer
 
+    @property
+    def tokenizer_spec(self) -> str:
+        """The fast tokenizer as this model configures it, as tokenizers JSON (for the exported runtimes)."""
+        return self.model.tokenizer.backend_tokenizer.to_str()
+
     def encode(self, texts: list[str]) -> np.ndarray:
         if not texts:
             return np.zeros((0, self.dimension), dtype=np.float32)

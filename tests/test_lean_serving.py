@@ -1,0 +1,68 @@
+"""A real server on the default backends: a restart serves and explains without torch; Explain's score is Search's."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from semsearch_server.testing import ServerProcess
+
+QUERY = "I drink water with wine"
+
+
+def torch_mapped(pid: int) -> bool:
+    """Whether the process has torch's shared library mapped (import torch maps it; nothing unmaps it)."""
+    return "libtorch_cpu" in Path(f"/proc/{pid}/maps").read_text()
+
+
+@pytest.mark.slow
+def test_a_warm_restart_serves_and_explains_without_torch(tmp_path):
+    first = ServerProcess(tmp_path / "data", "--seed-demo", "true").start()
+    try:
+        assert first.terminate() == 0
+    finally:
+        first.stop()
+    # The model description, the exports and the agreement verdicts are all cached now.
+    server = ServerProcess(tmp_path / "data", "--seed-demo", "true").start()
+    try:
+        log = server.output()
+        assert re.search(r"openvino agreement with torch: cached verdict \(agrees\)", log), log
+        assert re.search(r"onnx agreement with torch: cached verdict \(agrees\)", log), log
+        assert "torch model loaded" not in log
+        assert re.search(r"start-up: embedding backends in [0-9.]+s", log)
+        assert not torch_mapped(server.pid)
+        with server.client() as client:
+            assert "onnx" in client.info().backend
+            hits = {h.id: h.score for h in client.search(QUERY, collection="demo", top_k=5)}
+            # The default backend: the stored vectors come from OpenVINO, the query's from ONNX Runtime.
+            result = client.explain(QUERY, doc_id="c5", collection="demo")
+            assert result.score == pytest.approx(hits["c5"], abs=1e-6)
+            assert result.index_score == pytest.approx(hits["c5"], abs=1e-6)
+            assert result.pair_contributions.sum() == pytest.approx(hits["c5"], abs=1e-5)
+            assert sum(s.contribution for s in result.query_segments) == pytest.approx(hits["c5"], abs=1e-5)
+            assert sum(s.contribution for s in result.doc_segments) == pytest.approx(hits["c5"], abs=1e-5)
+            # Free text is embedded now, by the engine that embeds lone texts (the stored vector came
+            # from the batch engine in bf16: ~3e-4 apart here); the sums hold all the same.
+            free = client.explain(QUERY, doc_text="I drink a white-wine mix")
+            assert free.score == pytest.approx(free.index_score, abs=1e-6)
+            assert free.score == pytest.approx(hits["c5"], abs=2e-3)
+            assert free.pair_contributions.sum() == pytest.approx(free.score, abs=1e-5)
+            assert not torch_mapped(server.pid)  # Explain runs on the ONNX Runtime engine
+            # Attention runs on its own ONNX export, made (with torch) on the first request for it.
+            with_attention = client.explain(QUERY, doc_id="c5", collection="demo", include_attention=True)
+            assert with_attention.doc_self_attention.shape == (len(result.doc_segments),) * 2
+            assert with_attention.score == pytest.approx(result.score, abs=1e-6)
+        assert server.terminate() == 0
+    finally:
+        server.stop()
+    # Once exported, attention needs no torch either.
+    server = ServerProcess(tmp_path / "data", "--seed-demo", "true").start()
+    try:
+        with server.client() as client:
+            again = client.explain(QUERY, doc_id="c5", collection="demo", include_attention=True)
+            assert again.doc_self_attention == pytest.approx(with_attention.doc_self_attention, abs=1e-6)
+            assert "attention model loaded" in server.output()
+            assert not torch_mapped(server.pid)
+    finally:
+        server.stop()
