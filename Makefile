@@ -14,7 +14,7 @@ $(STAMP): client/pyproject.toml server/pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	# torch is pinned in server/pyproject.toml (==2.13.0): the CPU build on this machine, never a CUDA one.
-	$(BIN)/python -m pip install --quiet -e ./client -e './server[test]'
+	$(BIN)/python -m pip install --quiet -e ./client -e './server[test,milvus]'
 	touch $(STAMP)
 
 install: $(STAMP)
