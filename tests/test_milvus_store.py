@@ -147,3 +147,45 @@ class TestMilvusLiteFile(StoreContract):
         yield make
         for p in providers:
             p.close()
+
+
+def test_milvus_lost_while_serving_is_unavailable_then_recovers(tmp_path):
+    """A Milvus that goes away: Unavailable (not an internal error); the same provider serves when it returns."""
+    exe = Path(sys.executable).with_name("milvus-lite")
+    port = _free_port()
+    cmd = [str(exe), "server", "--data-dir", str(tmp_path / "db"), "--host", "127.0.0.1", "--port", str(port)]
+
+    def start() -> subprocess.Popen:
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + START_TIMEOUT
+        while True:
+            try:
+                MilvusStoreProvider(f"http://127.0.0.1:{port}", timeout=2.0).names()
+                return proc
+            except Unavailable:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    proc.kill()
+                    pytest.skip("milvus-lite server did not start")
+                time.sleep(0.3)
+
+    proc = start()
+    try:
+        provider = MilvusStoreProvider(f"http://127.0.0.1:{port}", timeout=3.0)
+        store = provider.create("lost", CollectionSettings(), FINGERPRINT)
+        vec = unit(np.random.default_rng(12), 1)
+        store.upsert([embedded("a", "kept across the outage", vec)])
+        proc.kill()
+        proc.wait()
+        with pytest.raises(Unavailable, match="unreachable"):
+            store.search_dense(vec, 1, {})
+        with pytest.raises(Unavailable):
+            store.upsert([embedded("b", "not acknowledged", vec)])
+        proc = start()
+        reopened = provider.open("lost", FINGERPRINT)  # the registry reopens a collection after an outage
+        assert reopened.search_dense(vec, 1, {})[0][0].doc_id == "a"
+        assert reopened.get(["a"])[0].text == "kept across the outage"
+        assert store.get(["a"])[0].text == "kept across the outage"  # the open store reconnects too
+        assert store.get(["b"]) == []
+    finally:
+        proc.kill()
+        proc.wait()

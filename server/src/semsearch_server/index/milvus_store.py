@@ -122,11 +122,23 @@ def _and(*parts: str) -> str:
 
 
 def _is_unreachable(exc: BaseException) -> bool:
-    text = f"{type(exc).__name__} {exc}".lower()
-    return any(
-        s in text
-        for s in ("unavailable", "connect", "timeout", "timed out", "deadline", "closed channel", "not ready", "fail")
-    )
+    """A Milvus that cannot be reached or did not answer in time (not one that rejected the request)."""
+    import grpc
+
+    for e in (exc, exc.__cause__):
+        if isinstance(e, grpc.RpcError) and e.code() in (
+            grpc.StatusCode.UNAVAILABLE,
+            grpc.StatusCode.DEADLINE_EXCEEDED,
+        ):
+            return True
+        if type(e).__name__ in ("MilvusUnavailableException", "ConnectionNotExistException"):
+            return True
+        if getattr(e, "code", None) == 2:  # pymilvus: "Fail connecting to server"
+            return True
+        text = str(e).lower()
+        if any(s in text for s in ("fail connecting", "unavailable", "deadline exceeded", "connection refused")):
+            return True
+    return False
 
 
 def call(what: str, fn: Callable[[], T]) -> T:
