@@ -162,6 +162,16 @@ class StoreContract:
         order = [table.doc_ids[i] for i in np.argsort(-table.dense)[:5]]
         assert order == [h.doc_id for h in top]
         assert (table.lexical > 0).sum() == 10
+        # with a filter, score_all's lexical scores are those Search returns for the same filter
+        store.upsert(
+            [embedded("m", "alpha alpha", unit(rng, 1), {"g": "1"}), embedded("n", "alpha", unit(rng, 1), {"g": "1"})]
+        )
+        hits = store.search_lexical(["alpha"], 10, {"g": "1"})[0]
+        table = store.score_all("alpha", None, {"g": "1"}, dense=False, lexical=True)
+        assert table.dense is None and table.doc_ids == ["m", "n"]
+        assert np.allclose(
+            table.lexical, [next(h.score for h in hits if h.doc_id == d) for d in table.doc_ids], rtol=1e-5
+        )
 
     def test_fingerprint_mismatch_and_settings_persist(self, provider_factory):
         first = provider_factory()

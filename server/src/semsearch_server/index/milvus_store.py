@@ -476,9 +476,10 @@ class MilvusIndexStore:
         lex_arr = None
         if lexical:
             lex_arr = np.zeros(len(ids), dtype=np.float32)
-            for doc_id, score in self._bm25_unfiltered(query).items():
-                if doc_id in index:
-                    lex_arr[index[doc_id]] = score
+            # the same search as search_lexical with this filter, so ranks agree with Search's scores
+            for m in self._bm25(query, MAX_TOPK, filter_expression(filter)):
+                if m.doc_id in index:
+                    lex_arr[index[m.doc_id]] = m.score
         return ScoreTable(ids, dense_arr, lex_arr)
 
     # -- housekeeping ------------------------------------------------------------------------------
