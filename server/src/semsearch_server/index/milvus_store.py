@@ -16,14 +16,16 @@ The settings and the model fingerprint are collection properties (``semsearch.se
 Atomicity without transactions. Milvus writes rows, not transactions, so a write is made visible by a
 *commit marker*: ``upsert`` (1) inserts every passage row of the batch under a fresh version V (new primary
 keys: the rows of the previous versions are untouched), (2) inserts one marker row (``passage_index`` -1,
-``doc_id`` "", version V), (3) deletes the rows of older versions of the batch's documents. Readers ignore
-rows whose version has no marker and, when a document has rows of two committed versions (between steps 2
-and 3, or after a crash there), use the newest. So a crash before (2) leaves the whole batch invisible and a
-crash after (2) leaves all of it visible: the batch is atomic, and no document is ever seen half-replaced
-(with some passages of the new version and some of the old). ``delete`` is a single delete by ``doc_id``
-expression. Opening a collection repairs what crashes left (superseded versions; uncommitted rows older than
-``STALE_SECONDS``, which no live writer can still be committing). Every request uses consistency level
-Strong, so an acknowledged write is visible to the next read of any replica.
+``doc_id`` "", version V), (3) points each document's head row (pk ``h:<doc_id>``, ``passage_index`` -2:
+its current version and passage count) at V and deletes the rows of the version the head named before, by
+primary key (a doc_id expression would scan the collection). Readers ignore rows whose version has no
+marker and, when a document has rows of two committed versions (between steps 2 and 3, or after a crash
+there), use the newest. So a crash before (2) leaves the whole batch invisible and a crash after (2) leaves
+all of it visible: the batch is atomic, and no document is ever seen half-replaced (with some passages of
+the new version and some of the old). ``delete`` is a single delete by ``doc_id`` expression. Opening a
+collection repairs what crashes left (superseded versions; uncommitted rows older than ``STALE_SECONDS``,
+which no live writer can still be committing). Every request uses consistency level Strong, so an
+acknowledged write is visible to the next read of any replica.
 
 Scores: dense is IP of normalised vectors = cosine, as in the local store. Lexical is Milvus's BM25 (k1 1.2,
 b 0.75, idf ``ln(1 + (N - n + 0.5) / (n + 0.5))``) returned as a negative distance and negated here, so it
@@ -81,6 +83,7 @@ MAX_TOPK = 16_384  # Milvus's largest search limit
 STALE_SECONDS = 600
 _INSERT_CHUNK = 256
 _MARKER = -1
+_HEAD = -2
 _WORD = re.compile(r"\w+", re.UNICODE)
 _ANALYZER = {"tokenizer": "standard", "filter": ["lowercase"]}
 
@@ -292,11 +295,49 @@ class MilvusIndexStore:
             }
             call("insert (commit marker)", lambda: self._client.insert(self._collection, [marker]))
             self._versions.add(version)
-            ids = [ed.document.id for ed in docs]
-            for i in range(0, len(ids), 500):
-                expr = _and(_in("doc_id", ids[i : i + 500]), f"version < {version}", "passage_index >= 0")
-                call("delete", lambda expr=expr: self._client.delete(self._collection, filter=expr))
+            # Superseded rows are found through the documents' head rows (a primary-key lookup), not by a
+            # doc_id expression, which Milvus evaluates by scanning: O(collection) per batch.
+            heads = [self._head_row(ed, version) for ed in docs]
+            previous = self._heads([h["pk"] for h in heads])
+            call("upsert (heads)", lambda: self._client.upsert(self._collection, heads))
+            old_pks = [
+                f"{int(h['version'])}:{i}:{h['doc_id']}"
+                for h in previous
+                if int(h["version"]) < version
+                for i in range(int(h["end"]))
+            ]
+            for i in range(0, len(old_pks), 1000):
+                chunk = old_pks[i : i + 1000]
+                call("delete", lambda chunk=chunk: self._client.delete(self._collection, ids=chunk))
         return len(docs)
+
+    def _head_row(self, ed: EmbeddedDocument, version: int) -> dict:
+        """A document's head: its current version and passage count (in ``end``), keyed by its id."""
+        return {
+            "pk": f"h:{ed.document.id}",
+            "doc_id": ed.document.id,
+            "version": version,
+            "passage_index": _HEAD,
+            "start": 0,
+            "end": len(ed.passages),
+            "text": "",
+            "meta": {},
+            "vector": [0.0] * self.fingerprint.dimension,
+        }
+
+    def _heads(self, pks: list[str]) -> list[dict]:
+        out: list[dict] = []
+        for i in range(0, len(pks), 1000):
+            chunk = pks[i : i + 1000]
+            out.extend(
+                call(
+                    "get (heads)",
+                    lambda chunk=chunk: self._client.get(
+                        self._collection, ids=chunk, output_fields=["doc_id", "version", "end"]
+                    ),
+                )
+            )
+        return out
 
     def delete(self, ids: Sequence[str]) -> int:
         if not ids:
@@ -306,6 +347,8 @@ class MilvusIndexStore:
             if existing:
                 expr = _and(_in("doc_id", sorted(existing)), "passage_index >= 0")
                 call("delete", lambda: self._client.delete(self._collection, filter=expr))
+                heads = [f"h:{i}" for i in sorted(existing)]
+                call("delete (heads)", lambda: self._client.delete(self._collection, ids=heads))
         return len(existing)
 
     # -- reads -------------------------------------------------------------------------------------
