@@ -122,3 +122,18 @@ def test_dockerfile_installs_the_pinned_cpu_torch():
     )
     for source in ("proto/", "client/", "server/"):
         assert f"COPY {source}" in dockerfile
+
+
+def test_cluster_profile_runs_two_milvus_replicas(compose):
+    services = config_json(compose, "cluster")["services"]
+    assert {"etcd", "minio", "milvus", "replica-a", "replica-b"} <= set(services)
+    for name in ("etcd", "minio", "milvus"):
+        image = services[name]["image"]
+        assert ":" in image and not image.endswith(":latest"), image
+    for name in ("replica-a", "replica-b"):
+        replica = services[name]
+        assert replica["environment"]["SEMSEARCH_STORE"] == "milvus"
+        assert replica["environment"]["SEMSEARCH_MILVUS_URI"] == "http://milvus:19530"
+        assert replica["depends_on"]["milvus"]["condition"] == "service_healthy"
+        assert "semsearch" in replica["networks"]["default"]["aliases"]
+        assert not any(v.get("target") == "/data" for v in replica.get("volumes", []))  # stateless

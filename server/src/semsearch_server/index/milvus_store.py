@@ -1,0 +1,708 @@
+"""Collections on Milvus: the semsearch process keeps no durable state, so replicas are stateless.
+
+Layout: one Milvus collection ``<prefix><name>`` per semsearch collection, one row per passage:
+
+- ``pk`` ``"<version>:<index>:<doc_id>"``, ``doc_id``, ``version`` (the write that produced the row),
+  ``passage_index`` / ``start`` / ``end`` (the passage's character offsets in the text);
+- ``text``: the whole document text on passage 0 only ("" on the others), so that BM25, which Milvus computes
+  per row from this field (``Function`` BM25 -> ``sparse``, SPARSE_INVERTED_INDEX, metric BM25), scores
+  documents rather than passages, and a long text is stored once;
+- ``meta`` (JSON, on every row: filters apply to passages without a join), ``vector`` (the passage's
+  normalised embedding; metric IP, so a distance is the cosine).
+
+The settings and the model fingerprint are collection properties (``semsearch.settings``,
+``semsearch.fingerprint``), written by the same call that creates the collection and checked on open.
+
+Atomicity without transactions. Milvus writes rows, not transactions, so a write is made visible by a
+*commit marker*: ``upsert`` (1) inserts every passage row of the batch under a fresh version V (new primary
+keys: the rows of the previous versions are untouched), (2) inserts one marker row (``passage_index`` -1,
+``doc_id`` "", version V), (3) points each document's head row (pk ``h:<doc_id>``, ``passage_index`` -2:
+its current version and passage count) at V and deletes the rows of the version the head named before, by
+primary key (a doc_id expression would scan the collection). Readers ignore rows whose version has no
+marker and, when a document has rows of two committed versions (between steps 2 and 3, or after a crash
+there), use the newest. So a crash before (2) leaves the whole batch invisible and a crash after (2) leaves
+all of it visible: the batch is atomic, and no document is ever seen half-replaced (with some passages of
+the new version and some of the old). ``delete`` is a single delete by ``doc_id`` expression. Opening a
+collection repairs what crashes left (superseded versions; uncommitted rows older than ``STALE_SECONDS``,
+which no live writer can still be committing). Every request uses consistency level Strong, so an
+acknowledged write is visible to the next read of any replica.
+
+Scores: dense is IP of normalised vectors = cosine, as in the local store. Lexical is Milvus's BM25 (k1 1.2,
+b 0.75, idf ``ln(1 + (N - n + 0.5) / (n + 0.5))``) returned as a negative distance and negated here, so it
+is > 0 like the local store's. Its statistics (N, n, average length) are Milvus's, per segment and counting
+every row (passage rows with empty text and markers too), so its values differ from a classic BM25 over
+documents; rankings agree closely. Tokenisation is Milvus's ``standard`` analyzer (Unicode words,
+lowercased; Milvus Lite applies no stemming or stopwords).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, TypeVar
+
+import numpy as np
+
+from semsearch_server.domain import (
+    CollectionSettings,
+    CollectionState,
+    CollectionStatus,
+    Document,
+    IndexKind,
+    IndexSpec,
+    ModelFingerprint,
+    PassageConfig,
+    SearchMode,
+)
+from semsearch_server.domain import Passage as PassageT
+from semsearch_server.errors import AlreadyExists, InvalidArgument, NotFound, SemsearchError, Unavailable
+from semsearch_server.index.base import (
+    CollectionBroken,
+    DenseMatch,
+    EmbeddedDocument,
+    LexicalMatch,
+    LexicalTermScore,
+    ModelMismatch,
+    ScoreTable,
+)
+
+log = logging.getLogger(__name__)
+
+SETTINGS_KEY = "semsearch.settings"
+FINGERPRINT_KEY = "semsearch.fingerprint"
+FORMAT_KEY = "semsearch.format"
+FORMAT_VERSION = "1"
+MAX_TEXT_BYTES = 65_535  # Milvus VARCHAR limit
+MAX_ID_BYTES = 1_024
+MAX_TOPK = 16_384  # Milvus's largest search limit
+STALE_SECONDS = 600
+_INSERT_CHUNK = 256
+_MARKER = -1
+_HEAD = -2
+_WORD = re.compile(r"\w+", re.UNICODE)
+_ANALYZER = {"tokenizer": "standard", "filter": ["lowercase"]}
+
+T = TypeVar("T")
+
+
+def quote(value: str) -> str:
+    """A Milvus expression string literal that means exactly ``value`` (quotes, backslashes, newlines...)."""
+    out = ['"']
+    for ch in value:
+        if ch == "\\":
+            out.append("\\\\")
+        elif ch == '"':
+            out.append('\\"')
+        elif ch == "\n":
+            out.append("\\n")
+        elif ch == "\r":
+            out.append("\\r")
+        elif ch == "\t":
+            out.append("\\t")
+        else:
+            out.append(ch)
+    out.append('"')
+    return "".join(out)
+
+
+def filter_expression(filter: Mapping[str, str]) -> str:
+    """The exact-match metadata map as a Milvus expression; values and keys are literals, never syntax."""
+    return " and ".join(f"meta[{quote(k)}] == {quote(v)}" for k, v in sorted(filter.items()))
+
+
+def _in(field: str, values: Sequence[Any]) -> str:
+    items = ", ".join(quote(v) if isinstance(v, str) else str(int(v)) for v in values)
+    return f"{field} in [{items}]"
+
+
+def _and(*parts: str) -> str:
+    return " and ".join(f"({p})" for p in parts if p)
+
+
+def _is_unreachable(exc: BaseException) -> bool:
+    """A Milvus that cannot be reached or did not answer in time (not one that rejected the request)."""
+    import grpc
+
+    for e in (exc, exc.__cause__):
+        if isinstance(e, grpc.RpcError) and e.code() in (
+            grpc.StatusCode.UNAVAILABLE,
+            grpc.StatusCode.DEADLINE_EXCEEDED,
+        ):
+            return True
+        if type(e).__name__ in ("MilvusUnavailableException", "ConnectionNotExistException"):
+            return True
+        if getattr(e, "code", None) == 2:  # pymilvus: "Fail connecting to server"
+            return True
+        text = str(e).lower()
+        if any(s in text for s in ("fail connecting", "unavailable", "deadline exceeded", "connection refused")):
+            return True
+    return False
+
+
+def call(what: str, fn: Callable[[], T]) -> T:
+    """Runs one Milvus request; a Milvus that cannot be reached becomes the domain error Unavailable."""
+    try:
+        return fn()
+    except SemsearchError:
+        raise
+    except Exception as exc:  # pymilvus raises MilvusException and grpc errors alike
+        if _is_unreachable(exc):
+            raise Unavailable(f"Milvus is unreachable ({what}): {exc}; retry when it is back") from exc
+        raise CollectionBroken(f"Milvus rejected {what}: {exc}") from exc
+
+
+class _Versions:
+    """Which write versions have a commit marker (a committed version stays committed: cached)."""
+
+    def __init__(self) -> None:
+        self._committed: set[int] = set()
+        self._lock = threading.Lock()
+
+    def committed(self, store: MilvusIndexStore, versions: set[int]) -> set[int]:
+        with self._lock:
+            unknown = versions - self._committed
+        if unknown:
+            rows = store._query(
+                _and(f"passage_index == {_MARKER}", _in("version", sorted(unknown))), ["version"], limit=len(unknown)
+            )
+            with self._lock:
+                self._committed.update(int(r["version"]) for r in rows)
+        with self._lock:
+            return versions & self._committed
+
+    def add(self, version: int) -> None:
+        with self._lock:
+            self._committed.add(version)
+
+
+class MilvusIndexStore:
+    """One semsearch collection in one Milvus collection (see the module docstring for the guarantees)."""
+
+    def __init__(
+        self,
+        client: Any,
+        collection: str,
+        name: str,
+        settings: CollectionSettings,
+        fingerprint: ModelFingerprint,
+    ) -> None:
+        self._client = client
+        self._collection = collection
+        self.name = name
+        self.settings = settings
+        self.fingerprint = fingerprint
+        self._versions = _Versions()
+        self._last_version = 0
+        self._version_lock = threading.Lock()
+        self._write_lock = threading.Lock()
+
+    # -- low level ---------------------------------------------------------------------------------
+    def _query(self, expr: str, fields: list[str], limit: int | None = None) -> list[dict]:
+        kwargs: dict[str, Any] = {"filter": expr, "output_fields": fields, "consistency_level": "Strong"}
+        if limit is not None:
+            kwargs["limit"] = max(1, min(limit, MAX_TOPK))
+            return call("query", lambda: list(self._client.query(self._collection, **kwargs)))
+
+        def read_all() -> list[dict]:  # an iterator: one query's window is capped at MAX_TOPK rows
+            it = self._client.query_iterator(
+                self._collection, batch_size=4096, filter=expr, output_fields=fields, consistency_level="Strong"
+            )
+            out: list[dict] = []
+            try:
+                while page := it.next():
+                    out.extend(page)
+            finally:
+                it.close()
+            return out
+
+        return call("query", read_all)
+
+    def _new_version(self) -> int:
+        with self._version_lock:
+            v = max(time.time_ns() // 1000, self._last_version + 1)
+            self._last_version = v
+            return v
+
+    def _visible(self, rows: list[dict]) -> list[dict]:
+        """Rows of committed versions, and of each document only its newest committed version."""
+        if not rows:
+            return rows
+        committed = self._versions.committed(self, {int(r["version"]) for r in rows})
+        rows = [r for r in rows if int(r["version"]) in committed]
+        newest: dict[str, int] = {}
+        for r in rows:
+            newest[r["doc_id"]] = max(newest.get(r["doc_id"], 0), int(r["version"]))
+        return [r for r in rows if int(r["version"]) == newest[r["doc_id"]]]
+
+    def _search_params(self) -> dict:
+        spec = self.settings.index
+        if spec.kind is IndexKind.HNSW:
+            return {"metric_type": "IP", "params": {"ef": max(spec.hnsw_ef_search, 1)}}
+        if spec.kind is IndexKind.IVF:
+            return {"metric_type": "IP", "params": {"nprobe": max(spec.ivf_nprobe, 1)}}
+        return {"metric_type": "IP", "params": {}}
+
+    # -- writes ------------------------------------------------------------------------------------
+    def upsert(self, docs: Sequence[EmbeddedDocument]) -> int:
+        if not docs:
+            return 0
+        rows = []
+        version = self._new_version()
+        for ed in docs:
+            doc = ed.document
+            if len(doc.id.encode()) > MAX_ID_BYTES:
+                raise InvalidArgument(f"document id {doc.id[:40]!r}...: longer than {MAX_ID_BYTES} bytes")
+            if len(doc.text.encode()) > MAX_TEXT_BYTES:
+                raise InvalidArgument(
+                    f"document {doc.id!r}: text of {len(doc.text.encode())} UTF-8 bytes; the Milvus store "
+                    f"holds at most {MAX_TEXT_BYTES}"
+                )
+            if len(ed.passages) != len(ed.vectors) or not ed.passages:
+                raise InvalidArgument(f"document {doc.id!r}: {len(ed.passages)} passages, {len(ed.vectors)} vectors")
+            for p, vec in zip(ed.passages, ed.vectors, strict=True):
+                rows.append(
+                    {
+                        "pk": f"{version}:{p.index}:{doc.id}",
+                        "doc_id": doc.id,
+                        "version": version,
+                        "passage_index": p.index,
+                        "start": p.start,
+                        "end": p.end,
+                        "text": doc.text if p.index == 0 else "",
+                        "meta": dict(doc.metadata),
+                        "vector": np.asarray(vec, dtype=np.float32).tolist(),
+                    }
+                )
+        with self._write_lock:
+            for i in range(0, len(rows), _INSERT_CHUNK):
+                chunk = rows[i : i + _INSERT_CHUNK]
+                call("insert", lambda chunk=chunk: self._client.insert(self._collection, chunk))
+            marker = {
+                "pk": f"{version}:marker",
+                "doc_id": "",
+                "version": version,
+                "passage_index": _MARKER,
+                "start": 0,
+                "end": 0,
+                "text": "",
+                "meta": {},
+                "vector": [0.0] * self.fingerprint.dimension,
+            }
+            call("insert (commit marker)", lambda: self._client.insert(self._collection, [marker]))
+            self._versions.add(version)
+            # Superseded rows are found through the documents' head rows (a primary-key lookup), not by a
+            # doc_id expression, which Milvus evaluates by scanning: O(collection) per batch.
+            heads = [self._head_row(ed, version) for ed in docs]
+            previous = self._heads([h["pk"] for h in heads])
+            call("upsert (heads)", lambda: self._client.upsert(self._collection, heads))
+            old_pks = [
+                f"{int(h['version'])}:{i}:{h['doc_id']}"
+                for h in previous
+                if int(h["version"]) < version
+                for i in range(int(h["end"]))
+            ]
+            for i in range(0, len(old_pks), 1000):
+                chunk = old_pks[i : i + 1000]
+                call("delete", lambda chunk=chunk: self._client.delete(self._collection, ids=chunk))
+        return len(docs)
+
+    def _head_row(self, ed: EmbeddedDocument, version: int) -> dict:
+        """A document's head: its current version and passage count (in ``end``), keyed by its id."""
+        return {
+            "pk": f"h:{ed.document.id}",
+            "doc_id": ed.document.id,
+            "version": version,
+            "passage_index": _HEAD,
+            "start": 0,
+            "end": len(ed.passages),
+            "text": "",
+            "meta": {},
+            "vector": [0.0] * self.fingerprint.dimension,
+        }
+
+    def _heads(self, pks: list[str]) -> list[dict]:
+        out: list[dict] = []
+        for i in range(0, len(pks), 1000):
+            chunk = pks[i : i + 1000]
+            out.extend(
+                call(
+                    "get (heads)",
+                    lambda chunk=chunk: self._client.get(
+                        self._collection, ids=chunk, output_fields=["doc_id", "version", "end"]
+                    ),
+                )
+            )
+        return out
+
+    def delete(self, ids: Sequence[str]) -> int:
+        if not ids:
+            return 0
+        with self._write_lock:
+            existing = {d.id for d in self.get(ids)}
+            if existing:
+                expr = _and(_in("doc_id", sorted(existing)), "passage_index >= 0")
+                call("delete", lambda: self._client.delete(self._collection, filter=expr))
+                heads = [f"h:{i}" for i in sorted(existing)]
+                call("delete (heads)", lambda: self._client.delete(self._collection, ids=heads))
+        return len(existing)
+
+    # -- reads -------------------------------------------------------------------------------------
+    def get(self, ids: Sequence[str]) -> list[Document]:
+        if not ids:
+            return []
+        rows = self._query(
+            _and(_in("doc_id", list(dict.fromkeys(ids))), "passage_index == 0"),
+            ["doc_id", "version", "text", "meta"],
+        )
+        found = {r["doc_id"]: r for r in self._visible(rows)}
+        return [
+            Document(id=i, text=found[i]["text"], metadata={str(k): str(v) for k, v in found[i]["meta"].items()})
+            for i in ids
+            if i in found
+        ]
+
+    def _passage_rows(self, ids: Sequence[str]) -> list[dict]:
+        if not ids:
+            return []
+        rows = self._query(
+            _and(_in("doc_id", list(dict.fromkeys(ids))), "passage_index >= 0"),
+            ["doc_id", "version", "passage_index", "start", "end", "vector"],
+        )
+        return self._visible(rows)
+
+    def get_passages(self, ids: Sequence[str]) -> dict[str, tuple[tuple[PassageT, ...], np.ndarray]]:
+        per: dict[str, list[dict]] = defaultdict(list)
+        for r in self._passage_rows(ids):
+            per[r["doc_id"]].append(r)
+        out = {}
+        for doc_id, rows in per.items():
+            rows.sort(key=lambda r: int(r["passage_index"]))
+            passages = tuple(PassageT(int(r["passage_index"]), int(r["start"]), int(r["end"])) for r in rows)
+            out[doc_id] = (passages, np.asarray([r["vector"] for r in rows], dtype=np.float32))
+        return out
+
+    def search_dense(self, queries: np.ndarray, top_k: int, filter: Mapping[str, str]) -> list[list[DenseMatch]]:
+        queries = np.asarray(queries, dtype=np.float32).reshape(-1, self.fingerprint.dimension)
+        expr = _and("passage_index >= 0", filter_expression(filter))
+        results: list[list[DenseMatch]] = []
+        for q in queries:
+            # Over-fetch passages and keep each document's best; widen while passages crowd out documents.
+            limit = min(MAX_TOPK, max(top_k * 3, top_k + 16))
+            while True:
+                hits = call(
+                    "search",
+                    lambda limit=limit, q=q: self._client.search(
+                        self._collection,
+                        data=[q.tolist()],
+                        anns_field="vector",
+                        limit=limit,
+                        filter=expr,
+                        output_fields=["doc_id", "version", "passage_index", "start", "end"],
+                        search_params=self._search_params(),
+                        consistency_level="Strong",
+                    )[0],
+                )
+                rows = [{**h["entity"], "distance": h["distance"]} for h in hits]
+                best: dict[str, DenseMatch] = {}
+                for r in self._visible(rows):
+                    if r["doc_id"] not in best:  # hits come best first
+                        best[r["doc_id"]] = DenseMatch(
+                            r["doc_id"],
+                            float(r["distance"]),
+                            PassageT(int(r["passage_index"]), int(r["start"]), int(r["end"])),
+                        )
+                if len(best) >= top_k or len(hits) < limit or limit >= MAX_TOPK:
+                    break
+                limit = min(MAX_TOPK, limit * 4)
+            results.append(sorted(best.values(), key=lambda m: -m.score)[:top_k])
+        return results
+
+    def _bm25(self, query: str, limit: int, expr: str) -> list[LexicalMatch]:
+        if not _WORD.search(query):
+            return []
+        hits = call(
+            "lexical search",
+            lambda: self._client.search(
+                self._collection,
+                data=[query],
+                anns_field="sparse",
+                limit=max(1, min(limit, MAX_TOPK)),
+                filter=_and("passage_index == 0", expr),
+                output_fields=["doc_id", "version"],
+                search_params={"metric_type": "BM25"},
+                consistency_level="Strong",
+            )[0],
+        )
+        rows = [{**h["entity"], "distance": h["distance"]} for h in hits]
+        # Milvus returns BM25 negated (smaller is better); the store's contract is BM25 > 0.
+        return [LexicalMatch(r["doc_id"], -float(r["distance"])) for r in self._visible(rows) if r["distance"] < 0]
+
+    def search_lexical(self, queries: Sequence[str], top_k: int, filter: Mapping[str, str]) -> list[list[LexicalMatch]]:
+        expr = filter_expression(filter)
+        return [self._bm25(q, top_k, expr)[:top_k] for q in queries]
+
+    def dense_scores(self, query: np.ndarray, ids: Sequence[str]) -> dict[str, DenseMatch]:
+        q = np.asarray(query, dtype=np.float32).reshape(-1)
+        out: dict[str, DenseMatch] = {}
+        for r in self._passage_rows(ids):
+            score = float(np.dot(np.asarray(r["vector"], dtype=np.float32), q))
+            cur = out.get(r["doc_id"])
+            if cur is None or score > cur.score:
+                out[r["doc_id"]] = DenseMatch(
+                    r["doc_id"], score, PassageT(int(r["passage_index"]), int(r["start"]), int(r["end"]))
+                )
+        return out
+
+    def _bm25_unfiltered(self, query: str) -> dict[str, float]:
+        """Every document's BM25 for the query as an unfiltered search scores it (up to MAX_TOPK documents).
+
+        Milvus Lite computes BM25 statistics over the rows a filter keeps while they sit in an unsealed
+        segment (measured), so scores for a few ids are taken from the unfiltered ranking, never from a search
+        restricted to those ids: then they equal what ``search_lexical`` without a filter returns.
+        """
+        return {m.doc_id: m.score for m in self._bm25(query, MAX_TOPK, "")}
+
+    def lexical_scores(self, query: str, ids: Sequence[str]) -> dict[str, float]:
+        existing = [d.id for d in self.get(ids)]
+        if not existing:
+            return {}
+        scores = self._bm25_unfiltered(query)
+        return {i: scores.get(i, 0.0) for i in existing}
+
+    def explain_lexical(self, query: str, doc_id: str) -> list[LexicalTermScore]:
+        """Per query word, its BM25 for the document (the word searched alone, unfiltered).
+
+        BM25 is a sum over query tokens, and Milvus's is too (measured: a multi-word score equals the sum of
+        its words' scores to float precision), so the contributions add up to ``lexical_scores``.
+        ``document_frequency`` counts the documents the word alone matches.
+        """
+        found = self.get([doc_id])
+        if not found:
+            raise NotFound(f"document {doc_id!r} not found in collection {self.name!r}")
+        doc_tokens = _WORD.findall(found[0].text.lower())
+        out = []
+        for w in _WORD.findall(query):
+            term = w.lower()
+            scores = self._bm25_unfiltered(term)
+            out.append(
+                LexicalTermScore(
+                    term=term,
+                    query_text=w,
+                    contribution=scores.get(doc_id, 0.0),
+                    term_frequency=doc_tokens.count(term),
+                    document_frequency=len(scores),
+                )
+            )
+        return out
+
+    def score_all(
+        self, query: str, vector: np.ndarray | None, filter: Mapping[str, str], dense: bool, lexical: bool
+    ) -> ScoreTable:
+        expr = _and("passage_index >= 0", filter_expression(filter))
+        fields = ["doc_id", "version"] + (["vector"] if dense and vector is not None else [])
+        rows = self._visible(self._query(expr, fields))
+        ids = sorted({r["doc_id"] for r in rows})
+        index = {d: i for i, d in enumerate(ids)}
+        dense_arr = None
+        if dense and vector is not None:
+            dense_arr = np.full(len(ids), -np.inf, dtype=np.float32)
+            q = np.asarray(vector, dtype=np.float32).reshape(-1)
+            for r in rows:
+                s = float(np.dot(np.asarray(r["vector"], dtype=np.float32), q))
+                i = index[r["doc_id"]]
+                dense_arr[i] = max(dense_arr[i], s)
+        lex_arr = None
+        if lexical:
+            lex_arr = np.zeros(len(ids), dtype=np.float32)
+            # the same search as search_lexical with this filter, so ranks agree with Search's scores
+            for m in self._bm25(query, MAX_TOPK, filter_expression(filter)):
+                if m.doc_id in index:
+                    lex_arr[index[m.doc_id]] = m.score
+        return ScoreTable(ids, dense_arr, lex_arr)
+
+    # -- housekeeping ------------------------------------------------------------------------------
+    def count(self) -> int:
+        rows = self._query("passage_index == 0", ["doc_id", "version"])
+        return len({r["doc_id"] for r in self._visible(rows)})
+
+    def status(self) -> CollectionStatus:
+        return CollectionStatus(
+            name=self.name,
+            document_count=self.count(),
+            index=self.settings.index,
+            state=CollectionState.READY,
+            passages=self.settings.passages,
+            default_mode=self.settings.default_mode,
+        )
+
+    def repair(self) -> None:
+        """Removes what interrupted writes left: superseded versions, and old uncommitted rows."""
+        rows = self._query("passage_index >= 0", ["doc_id", "version"])
+        versions = {int(r["version"]) for r in rows}
+        committed = self._versions.committed(self, versions)
+        cutoff = time.time_ns() // 1000 - STALE_SECONDS * 1_000_000
+        stale = sorted(v for v in versions - committed if v < cutoff)
+        newest: dict[str, int] = {}
+        for r in rows:
+            if int(r["version"]) in committed:
+                newest[r["doc_id"]] = max(newest.get(r["doc_id"], 0), int(r["version"]))
+        pairs = {(r["doc_id"], int(r["version"])) for r in rows if r["doc_id"] in newest}
+        old = sorted((d, v) for d, v in pairs if v < newest[d])
+        if stale:
+            log.warning("collection %r: removing rows of %d uncommitted writes", self.name, len(stale))
+            call("delete", lambda: self._client.delete(self._collection, filter=_in("version", stale)))
+        for d, v in old:
+            expr = _and(f"doc_id == {quote(d)}", f"version == {v}")
+            call("delete", lambda expr=expr: self._client.delete(self._collection, filter=expr))
+
+    def snapshot(self) -> None:
+        call("flush", lambda: self._client.flush(self._collection))
+
+    def close(self, snapshot: bool = True) -> None:
+        """Nothing to persist: Milvus holds the collection; the client is the provider's."""
+
+
+class MilvusStoreProvider:
+    """The collections of a deployment on one Milvus (``uri``: ``http://host:port`` or a Lite ``*.db`` file)."""
+
+    def __init__(self, uri: str, token: str = "", prefix: str = "semsearch_", timeout: float = 10.0) -> None:
+        from pymilvus import MilvusClient
+
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", prefix):
+            raise InvalidArgument(f"--milvus-prefix {prefix!r}: letters, digits and _ only, not starting with a digit")
+        self.uri = uri
+        self.prefix = prefix
+        self._client = call("connect", lambda: MilvusClient(uri=uri, token=token or "", timeout=timeout))
+
+    def _full(self, name: str) -> str:
+        return self.prefix + name
+
+    def names(self) -> list[str]:
+        return sorted(
+            c[len(self.prefix) :] for c in call("list", self._client.list_collections) if c.startswith(self.prefix)
+        )
+
+    def _properties(self, name: str) -> dict:
+        if not call("describe", lambda: self._client.has_collection(self._full(name))):
+            raise NotFound(f"collection {name!r} not found")
+        desc = call("describe", lambda: self._client.describe_collection(self._full(name)))
+        return dict(desc.get("properties") or {})
+
+    def settings_of(self, name: str) -> CollectionSettings:
+        props = self._properties(name)
+        try:
+            data = json.loads(props[SETTINGS_KEY])
+            return CollectionSettings(
+                index=IndexSpec.from_dict(data["index"]),
+                passages=PassageConfig.from_dict(data.get("passages")),
+                default_mode=SearchMode(data.get("default_mode", "dense")),
+            )
+        except (KeyError, ValueError, TypeError) as exc:
+            raise CollectionBroken(
+                f"Milvus collection {self._full(name)!r}: property {SETTINGS_KEY} missing or unreadable ({exc})"
+            ) from exc
+
+    def _fingerprint_of(self, name: str) -> ModelFingerprint:
+        props = self._properties(name)
+        try:
+            return ModelFingerprint.from_dict(json.loads(props[FINGERPRINT_KEY]))
+        except (KeyError, ValueError, TypeError) as exc:
+            raise CollectionBroken(
+                f"Milvus collection {self._full(name)!r}: property {FINGERPRINT_KEY} missing or unreadable ({exc})"
+            ) from exc
+
+    def _load(self, name: str, fingerprint: ModelFingerprint) -> MilvusIndexStore:
+        settings = self.settings_of(name)
+        call("load", lambda: self._client.load_collection(self._full(name)))
+        store = MilvusIndexStore(self._client, self._full(name), name, settings, fingerprint)
+        store.repair()
+        return store
+
+    def open(self, name: str, running: ModelFingerprint) -> MilvusIndexStore:
+        stored = self._fingerprint_of(name)
+        if not stored.is_compatible(running):
+            raise ModelMismatch(name, stored, running)
+        return self._load(name, stored)
+
+    def open_for_reindex(self, name: str, running: ModelFingerprint) -> MilvusIndexStore:
+        return self._load(name, self._fingerprint_of(name))
+
+    def create(self, name: str, settings: CollectionSettings, fingerprint: ModelFingerprint) -> MilvusIndexStore:
+        from pymilvus import DataType, Function, FunctionType, MilvusClient
+
+        full = self._full(name)
+        if call("describe", lambda: self._client.has_collection(full)):
+            raise AlreadyExists(f"collection {name!r} already exists")
+        schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
+        schema.add_field("pk", DataType.VARCHAR, max_length=MAX_ID_BYTES + 64, is_primary=True)
+        schema.add_field("doc_id", DataType.VARCHAR, max_length=MAX_ID_BYTES)
+        schema.add_field("version", DataType.INT64)
+        schema.add_field("passage_index", DataType.INT64)
+        schema.add_field("start", DataType.INT64)
+        schema.add_field("end", DataType.INT64)
+        schema.add_field(
+            "text", DataType.VARCHAR, max_length=MAX_TEXT_BYTES, enable_analyzer=True, analyzer_params=_ANALYZER
+        )
+        schema.add_field("meta", DataType.JSON)
+        schema.add_field("vector", DataType.FLOAT_VECTOR, dim=fingerprint.dimension)
+        schema.add_field("sparse", DataType.SPARSE_FLOAT_VECTOR)
+        schema.add_function(
+            Function(
+                name="text_bm25",
+                function_type=FunctionType.BM25,
+                input_field_names=["text"],
+                output_field_names=["sparse"],
+            )
+        )
+        spec = settings.index
+        index = self._client.prepare_index_params()
+        if spec.kind is IndexKind.HNSW:
+            index.add_index(
+                "vector",
+                index_type="HNSW",
+                metric_type="IP",
+                params={"M": spec.hnsw_m, "efConstruction": spec.hnsw_ef_construction},
+            )
+        elif spec.kind is IndexKind.IVF:
+            index.add_index("vector", index_type="IVF_FLAT", metric_type="IP", params={"nlist": spec.ivf_nlist or 128})
+        else:
+            index.add_index("vector", index_type="FLAT", metric_type="IP")
+        index.add_index("sparse", index_type="SPARSE_INVERTED_INDEX", metric_type="BM25")
+        properties = {
+            FORMAT_KEY: FORMAT_VERSION,
+            SETTINGS_KEY: json.dumps(
+                {
+                    "index": spec.to_dict(),
+                    "passages": settings.passages.to_dict(),
+                    "default_mode": settings.default_mode.value,
+                }
+            ),
+            FINGERPRINT_KEY: json.dumps(fingerprint.to_dict()),
+        }
+        call(
+            "create collection",
+            lambda: self._client.create_collection(
+                full, schema=schema, index_params=index, consistency_level="Strong", properties=properties
+            ),
+        )
+        call("load", lambda: self._client.load_collection(full))
+        return MilvusIndexStore(self._client, full, name, settings, fingerprint)
+
+    def delete(self, name: str, store: MilvusIndexStore | None) -> None:
+        if store is not None:
+            store.close(snapshot=False)
+        full = self._full(name)
+        if not call("describe", lambda: self._client.has_collection(full)):
+            raise NotFound(f"collection {name!r} not found")
+        call("drop collection", lambda: self._client.drop_collection(full))
+
+    def cleanup(self) -> None:
+        """Nothing to do: a Milvus create or drop is one request; interrupted writes are repaired on open."""
+
+    def close(self) -> None:
+        call("close", self._client.close)

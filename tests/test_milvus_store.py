@@ -1,0 +1,191 @@
+"""The Milvus store against the store contract: a `milvus-lite server` on a free port (the network path that a
+Milvus standalone or cluster is reached by) and, once, a local Milvus Lite `.db` file."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("pymilvus", reason="the Milvus store needs the `milvus` extra: pip install './server[milvus]'")
+
+from semsearch_server.domain import CollectionSettings  # noqa: E402
+from semsearch_server.errors import Unavailable  # noqa: E402
+from semsearch_server.index.milvus_store import MilvusStoreProvider, filter_expression  # noqa: E402
+from store_contract import FINGERPRINT, HOSTILE, StoreContract, embedded, unit  # noqa: E402
+
+START_TIMEOUT = 60.0
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def milvus_server(tmp_path_factory):
+    """A Milvus Lite gRPC server shared by the session; skipped (with the reason) if it cannot start."""
+    exe = Path(sys.executable).with_name("milvus-lite")
+    if not exe.exists():
+        exe = shutil.which("milvus-lite")
+        if exe is None:
+            pytest.skip("milvus-lite is not installed (pip install './server[milvus]')")
+    data = tmp_path_factory.mktemp("milvus")
+    port = _free_port()
+    log = open(data / "server.log", "wb")  # noqa: SIM115 - closed at teardown
+    proc = subprocess.Popen(
+        [str(exe), "server", "--data-dir", str(data / "db"), "--host", "127.0.0.1", "--port", str(port)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    uri = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + START_TIMEOUT
+    while True:
+        if proc.poll() is not None:
+            pytest.skip(f"milvus-lite server exited with {proc.returncode}: {(data / 'server.log').read_text()[-500:]}")
+        try:
+            MilvusStoreProvider(uri, timeout=2.0).names()
+            break
+        except Unavailable:
+            if time.monotonic() > deadline:
+                proc.kill()
+                pytest.skip(f"milvus-lite server did not answer within {START_TIMEOUT:.0f}s")
+            time.sleep(0.3)
+    yield uri
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    log.close()
+
+
+class TestMilvusServer(StoreContract):
+    @pytest.fixture
+    def provider_factory(self, milvus_server):
+        prefix = f"t{uuid.uuid4().hex[:8]}_"
+        return lambda: MilvusStoreProvider(milvus_server, prefix=prefix)
+
+    def test_two_replicas_read_their_writes(self, provider_factory):
+        a, b = provider_factory(), provider_factory()
+        name = "shared"
+        store_a = a.create(name, CollectionSettings(), FINGERPRINT)
+        store_b = b.open(name, FINGERPRINT)
+        rng = np.random.default_rng(10)
+        for i in range(5):
+            vec = unit(rng, 1)
+            store_a.upsert([embedded(f"d{i}", f"written through a {i}", vec)])
+            # no sleep: an acknowledged write is visible to the other replica's next read
+            assert store_b.search_dense(vec, 1, {})[0][0].doc_id == f"d{i}"
+            assert store_b.get([f"d{i}"])[0].text == f"written through a {i}"
+        store_b.delete(["d0"])
+        assert store_a.get(["d0"]) == [] and store_a.count() == 4
+
+    def test_uncommitted_write_is_invisible_and_repaired(self, provider_factory):
+        """A crash between the rows and the commit marker leaves the old document whole."""
+        provider = provider_factory()
+        store = provider.create("crash", CollectionSettings(), FINGERPRINT)
+        rng = np.random.default_rng(11)
+        old = unit(rng, 2)
+        store.upsert([embedded("doc", "old text here", old)])
+        # the rows of a newer write, without its marker (what a crash after inserting them leaves)
+        version = int(time.time_ns() // 1000) - 10**9 * 1000  # older than STALE_SECONDS: repairable
+        new = unit(rng, 1)
+        store._client.insert(
+            store._collection,
+            [
+                {
+                    "pk": f"{version + 10**12}:0:doc",
+                    "doc_id": "doc",
+                    "version": version + 10**12,
+                    "passage_index": 0,
+                    "start": 0,
+                    "end": 3,
+                    "text": "new",
+                    "meta": {},
+                    "vector": new[0].tolist(),
+                }
+            ],
+        )
+        assert store.get(["doc"])[0].text == "old text here"
+        passages, _ = store.get_passages(["doc"])["doc"]
+        assert len(passages) == 2
+        assert store.search_dense(new, 5, {})[0][0].score == pytest.approx(float((old @ new[0]).max()), abs=1e-5)
+        assert store.search_lexical(["new"], 5, {})[0] == []
+        assert store.count() == 1
+
+    def test_filter_expression_is_literal(self):
+        assert filter_expression({"k": '" or 1==1 or "'}) == 'meta["k"] == "\\" or 1==1 or \\""'
+        assert filter_expression({'a"b': "\\"}) == 'meta["a\\"b"] == "\\\\"'
+        assert len(HOSTILE) > 5
+
+    def test_unreachable_milvus_is_unavailable(self):
+        with pytest.raises(Unavailable, match="unreachable"):
+            MilvusStoreProvider(f"http://127.0.0.1:{_free_port()}", timeout=1.0).names()
+
+
+class TestMilvusLiteFile(StoreContract):
+    @pytest.fixture
+    def provider_factory(self, tmp_path):
+        providers: list[MilvusStoreProvider] = []
+
+        def make():
+            # one process may hold a .db file: the previous provider is closed first (a restart)
+            while providers:
+                providers.pop().close()
+            providers.append(MilvusStoreProvider(str(tmp_path / "lite.db")))
+            return providers[-1]
+
+        yield make
+        for p in providers:
+            p.close()
+
+
+def test_milvus_lost_while_serving_is_unavailable_then_recovers(tmp_path):
+    """A Milvus that goes away: Unavailable (not an internal error); the same provider serves when it returns."""
+    exe = Path(sys.executable).with_name("milvus-lite")
+    port = _free_port()
+    cmd = [str(exe), "server", "--data-dir", str(tmp_path / "db"), "--host", "127.0.0.1", "--port", str(port)]
+
+    def start() -> subprocess.Popen:
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + START_TIMEOUT
+        while True:
+            try:
+                MilvusStoreProvider(f"http://127.0.0.1:{port}", timeout=2.0).names()
+                return proc
+            except Unavailable:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    proc.kill()
+                    pytest.skip("milvus-lite server did not start")
+                time.sleep(0.3)
+
+    proc = start()
+    try:
+        provider = MilvusStoreProvider(f"http://127.0.0.1:{port}", timeout=3.0)
+        store = provider.create("lost", CollectionSettings(), FINGERPRINT)
+        vec = unit(np.random.default_rng(12), 1)
+        store.upsert([embedded("a", "kept across the outage", vec)])
+        proc.kill()
+        proc.wait()
+        with pytest.raises(Unavailable, match="unreachable"):
+            store.search_dense(vec, 1, {})
+        with pytest.raises(Unavailable):
+            store.upsert([embedded("b", "not acknowledged", vec)])
+        proc = start()
+        reopened = provider.open("lost", FINGERPRINT)  # the registry reopens a collection after an outage
+        assert reopened.search_dense(vec, 1, {})[0][0].doc_id == "a"
+        assert reopened.get(["a"])[0].text == "kept across the outage"
+        assert store.get(["a"])[0].text == "kept across the outage"  # the open store reconnects too
+        assert store.get(["b"]) == []
+    finally:
+        proc.kill()
+        proc.wait()
