@@ -189,3 +189,39 @@ def test_milvus_lost_while_serving_is_unavailable_then_recovers(tmp_path):
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_the_service_serves_every_mode_on_milvus_and_two_replicas_share_it(
+    milvus_server, tmp_path, embedder, explainer
+):
+    """The whole service (--store milvus) on the Lite server: writes through one replica, reads through another."""
+    from conftest import InProcessServer
+    from semsearch import Document
+
+    prefix = f"svc{uuid.uuid4().hex[:6]}_"
+    options = {"store": "milvus", "milvus_uri": milvus_server, "milvus_prefix": prefix}
+    one = InProcessServer(tmp_path / "one", embedder, explainer, **options)
+    two = InProcessServer(tmp_path / "two", embedder, explainer, **options)
+    try:
+        one.client.create_collection("wines", passages=False)
+        docs = [
+            Document("c1", "I eat salmon", {"kind": "eat"}),
+            Document("c3", "I drink red-wine", {"kind": "drink"}),
+            Document("c4", "I drink water", {"kind": "drink"}),
+            Document("c5", "I drink a white-wine mix", {"kind": "drink"}),
+        ]
+        assert one.client.upsert(docs, collection="wines") == 4
+        assert "wines" in {c.name for c in two.client.list_collections()}
+        for mode in ("dense", "lexical", "hybrid"):
+            hits = two.client.search("I drink water with wine", collection="wines", mode=mode, top_k=4)
+            assert {h.id for h in hits[:3]} == {"c3", "c4", "c5"}, (mode, [h.id for h in hits])
+        filtered = two.client.search("wine", collection="wines", filter={"kind": 'drink" or 1==1 or "'})
+        assert filtered == []
+        result = two.client.explain("I drink water with wine", doc_id="c3", collection="wines", mode="dense", top_k=2)
+        assert result.ranking.rank in (1, 2, 3)
+        assert abs(sum(s.contribution for s in result.doc_segments) - result.score) < 1e-4
+        assert one.client.delete(["c1"], collection="wines") == 1
+        assert two.client.get(["c1", "c4"], collection="wines")[0].id == "c4"
+    finally:
+        one.stop()
+        two.stop()

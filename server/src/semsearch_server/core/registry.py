@@ -84,6 +84,14 @@ class CollectionRegistry:
         store = self._stores.get(name)
         if store is not None:
             return store
+        if name not in self._broken:
+            # Another replica of a shared store may have created it since this one started.
+            with self._lock:
+                if name not in self._stores and name not in self._broken and name in self.provider.names():
+                    self._open(name)
+            store = self._stores.get(name)
+            if store is not None:
+                return store
         broken = self._broken.get(name)
         if broken is not None:
             raise FailedPrecondition(broken.reason)
@@ -143,6 +151,10 @@ class CollectionRegistry:
                 self._reindexing.discard(name)
 
     def statuses(self) -> list[CollectionStatus]:
+        with self._lock:  # collections another replica of a shared store made since this one started
+            for name in self.provider.names():
+                if name not in self._stores and name not in self._broken:
+                    self._open(name)
         out = [store.status() for store in list(self._stores.values())]
         for broken in list(self._broken.values()):
             try:

@@ -37,6 +37,7 @@ lowercased; Milvus Lite applies no stemming or stopwords).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import re
@@ -60,7 +61,14 @@ from semsearch_server.domain import (
     SearchMode,
 )
 from semsearch_server.domain import Passage as PassageT
-from semsearch_server.errors import AlreadyExists, InvalidArgument, NotFound, SemsearchError, Unavailable
+from semsearch_server.errors import (
+    AlreadyExists,
+    DeadlineExceeded,
+    InvalidArgument,
+    NotFound,
+    SemsearchError,
+    Unavailable,
+)
 from semsearch_server.index.base import (
     CollectionBroken,
     DenseMatch,
@@ -248,9 +256,11 @@ class MilvusIndexStore:
         return {"metric_type": "IP", "params": {}}
 
     # -- writes ------------------------------------------------------------------------------------
-    def upsert(self, docs: Sequence[EmbeddedDocument]) -> int:
+    def upsert(self, docs: Sequence[EmbeddedDocument], still_wanted: Callable[[], bool] | None = None) -> int:
         if not docs:
             return 0
+        if still_wanted is not None and not still_wanted():
+            raise DeadlineExceeded("the deadline passed before the write reached Milvus; nothing was stored")
         rows = []
         version = self._new_version()
         for ed in docs:
@@ -339,9 +349,11 @@ class MilvusIndexStore:
             )
         return out
 
-    def delete(self, ids: Sequence[str]) -> int:
+    def delete(self, ids: Sequence[str], still_wanted: Callable[[], bool] | None = None) -> int:
         if not ids:
             return 0
+        if still_wanted is not None and not still_wanted():
+            raise DeadlineExceeded("the deadline passed before the delete reached Milvus; nothing was deleted")
         with self._write_lock:
             existing = {d.id for d in self.get(ids)}
             if existing:
@@ -386,7 +398,19 @@ class MilvusIndexStore:
             out[doc_id] = (passages, np.asarray([r["vector"] for r in rows], dtype=np.float32))
         return out
 
-    def search_dense(self, queries: np.ndarray, top_k: int, filter: Mapping[str, str]) -> list[list[DenseMatch]]:
+    def search_dense(
+        self, queries: np.ndarray, top_k: int, filter: Mapping[str, str], documents: bool = False
+    ) -> list[list[DenseMatch]]:
+        results = self._search_dense(queries, top_k, filter)
+        return self._with_documents(results) if documents else results
+
+    def _with_documents(self, results: list[list]) -> list[list]:
+        """The matches with their documents, fetched in one query (a match whose document went is dropped)."""
+        ids = list(dict.fromkeys(m.doc_id for row in results for m in row))
+        docs = {d.id: d for d in self.get(ids)} if ids else {}
+        return [[dataclasses.replace(m, document=docs[m.doc_id]) for m in row if m.doc_id in docs] for row in results]
+
+    def _search_dense(self, queries: np.ndarray, top_k: int, filter: Mapping[str, str]) -> list[list[DenseMatch]]:
         queries = np.asarray(queries, dtype=np.float32).reshape(-1, self.fingerprint.dimension)
         expr = _and("passage_index >= 0", filter_expression(filter))
         results: list[list[DenseMatch]] = []
@@ -442,9 +466,14 @@ class MilvusIndexStore:
         # Milvus returns BM25 negated (smaller is better); the store's contract is BM25 > 0.
         return [LexicalMatch(r["doc_id"], -float(r["distance"])) for r in self._visible(rows) if r["distance"] < 0]
 
-    def search_lexical(self, queries: Sequence[str], top_k: int, filter: Mapping[str, str]) -> list[list[LexicalMatch]]:
+    def search_lexical(
+        self, queries: Sequence[str], top_k: int, filter: Mapping[str, str], documents: bool = False
+    ) -> list[list[LexicalMatch]]:
+        # With documents, a match's passage is left unset: Milvus scores BM25 per document (on passage 0's
+        # row), so the hit's passage is reported as the whole text.
         expr = filter_expression(filter)
-        return [self._bm25(q, top_k, expr)[:top_k] for q in queries]
+        results = [self._bm25(q, top_k, expr)[:top_k] for q in queries]
+        return self._with_documents(results) if documents else results
 
     def dense_scores(self, query: np.ndarray, ids: Sequence[str]) -> dict[str, DenseMatch]:
         q = np.asarray(query, dtype=np.float32).reshape(-1)
