@@ -225,3 +225,37 @@ def test_the_service_serves_every_mode_on_milvus_and_two_replicas_share_it(
     finally:
         one.stop()
         two.stop()
+
+
+@pytest.mark.slow
+def test_a_replica_started_before_milvus_waits_not_serving_then_serves(tmp_path):
+    from semsearch_server.testing import ServerProcess
+
+    port = _free_port()
+    server = ServerProcess(
+        tmp_path / "replica", "--backend", "torch", "--store", "milvus", "--milvus-uri", f"http://127.0.0.1:{port}"
+    )
+    milvus = None
+    try:
+        server.start(wait_serving=False)
+        deadline = time.monotonic() + 180
+        while "NOT_SERVING, retrying" not in server.output():
+            assert time.monotonic() < deadline, server.output()[-2000:]
+            time.sleep(0.5)
+        with server.client(timeout=5) as client:
+            assert client.health() == "NOT_SERVING"
+        exe = Path(sys.executable).with_name("milvus-lite")
+        milvus = subprocess.Popen(
+            [str(exe), "server", "--data-dir", str(tmp_path / "milvus"), "--host", "127.0.0.1", "--port", str(port)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.STDOUT,
+        )
+        server.wait_serving(120)
+        with server.client() as client:
+            assert client.upsert([("a", "the night train to Vienna")]) == 1
+            assert client.search("train", mode="lexical")[0].id == "a"
+    finally:
+        server.stop()
+        if milvus is not None:
+            milvus.kill()
+            milvus.wait(30)

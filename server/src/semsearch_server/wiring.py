@@ -21,7 +21,7 @@ from semsearch_server.core.service import SearchService
 from semsearch_server.domain import CollectionSettings, Document, PassageConfig
 from semsearch_server.embedding.batching import MicroBatchingEmbedder
 from semsearch_server.embedding.passages import PassageSplitter
-from semsearch_server.errors import AlreadyExists
+from semsearch_server.errors import AlreadyExists, Unavailable
 from semsearch_server.index.faiss_store import LocalStoreProvider
 
 log = logging.getLogger(__name__)
@@ -78,14 +78,34 @@ def build_service(config: ServerConfig, embedder=None, explainer=None, observe=N
     embedder = MicroBatchingEmbedder(embedder, config.batch_max_size, config.batch_max_wait_ms, bulk_lane)
     splitter = build_splitter(config, embedder)
     default_settings = CollectionSettings(passages=splitter.resolve(PassageConfig()).as_config())
-    provider = build_store_provider(config)
-    registry = CollectionRegistry(provider, embedder.fingerprint, default_settings)
-    with start_up_phase("collections"):
+
+    def open_collections() -> CollectionRegistry:
+        registry = CollectionRegistry(build_store_provider(config), embedder.fingerprint, default_settings)
         registry.load_all()
+        return registry
+
+    with start_up_phase("collections"):
+        registry = until_reachable(open_collections)
     service = SearchService(embedder, registry, config.limits, explainer, splitter)
     if config.seed_demo:
         seed_demo(service)
     return service
+
+
+def until_reachable(open_collections: Callable[[], CollectionRegistry], first_wait: float = 1.0) -> CollectionRegistry:
+    """Opens the collections, retrying while their store is unreachable (a Milvus that is not up yet).
+
+    The port is already open and health says NOT_SERVING meanwhile, so an orchestrator sees a replica
+    that is alive but not ready, rather than one that crashed.
+    """
+    wait = first_wait
+    while True:
+        try:
+            return open_collections()
+        except Unavailable as exc:
+            log.warning("collections unavailable (%s); NOT_SERVING, retrying in %.0fs", exc, wait)
+            time.sleep(wait)
+            wait = min(30.0, wait * 2)
 
 
 def build_store_provider(config: ServerConfig):
