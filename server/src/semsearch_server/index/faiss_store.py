@@ -848,7 +848,10 @@ class FaissIndexStore:
         """[(passage label, score, document label)] of the top_k documents' best passages, best first
         (the search widens until it has top_k documents or every passage)."""
         total = self._index.ntotal
-        want = top_k if not self.settings.passages.enabled else top_k * 2
+        # Enough passages for top_k documents at the collection's passages per document (and a margin),
+        # so that one scan usually suffices: a second search costs a second full scan of a flat index.
+        per_document = total / max(len(self._lexical), 1)
+        want = top_k if per_document <= 1 else int(top_k * per_document * 1.5) + 8
         while True:
             k = max(1, min(want, total))
             scores, labels = self._index.search(query[None, :], k, allowed)
