@@ -18,7 +18,7 @@ def dry_run(*args: str) -> str:
 
 
 def pip_install_line(output: str) -> str:
-    return next(line for line in output.splitlines() if "pip install" in line and "./server[test]" in line)
+    return next(line for line in output.splitlines() if "pip install" in line and "./server[test" in line)
 
 
 def test_install_uses_only_the_default_index_unless_told():
