@@ -6,8 +6,6 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-from semsearch_server.core.validation import TEXT_FORBIDDEN
-
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA_DIR = REPO.parent / "shared" / "data" / "stsbenchmark"
 
@@ -31,14 +29,13 @@ def sts_rows(data_dir: Path, files: tuple[str, ...] = ("sts-train.csv",)) -> Ite
 def sts_sentences(data_dir: Path, count: int | None = None, files: tuple[str, ...] = ("sts-train.csv",)) -> list[str]:
     """Unique non-empty sentences, in file order, at most `count`.
 
-    Sentences the service refuses for their control characters (INVALID_ARGUMENT, by the validator's
-    own pattern) are left out, on both sides of every comparison; sts-train.csv has one
-    ("Treasury\x12s ...", a mangled apostrophe).
+    Every sentence is kept as written, control characters included (sts-train.csv has one,
+    "Treasury\x12s ...", a mangled apostrophe): the service accepts any valid UTF-8 text.
     """
     seen: dict[str, None] = {}
     for _, first, second in sts_rows(data_dir, files):
         for text in (first, second):
-            if text and not TEXT_FORBIDDEN.search(text):
+            if text:
                 seen.setdefault(text)
         if count is not None and len(seen) >= count:
             break

@@ -32,8 +32,6 @@ CASES = [
         "INVALID_ARGUMENT",
         "documents[1].text",
     ),
-    ("upsert-nul-in-text", *upsert(doc(text="bad\x00text")), "INVALID_ARGUMENT", "U+0000"),
-    ("upsert-control-in-text", *upsert(doc(text="bell\x07")), "INVALID_ARGUMENT", "U+0007"),
     ("upsert-control-in-id", *upsert(doc(id="a\x01b")), "INVALID_ARGUMENT", "documents[0].id"),
     ("upsert-long-id", *upsert(doc(id="i" * 257)), "INVALID_ARGUMENT", "256"),
     ("upsert-huge-metadata-value", *upsert(doc(k="v" * 5000)), "INVALID_ARGUMENT", "metadata"),
@@ -98,9 +96,9 @@ CASES = [
     ),
     ("search-bad-collection", "Search", pb.SearchRequest(collection="..", query="q"), "INVALID_ARGUMENT", "collection"),
     (
-        "search-nul-query",
+        "search-blank-query",
         "Search",
-        pb.SearchRequest(collection="validation", query="a\x00"),
+        pb.SearchRequest(collection="validation", query=" \t"),
         "INVALID_ARGUMENT",
         "query",
     ),
@@ -136,7 +134,6 @@ CASES = [
     ),
     ("get-no-ids", "Get", pb.GetRequest(collection="validation"), "INVALID_ARGUMENT", "ids"),
     ("embed-no-texts", "Embed", pb.EmbedRequest(), "INVALID_ARGUMENT", "texts"),
-    ("embed-control-char", "Embed", pb.EmbedRequest(texts=["fine", "bad\x1b[31m"]), "INVALID_ARGUMENT", "texts[1]"),
     (
         "create-existing",
         "CreateCollection",

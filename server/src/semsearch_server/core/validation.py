@@ -16,9 +16,8 @@ from semsearch_server.errors import InvalidArgument
 DEFAULT_COLLECTION = "default"
 DEFAULT_TOP_K = 10
 
-# C0 controls and DEL, except tab, newline and carriage return, which real texts carry. Public: the
-# benchmarks leave out the sentences it refuses.
-TEXT_FORBIDDEN = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+# Texts and metadata values accept any valid UTF-8 string, control characters (NUL included) too: they are
+# stored and returned as given, and only what the model sees is normalised (its tokenizer drops controls).
 # Ids and metadata keys are identifiers: no control characters at all.
 _IDENT_FORBIDDEN = re.compile(r"[\x00-\x1f\x7f]")
 
@@ -82,12 +81,6 @@ class Validator:
             raise InvalidArgument(f"{field}: must not be empty or blank")
         if len(text) > self.limits.max_text_chars:
             raise InvalidArgument(f"{field}: {len(text)} characters; at most {self.limits.max_text_chars} allowed")
-        bad = TEXT_FORBIDDEN.search(text)
-        if bad:
-            raise InvalidArgument(
-                f"{field}: control character U+{ord(bad.group()):04X} at position {bad.start()}; "
-                "only tab, newline and carriage return are allowed"
-            )
 
     def queries(self, queries: Sequence[str], field: str = "queries") -> None:
         if not queries:
@@ -145,12 +138,6 @@ class Validator:
                 raise InvalidArgument(
                     f"{field}[{key!r}]: value is {len(value)} characters; "
                     f"at most {lim.max_metadata_value_chars} allowed"
-                )
-            bad = TEXT_FORBIDDEN.search(value)
-            if bad:
-                raise InvalidArgument(
-                    f"{field}[{key!r}]: control character U+{ord(bad.group()):04X} in value; "
-                    "only tab, newline and carriage return are allowed"
                 )
 
     def index_spec(self, spec: IndexSpec) -> None:
