@@ -108,6 +108,19 @@ def test_agrees_with_torch_in_input_order(runtime_embedder, reference):
     np.testing.assert_allclose(runtime_embedder.encode([texts[-2]])[0], got[-2], atol=2e-3)
 
 
+def test_control_characters_and_rare_code_points_agree_with_torch(runtime_embedder, reference):
+    # The service stores any valid UTF-8 text; every backend must embed it as torch does, not crash.
+    texts = [
+        "Treasury\x12s long-range plan",
+        "\x00",
+        "NUL\x00 bell\x07 escape\x1b[31m DEL\x7f",
+        "\u0301 lone mark, \u200fRTL\u200e, \U0001f468\u200d\U0001f469 ZWJ, \U00020000",
+    ]
+    got = runtime_embedder.encode(texts)
+    assert got.shape == (len(texts), 384) and np.isfinite(got).all()
+    assert _cosines(got, reference.encode(texts)).min() >= MIN_COSINE
+
+
 def test_empty_list(runtime_embedder):
     assert runtime_embedder.encode([]).shape == (0, 384)
     assert runtime_embedder.token_counts([]) == []

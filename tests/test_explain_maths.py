@@ -128,7 +128,16 @@ def test_special_tokens_keep_their_share(explainer: Explainer) -> None:
         assert segments[0].contribution != 0.0
 
 
-@pytest.mark.parametrize("text", [UNICODE, SPACED, "it's 3.5°C — naïve façade, “quoted” 😀 emoji"])
+@pytest.mark.parametrize(
+    "text",
+    [
+        UNICODE,
+        SPACED,
+        "it's 3.5°C — naïve façade, “quoted” 😀 emoji",
+        "Treasury\x12s plan\x00 with NUL, \x07bell and \x1b[31m escapes",
+        "\u0301lone mark, \u200fRTL\u200e, \U0001f468\u200d\U0001f469 ZWJ, \U00020000 four-byte",
+    ],
+)
 def test_offsets_slice_the_original_text(model, explainer: Explainer, text: str) -> None:
     for granularity in ("word", "token"):
         result = explainer.explain(text, text, granularity=granularity)

@@ -375,3 +375,18 @@ def test_read_only_input_needs_a_state_dir_and_indexes_with_one(
         capsys, path, "--address", server.address, "-c", collection, "--state-dir", str(state), "--resume"
     )
     assert code == 0 and summary["indexed"] == 0, err  # the resume found its checkpoint in the state dir
+
+
+def test_lines_with_control_characters_are_indexed_as_written(client, collection, server, tmp_path, capsys):
+    # Real files carry stray controls (STS's "Treasury\x12s" is one); the indexer must not stop on them.
+    texts = [
+        "Treasury\x12s long-range plan is to provide retail buyers the ability to manage holdings online.",
+        "a NUL\x00 inside, a bell\x07, an escape \x1b[31m, separators \x1c\x1d\x1e and DEL\x7f",
+        "RTL \u200fmark\u200e, ZWJ \U0001f468\u200d\U0001f469, lone \u0301mark, four-byte \U00020000",
+    ]
+    (tmp_path / "c.txt").write_bytes(("\n".join(texts) + "\n").encode("utf-8"))
+    code, summary, err = index(capsys, str(tmp_path / "c.txt"), "--address", server.address, "-c", collection)
+    assert code == 0, err
+    assert (summary["indexed"], summary["skipped"]) == (3, 0)
+    got = stored(client, collection, [f"c.txt:{n}" for n in (1, 2, 3)])
+    assert [got[f"c.txt:{n}"].text for n in (1, 2, 3)] == texts

@@ -104,6 +104,49 @@ def test_texts_ids_and_metadata_come_back_exactly_as_stored(client, collection):
     }
 
 
+# Any valid UTF-8 text is accepted and comes back byte for byte; only the model's view is normalised.
+# The STS Benchmark train sentence below carries U+0012 where an apostrophe was mangled at the source.
+STS_U0012 = (
+    "Treasury\x12s long-range plan is to provide retail buyers of all Treasury securities the ability to manage "
+    "their holdings online in a single account."
+)
+REAL_TEXTS = {
+    "every-c0": "c0 " + "".join(chr(c) for c in range(0x20)) + " del \x7f end",
+    "nul": "before\x00after",
+    "only-nul-and-word": "\x00word\x00",
+    "lone-combining": "\u0301\u0308 lone combining marks",
+    "rtl-marks": "\u202bمرحبا\u202c \u200fhello\u200e \u2066isolate\u2069",
+    "emoji-zwj": "family \U0001f468\u200d\U0001f469\u200d\U0001f467 and flag \U0001f3f3\ufe0f\u200d\U0001f308",
+    "four-byte": "\U00010348 \U0001d11e \U00020000 gothic music cjk-ext",
+    "long-20k": ("word\x01 " * 2500)[:20000],
+    "sts-u0012": STS_U0012,
+}
+
+
+def test_any_valid_utf8_text_round_trips_byte_for_byte(client, collection):
+    docs = [Document(k, v, {"value": v[:100]}) for k, v in REAL_TEXTS.items()]
+    client.upsert(docs, collection=collection)
+    assert client.get(list(REAL_TEXTS), collection=collection) == docs
+    hits = client.search("long-range plan", collection=collection, top_k=len(docs), min_score=-1.0)
+    assert {h.id: h.text for h in hits} == REAL_TEXTS
+    assert {h.id: h.metadata for h in hits} == {d.id: d.metadata for d in docs}
+
+
+def test_the_sts_sentence_with_u0012_is_indexed_and_found(client, collection):
+    client.upsert([Document("sts", STS_U0012), Document("other", "A man is playing a guitar.")], collection=collection)
+    hits = client.search("Treasury lets retail buyers manage their securities online", collection=collection, top_k=2)
+    assert hits[0].id == "sts"
+    assert hits[0].text == STS_U0012
+
+
+def test_embed_and_search_accept_control_characters(client, collection):
+    vectors = client.embed(["fine", "bad\x1b[31m", "\x00nul"])
+    assert vectors.shape == (3, 384)
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    client.upsert([Document("n", "nul\x00 inside")], collection=collection)
+    assert client.search("\x00nul\x07", collection=collection)[0].id == "n"
+
+
 def test_batch_search_matches_single_searches(client):
     queries = ["I drink water with wine", "food", "fish"]
     batch = client.batch_search(queries, collection="demo", top_k=3)
