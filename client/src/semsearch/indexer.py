@@ -132,17 +132,9 @@ def add_index_arguments(parser: argparse.ArgumentParser) -> None:
     )
     new = parser.add_argument_group("a collection made by --create")
     new.add_argument("--index", choices=("flat", "hnsw", "ivf"), default="flat", help="vector index kind")
-    new.add_argument(
-        "--passages",
-        choices=("on", "off"),
-        default="on",
-        help="on: texts longer than the window are split into overlapping token windows; off: one vector per text",
-    )
-    new.add_argument("--window-tokens", type=int, default=0, help="passage window in model tokens (0: server default)")
-    new.add_argument("--overlap-tokens", type=int, default=0, help="tokens shared by consecutive windows (0: default)")
-    new.add_argument(
-        "--default-mode", choices=("dense", "lexical", "hybrid"), default=None, help="mode of a search that names none"
-    )
+    from semsearch.cli import add_collection_arguments
+
+    add_collection_arguments(new)
     sending.add_argument("--dry-run", action="store_true", help="parse and validate only; send nothing")
     safety = parser.add_argument_group("re-runs and bad input")
     safety.add_argument(
