@@ -26,6 +26,7 @@ from semsearch_server.domain import (
     HybridParams,
     ModelFingerprint,
     Passage,
+    PassageConfig,
     SearchMode,
 )
 from semsearch_server.embedding.base import Embedder
@@ -140,7 +141,10 @@ class SearchService:
         return store.upsert(_embedded(documents, passages, vectors), still_wanted)
 
     def _split(self, store: IndexStore, documents: Sequence[Document]) -> list[tuple[Passage, ...]]:
-        config = store.settings.passages
+        return self._split_as(store.settings.passages, documents)
+
+    def _split_as(self, config: PassageConfig, documents: Sequence[Document]) -> list[tuple[Passage, ...]]:
+        """Each document's passages under a collection's (resolved) passage settings."""
         if self.splitter is None or not config.enabled:
             return [(Passage(0, 0, len(d.text)),) for d in documents]
         settings = ResolvedPassages(True, config.window_tokens, config.overlap_tokens)
@@ -151,11 +155,7 @@ class SearchService:
         out: list[EmbeddedDocument] = []
         for start in range(0, len(documents), STREAM_EMBED_GROUP):
             chunk = documents[start : start + STREAM_EMBED_GROUP]
-            if self.splitter is None or not settings.passages.enabled:
-                passages = [(Passage(0, 0, len(d.text)),) for d in chunk]
-            else:
-                resolved = ResolvedPassages(True, settings.passages.window_tokens, settings.passages.overlap_tokens)
-                passages = self.splitter.split([d.text for d in chunk], resolved)
+            passages = self._split_as(settings.passages, chunk)
             out += _embedded(chunk, passages, self.embedder.encode(_passage_texts(chunk, passages)))
         return out
 

@@ -756,7 +756,7 @@ class FaissIndexStore:
     def get_passages(self, ids: Sequence[str]) -> dict[str, tuple[tuple[Passage, ...], np.ndarray]]:
         with self._lock.read():
             self._ensure_readable()
-            rows = self._passage_rows("d.id", list(ids), with_vectors=True)
+            rows = self._passage_rows(list(ids))
         out: dict[str, tuple[list[Passage], list[np.ndarray]]] = {}
         for _, doc_id, idx, start, end, blob in rows:
             passages, vectors = out.setdefault(doc_id, ([], []))
@@ -764,17 +764,16 @@ class FaissIndexStore:
             vectors.append(np.frombuffer(blob, dtype=np.float32))
         return {k: (tuple(p), np.vstack(v)) for k, (p, v) in out.items()}
 
-    def _passage_rows(self, column: str, keys: list, with_vectors: bool = False) -> list[tuple]:
-        """(passage label, document id, index, start, end[, vector]) for passages whose column is in keys."""
-        extra = ", p.vector" if with_vectors else ""
+    def _passage_rows(self, ids: list[str]) -> list[tuple]:
+        """(passage label, document id, index, start, end, vector) of these documents' passages, in order."""
         out: list[tuple] = []
         db = self._reader()
-        for start in range(0, len(keys), _SQL_CHUNK):
-            chunk = keys[start : start + _SQL_CHUNK]
+        for start in range(0, len(ids), _SQL_CHUNK):
+            chunk = ids[start : start + _SQL_CHUNK]
             marks = ",".join("?" * len(chunk))
             out += db.execute(
-                f"SELECT p.label, d.id, p.idx, p.start, p.end{extra} FROM passages p "
-                f"JOIN documents d ON d.label = p.doc_label WHERE {column} IN ({marks}) ORDER BY p.doc_label, p.idx",
+                "SELECT p.label, d.id, p.idx, p.start, p.end, p.vector FROM passages p "
+                f"JOIN documents d ON d.label = p.doc_label WHERE d.id IN ({marks}) ORDER BY p.doc_label, p.idx",
                 chunk,
             ).fetchall()
         return out
