@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from retrieval_quality import exact_scores, ranked  # noqa: E402
 from scifact import DEFAULT_SCIFACT_DIR, evaluate, load_scifact  # noqa: E402
 
 POOLS = (50, 100, 200, 400, None)  # None: every document
@@ -26,41 +26,21 @@ WEIGHTS = (0.4, 0.5, 0.6)
 
 
 def main() -> int:
-    from semsearch_server.domain import PassageConfig
-    from semsearch_server.embedding.factory import build_embedder
-    from semsearch_server.embedding.passages import PassageSplitter
-    from semsearch_server.embedding.sentence_transformer import default_model_path
-    from semsearch_server.index.lexical import LexicalIndex
-
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scifact-dir", type=Path, default=DEFAULT_SCIFACT_DIR)
     args = parser.parse_args()
     data = load_scifact(args.scifact_dir)
-    query_ids, ids = list(data.queries), np.array(data.doc_ids)
-    model = default_model_path()
-    embedder = build_embedder(model, "auto", cache_dir=Path(tempfile.gettempdir()) / "semsearch-bench-cache")
-    splitter = PassageSplitter.for_model(model, embedder.max_seq_length)
-    queries = embedder.encode([data.queries[q] for q in query_ids])
-    spans = splitter.split(data.texts, splitter.resolve(PassageConfig()))
-    passages = [t[p.start : p.end] for t, ps in zip(data.texts, spans, strict=True) for p in ps]
-    first_passage = np.cumsum([0] + [len(ps) for ps in spans[:-1]])
-    dense = np.maximum.reduceat(queries @ embedder.encode(passages).T, first_passage, axis=1)
-    index = LexicalIndex()
-    index.add(list(range(len(data.texts))), data.texts)
-    lexical = np.zeros_like(dense)
-    for i, query_id in enumerate(query_ids):
-        labels, scores = index.all_scores(data.queries[query_id])
-        lexical[i, labels] = scores
+    scores = exact_scores(data, truncated=False)
+    dense, lexical = scores["dense_on"], scores["lexical"]
 
-    def ndcg(scores: np.ndarray) -> float:
-        order = np.argsort(-scores, axis=1, kind="stable")[:, :100]
-        return evaluate(data, {q: ids[o].tolist() for q, o in zip(query_ids, order, strict=True)})["ndcg@10"]
+    def ndcg(fused: np.ndarray) -> float:
+        return evaluate(data, ranked(data, fused))["ndcg@10"]
 
     print(f"dense {ndcg(dense):.4f}  lexical {ndcg(np.where(lexical > 0, lexical, -np.inf)):.4f}")
     for pool in POOLS:
         for weight in WEIGHTS:
             fused = np.full_like(dense, -np.inf)
-            for i in range(len(query_ids)):
+            for i in range(len(dense)):
                 if pool is None:
                     candidates = np.arange(dense.shape[1])
                 else:

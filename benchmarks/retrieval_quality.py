@@ -85,9 +85,11 @@ def search_p50(client, data: SciFact, collection: str, mode: str, fusion: str | 
     return statistics.median(times)
 
 
-def references(data: SciFact) -> dict[str, dict[str, list[str]]]:
-    """Exact in-process rankings: the server's embedding backend, numpy brute force, the same BM25 code."""
-    from semsearch_server.domain import Fusion, HybridParams, PassageConfig
+def exact_scores(data: SciFact, truncated: bool = True) -> dict[str, np.ndarray]:
+    """In-process scores of every claim against every abstract (rows in data.queries order): "dense_off"
+    (one truncated vector per abstract; only if truncated), "dense_on" (best default passage), "lexical"
+    (BM25, the service's own index code). The server's default backend and passage splitting."""
+    from semsearch_server.domain import PassageConfig
     from semsearch_server.embedding.factory import build_embedder
     from semsearch_server.embedding.passages import PassageSplitter
     from semsearch_server.embedding.sentence_transformer import default_model_path
@@ -96,37 +98,48 @@ def references(data: SciFact) -> dict[str, dict[str, list[str]]]:
     model = default_model_path()
     embedder = build_embedder(model, "auto", cache_dir=Path(tempfile.gettempdir()) / "semsearch-bench-cache")
     splitter = PassageSplitter.for_model(model, embedder.max_seq_length)
-    query_ids = list(data.queries)
-    queries = embedder.encode([data.queries[q] for q in query_ids])
-    ids = np.array(data.doc_ids)
-
-    def top(scores: np.ndarray) -> dict[str, list[str]]:
-        order = np.argsort(-scores, axis=1, kind="stable")[:, :100]
-        ranked = [ids[row][np.isfinite(s[row])].tolist() for row, s in zip(order, scores, strict=True)]
-        return dict(zip(query_ids, ranked, strict=True))
-
-    dense_off = queries @ embedder.encode(data.texts).T
+    queries = embedder.encode(list(data.queries.values()))
+    out: dict[str, np.ndarray] = {}
+    if truncated:
+        out["dense_off"] = queries @ embedder.encode(data.texts).T
     spans = splitter.split(data.texts, splitter.resolve(PassageConfig()))
     passages = [t[p.start : p.end] for t, ps in zip(data.texts, spans, strict=True) for p in ps]
     first_passage = np.cumsum([0] + [len(ps) for ps in spans[:-1]])
     # Passages are in document order: a document's score is the maximum over its run of columns.
-    dense_on = np.maximum.reduceat(queries @ embedder.encode(passages).T, first_passage, axis=1)
+    out["dense_on"] = np.maximum.reduceat(queries @ embedder.encode(passages).T, first_passage, axis=1)
     lexical_index = LexicalIndex()
     lexical_index.add(list(range(len(data.texts))), data.texts)
-    lexical = np.zeros_like(dense_on)
-    for i, query_id in enumerate(query_ids):
-        labels, scores = lexical_index.all_scores(data.queries[query_id])
-        lexical[i, labels] = scores
+    out["lexical"] = np.zeros_like(out["dense_on"])
+    for i, query in enumerate(data.queries.values()):
+        labels, scores = lexical_index.all_scores(query)
+        out["lexical"][i, labels] = scores
+    return out
+
+
+def ranked(data: SciFact, scores: np.ndarray, k: int = 100) -> dict[str, list[str]]:
+    """query id -> the top k document ids by these scores (documents scoring -inf left out)."""
+    ids = np.array(data.doc_ids)
+    order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    lists = [ids[row][np.isfinite(s[row])].tolist() for row, s in zip(order, scores, strict=True)]
+    return dict(zip(data.queries, lists, strict=True))
+
+
+def references(data: SciFact) -> dict[str, dict[str, list[str]]]:
+    """Exact in-process rankings: the server's embedding backend, numpy brute force, the same BM25 code."""
+    from semsearch_server.domain import Fusion, HybridParams
+
+    scores = exact_scores(data)
+    dense_on, lexical = scores["dense_on"], scores["lexical"]
     weighted = HybridParams(Fusion.WEIGHTED)
     span = dense_on.max(axis=1, keepdims=True) - dense_on.min(axis=1, keepdims=True)
     fused = weighted.dense_weight * (dense_on - dense_on.min(axis=1, keepdims=True)) / span + (
         1 - weighted.dense_weight
     ) * lexical / np.maximum(lexical.max(axis=1, keepdims=True), 1e-9)
     return {
-        "dense, passages off": top(dense_off),
-        "dense, passages on": top(dense_on),
-        "lexical (BM25)": top(np.where(lexical > 0, lexical, -np.inf)),
-        "hybrid, weighted": top(fused),
+        "dense, passages off": ranked(data, scores["dense_off"]),
+        "dense, passages on": ranked(data, dense_on),
+        "lexical (BM25)": ranked(data, np.where(lexical > 0, lexical, -np.inf)),
+        "hybrid, weighted": ranked(data, fused),
     }
 
 
