@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import shlex
 import sys
 import tempfile
@@ -52,7 +53,7 @@ def memory_mb(pid: int) -> tuple[float, float]:
 
 def timed_start(data_dir: Path, extra: list[str], env: dict) -> tuple[ServerProcess, float]:
     started = time.monotonic()
-    server = ServerProcess(data_dir, *extra, env=env).start(timeout=900)
+    server = ServerProcess(data_dir, *extra, env=env).start(timeout=900, wait_engines=False)
     return server, time.monotonic() - started
 
 
@@ -139,14 +140,14 @@ def main() -> int:
         cold_rss, cold_hwm = memory_mb(server.pid)
         print(f"cold start   {cold_s:6.2f} s to SERVING; RSS {cold_rss:.0f} MB (peak {cold_hwm:.0f})")
         print(f"             {phases(server.output())}")
-        # A first start goes on in the background after SERVING (the attention export, then torch is released).
+        # A first start serves on torch and builds the fast engines in the background after SERVING, then
+        # makes the attention export and releases torch.
         settled = time.monotonic()
-        while "torch model is released" not in server.output() and time.monotonic() - settled < 600:
-            if "--backend torch" in args.server_args:
-                break  # torch serves: nothing to settle
-            time.sleep(0.5)
+        server.wait_first_start(900)
         settled_rss, _ = memory_mb(server.pid)
-        print(f"             settled {time.monotonic() - settled:.1f} s after SERVING; RSS then {settled_rss:.0f} MB")
+        switch = re.search(r"first start: (switched to .* after [0-9.]+s|staying on torch[^\n]*)", server.output())
+        print(f"             {switch.group(1) if switch else 'no engine switch'}; settled "
+              f"{time.monotonic() - settled:.1f} s after SERVING; RSS then {settled_rss:.0f} MB")  # fmt: skip
         stop(server)
 
         server, warm_s = timed_start(data_dir, extra, env)

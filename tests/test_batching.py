@@ -355,3 +355,39 @@ def test_balanced_batches_of_nothing_and_of_one():
     lengths = [10, 11, 9, 12, 10, 11, 10, 12, 60]
     batches = balanced_batches(lengths, 2)
     assert [len(b) for b in batches] == [8, 1]
+
+
+def test_a_first_start_gets_the_bulk_lane_when_it_switches_to_two_engines(tmp_path):
+    """A first start serves on torch, then switches to two engines while serving (switching.py): the
+    batcher built before the switch must follow the engine it has now, in both directions of the answer."""
+    from semsearch_server.config import ServerConfig
+    from semsearch_server.embedding.routing import SizeRoutedEmbedder
+    from semsearch_server.embedding.switching import SwitchingEmbedder
+    from semsearch_server.wiring import build_service
+
+    first, small, bulk = FakeEmbedder(), FakeEmbedder(), FakeEmbedder()
+    switching = SwitchingEmbedder(first)
+    service = build_service(ServerConfig(data_dir=tmp_path), embedder=switching)
+    try:
+        assert service.embedder.bulk_lane is False
+        service.embedder.encode(["one"])
+        switching.switch_to(SizeRoutedEmbedder(bulk, small))
+        assert switching.switched.is_set()
+        assert service.embedder.bulk_lane is True
+        service.embedder.encode(["two"])
+        service.embedder.encode([f"text {i}" for i in range(100)])
+        assert first.calls == [1]  # nothing reaches the engine switched away from
+        assert small.calls == [1] and bulk.calls == [100]
+    finally:
+        service.close()
+
+
+def test_an_engine_of_another_dimension_is_refused():
+    from semsearch_server.embedding.switching import SwitchingEmbedder
+
+    other = FakeEmbedder()
+    other.dimension = DIM * 2
+    switching = SwitchingEmbedder(FakeEmbedder())
+    with pytest.raises(ValueError, match="dimension 8 -> 16"):
+        switching.switch_to(other)
+    assert not switching.switched.is_set()

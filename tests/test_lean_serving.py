@@ -17,14 +17,32 @@ def torch_mapped(pid: int) -> bool:
 
 
 @pytest.mark.slow
-def test_a_warm_restart_serves_and_explains_without_torch(tmp_path):
-    first = ServerProcess(tmp_path / "data", "--seed-demo", "true").start()
+def test_a_first_start_serves_on_torch_then_switches_and_a_restart_needs_no_torch(tmp_path):
+    # Its own model cache: the first start is a real first start, whatever other tests ran before.
+    env = {"SEMSEARCH_CACHE_DIR": str(tmp_path / "cache")}
+    first = ServerProcess(tmp_path / "data", "--seed-demo", "true", env=env).start(wait_engines=False)
     try:
+        assert "first start: serving on torch while the fast engines are built" in first.output()
+        with first.client() as client:
+            # SERVING comes before the exports and the agreement checks (tens of seconds of them).
+            assert client.info().backend == "torch"
+            on_torch = client.search(QUERY, collection="demo", top_k=5)
+            explained = client.explain(QUERY, doc_id=on_torch[0].id, collection="demo")
+            assert explained.score == pytest.approx(on_torch[0].score, abs=1e-6)
+            first.wait_first_start()
+            log = first.output()
+            assert re.search(r"first start: switched to openvino \(batches\) \+ onnx", log), log
+            assert "the torch model is released" in log
+            assert "onnx" in client.info().backend
+            # The demo was embedded by torch; the fast engines agree with it (cosine >= 0.9999).
+            switched = client.search(QUERY, collection="demo", top_k=5)
+            assert [h.id for h in switched] == [h.id for h in on_torch]
+            assert [h.score for h in switched] == pytest.approx([h.score for h in on_torch], abs=1e-3)
         assert first.terminate() == 0
     finally:
         first.stop()
     # The model description, the exports and the agreement verdicts are all cached now.
-    server = ServerProcess(tmp_path / "data", "--seed-demo", "true").start()
+    server = ServerProcess(tmp_path / "data", "--seed-demo", "true", env=env).start()
     try:
         log = server.output()
         assert re.search(r"openvino agreement with torch: cached verdict \(agrees\)", log), log
@@ -57,7 +75,7 @@ def test_a_warm_restart_serves_and_explains_without_torch(tmp_path):
     finally:
         server.stop()
     # Once exported, attention needs no torch either.
-    server = ServerProcess(tmp_path / "data", "--seed-demo", "true").start()
+    server = ServerProcess(tmp_path / "data", "--seed-demo", "true", env=env).start()
     try:
         with server.client() as client:
             again = client.explain(QUERY, doc_id="c5", collection="demo", include_attention=True)

@@ -14,6 +14,9 @@ from pathlib import Path
 from semsearch import SearchClient, SemsearchError
 
 _LISTENING = re.compile(r"listening on [^ ]+:(\d+)")
+# A first start serves on torch while it builds the fast engines (wiring.py); these end that phase.
+_FIRST_START = "first start: serving on torch"
+_FIRST_START_DONE = ("the torch model is released", "first start: staying on torch")
 
 
 class ServerProcess:
@@ -27,8 +30,13 @@ class ServerProcess:
         self.port = 0
         self.log_path = data_dir.parent / f"server-{uuid.uuid4().hex[:6]}.log"
 
-    def start(self, wait_serving: bool = True, timeout: float = 180) -> ServerProcess:
-        """Starts the process and waits for its port (and, by default, for SERVING)."""
+    def start(self, wait_serving: bool = True, timeout: float = 180, wait_engines: bool = True) -> ServerProcess:
+        """Starts the process and waits for its port (and, by default, for SERVING).
+
+        With `wait_engines` (and `wait_serving`), a first start is also awaited until it serves on the
+        engines a restart would use (`wait_first_start`), so that what a test or benchmark measures
+        does not depend on whether the model cache was filled already.
+        """
         if getattr(self, "log", None):
             self.log.close()
         self.log = open(self.log_path, "w")  # noqa: SIM115 - the child writes to it until stop()
@@ -48,6 +56,8 @@ class ServerProcess:
             time.sleep(0.1)
         if wait_serving:
             self.wait_serving(deadline - time.monotonic())
+            if wait_engines:
+                self.wait_first_start(max(deadline - time.monotonic(), 0) + 600)
         return self
 
     @property
@@ -70,6 +80,16 @@ class ServerProcess:
                     pass
                 time.sleep(0.2)
         raise RuntimeError(f"server not SERVING after {timeout}s:\n{self.output()}")
+
+    def wait_first_start(self, timeout: float = 600) -> None:
+        """Waits until a first start has switched to its fast engines (or stayed on torch); at once otherwise."""
+        deadline = time.monotonic() + timeout
+        while _FIRST_START in (log := self.output()) and not any(done in log for done in _FIRST_START_DONE):
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{log}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"first start not finished after {timeout}s:\n{log}")
+            time.sleep(0.2)
 
     def output(self) -> str:
         return self.log_path.read_text()

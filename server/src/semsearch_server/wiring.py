@@ -36,15 +36,24 @@ def start_up_phase(name: str) -> Iterator[None]:
 
 
 def build_embedder(config: ServerConfig):
-    """The configured backend's embedder, and the ModelReference behind it (torch loaded only if needed)."""
+    """The configured backend's embedder, and the ModelReference behind it (torch loaded only if needed).
+
+    On a first start with the "auto" backend (the model not yet described in the cache, so torch is
+    loaded already) the embedder is a SwitchingEmbedder serving on torch: `build_service` builds the
+    fast engines in the background and switches to them (switching.py).
+    """
     from semsearch_server.embedding.factory import build_embedder as build_backend
     from semsearch_server.embedding.reference import ModelReference
     from semsearch_server.embedding.sentence_transformer import default_model_path
+    from semsearch_server.embedding.switching import SwitchingEmbedder
 
     model_path = config.model or default_model_path()
     with start_up_phase("model description"):
         reference = ModelReference(model_path, config.model_cache_dir)
     log.info("model %s: %s", model_path, reference.fingerprint.short())
+    if config.backend == "auto" and reference.torch_loaded:
+        log.info("first start: serving on torch while the fast engines are built in the background")
+        return SwitchingEmbedder(_use_threads(reference.torch, config)), reference
     with start_up_phase("embedding backends"):
         embedder = build_backend(
             model_path,
@@ -58,6 +67,12 @@ def build_embedder(config: ServerConfig):
     return embedder, reference
 
 
+def _use_threads(torch_embedder, config: ServerConfig):
+    from semsearch_server.embedding.factory import _use_torch
+
+    return _use_torch(torch_embedder, config.threads or None)
+
+
 def build_service(config: ServerConfig, embedder=None, explainer=None, observe=None) -> SearchService:
     """Builds the service.
 
@@ -66,16 +81,23 @@ def build_service(config: ServerConfig, embedder=None, explainer=None, observe=N
             config when embedder is None.
         observe: wraps the model-facing embedder (metrics see the batches the model really runs).
     """
+    finish_first_start = None
     if embedder is None:
+        from semsearch_server.embedding.switching import SwitchingEmbedder, SwitchingExplainer
+
         embedder, reference = build_embedder(config)
-        explainer = _serving_explainer(embedder, reference, config)
-        if reference.torch_loaded and embedder is not reference.torch:
-            _settle_first_start(reference, config)
+        if isinstance(embedder, SwitchingEmbedder):
+            explainer = SwitchingExplainer(_serving_explainer(embedder.inner, reference, config))
+            finish_first_start = _first_start_finisher(embedder, explainer, reference, config)
+        else:
+            explainer = _serving_explainer(embedder, reference, config)
+            if reference.torch_loaded and embedder is not reference.torch:
+                _settle_first_start(reference, config)
     if observe is not None:
         embedder = observe(embedder)
-    # With two engines (routing.py), an upsert on the batch engine need not hold up searches.
-    bulk_lane = bool(getattr(embedder, "serves_small_calls_while_busy", False))
-    embedder = MicroBatchingEmbedder(embedder, config.batch_max_size, config.batch_max_wait_ms, bulk_lane)
+    # With two engines (routing.py), an upsert on the batch engine need not hold up searches; None asks
+    # the embedder on each call, as a first start switches engines while serving.
+    embedder = MicroBatchingEmbedder(embedder, config.batch_max_size, config.batch_max_wait_ms, bulk_lane=None)
     splitter = build_splitter(config, embedder)
     default_settings = CollectionSettings(passages=splitter.resolve(PassageConfig()).as_config())
 
@@ -89,6 +111,8 @@ def build_service(config: ServerConfig, embedder=None, explainer=None, observe=N
     service = SearchService(embedder, registry, config.limits, explainer, splitter)
     if config.seed_demo:
         seed_demo(service)
+    if finish_first_start is not None:
+        threading.Thread(target=finish_first_start, name="first-start-engines", daemon=True).start()
     return service
 
 
@@ -128,36 +152,69 @@ def build_splitter(config: ServerConfig, embedder) -> PassageSplitter:
     return PassageSplitter.for_model(model_path, embedder.max_seq_length)
 
 
-def _settle_first_start(reference, config: ServerConfig) -> None:
-    """A first start loaded torch for the exports and the agreement check, which serving does not need.
+def _first_start_finisher(switching, explainer, reference, config: ServerConfig) -> Callable[[], None]:
+    """What a first start does after SERVING: builds and checks the fast engines (exports, agreement
+    with torch), switches the embedder and the explainer to them, then settles (`_settle`)."""
+    from semsearch_server.embedding.factory import build_embedder as build_backend
 
-    In the background (SERVING is not delayed), the attention export is made while torch is loaded
-    anyway, so that no later Explain with attention needs torch; then the torch model is released
-    and the freed heap handed back.
-    """
-
-    def settle() -> None:
-        from semsearch_server.embedding.onnx_backend import attention_onnx_dir
-
+    def finish() -> None:
         started = time.monotonic()
         try:
-            attention_onnx_dir(reference, config.model_cache_dir)
-            log.info("attention export ready in %.2fs (background, first start)", time.monotonic() - started)
-        except Exception as exc:  # noqa: BLE001 - attention will run on the torch model instead
-            log.warning(
-                "attention export failed (%s: %s); attention will load the torch model", type(exc).__name__, exc
+            engine = build_backend(
+                reference.model_path,
+                config.backend,
+                cache_dir=config.model_cache_dir,
+                threads=config.threads or None,
+                reference=reference,
+                small_max_texts_while_busy=config.batch_max_size,
             )
-        reference.release_torch()
-        # Start-up froze what it had allocated (app.py); the torch model is among it.
-        frozen = gc.get_freeze_count() > 0
-        gc.unfreeze()
-        gc.collect()
-        return_free_memory()
-        if frozen:
-            gc.freeze()
-        log.info("the torch model is released (needed for the first start's exports and checks only)")
+        except Exception as exc:  # noqa: BLE001 - torch keeps serving, exactly
+            log.warning("first start: staying on torch: the fast engines failed (%s: %s)", type(exc).__name__, exc)
+            return
+        if engine is reference.torch:
+            log.warning("first start: staying on torch (no faster engine agrees with it)")
+            return
+        serving_explainer = _serving_explainer(engine, reference, config)
+        switching.switch_to(engine)
+        explainer.switch_to(serving_explainer)
+        log.info(
+            "first start: switched to %s after %.2fs in the background",
+            engine.fingerprint.backend,
+            time.monotonic() - started,
+        )
+        _settle(reference, config)
 
-    threading.Thread(target=settle, name="first-start-settle", daemon=True).start()
+    return finish
+
+
+def _settle_first_start(reference, config: ServerConfig) -> None:
+    """`_settle` in the background, so that SERVING is not delayed."""
+    threading.Thread(target=_settle, args=(reference, config), name="first-start-settle", daemon=True).start()
+
+
+def _settle(reference, config: ServerConfig) -> None:
+    """A first start loaded torch for the exports and the agreement check, which serving does not need.
+
+    The attention export is made while torch is loaded anyway, so that no later Explain with
+    attention needs torch; then the torch model is released and the freed heap handed back.
+    """
+    from semsearch_server.embedding.onnx_backend import attention_onnx_dir
+
+    started = time.monotonic()
+    try:
+        attention_onnx_dir(reference, config.model_cache_dir)
+        log.info("attention export ready in %.2fs (background, first start)", time.monotonic() - started)
+    except Exception as exc:  # noqa: BLE001 - attention will run on the torch model instead
+        log.warning("attention export failed (%s: %s); attention will load the torch model", type(exc).__name__, exc)
+    reference.release_torch()
+    # Start-up froze what it had allocated (app.py); the torch model is among it.
+    frozen = gc.get_freeze_count() > 0
+    gc.unfreeze()
+    gc.collect()
+    return_free_memory()
+    if frozen:
+        gc.freeze()
+    log.info("the torch model is released (needed for the first start's exports and checks only)")
 
 
 def return_free_memory() -> None:

@@ -49,17 +49,20 @@ class MicroBatchingEmbedder(EmbedderWrapper):
         inner: the embedder doing the work.
         max_batch: texts per grouped call.
         max_wait_ms: the longest a queued request waits for others to join it.
-        bulk_lane: run requests of more than `max_batch` texts beside the grouped calls.
+        bulk_lane: run requests of more than `max_batch` texts beside the grouped calls; None: whenever
+            the inner embedder says it can (`serves_small_calls_while_busy`), asked per call, since
+            a first start switches engines while serving (switching.py).
 
     Attributes:
         inner: the wrapped embedder.
-        bulk_lane: whether requests of more than `max_batch` texts run beside the grouped calls.
     """
 
-    def __init__(self, inner: Embedder, max_batch: int = 32, max_wait_ms: float = 2.0, bulk_lane: bool = False) -> None:
+    def __init__(
+        self, inner: Embedder, max_batch: int = 32, max_wait_ms: float = 2.0, bulk_lane: bool | None = False
+    ) -> None:
         super().__init__(inner)
         self._max_batch = max_batch
-        self.bulk_lane = bulk_lane
+        self._bulk_lane = bulk_lane
         self._bulk_lock = threading.Lock()  # one bulk request at a time
         self._max_wait = max_wait_ms / 1000.0
         self._cond = threading.Condition()
@@ -74,7 +77,7 @@ class MicroBatchingEmbedder(EmbedderWrapper):
         if not texts:
             return np.zeros((0, self.dimension), dtype=np.float32)
         timeout = remaining()
-        if self.bulk_lane and len(texts) > self._max_batch:
+        if len(texts) > self._max_batch and self.bulk_lane:
             if not self._bulk_lock.acquire(timeout=-1 if timeout is None else max(timeout, 0.0)):
                 raise DeadlineExceeded("the deadline passed while waiting for the model; nothing was embedded")
             try:
@@ -106,6 +109,13 @@ class MicroBatchingEmbedder(EmbedderWrapper):
         if request.error is not None:
             raise request.error
         return request.result
+
+    @property
+    def bulk_lane(self) -> bool:
+        """Whether requests of more than `max_batch` texts run beside the grouped calls."""
+        if self._bulk_lane is None:
+            return bool(getattr(self.inner, "serves_small_calls_while_busy", False))
+        return self._bulk_lane
 
     def close(self) -> None:
         """Stops the worker; requests still queued fail, later encode() calls raise."""
