@@ -295,7 +295,14 @@ def open_collection(args: argparse.Namespace, collection: str):
     from semsearch_server.index.milvus_store import MilvusStoreProvider
 
     running = ModelReference(args.model or default_model_path(), _cache_dir(args)).fingerprint
-    provider = MilvusStoreProvider(args.milvus_uri, _milvus_token(args.milvus_token), args.milvus_prefix)
+    for attempt in range(WRITE_RETRIES + 1):  # a Milvus busy sealing segments can miss the connect deadline
+        try:
+            provider = MilvusStoreProvider(args.milvus_uri, _milvus_token(args.milvus_token), args.milvus_prefix)
+            break
+        except Unavailable:
+            if attempt == WRITE_RETRIES:
+                raise
+            time.sleep(min(10.0, 0.5 * 2**attempt))
     try:
         return provider, provider.open(collection, running)
     except NotFound:
