@@ -440,6 +440,7 @@ def run_bulk_index(args: argparse.Namespace) -> int:
     _check_writable(rejects_path, "rejects file")
     stats, error = Stats(), None
     started = time.monotonic()
+    first_block: float | None = None
     with ExitStack() as stack:
         try:
             try:
@@ -479,6 +480,8 @@ def run_bulk_index(args: argparse.Namespace) -> int:
             dataset = build_dataset(sources, options, embed, args.workers, args.worker_cpus)
             try:
                 for block in dataset.iter_batches(batch_size=None, batch_format="pyarrow"):
+                    if first_block is None:  # Ray started, actors loaded the model, the first batch embedded
+                        first_block = time.monotonic() - started
                     writer.consume(block)
             except StopRun:
                 raise
@@ -498,6 +501,8 @@ def run_bulk_index(args: argparse.Namespace) -> int:
     stats.seconds = time.monotonic() - started
     summary = _summary(stats, args, checkpoint, rejects_path, error)
     summary["engine"] = "ray"
+    # Seconds until the first embedded batch came back: Ray's start and the actors' model load, mostly.
+    summary["first_batch_seconds"] = round(first_block, 3) if first_block is not None else None
     if error is not None:
         print(f"semsearch index: {error}", file=sys.stderr)
     if args.json:
