@@ -172,6 +172,7 @@ def main() -> int:
     ap.add_argument("--n", type=int, default=100_000)
     ap.add_argument("--queries", type=int, default=200)
     ap.add_argument("--ingest-n", type=int, default=100_000, help="texts for the end-to-end ingest comparison")
+    ap.add_argument("--ingest-only", action="store_true", help="only part 4 (the end-to-end ingest comparison)")
     ap.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
     ap.add_argument("--work-dir", type=Path, default=None, help="default: a temporary directory, removed after")
     args = ap.parse_args()
@@ -191,31 +192,37 @@ def main() -> int:
     from semsearch_server.embedding.sentence_transformer import default_model_path
 
     model = default_model_path()
-    embedder = build_embedder(model, "auto", cache_dir=cache)
-    splitter = PassageSplitter.for_model(model, embedder.max_seq_length)
-    passages = splitter.resolve(PassageConfig()).as_config()
     docs = [Document(f"d{i}", t, {"part": str(i % 10)}) for i, t in enumerate(texts)]
-    started = time.perf_counter()
-    embedded = []
-    for i in range(0, len(docs), 4096):
-        embedded += embed_documents(embedder, splitter, passages, docs[i : i + 4096])
-    results["embed_docs_s"] = len(docs) / (time.perf_counter() - started)
-    vectors = np.vstack([e.vectors[0] for e in embedded])
-    log(f"embedding in process ({embedder.fingerprint.backend}): {results['embed_docs_s']:,.0f} docs/s; "
-        f"{sum(len(e.passages) for e in embedded) / len(embedded):.2f} passages per text")  # fmt: skip
-    fingerprint = embedder.fingerprint
-    query_vectors = embedder.encode(queries)
-    del embedder  # the server processes load their own
+    if args.ingest_only:
+        from semsearch_server.embedding.reference import ModelReference
+
+        fingerprint = ModelReference(model, cache).fingerprint
+        splitter = PassageSplitter.for_model(model, fingerprint.max_seq_length)
+        passages = splitter.resolve(PassageConfig()).as_config()
+    else:
+        embedder = build_embedder(model, "auto", cache_dir=cache)
+        splitter = PassageSplitter.for_model(model, embedder.max_seq_length)
+        passages = splitter.resolve(PassageConfig()).as_config()
+        started = time.perf_counter()
+        embedded = []
+        for i in range(0, len(docs), 4096):
+            embedded += embed_documents(embedder, splitter, passages, docs[i : i + 4096])
+        results["embed_docs_s"] = len(docs) / (time.perf_counter() - started)
+        vectors = np.vstack([e.vectors[0] for e in embedded])
+        log(f"embedding in process ({embedder.fingerprint.backend}): {results['embed_docs_s']:,.0f} docs/s; "
+            f"{sum(len(e.passages) for e in embedded) / len(embedded):.2f} passages per text")  # fmt: skip
+        fingerprint = embedder.fingerprint
+        query_vectors = embedder.encode(queries)
+        del embedder  # the server processes load their own
 
     # 2. stores, loaded with the same vectors
-    local_dir = work / "local"
-    local = LocalStoreProvider(local_dir)
     flat = CollectionSettings(index=IndexSpec(kind=IndexKind.FLAT), passages=passages)
     hnsw = CollectionSettings(index=IndexSpec(kind=IndexKind.HNSW), passages=passages)
-    store = local.create("flat", flat, fingerprint)
-    results["local_ingest"] = load_store(store, embedded)
-    store.close()
-    log(f"local store (flat): ingest {results['local_ingest']:,.0f} docs/s (vectors given)")
+    if not args.ingest_only:
+        store = LocalStoreProvider(work / "local").create("flat", flat, fingerprint)
+        results["local_ingest"] = load_store(store, embedded)
+        store.close()
+        log(f"local store (flat): ingest {results['local_ingest']:,.0f} docs/s (vectors given)")
 
     milvus_dir = work / "milvus"
     port = free_port()
@@ -238,24 +245,7 @@ def main() -> int:
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.5)
-        exact = [set(np.argsort(-(vectors @ q))[:10].tolist()) for q in query_vectors]
-        for name, settings in (("flat", flat), ("hnsw", hnsw)):
-            store = provider.create(name, settings, fingerprint)
-            results[f"milvus_{name}_ingest"] = load_store(store, embedded)
-            reload_s = seal_and_reload(provider._client, provider._full(name))
-            log(f"milvus store ({name}): ingest {results[f'milvus_{name}_ingest']:,.0f} docs/s (vectors given); "
-                f"flush + index + reload {reload_s:.0f} s")  # fmt: skip
-        hnsw_store = provider.open("hnsw", fingerprint)
-        recall = []
-        for qi, hits in enumerate(hnsw_store.search_dense(query_vectors, 10, {})):
-            recall.append(len({int(h.doc_id[1:]) for h in hits} & exact[qi]) / 10)
-        results["hnsw_recall"] = float(np.mean(recall))
-        ef = hnsw.index.hnsw_ef_search
-        log(f"milvus HNSW (M {hnsw.index.hnsw_m}, efConstruction {hnsw.index.hnsw_ef_construction}, ef {ef}): "
-            f"recall@10 {results['hnsw_recall']:.4f} against exact search over the same vectors")  # fmt: skip
-        targets.append((f"HNSW recall@10 {results['hnsw_recall']:.4f} >= 0.98", results["hnsw_recall"] >= 0.98))
 
-        # 3. search through the service
         def start(name: str, *extra: str) -> ServerProcess:
             srv = ServerProcess(work / name, *extra).start(timeout=600)
             servers.append(srv)
@@ -265,43 +255,64 @@ def main() -> int:
             srv.terminate()
             servers.remove(srv)
 
-        srv = start("local")  # data dir work/local: the store loaded above
-        with srv.client(timeout=120) as c:
-            local_lat, local_ids = search_latencies(c, queries, "flat")
-        stop(srv)
-        results["local_p50"], results["local_p99"] = ms(local_lat)
-        log(f"service, local store (flat): search p50 {results['local_p50']:.1f} ms  p99 {results['local_p99']:.1f} ms")
+        if args.ingest_only:
+            replica_a = start("replica-a", "--store", "milvus", "--milvus-uri", uri)
+        else:  # 2. the Milvus stores, then 3. search through the service
+            exact = [set(np.argsort(-(vectors @ q))[:10].tolist()) for q in query_vectors]
+            for name, settings in (("flat", flat), ("hnsw", hnsw)):
+                store = provider.create(name, settings, fingerprint)
+                results[f"milvus_{name}_ingest"] = load_store(store, embedded)
+                reload_s = seal_and_reload(provider._client, provider._full(name))
+                log(f"milvus store ({name}): ingest {results[f'milvus_{name}_ingest']:,.0f} docs/s (vectors given); "
+                    f"flush + index + reload {reload_s:.0f} s")  # fmt: skip
+            hnsw_store = provider.open("hnsw", fingerprint)
+            recall = []
+            for qi, hits in enumerate(hnsw_store.search_dense(query_vectors, 10, {})):
+                recall.append(len({int(h.doc_id[1:]) for h in hits} & exact[qi]) / 10)
+            results["hnsw_recall"] = float(np.mean(recall))
+            ef = hnsw.index.hnsw_ef_search
+            log(f"milvus HNSW (M {hnsw.index.hnsw_m}, efConstruction {hnsw.index.hnsw_ef_construction}, ef {ef}): "
+                f"recall@10 {results['hnsw_recall']:.4f} against exact search over the same vectors")  # fmt: skip
+            targets.append((f"HNSW recall@10 {results['hnsw_recall']:.4f} >= 0.98", results["hnsw_recall"] >= 0.98))
 
-        milvus_args = ("--store", "milvus", "--milvus-uri", uri)
-        replica_a = start("replica-a", *milvus_args)
-        with replica_a.client(timeout=120) as c:
+            srv = start("local")  # data dir work/local: the store loaded above
+            with srv.client(timeout=120) as c:
+                local_lat, local_ids = search_latencies(c, queries, "flat")
+            stop(srv)
+            results["local_p50"], results["local_p99"] = ms(local_lat)
+            p50, p99 = results["local_p50"], results["local_p99"]
+            log(f"service, local store (flat): search p50 {p50:.1f} ms  p99 {p99:.1f} ms")
+
+            milvus_args = ("--store", "milvus", "--milvus-uri", uri)
+            replica_a = start("replica-a", *milvus_args)
+            with replica_a.client(timeout=120) as c:
+                for name in ("flat", "hnsw"):
+                    lat, ids = search_latencies(c, queries, name)
+                    results[f"milvus_{name}_p50"], results[f"milvus_{name}_p99"] = ms(lat)
+                    log(f"service, milvus store ({name}): search p50 {results[f'milvus_{name}_p50']:.1f} ms  "
+                        f"p99 {results[f'milvus_{name}_p99']:.1f} ms")  # fmt: skip
+                    if name == "flat":
+                        same = sum(a == b for a, b in zip(ids, local_ids, strict=True))
+                        sets = sum(set(a) == set(b) for a, b in zip(ids, local_ids, strict=True))
+                        results["flat_identical"] = same / len(ids)
+                        log(f"flat top-10, milvus vs local: {same}/{len(ids)} identical lists, {sets} identical sets")
+                        targets.append(
+                            (f"flat top-10 identical to the local store's ({same}/{len(ids)})", same == len(ids))
+                        )
             for name in ("flat", "hnsw"):
-                lat, ids = search_latencies(c, queries, name)
-                results[f"milvus_{name}_p50"], results[f"milvus_{name}_p99"] = ms(lat)
-                log(f"service, milvus store ({name}): search p50 {results[f'milvus_{name}_p50']:.1f} ms  "
-                    f"p99 {results[f'milvus_{name}_p99']:.1f} ms")  # fmt: skip
-                if name == "flat":
-                    same = sum(a == b for a, b in zip(ids, local_ids, strict=True))
-                    sets = sum(set(a) == set(b) for a, b in zip(ids, local_ids, strict=True))
-                    results["flat_identical"] = same / len(ids)
-                    log(f"flat top-10, milvus vs local: {same}/{len(ids)} identical lists, {sets} identical sets")
-                    targets.append(
-                        (f"flat top-10 identical to the local store's ({same}/{len(ids)})", same == len(ids))
-                    )
-        for name in ("flat", "hnsw"):
-            ratio = results[f"milvus_{name}_p50"] / results["local_p50"]
-            targets.append((f"milvus {name} search p50 {ratio:.2f}x local p50 <= 2x", ratio <= 2.0))
+                ratio = results[f"milvus_{name}_p50"] / results["local_p50"]
+                targets.append((f"milvus {name} search p50 {ratio:.2f}x local p50 <= 2x", ratio <= 2.0))
 
-        lat1, qps1 = concurrent_search([replica_a.address], queries, "hnsw")
-        replica_b = start("replica-b", *milvus_args)
-        lat2, qps2 = concurrent_search([replica_a.address, replica_b.address], queries, "hnsw")
-        results["one_replica_qps"], results["two_replica_qps"] = qps1, qps2
-        results["one_replica_p50"], results["one_replica_p99"] = ms(lat1)
-        results["two_replica_p50"], results["two_replica_p99"] = ms(lat2)
-        log(f"4 concurrent clients, hnsw: 1 replica {qps1:.1f} QPS p50 {results['one_replica_p50']:.1f} ms "
-            f"p99 {results['one_replica_p99']:.1f} ms; 2 replicas {qps2:.1f} QPS p50 {results['two_replica_p50']:.1f} "
-            f"ms p99 {results['two_replica_p99']:.1f} ms")  # fmt: skip
-        stop(replica_b)
+            lat1, qps1 = concurrent_search([replica_a.address], queries, "hnsw")
+            replica_b = start("replica-b", *milvus_args)
+            lat2, qps2 = concurrent_search([replica_a.address, replica_b.address], queries, "hnsw")
+            results["one_replica_qps"], results["two_replica_qps"] = qps1, qps2
+            results["one_replica_p50"], results["one_replica_p99"] = ms(lat1)
+            results["two_replica_p50"], results["two_replica_p99"] = ms(lat2)
+            log(f"4 concurrent clients, hnsw: 1 replica {qps1:.1f} QPS p50 {results['one_replica_p50']:.1f} ms "
+                f"p99 {results['one_replica_p99']:.1f} ms; 2 replicas {qps2:.1f} QPS "
+                f"p50 {results['two_replica_p50']:.1f} ms p99 {results['two_replica_p99']:.1f} ms")  # fmt: skip
+            stop(replica_b)
 
         # 4. ingest end to end: the gRPC indexer (local, milvus) and the Ray path (1 and 2 workers)
         m = min(args.ingest_n, len(texts))
