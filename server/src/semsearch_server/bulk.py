@@ -458,7 +458,11 @@ def run_bulk_index(args: argparse.Namespace) -> int:
                 checkpoint.save()
             if all(s.complete for s in sources):
                 raise _Done
-            connect_ray(args)
+            try:
+                connect_ray(args)
+            except Exception as exc:  # noqa: BLE001 - Ray raises plain RuntimeErrors and ConnectionErrors
+                where = f"join the Ray cluster at {args.ray_address}" if args.ray_address else "start a local Ray"
+                raise StopRun(f"could not {where}: {_root_cause(exc)}", EXIT_FAILED) from exc
             options = ReadOptions(args.format, args.id_field, args.text_field, args.text_template,
                                   args.metadata_fields, args.id_prefix)  # fmt: skip
             embed = EmbedOptions(
