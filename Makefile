@@ -22,7 +22,7 @@ $(STAMP): client/pyproject.toml server/pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	# torch is pinned in server/pyproject.toml (==2.13.0); TORCH_INDEX_URL (above) says where its CPU build is.
-	$(BIN)/python -m pip install --quiet $(TORCH_INDEX_ARGS) -e ./client -e './server[test,milvus]'
+	$(BIN)/python -m pip install --quiet $(TORCH_INDEX_ARGS) -e ./client -e './server[test,milvus,ray]'
 	touch $(STAMP)
 
 install: $(STAMP)

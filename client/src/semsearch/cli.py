@@ -304,8 +304,10 @@ def cmd_reindex(client: SearchClient, args) -> int:
 
 
 def cmd_index(client: SearchClient, args) -> int:
-    from semsearch.indexer import run_index_command
+    from semsearch.indexer import run_index_command, run_ray_engine
 
+    if args.engine == "ray":
+        return run_ray_engine(args)
     return run_index_command(client, args)
 
 

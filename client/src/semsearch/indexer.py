@@ -160,12 +160,60 @@ def add_index_arguments(parser: argparse.ArgumentParser) -> None:
         "--rejects",
         help="JSONL file listing skipped records (default: next to the checkpoint)",
     )
+    add_engine_arguments(parser)
     parser.add_argument(
         "--quiet",
         "-q",
         action="store_true",
         help="no progress bar, retry notes or text summary (errors still go to stderr)",
     )
+
+
+def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
+    """`--engine ray`: embed on Ray Data and write straight into Milvus (semsearch_server.bulk, not this package)."""
+    ray = parser.add_argument_group(
+        "engine",
+        "--engine ray reads and embeds on Ray Data and writes into the collection's Milvus collection, without "
+        "a semsearch server; it needs semsearch-server[ray] (torch, the model) where it runs. "
+        "--address, --concurrency, --stream-batches, --rate-limit and --retries are for the grpc engine only.",
+    )
+    ray.add_argument(
+        "--engine",
+        choices=("grpc", "ray"),
+        default="grpc",
+        help="grpc: send to a server (default); ray: embed on Ray Data, write into Milvus",
+    )
+    ray.add_argument("--milvus-uri", help="ray: the Milvus the replicas serve from (as their --milvus-uri)")
+    ray.add_argument("--milvus-token", default="", help="ray: Milvus token, or @FILE (as the server's)")
+    ray.add_argument("--milvus-prefix", default="semsearch_", help="ray: as the server's (default: %(default)s)")
+    ray.add_argument("--ray-address", help="ray: an existing Ray cluster (default: start a local Ray)")
+    ray.add_argument("--workers", type=_positive, default=1, help="ray: embedding actors (default: %(default)s)")
+    ray.add_argument(
+        "--worker-cpus",
+        type=float,
+        default=1.0,
+        help="ray: CPUs each actor reserves and its inference threads (default: %(default)s)",
+    )
+    ray.add_argument("--model", default="", help="ray: the server's --model (default: the shipped model)")
+    ray.add_argument("--backend", default="auto", help="ray: the server's --backend (default: auto)")
+    ray.add_argument(
+        "--cache-dir",
+        help="ray: where model exports are cached (default: $SEMSEARCH_CACHE_DIR, else index_data/cache)",
+    )
+
+
+def run_ray_engine(args: argparse.Namespace) -> int:
+    """`semsearch index --engine ray`: hands over to the server package's Ray Data bulk path.
+
+    The client distribution stays free of torch, faiss and ray: the implementation is imported only here.
+    """
+    try:
+        from semsearch_server.bulk import run_bulk_index
+    except ModuleNotFoundError as exc:
+        needs = "semsearch-server with its ray extra: pip install 'semsearch-server[ray]'"
+        print(f"semsearch index --engine ray: {exc.name} is not installed; it needs {needs}", file=sys.stderr)
+        return EXIT_FAILED
+    return run_bulk_index(args)
 
 
 def _positive(value: str) -> int:

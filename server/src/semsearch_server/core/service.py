@@ -144,20 +144,11 @@ class SearchService:
         return self._split_as(store.settings.passages, documents)
 
     def _split_as(self, config: PassageConfig, documents: Sequence[Document]) -> list[tuple[Passage, ...]]:
-        """Each document's passages under a collection's (resolved) passage settings."""
-        if self.splitter is None or not config.enabled:
-            return [(Passage(0, 0, len(d.text)),) for d in documents]
-        settings = ResolvedPassages(True, config.window_tokens, config.overlap_tokens)
-        return self.splitter.split([d.text for d in documents], settings)
+        return split_documents(self.splitter, config, documents)
 
     def embed_documents(self, documents: Sequence[Document], settings: CollectionSettings) -> list[EmbeddedDocument]:
         """Splits and embeds documents as a collection with these settings stores them (Reindex)."""
-        out: list[EmbeddedDocument] = []
-        for start in range(0, len(documents), STREAM_EMBED_GROUP):
-            chunk = documents[start : start + STREAM_EMBED_GROUP]
-            passages = self._split_as(settings.passages, chunk)
-            out += _embedded(chunk, passages, self.embedder.encode(_passage_texts(chunk, passages)))
-        return out
+        return embed_documents(self.embedder, self.splitter, settings.passages, documents)
 
     def upsert_stream(
         self, batches: Iterable[tuple[str, Sequence[Document]]], still_wanted: Callable[[], bool] = _always
@@ -588,6 +579,32 @@ def _last_of_each_id(docs: Sequence[Document]) -> list[int]:
     """Positions of the last document with each id, in order of those positions."""
     last = {doc.id: i for i, doc in enumerate(docs)}
     return sorted(last.values())
+
+
+def split_documents(
+    splitter: PassageSplitter | None, config: PassageConfig, documents: Sequence[Document]
+) -> list[tuple[Passage, ...]]:
+    """Each document's passages under a collection's (resolved) passage settings."""
+    if splitter is None or not config.enabled:
+        return [(Passage(0, 0, len(d.text)),) for d in documents]
+    settings = ResolvedPassages(True, config.window_tokens, config.overlap_tokens)
+    return splitter.split([d.text for d in documents], settings)
+
+
+def embed_documents(
+    embedder: Embedder, splitter: PassageSplitter | None, config: PassageConfig, documents: Sequence[Document]
+) -> list[EmbeddedDocument]:
+    """Documents split and embedded as a collection with these passage settings stores them.
+
+    The one code path for Reindex and for the Ray Data bulk path (semsearch_server.bulk), so that both
+    store exactly what an upsert through the service would.
+    """
+    out: list[EmbeddedDocument] = []
+    for start in range(0, len(documents), STREAM_EMBED_GROUP):
+        chunk = documents[start : start + STREAM_EMBED_GROUP]
+        passages = split_documents(splitter, config, chunk)
+        out += _embedded(chunk, passages, embedder.encode(_passage_texts(chunk, passages)))
+    return out
 
 
 def _passage_texts(documents: Sequence[Document], passages: Sequence[tuple[Passage, ...]]) -> list[str]:
