@@ -179,11 +179,11 @@ class SearchService:
         order). A crash therefore leaves a prefix of whole messages stored; a bad message is reported
         after every message before it has been stored.
 
-        A None item says the sender has paused: without waiting for anything, the groups already
-        embedded are stored, and the messages gathered since are sent to be embedded if the model is
-        not busy with this stream's previous group. A source that yields None while it waits (the
-        transport does, every 0.1 s) therefore gets every message it sent stored soon after it goes
-        quiet, and a stalled stream holds no documents that are not stored. When the source raises a
+        A None item says the sender has paused: every message gathered so far is embedded and stored
+        before the next item is asked for. The transport yields one after 0.1 s without a message, so
+        a slow or stalled stream has every message it sent stored soon after it goes quiet, and holds
+        no documents that are not stored (a stream that keeps sending never pauses: its groups stay
+        full). When the source raises a
         SemsearchError (an idle stream closed by the transport), every message it gave is stored first
         and the error says how many documents were; any other exception (the client cancelled) stores
         nothing more: the stream keeps exactly what was stored before it.
@@ -230,12 +230,6 @@ class SearchService:
                 while embedding:
                     store_oldest()
 
-            def store_what_is_ready() -> None:
-                while embedding and embedding[0][2].done():
-                    store_oldest()
-                if not embedding:
-                    start_embedding()
-
             messages = iter(batches)
             i = 0
             try:
@@ -248,7 +242,7 @@ class SearchService:
                     if item is _END_OF_STREAM:
                         break
                     if item is None:
-                        store_what_is_ready()
+                        store_everything()
                         continue
                     collection, documents = item
                     try:

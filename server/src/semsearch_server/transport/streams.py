@@ -106,9 +106,9 @@ _END = object()
 class StreamFeed:
     """A stream's messages, read in a thread of its own so that waiting for them can time out.
 
-    Iterating yields each message, and None whenever no message has come for `PAUSE_SECONDS` (again
-    every `PAUSE_SECONDS` while the silence lasts). It raises DeadlineExceeded once no message has
-    come for `idle_seconds` (0: never), and StreamCancelled when the client is gone.
+    Iterating yields each message, and None once no message has come for `PAUSE_SECONDS` (once per
+    silence). It raises DeadlineExceeded once no message has come for `idle_seconds` (0: never), and
+    StreamCancelled when the client is gone.
     """
 
     def __init__(self, requests: Iterator[Any], idle_seconds: float) -> None:
@@ -139,17 +139,28 @@ class StreamFeed:
 
     def __iter__(self) -> Iterator[Any]:
         last = time.monotonic()
+        paused = False
         while True:
+            # Until the pause is reported, wake after PAUSE_SECONDS; then sleep until a message or the
+            # idle deadline, so a silent stream costs no wake-ups.
+            if not paused:
+                timeout: float | None = PAUSE_SECONDS
+            elif self.idle_seconds:
+                timeout = max(0.0, last + self.idle_seconds - time.monotonic())
+            else:
+                timeout = None
             try:
-                item = self._queue.get(timeout=PAUSE_SECONDS)
+                item = self._queue.get(timeout=timeout)
             except queue.Empty:
                 silent = time.monotonic() - last
                 if self.idle_seconds and silent >= self.idle_seconds:
                     raise DeadlineExceeded(
-                        f"UpsertStream idle: no message for {silent:.0f} s, past stream_idle_seconds="
+                        f"UpsertStream idle: no message for {silent:.1f} s, past stream_idle_seconds="
                         f"{self.idle_seconds:g}; the server closed the stream"
                     ) from None
-                yield None
+                if not paused:
+                    paused = True
+                    yield None
                 continue
             if item is _END:
                 return
@@ -157,6 +168,7 @@ class StreamFeed:
                 raise item
             self.received += 1
             last = time.monotonic()
+            paused = False
             yield item
 
     def close(self) -> None:
