@@ -1,10 +1,10 @@
 """100 stalled UpsertStreams against another client's Search latency and the server's memory.
 
 One real server process holds 2,000 STS train sentences. Each round measures one client's Search
-latency (STS dev queries, one at a time) with no streams open, then again while a second process
-holds 100 UpsertStreams open (each sent one message, then stays silent; 10 of them send one more
-message of 4 documents every 5 s), then the holder cancels its streams. The server runs with a long idle timeout
-(600 s), so no stream is closed for idleness during the run: the worst case for the server.
+latency (STS dev queries, one at a time) with no streams open, and while a second process holds 100
+UpsertStreams open: each sends one message and then stays silent, except 10 that send 4 more documents
+every 5 s. Odd rounds measure the loaded side first. The holder then cancels its streams. The server
+runs with a long idle timeout (600 s), so no stream is closed for idleness: the worst case for it.
 
 Targets (issue 15): the loaded Search p50 within 1.5x of the unloaded p50 (median of the rounds'
 ratios); RSS bounded: the streams cost at most 1 MiB each while open (RSS with them open minus RSS
@@ -150,46 +150,57 @@ def run(args: argparse.Namespace, server: ServerProcess, texts: list[str], queri
         rss_before = rss_kib(server.pid)
         rounds = []
         for r in range(args.rounds):
-            unloaded = search_latencies(client, queries)
-            holder = subprocess.Popen(
-                [sys.executable, __file__, "--hold", server.address, "--streams", str(args.streams),
-                 "--trickle", str(args.trickle), "--trickle-seconds", str(args.trickle_seconds), "--tag", f"r{r}"],
-                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-            )  # fmt: skip
-            ready = json.loads(holder.stdout.readline() or '{"error": "the holder exited"}')
-            if "ready_seconds" not in ready:
-                holder.kill()
-                sys.exit(f"round {r}: the streams did not open: {ready}")
-            rss_open = rss_kib(server.pid)
-            loaded = search_latencies(client, queries)
-            rss_loaded = rss_kib(server.pid)
-            holder.stdin.close()
-            summary = json.loads(holder.stdout.readline())
-            holder.wait(60)
-            time.sleep(2.0)
-            rss_after = rss_kib(server.pid)
-            row = {
+            # Odd rounds measure the loaded side first, so that neither side always comes first.
+            unloaded = [] if r % 2 else search_latencies(client, queries)
+            loaded, row = with_streams_open(args, server, client, queries, r)
+            unloaded = unloaded or search_latencies(client, queries)
+            row |= {
                 "unloaded_p50": percentile(unloaded, 0.5) * 1e3,
                 "unloaded_p99": percentile(unloaded, 0.99) * 1e3,
                 "loaded_p50": percentile(loaded, 0.5) * 1e3,
                 "loaded_p99": percentile(loaded, 0.99) * 1e3,
-                "rss_open": rss_open,
-                "rss_loaded": rss_loaded,
-                "rss_after": rss_after,
-                **ready,
-                **summary,
             }
             rounds.append(row)
             print(
                 f"round {r}: Search p50 {row['unloaded_p50']:.1f} -> {row['loaded_p50']:.1f} ms "
                 f"({row['loaded_p50'] / row['unloaded_p50']:.2f}x), p99 {row['unloaded_p99']:.1f} -> "
                 f"{row['loaded_p99']:.1f} ms; {args.streams} streams open in {row['ready_seconds']:.1f} s; RSS "
-                f"{mib(rss_before):.0f} before, {mib(rss_open):.0f} open, {mib(rss_loaded):.0f} loaded, "
-                f"{mib(rss_after):.0f} after MiB; trickled messages stored {row['trickled_stored']}/{row['trickled']}",
+                f"{mib(rss_before):.0f} before, {mib(row['rss_open']):.0f} open, {mib(row['rss_loaded']):.0f} "
+                f"loaded, {mib(row['rss_after']):.0f} after MiB; trickled messages stored "
+                f"{row['trickled_stored']}/{row['trickled']}",
                 flush=True,
             )
     report(args, rss_before, rounds)
     return 0
+
+
+def with_streams_open(
+    args: argparse.Namespace, server: ServerProcess, client: SearchClient, queries: list[str], r: int
+) -> tuple[list[float], dict]:
+    """Search latencies while the holder process keeps the streams open, and the server's RSS around them."""
+    holder = subprocess.Popen(
+        [sys.executable, __file__, "--hold", server.address, "--streams", str(args.streams),
+         "--trickle", str(args.trickle), "--trickle-seconds", str(args.trickle_seconds), "--tag", f"r{r}"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    ready = json.loads(holder.stdout.readline() or '{"error": "the holder exited"}')
+    if "ready_seconds" not in ready:
+        holder.kill()
+        sys.exit(f"round {r}: the streams did not open: {ready}")
+    rss_open = rss_kib(server.pid)
+    loaded = search_latencies(client, queries)
+    rss_loaded = rss_kib(server.pid)
+    holder.stdin.close()
+    summary = json.loads(holder.stdout.readline())
+    holder.wait(60)
+    time.sleep(2.0)
+    return loaded, {
+        "rss_open": rss_open,
+        "rss_loaded": rss_loaded,
+        "rss_after": rss_kib(server.pid),
+        **ready,
+        **summary,
+    }
 
 
 def report(args: argparse.Namespace, rss_before: int, rounds: list[dict]) -> None:
