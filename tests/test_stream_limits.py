@@ -17,7 +17,7 @@ from semsearch_server.config import load_config
 
 MAX_STREAMS = 4
 WORKERS = 2  # fewer than the streams: open streams must not take the threads unary calls need
-IDLE_SECONDS = 2.0
+IDLE_SECONDS = 3.0  # the idle tests' timeout; the others' is long enough for a loaded machine
 _DONE = object()
 
 
@@ -60,6 +60,13 @@ def wait_visible(client: SearchClient, collection: str, ids: list[str], timeout:
         time.sleep(0.05)
 
 
+def assert_no_reader_threads(timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while any(t.name == "stream-reader" for t in threading.enumerate()):
+        assert time.monotonic() < deadline, "a stream's reader thread outlived its stream"
+        time.sleep(0.05)
+
+
 @pytest.fixture(scope="module")
 def limited(tmp_path_factory, embedder, explainer):
     srv = InProcessServer(
@@ -68,17 +75,28 @@ def limited(tmp_path_factory, embedder, explainer):
         explainer,
         workers=WORKERS,
         max_streams=MAX_STREAMS,
-        stream_idle_seconds=IDLE_SECONDS,
+        stream_idle_seconds=120.0,
     )
     yield srv
     srv.stop()
 
 
+@pytest.fixture(scope="module")
+def idling(tmp_path_factory, embedder, explainer):
+    srv = InProcessServer(tmp_path_factory.mktemp("idle"), embedder, explainer, stream_idle_seconds=IDLE_SECONDS)
+    yield srv
+    srv.stop()
+
+
+def new_collection(srv: InProcessServer) -> str:
+    name = "s-" + uuid.uuid4().hex[:10]
+    srv.client.create_collection(name)
+    return name
+
+
 @pytest.fixture
 def coll(limited) -> str:
-    name = "s-" + uuid.uuid4().hex[:10]
-    limited.client.create_collection(name)
-    return name
+    return new_collection(limited)
 
 
 def test_a_stream_past_max_streams_is_refused_while_unary_calls_keep_being_served(limited, coll):
@@ -97,17 +115,15 @@ def test_a_stream_past_max_streams_is_refused_while_unary_calls_keep_being_serve
     assert f"max_streams={MAX_STREAMS}" in error.details()
     assert client.get([d.id for d in docs("refused")], collection=coll) == []
 
-    # Unary calls from other clients are served at once, with twice as many callers as worker threads.
-    def search_and_get(_: int) -> float:
+    # Unary calls from other clients are served, with twice as many callers as worker threads. (Were
+    # the open streams holding the workers, each call would wait out its 10 s deadline.)
+    def search_and_get(_: int) -> None:
         with SearchClient(limited.address, timeout=10) as other:
-            started = time.monotonic()
             assert other.search("rivers", collection=coll, top_k=3)
             assert len(other.get(["open0-0"], collection=coll)) == 1
-            return time.monotonic() - started
 
     with ThreadPoolExecutor(2 * WORKERS) as pool:
-        took = list(pool.map(search_and_get, range(4 * WORKERS)))
-    assert max(took) < 5, took
+        list(pool.map(search_and_get, range(4 * WORKERS)))
 
     for n, stream in enumerate(streams):
         stream.send(docs(f"more{n}", 1))
@@ -116,14 +132,12 @@ def test_a_stream_past_max_streams_is_refused_while_unary_calls_keep_being_serve
     again = OpenStream(client, coll)
     again.send(docs("again", 1))
     assert again.finish() == 1
-    deadline = time.monotonic() + 10
-    while any(t.name == "stream-reader" for t in threading.enumerate()):
-        assert time.monotonic() < deadline, "a stream's reader thread outlived its stream"
-        time.sleep(0.05)
+    assert_no_reader_threads()
 
 
-def test_an_idle_stream_is_closed_with_deadline_exceeded_and_keeps_what_it_sent(limited, coll):
-    stream = OpenStream(limited.client, coll)
+def test_an_idle_stream_is_closed_with_deadline_exceeded_and_keeps_what_it_sent(idling):
+    coll = new_collection(idling)
+    stream = OpenStream(idling.client, coll)
     stream.send(docs("idle", 3))
     error = stream.error(timeout=IDLE_SECONDS + 20)
     closed_after = time.monotonic() - stream.opened
@@ -132,20 +146,21 @@ def test_an_idle_stream_is_closed_with_deadline_exceeded_and_keeps_what_it_sent(
     assert f"stream_idle_seconds={IDLE_SECONDS:g}" in error.details()
     assert "1 messages received, 3 documents stored" in error.details()
     assert IDLE_SECONDS <= closed_after < IDLE_SECONDS + 10
-    assert len(limited.client.get([d.id for d in docs("idle", 3)], collection=coll)) == 3
+    assert len(idling.client.get([d.id for d in docs("idle", 3)], collection=coll)) == 3
+    assert_no_reader_threads()
 
 
-def test_a_slow_stream_that_keeps_sending_is_not_closed(limited, coll):
-    stream = OpenStream(limited.client, coll)
-    for n in range(5):  # 5 messages 0.6 s apart: the stream lives longer than the idle timeout
+def test_a_slow_stream_that_keeps_sending_is_not_closed(idling):
+    stream = OpenStream(idling.client, new_collection(idling))
+    for n in range(6):  # 6 messages 0.75 s apart: the stream lives longer than the idle timeout
         stream.send(docs(f"slow{n}", 2))
-        time.sleep(IDLE_SECONDS * 0.3)
+        time.sleep(IDLE_SECONDS / 4)
     assert time.monotonic() - stream.opened > IDLE_SECONDS
-    assert stream.finish() == 10
+    assert stream.finish() == 12
 
 
 def test_a_cancelled_stream_keeps_exactly_the_messages_stored_before_the_cancel(tmp_path, embedder, explainer):
-    srv = InProcessServer(tmp_path / "data", embedder, explainer, stream_idle_seconds=IDLE_SECONDS)
+    srv = InProcessServer(tmp_path / "data", embedder, explainer, stream_idle_seconds=120.0)
     try:
         client = srv.client
         client.create_collection("c")
@@ -159,7 +174,7 @@ def test_a_cancelled_stream_keeps_exactly_the_messages_stored_before_the_cancel(
         stream.send(docs("last", 50))
         stream.cancel()
         assert stream.future.cancelled()
-        time.sleep(IDLE_SECONDS)  # anything still in flight would have been stored by now
+        time.sleep(3.0)  # anything still in flight would have been stored by now
 
         def visible() -> tuple[int, int]:
             return len(client.get(acknowledged, collection="c")), len(client.get(last, collection="c"))
@@ -168,6 +183,7 @@ def test_a_cancelled_stream_keeps_exactly_the_messages_stored_before_the_cancel(
         assert stored_ack == len(acknowledged)
         # The message cut off by the cancel is stored whole or not at all, never in part.
         assert stored_last in (0, len(last))
+        assert_no_reader_threads()
         count = client.list_collections()
         srv.stop()
         srv = InProcessServer(tmp_path / "data", embedder, explainer)

@@ -64,10 +64,6 @@ class StreamGate:
         self._open = 0
         self._by_address: Counter[str] = Counter()
 
-    @property
-    def open(self) -> int:
-        return self._open
-
     @contextlib.contextmanager
     def admit(self, peer: str) -> Iterator[None]:
         """Holds one stream slot for the `with` block.
