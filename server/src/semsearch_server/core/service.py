@@ -183,10 +183,10 @@ class SearchService:
         before the next item is asked for. The transport yields one after 0.1 s without a message, so
         a slow or stalled stream has every message it sent stored soon after it goes quiet, and holds
         no documents that are not stored (a stream that keeps sending never pauses: its groups stay
-        full). When the source raises a
-        SemsearchError (an idle stream closed by the transport), every message it gave is stored first
-        and the error says how many documents were; any other exception (the client cancelled) stores
-        nothing more: the stream keeps exactly what was stored before it.
+        full). When the source raises a SemsearchError (an idle stream closed by the transport), every
+        message it gave is stored first and the error says how many documents were; any other
+        exception (the client cancelled) stores nothing more: the stream keeps exactly what was stored
+        before it.
 
         A group is embedded in a helper thread while this one reads and validates the next group's
         messages and stores the group before, so the model is not left idle waiting for either
