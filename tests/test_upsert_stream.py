@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -116,3 +117,47 @@ def test_a_deadline_that_passes_mid_stream_keeps_the_groups_before_it(make_servi
     with pytest.raises(DeadlineExceeded, match=f"{STREAM_EMBED_GROUP} documents were stored"):
         service.upsert_stream(messages(6), still_wanted=lambda: store.count() < STREAM_EMBED_GROUP)
     assert service.registry.get("c").count() == STREAM_EMBED_GROUP
+
+
+class ClientGone(Exception):
+    """What the transport raises when the client cancels."""
+
+
+def test_a_pause_stores_what_was_sent_and_a_cancel_keeps_exactly_that(make_service):
+    service = make_service(CountingEmbedder())
+    store = service.registry.get("c")
+
+    def stream():
+        yield from messages(2, size=10)
+        deadline = time.monotonic() + 10
+        while store.count() < 20:  # paused: the service stores the messages without waiting for more
+            assert time.monotonic() < deadline, "a paused stream's messages were not stored"
+            yield None
+        yield from messages(1, size=10)  # no pause after it: still gathering when the client goes
+        raise ClientGone
+
+    with pytest.raises(ClientGone):
+        service.upsert_stream(stream())
+    assert store.count() == 20
+
+
+def test_a_source_error_stores_every_message_before_it_and_says_how_many(make_service):
+    service = make_service(CountingEmbedder())
+
+    def stream():
+        yield from messages(3, size=10)
+        raise DeadlineExceeded("stream idle")
+
+    with pytest.raises(DeadlineExceeded, match=r"stream idle \(3 messages received, 30 documents stored\)"):
+        service.upsert_stream(stream())
+    assert service.registry.get("c").count() == 30
+
+
+def test_a_group_ends_at_the_byte_bound(make_service):
+    embedder = CountingEmbedder()
+    service = make_service(embedder)
+    text = "x" * 1_000
+    stream = [("c", [Document(f"m{m}-{i}", text) for i in range(10)]) for m in range(5)]
+    # 10 documents of about 1 kB per message: a group passes 15 kB at its second message.
+    assert service.upsert_stream(stream, group_bytes=15_000) == 50
+    assert embedder.calls == [20, 20, 10]

@@ -20,6 +20,7 @@ from semsearch_server.transport.observability import (
 )
 from semsearch_server.transport.server import create_server, set_health
 from semsearch_server.transport.servicer import SearchServicer
+from semsearch_server.transport.streams import StreamLimits
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +36,7 @@ class Application:
         self.config = config
         self._embedder = embedder
         self._explainer = explainer
-        self.servicer = SearchServicer()
+        self.servicer = SearchServicer(StreamLimits.from_config(config))
         self.health = health.HealthServicer(experimental_non_blocking=True)
         self.service: SearchService | None = None
         self.server: grpc.Server | None = None

@@ -48,6 +48,10 @@ class ServerConfig:
     cache_dir: Path | None = None  # None: <data_dir>/cache
     threads: int = 0  # 0: the runtime's default (every core)
     workers: int = 16
+    max_streams: int = 128
+    max_streams_per_peer: int = 0  # 0: no limit per client address
+    stream_idle_seconds: float = 30.0  # 0: never closed for idleness
+    stream_buffer_bytes: int = 8 * 1024 * 1024
     log_level: str = "INFO"
     log_format: str = "text"
     grace_seconds: float = 20.0
@@ -163,7 +167,27 @@ _OPTIONS: tuple[_Option, ...] = (
     ),
     _Option("cache_dir", Path, "where exported ONNX/OpenVINO models are cached (default: <data-dir>/cache)"),
     _Option("threads", _non_negative_int, "inference threads (0: every core)"),
-    _Option("workers", _positive_int, "gRPC worker threads"),
+    _Option("workers", _positive_int, "gRPC worker threads for unary calls (open UpsertStreams have their own)"),
+    _Option(
+        "max_streams",
+        _positive_int,
+        "most UpsertStreams open at once, server-wide; one more is refused with RESOURCE_EXHAUSTED",
+    ),
+    _Option(
+        "max_streams_per_peer",
+        _non_negative_int,
+        "most UpsertStreams open at once from one client address (0: no limit per address)",
+    ),
+    _Option(
+        "stream_idle_seconds",
+        _non_negative_float,
+        "an UpsertStream with no message for this long is closed with DEADLINE_EXCEEDED (0: never)",
+    ),
+    _Option(
+        "stream_buffer_bytes",
+        _positive_int,
+        "documents (ids, texts, metadata) an UpsertStream gathers before they are embedded and stored, at most",
+    ),
     _Option("log_level", _choice("DEBUG", "INFO", "WARNING", "ERROR"), "log level"),
     _Option("log_format", _choice("text", "json"), "log format"),
     _Option("grace_seconds", _non_negative_float, "how long SIGTERM waits for in-flight calls"),

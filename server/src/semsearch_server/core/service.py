@@ -42,6 +42,10 @@ from semsearch_server.index.base import EmbeddedDocument, IndexStore, LexicalTer
 
 # UpsertStream embeds consecutive messages together up to this many texts (see upsert_stream).
 STREAM_EMBED_GROUP = 1024
+# ... or up to this many bytes of ids, texts and metadata, whichever comes first (the transport passes
+# the server's stream_buffer_bytes).
+STREAM_GROUP_BYTES = 8 * 1024 * 1024
+_END_OF_STREAM = object()
 # Scores recomputed for Explain and scores held by the index may differ by float rounding (or by the
 # engine: a stored vector may come from the batch engine); past this the difference is worth a note.
 _SCORE_NOTE_TOLERANCE = 1e-4
@@ -151,17 +155,29 @@ class SearchService:
         return embed_documents(self.embedder, self.splitter, settings.passages, documents)
 
     def upsert_stream(
-        self, batches: Iterable[tuple[str, Sequence[Document]]], still_wanted: Callable[[], bool] = _always
+        self,
+        batches: Iterable[tuple[str, Sequence[Document]] | None],
+        still_wanted: Callable[[], bool] = _always,
+        group_bytes: int = STREAM_GROUP_BYTES,
     ) -> int:
         """Applies a stream of (collection, documents) messages in order, each all-or-nothing.
 
-        Consecutive messages are embedded together, up to `STREAM_EMBED_GROUP` texts: sorting a larger
-        group by length wastes far less padding than one message at a time (on the default model and
-        backend, groups of 1,024 embed 1.6x faster than messages of 64), and consecutive messages of
-        a group that go to the same collection are stored in one transaction (an id sent twice: the
-        later message wins, as if applied in order). A crash therefore leaves a prefix of whole
-        messages stored; a bad message is reported after every message before it has been stored.
-        The response only comes at the end of the stream, so nothing is acknowledged earlier.
+        Consecutive messages are embedded together, up to `STREAM_EMBED_GROUP` texts or `group_bytes`
+        of ids, texts and metadata (UTF-8): sorting a larger group by length wastes far less padding
+        than one message at a time (on the default model and backend, groups of 1,024 embed 1.6x
+        faster than messages of 64), and consecutive messages of a group that go to the same collection
+        are stored in one transaction (an id sent twice: the later message wins, as if applied in
+        order). A crash therefore leaves a prefix of whole messages stored; a bad message is reported
+        after every message before it has been stored.
+
+        A None item says the sender has paused: every message gathered so far is embedded and stored
+        before the next item is asked for. The transport yields one after 0.1 s without a message, so
+        a slow or stalled stream has every message it sent stored soon after it goes quiet, and holds
+        no documents that are not stored (a stream that keeps sending never pauses: its groups stay
+        full). When the source raises a SemsearchError (an idle stream closed by the transport), every
+        message it gave is stored first and the error says how many documents were; any other
+        exception (the client cancelled) stores nothing more: the stream keeps exactly what was stored
+        before it.
 
         A group is embedded in a helper thread while this one reads and validates the next group's
         messages and stores the group before, so the model is not left idle waiting for either
@@ -170,6 +186,7 @@ class SearchService:
         stored = 0
         group: list[tuple[IndexStore, Sequence[Document]]] = []
         group_texts = 0
+        group_size = 0
         # Groups handed to the helper, oldest first: (messages, their passages, future of their vectors).
         embedding: deque[tuple[list[tuple[IndexStore, Sequence[Document]]], list, Future]] = deque()
 
@@ -192,29 +209,44 @@ class SearchService:
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="stream-embed") as helper:
 
             def start_embedding() -> None:
-                nonlocal group, group_texts
+                nonlocal group, group_texts, group_size
                 if group:
                     passages = [p for store, docs in group for p in self._split(store, docs)]
                     texts = _passage_texts([d for _, docs in group for d in docs], passages)
                     embedding.append((group, passages, helper.submit(self.embedder.encode, texts)))
-                    group, group_texts = [], 0
+                    group, group_texts, group_size = [], 0, 0
 
             def store_everything() -> None:
                 start_embedding()
                 while embedding:
                     store_oldest()
 
+            messages = iter(batches)
+            i = 0
             try:
-                for i, (collection, documents) in enumerate(batches):
+                while True:
+                    try:
+                        item = next(messages, _END_OF_STREAM)
+                    except SemsearchError as exc:
+                        store_everything()
+                        raise type(exc)(f"{exc} ({i} messages received, {stored} documents stored)") from None
+                    if item is _END_OF_STREAM:
+                        break
+                    if item is None:
+                        store_everything()
+                        continue
+                    collection, documents = item
                     try:
                         store = self._store(collection)
                         self.validate.documents(documents)
                     except SemsearchError as exc:
                         store_everything()
                         raise type(exc)(f"stream message {i} (after {stored} documents were stored): {exc}") from None
+                    i += 1
                     group.append((store, documents))
                     group_texts += len(documents)
-                    if group_texts >= STREAM_EMBED_GROUP:
+                    group_size += sum(_document_bytes(d) for d in documents)
+                    if group_texts >= STREAM_EMBED_GROUP or group_size >= group_bytes:
                         start_embedding()
                         # The previous group is stored while this one is embedded.
                         while len(embedding) > 1:
@@ -573,6 +605,12 @@ def _runs_by_store(
         else:
             runs.append((store, [docs]))
     return runs
+
+
+def _document_bytes(doc: Document) -> int:
+    """A document's id, text and metadata in UTF-8 bytes: about what it holds in memory, and on the wire."""
+    size = len(doc.id.encode()) + len(doc.text.encode())
+    return size + sum(len(k.encode()) + len(v.encode()) for k, v in doc.metadata.items())
 
 
 def _last_of_each_id(docs: Sequence[Document]) -> list[int]:

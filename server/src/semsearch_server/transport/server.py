@@ -35,15 +35,17 @@ def create_server(
 ) -> tuple[grpc.Server, int]:
     """Returns a built (not started) server and the port it is bound to."""
     limit = config.limits.max_message_bytes
+    # An open UpsertStream holds its thread until it ends, silent or not: the pool has `workers` threads
+    # for everything else on top of one per stream the gate (transport/streams.py) lets open.
     server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="grpc"),
+        futures.ThreadPoolExecutor(max_workers=config.workers + config.max_streams, thread_name_prefix="grpc"),
         interceptors=list(interceptors),
         options=[
             ("grpc.max_receive_message_length", limit),
             ("grpc.max_send_message_length", limit),
             ("grpc.so_reuseport", 0),
         ],
-        maximum_concurrent_rpcs=config.workers * 16,
+        maximum_concurrent_rpcs=config.workers * 16 + config.max_streams,
     )
     pb_grpc.add_SearchServiceServicer_to_server(servicer, server)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

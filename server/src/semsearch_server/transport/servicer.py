@@ -29,6 +29,7 @@ from semsearch_server.domain import (
 )
 from semsearch_server.errors import InvalidArgument, SemsearchError, Unavailable
 from semsearch_server.transport.errors import status_for
+from semsearch_server.transport.streams import StreamCancelled, StreamFeed, StreamGate, StreamLimits
 
 log = logging.getLogger(__name__)
 
@@ -157,8 +158,9 @@ def _matrix(values: np.ndarray | None) -> list[float]:
 class SearchServicer(pb_grpc.SearchServiceServicer):
     """Serves semsearch.v1.SearchService; answers UNAVAILABLE until a SearchService is attached."""
 
-    def __init__(self) -> None:
+    def __init__(self, stream_limits: StreamLimits | None = None) -> None:
         self._service: SearchService | None = None
+        self.streams = StreamGate(stream_limits or StreamLimits())
         self._unavailable = "the server is loading the model and collections; retry shortly"
 
     def attach(self, service: SearchService) -> None:
@@ -183,8 +185,19 @@ class SearchServicer(pb_grpc.SearchServiceServicer):
     @_rpc
     def UpsertStream(self, request_iterator: Iterator[pb.UpsertRequest], context) -> pb.UpsertStreamResponse:
         service = self.service
-        batches = ((r.collection, [to_document(d) for d in r.documents]) for r in request_iterator)
-        return pb.UpsertStreamResponse(upserted_count=service.upsert_stream(batches, context.is_active))
+        limits = self.streams.limits
+        with self.streams.admit(context.peer()):
+            feed = StreamFeed(request_iterator, limits.idle_seconds)
+            batches = (None if r is None else (r.collection, [to_document(d) for d in r.documents]) for r in feed)
+            try:
+                count = service.upsert_stream(batches, context.is_active, limits.buffer_bytes)
+            except StreamCancelled:
+                # Nobody is left to answer; what was stored before the cancel stays, nothing after it is.
+                log.info("UpsertStream from %s ended by the client after %d messages", context.peer(), feed.received)
+                return pb.UpsertStreamResponse()
+            finally:
+                feed.close()
+        return pb.UpsertStreamResponse(upserted_count=count)
 
     @_rpc
     def Delete(self, request: pb.DeleteRequest, context) -> pb.DeleteResponse:
