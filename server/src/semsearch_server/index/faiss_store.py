@@ -772,7 +772,9 @@ class FaissIndexStore:
                 + disk_full_message(self.directory, "this write was not stored (none of it); reads go on")
             )
         if is_io_failure(exc):
-            return self._fail_storage(f"an I/O error on its database {self.directory / DATABASE} ({exc})")
+            return self._fail_storage(
+                f"an I/O error on its database {self.directory / DATABASE} ({exc}: {exc.sqlite_errorname})"
+            )
         return None
 
     def _fail_storage(self, what: str) -> StorageFailed:
