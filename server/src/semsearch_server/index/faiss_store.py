@@ -715,7 +715,18 @@ class FaissIndexStore:
             if self._failed_error is StorageFailed:  # re-embedding does not make its files trustworthy again
                 raise StorageFailed(self._failed)
             count = self._write_transaction(rewrite)
-            write_manifest(self.directory, self.name, self.settings, fingerprint)
+            try:
+                write_manifest(self.directory, self.name, self.settings, fingerprint)
+            except OSError as exc:
+                if not is_disk_full(exc, self.directory):
+                    raise
+                raise DiskFull(
+                    f"collection {self.name!r}: "
+                    + disk_full_message(
+                        self.directory, "the new vectors are stored but the manifest still names the previous model"
+                    )
+                    + " (then run Reindex again)"
+                ) from exc
             self.fingerprint = fingerprint
             self._failed = None
             self._load_passage_map()
