@@ -30,8 +30,22 @@ class ResourceExhausted(SemsearchError):
     """A request over a size limit."""
 
 
+class DiskFull(ResourceExhausted):
+    """The file system holding a collection has no space left: the write was not stored (none of it).
+
+    Transient: the collection keeps serving reads, and writes succeed again once space is freed."""
+
+
 class Unavailable(SemsearchError):
     """The service is loading or draining; retry later."""
+
+
+class StorageFailed(SemsearchError):
+    """A collection's files could not be made durable (an fsync or write reported an I/O error).
+
+    The write in progress is not acknowledged, and the collection is taken out of service until the server
+    restarts and recovers it from what is on disk: after a failed fsync the page cache may hold data the disk
+    does not, so carrying on would serve (and acknowledge) what may be lost."""
 
 
 class Unauthenticated(SemsearchError):

@@ -19,7 +19,7 @@ from semsearch_server.domain import (
     Document,
     ModelFingerprint,
 )
-from semsearch_server.errors import AlreadyExists, FailedPrecondition, NotFound
+from semsearch_server.errors import AlreadyExists, DiskFull, FailedPrecondition, NotFound, StorageFailed
 from semsearch_server.index.base import CollectionBroken, EmbeddedDocument, IndexStore, ModelMismatch, StoreProvider
 
 log = logging.getLogger(__name__)
@@ -32,6 +32,7 @@ class BrokenCollection:
     name: str
     reason: str
     model_mismatch: bool
+    disk_full: bool = False  # transient: opened at its next use once there is space
 
 
 class CollectionRegistry:
@@ -62,7 +63,10 @@ class CollectionRegistry:
         for name in self.provider.names():
             self._open(name)
         if DEFAULT_COLLECTION not in self._stores and DEFAULT_COLLECTION not in self._broken:
-            self.create(DEFAULT_COLLECTION, self._default_settings)
+            try:
+                self.create(DEFAULT_COLLECTION, self._default_settings)
+            except DiskFull as exc:  # the server still serves the others; `default` is made at its first use
+                log.error("collection %s not created yet: %s", DEFAULT_COLLECTION, exc)
         self.provider.cleanup()
 
     def _open(self, name: str) -> None:
@@ -71,6 +75,12 @@ class CollectionRegistry:
         except ModelMismatch as exc:
             log.error("collection %s not served: %s", name, exc)
             self._broken[name] = BrokenCollection(name, str(exc), model_mismatch=True)
+        except DiskFull as exc:
+            reason = f"collection {name!r} cannot be opened: {exc}"
+            log.error("%s", reason)
+            self._broken[name] = BrokenCollection(name, reason, model_mismatch=False, disk_full=True)
+        except StorageFailed as exc:
+            self._broken[name] = BrokenCollection(name, str(exc), model_mismatch=False)
         except (CollectionBroken, OSError) as exc:
             reason = f"collection {name!r} cannot be opened: {exc}"
             log.error("%s", reason)
@@ -84,6 +94,7 @@ class CollectionRegistry:
         store = self._stores.get(name)
         if store is not None:
             return store
+        self._retry_disk_full(name)
         if name not in self._broken:
             # Another replica of a shared store may have created it since this one started.
             with self._lock:
@@ -94,11 +105,25 @@ class CollectionRegistry:
                 return store
         broken = self._broken.get(name)
         if broken is not None:
-            raise FailedPrecondition(broken.reason)
+            raise (DiskFull if broken.disk_full else FailedPrecondition)(broken.reason)
+        if name == DEFAULT_COLLECTION:  # not created at start-up for want of space
+            try:
+                return self.create(name, self._default_settings)
+            except AlreadyExists:
+                return self.get(name)
         raise NotFound(
             f"collection {name!r} does not exist; create it with CreateCollection "
             f"(existing: {', '.join(sorted(self._stores)) or 'none'})"
         )
+
+    def _retry_disk_full(self, name: str) -> None:
+        """Opens again a collection that could not be opened for want of space (it may be there now)."""
+        if name in self._broken and self._broken[name].disk_full:
+            with self._lock:
+                broken = self._broken.get(name)
+                if broken is not None and broken.disk_full:
+                    del self._broken[name]
+                    self._open(name)
 
     def create(self, name: str, settings: CollectionSettings) -> IndexStore:
         with self._lock:
@@ -151,6 +176,8 @@ class CollectionRegistry:
                 self._reindexing.discard(name)
 
     def statuses(self) -> list[CollectionStatus]:
+        for name in [b.name for b in list(self._broken.values()) if b.disk_full]:
+            self._retry_disk_full(name)
         with self._lock:  # collections another replica of a shared store made since this one started
             for name in self.provider.names():
                 if name not in self._stores and name not in self._broken:

@@ -203,7 +203,10 @@ class SearchService:
                 items = embedded[offset : offset + count]
                 offset += count
                 latest = _last_of_each_id([item.document for item in items])
-                store.upsert([items[i] for i in latest], still_wanted)
+                try:
+                    store.upsert([items[i] for i in latest], still_wanted)
+                except SemsearchError as exc:  # a full disk, say: the client learns which prefix is stored
+                    raise type(exc)(f"after {stored} documents of the stream were stored: {exc}") from None
                 stored += count
 
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="stream-embed") as helper:

@@ -45,8 +45,8 @@ from semsearch_server.domain import (
     PassageConfig,
     SearchMode,
 )
-from semsearch_server.errors import DeadlineExceeded, FailedPrecondition
-from semsearch_server.files import atomic_write, atomic_write_json, sha256_file
+from semsearch_server.errors import DeadlineExceeded, DiskFull, FailedPrecondition, SemsearchError, StorageFailed
+from semsearch_server.files import StagedFiles, atomic_write_json, sha256_file
 from semsearch_server.index.base import (
     CollectionBroken,
     DenseMatch,
@@ -59,6 +59,7 @@ from semsearch_server.index.base import (
 from semsearch_server.index.lexical import Analyzer, LexicalIndex
 from semsearch_server.index.rwlock import ReadWriteLock
 from semsearch_server.index.snapshot_policy import SnapshotPolicy
+from semsearch_server.index.storage_faults import disk_full_message, is_disk_full, is_io_failure
 from semsearch_server.index.vector_index import VectorIndex
 
 log = logging.getLogger(__name__)
@@ -111,6 +112,10 @@ CREATE TABLE IF NOT EXISTS passage_deletions (label INTEGER PRIMARY KEY, seq INT
 
 # Upserts are applied in slices of this many rows' SQL parameters (SQLite's variable limit).
 _SQL_CHUNK = 500
+# A snapshot that could not be written (a full disk) is tried again at a write at least this long after
+# the failure, doubling up to the maximum: the database holds every write meanwhile, a restart replays them.
+SNAPSHOT_RETRY_SECONDS = 2.0
+SNAPSHOT_RETRY_MAX_SECONDS = 60.0
 
 
 def write_manifest(directory: Path, name: str, settings: CollectionSettings, fingerprint: ModelFingerprint) -> None:
@@ -229,6 +234,11 @@ class FaissIndexStore:
         self._snapshot_seqs = (0, 0)  # (FAISS, lexical) as last written or loaded
         self._closed = False
         self._failed: str | None = None
+        # What a call on a failed collection raises: FailedPrecondition, or StorageFailed after an I/O error.
+        self._failed_error: type[SemsearchError] = FailedPrecondition
+        self._snapshot_failures = 0
+        self._snapshot_retry_at = 0.0
+        self._disk_full_since: float | None = None
         # A rebuild of the vector index running beside the live one (HNSW compaction, IVF training).
         self._rebuild_thread: threading.Thread | None = None
         self._rebuild_from_seq: int | None = None
@@ -250,7 +260,11 @@ class FaissIndexStore:
         directory.mkdir(parents=True, exist_ok=False)
         write_manifest(directory, name, settings, fingerprint)
         store = cls(directory, name, settings, fingerprint, snapshot_every, new=True)
-        store.snapshot()
+        try:
+            store.snapshot()
+        except BaseException:
+            store.close(snapshot=False)
+            raise
         return store
 
     @classmethod
@@ -278,6 +292,10 @@ class FaissIndexStore:
             store = cls(directory, name, settings, stored, snapshot_every)
             store._check_database()
         except sqlite3.DatabaseError as exc:
+            if is_disk_full(exc, directory):  # SQLite could not create its -shm index beside the database
+                raise DiskFull(
+                    disk_full_message(directory, f"collection {name!r} is served once there is space to open it")
+                ) from exc
             raise CollectionBroken(f"{db_path}: {exc}") from None
         if int(manifest["format_version"]) < FORMAT_VERSION:
             write_manifest(directory, name, settings, stored)
@@ -296,10 +314,15 @@ class FaissIndexStore:
             # SQLite would happily treat an emptied file as a new, empty database: silent data loss.
             raise sqlite3.DatabaseError("the file is empty")
         db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA synchronous=FULL")
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=FULL")
+            if new:
+                db.executescript(_SCHEMA + _PASSAGE_SCHEMA)
+        except sqlite3.Error:  # a full disk, most likely: no connection left open behind the error
+            db.close()
+            raise
         if new:
-            db.executescript(_SCHEMA + _PASSAGE_SCHEMA)
             return db
         tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
         missing = {"documents", "metadata_kv", "deletions", "state"} - tables
@@ -373,7 +396,7 @@ class FaissIndexStore:
                 self._rebuild_lexical()
         self._snapshot_seqs = (snap_seq or 0, lex_seq or 0)
         if snap_seq != seq or lex_seq != seq:
-            self._write_snapshot()
+            self._snapshot_or_defer()
         log.info(
             "collection %s: %d documents, %d passages loaded (snapshots at seq %s / %s, database seq %d, "
             "replayed %d passage and %d document changes) in %.2fs",
@@ -479,7 +502,7 @@ class FaissIndexStore:
                     self._index = live
                     raise
                 self._rebuild_from_seq = None
-                self._write_snapshot()
+                self._snapshot_or_defer()
             log.info(
                 "collection %s: vector index rebuilt beside the live one (%d vectors, %d writes replayed) in %.2fs",
                 self.name,
@@ -689,29 +712,95 @@ class FaissIndexStore:
 
         with self._lock.write():
             self._ensure_open()
+            if self._failed_error is StorageFailed:  # re-embedding does not make its files trustworthy again
+                raise StorageFailed(self._failed)
             count = self._write_transaction(rewrite)
-            write_manifest(self.directory, self.name, self.settings, fingerprint)
+            try:
+                write_manifest(self.directory, self.name, self.settings, fingerprint)
+            except OSError as exc:
+                if not is_disk_full(exc, self.directory):
+                    raise
+                raise DiskFull(
+                    f"collection {self.name!r}: "
+                    + disk_full_message(
+                        self.directory, "the new vectors are stored but the manifest still names the previous model"
+                    )
+                    + " (then run Reindex again)"
+                ) from exc
             self.fingerprint = fingerprint
             self._failed = None
             self._load_passage_map()
             self._rebuild_vectors()
             if len(self._lexical) != count:
                 self._rebuild_lexical()
-            self._write_snapshot()
+            self._snapshot_or_defer()
         return count
 
     def _write_transaction(self, apply):
+        """Runs apply(seq) in one transaction and commits it (durably: synchronous=FULL).
+
+        Raises:
+            DiskFull: the file system is full; nothing of the write was stored, the collection serves on.
+            StorageFailed: an I/O error (a failed fsync); the write is not acknowledged and the collection
+                is out of service until a restart.
+        """
         db = self._db
-        db.execute("BEGIN IMMEDIATE")
         try:
-            seq = int(db.execute("SELECT value FROM state WHERE key='seq'").fetchone()[0]) + 1
-            result = apply(seq)
-            db.execute("UPDATE state SET value=? WHERE key='seq'", (str(seq),))
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                seq = int(db.execute("SELECT value FROM state WHERE key='seq'").fetchone()[0]) + 1
+                result = apply(seq)
+                db.execute("UPDATE state SET value=? WHERE key='seq'", (str(seq),))
+                db.execute("COMMIT")
+            except BaseException:
+                # After a full disk or an I/O error SQLite has rolled back already; ROLLBACK would fail
+                # and hide the reason.
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as exc:
+            error = self._storage_error(exc)
+            if error is None:
+                raise
+            raise error from exc
+        if self._disk_full_since is not None:
+            log.warning(
+                "collection %s: writes resumed after %.0fs of a full disk",
+                self.name,
+                time.monotonic() - self._disk_full_since,
+            )
+            self._disk_full_since = None
         return result
+
+    def _storage_error(self, exc: sqlite3.Error) -> SemsearchError | None:
+        """The domain error for a failed write to the database (None: not a storage fault)."""
+        if is_disk_full(exc, self.directory):
+            if self._disk_full_since is None:  # once per episode: a full disk refuses every write
+                self._disk_full_since = time.monotonic()
+                log.warning("collection %s: %s", self.name, disk_full_message(self.directory, "writes are refused"))
+            return DiskFull(
+                f"collection {self.name!r}: "
+                + disk_full_message(self.directory, "this write was not stored (none of it); reads go on")
+            )
+        if is_io_failure(exc):
+            return self._fail_storage(
+                f"an I/O error on its database {self.directory / DATABASE} ({exc}: {exc.sqlite_errorname})"
+            )
+        return None
+
+    def _fail_storage(self, what: str) -> StorageFailed:
+        """Takes the collection out of service after an I/O error; returns the error to raise.
+
+        After a failed fsync the kernel may have dropped the pages it could not write and will not say so
+        again (PostgreSQL's "fsyncgate"): nothing written since the last good fsync can be trusted, so
+        nothing more is acknowledged or served until a restart recovers from what is on disk."""
+        self._failed = (
+            f"collection {self.name!r} is out of service: {what}. The write in progress was not acknowledged; "
+            "the collection serves again once the server restarts and recovers it from what is on disk"
+        )
+        self._failed_error = StorageFailed
+        log.critical("%s", self._failed)
+        return StorageFailed(self._failed)
 
     def _after_commit(self, apply: Callable[[], None]) -> None:
         """Applies a committed write to the in-memory indexes.
@@ -742,8 +831,11 @@ class FaissIndexStore:
         if self._index.needs_rebuild(self._index.ntotal):
             self._start_rebuild_beside()
         # A snapshot rewrites the whole index: in proportion to its size, not every --snapshot-every writes.
-        if self._snapshot_policy.due(self._writes_since_snapshot, self._size_at_snapshot):
-            self._write_snapshot()
+        if (
+            self._snapshot_policy.due(self._writes_since_snapshot, self._size_at_snapshot)
+            and time.monotonic() >= self._snapshot_retry_at
+        ):
+            self._snapshot_or_defer()
 
     # -- reads ---------------------------------------------------------------------------------------
     def get(self, ids: Sequence[str]) -> list[Document]:
@@ -1032,30 +1124,78 @@ class FaissIndexStore:
                 self._write_snapshot()
 
     def _write_snapshot(self) -> None:
+        """Writes both snapshots, each file and its checksum staged and renamed into place together: a
+        failure (a full disk) leaves the previous pair as it was, valid, and no temporary file behind.
+
+        Raises:
+            OSError: a file could not be written (SyncFailed: could not be fsync'd).
+        """
         seq = self._seq()
-        index_path = self.directory / SNAPSHOT
-        atomic_write(index_path, self._index.write)
-        meta = {"seq": seq, "sha256": sha256_file(index_path), "count": self._index.ntotal}
-        if self.spec.kind.value == "hnsw":
-            meta["hnsw"] = self._index.slot_state()
-        atomic_write_json(self.directory / SNAPSHOT_META, meta)
+        with StagedFiles() as staged:
+            index_tmp = staged.write(self.directory / SNAPSHOT, self._index.write)
+            meta = {"seq": seq, "sha256": sha256_file(index_tmp), "count": self._index.ntotal}
+            if self.spec.kind.value == "hnsw":
+                meta["hnsw"] = self._index.slot_state()
+            staged.write_json(self.directory / SNAPSHOT_META, meta)
+            staged.commit()
         self._snapshot_seqs = (seq, self._snapshot_seqs[1])
-        lexical_path = self.directory / LEXICAL_SNAPSHOT
-        atomic_write(lexical_path, self._lexical.write)
-        atomic_write_json(
-            self.directory / LEXICAL_META,
-            {"seq": seq, "sha256": sha256_file(lexical_path), "count": len(self._lexical)},
-        )
+        with StagedFiles() as staged:
+            lexical_tmp = staged.write(self.directory / LEXICAL_SNAPSHOT, self._lexical.write)
+            staged.write_json(
+                self.directory / LEXICAL_META,
+                {"seq": seq, "sha256": sha256_file(lexical_tmp), "count": len(self._lexical)},
+            )
+            staged.commit()
         self._snapshot_seqs = (seq, seq)
+        self._writes_since_snapshot = 0
+        self._size_at_snapshot = self._index.ntotal
         # Removals older than both snapshots are in them; the log need not keep them, except those a
         # rebuild in progress will replay.
         keep_after = min(
             *self._snapshot_seqs, *([self._rebuild_from_seq] if self._rebuild_from_seq is not None else [])
         )
-        self._db.execute("DELETE FROM deletions WHERE seq <= ?", (keep_after,))
-        self._db.execute("DELETE FROM passage_deletions WHERE seq <= ?", (keep_after,))
-        self._writes_since_snapshot = 0
-        self._size_at_snapshot = self._index.ntotal
+        try:
+            self._db.execute("DELETE FROM deletions WHERE seq <= ?", (keep_after,))
+            self._db.execute("DELETE FROM passage_deletions WHERE seq <= ?", (keep_after,))
+        except sqlite3.Error as exc:
+            if not is_disk_full(exc, self.directory):
+                raise
+            # Rows older than the snapshots are skipped by every replay; the next snapshot prunes them.
+
+    def _snapshot_or_defer(self) -> None:
+        """Writes the snapshots now, or, if they cannot be written, keeps the previous ones and tries again
+        at a later write (SNAPSHOT_RETRY_SECONDS after, doubling).
+
+        A snapshot is a cache of the database, which holds every write: failing to write one loses
+        nothing, and is not the failure of the write that happened to make it due. An I/O error is
+        different: the database lives on the same disk.
+
+        Raises:
+            StorageFailed: an I/O error (a failed fsync); the collection is out of service.
+        """
+        try:
+            self._write_snapshot()
+        except Exception as exc:  # noqa: BLE001 - whatever it was, the previous snapshots stand
+            if is_io_failure(exc):
+                raise self._fail_storage(f"writing its index snapshot failed ({exc})") from exc
+            self._snapshot_failures += 1
+            delay = min(SNAPSHOT_RETRY_MAX_SECONDS, SNAPSHOT_RETRY_SECONDS * 2 ** (self._snapshot_failures - 1))
+            self._snapshot_retry_at = time.monotonic() + delay
+            log.warning(
+                "collection %s: snapshot not written, the previous one stays valid and the database holds "
+                "every write since; trying again at a write in %.0fs or later: %s",
+                self.name,
+                delay,
+                disk_full_message(self.directory, "no snapshot") if is_disk_full(exc, self.directory) else exc,
+                exc_info=not is_disk_full(exc, self.directory),
+            )
+        else:
+            if self._snapshot_failures:
+                log.warning(
+                    "collection %s: snapshot written again after %d failures", self.name, self._snapshot_failures
+                )
+            self._snapshot_failures = 0
+            self._snapshot_retry_at = 0.0
 
     def _seq(self) -> int:
         return int(self._db.execute("SELECT value FROM state WHERE key='seq'").fetchone()[0])
@@ -1067,7 +1207,7 @@ class FaissIndexStore:
     def _ensure_readable(self) -> None:
         self._ensure_open()
         if self._failed is not None:
-            raise FailedPrecondition(self._failed)
+            raise self._failed_error(self._failed)
 
     _ensure_writable = _ensure_readable
 
@@ -1079,7 +1219,10 @@ class FaissIndexStore:
             if self._closed:
                 return
             if snapshot and self._failed is None:
-                self._write_snapshot()
+                try:
+                    self._snapshot_or_defer()  # if it fails, the next start replays the writes since the last one
+                except StorageFailed:
+                    pass  # logged; the database is closed all the same
             self._closed = True
             for reader in self._readers:
                 reader.close()
@@ -1139,10 +1282,18 @@ class LocalStoreProvider:
         return (self.root / name).exists()
 
     def create(self, name: str, settings: CollectionSettings, fingerprint: ModelFingerprint) -> FaissIndexStore:
+        """Raises:
+        DiskFull: no space for the new collection's files (none of them is left behind)."""
         # Built under a hidden name and renamed: a crash never leaves a half-made collection.
         staging = self.root / f".creating-{name}-{time.time_ns()}"
-        store = FaissIndexStore.create(staging, name, settings, fingerprint, self._snapshot_every)
-        store.close()
+        try:
+            store = FaissIndexStore.create(staging, name, settings, fingerprint, self._snapshot_every)
+            store.close()
+        except (OSError, sqlite3.Error) as exc:
+            shutil.rmtree(staging, ignore_errors=True)  # and the space it took
+            if is_disk_full(exc, self.root):
+                raise DiskFull(disk_full_message(self.root, f"collection {name!r} was not created")) from exc
+            raise
         staging.rename(self.root / name)
         return FaissIndexStore.open(self.root / name, fingerprint, self._snapshot_every)
 

@@ -395,7 +395,10 @@ class VectorIndex:
 
     # -- snapshots ---------------------------------------------------------------------------------
     def write(self, path: Path) -> None:
-        faiss.write_index(self._index, str(path))
+        # Through a Python file rather than FAISS's own: a full disk raises OSError(ENOSPC) instead of a
+        # RuntimeError, and an error at close (the last buffered bytes) is raised rather than printed.
+        with open(path, "wb") as out:
+            faiss.write_index(self._index, faiss.PyCallbackIOWriter(out.write))
 
     def slot_state(self) -> dict:
         """HNSW bookkeeping a snapshot must carry beside the FAISS file."""
