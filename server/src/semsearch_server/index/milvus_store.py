@@ -32,7 +32,9 @@ b 0.75, idf ``ln(1 + (N - n + 0.5) / (n + 0.5))``) returned as a negative distan
 is > 0 like the local store's. Its statistics (N, n, average length) are Milvus's, per segment and counting
 every row (passage rows with empty text and markers too), so its values differ from a classic BM25 over
 documents; rankings agree closely. Tokenisation is Milvus's ``standard`` analyzer (Unicode words,
-lowercased; Milvus Lite applies no stemming or stopwords).
+lowercased; no stemming or stopwords). BM25 is searched without a filter expression and the metadata filter
+applied to the hits (``_bm25``), so that, as in the local store, a filter decides which documents match and
+never their scores. A lexical hit's passage is the one with the most query words, as in the local store.
 """
 
 from __future__ import annotations
@@ -121,6 +123,22 @@ def quote(value: str) -> str:
 def filter_expression(filter: Mapping[str, str]) -> str:
     """The exact-match metadata map as a Milvus expression; values and keys are literals, never syntax."""
     return " and ".join(f"meta[{quote(k)}] == {quote(v)}" for k, v in sorted(filter.items()))
+
+
+def _keeps(meta: Mapping[str, Any], filter: Mapping[str, str]) -> bool:
+    """Whether a row's metadata matches every key of the exact-match filter (as ``filter_expression``)."""
+    return all(k in meta and meta[k] == v for k, v in filter.items())
+
+
+def _best_lexical_passage(text: str, spans: Sequence[PassageT], query: str) -> PassageT:
+    """The passage with the most occurrences of query terms (the first of equals), as the local store picks it;
+    terms are the analyzer's (words, lower-cased)."""
+    if len(spans) <= 1:
+        return spans[0] if spans else PassageT(0, 0, len(text))
+    terms = {w.lower() for w in _WORD.findall(query)}
+    positions = [m.start() for m in _WORD.finditer(text) if m.group().lower() in terms]
+    counts = [sum(1 for at in positions if p.start <= at < p.end) for p in spans]
+    return spans[counts.index(max(counts))]
 
 
 def _in(field: str, values: Sequence[Any]) -> str:
@@ -318,7 +336,7 @@ class MilvusIndexStore:
             ]
             for i in range(0, len(old_pks), 1000):
                 chunk = old_pks[i : i + 1000]
-                call("delete", lambda chunk=chunk: self._client.delete(self._collection, ids=chunk))
+                call("delete", lambda chunk=chunk: self._client.delete(self._collection, filter=_in("pk", chunk)))
         return len(docs)
 
     def _head_row(self, ed: EmbeddedDocument, version: int) -> dict:
@@ -339,14 +357,9 @@ class MilvusIndexStore:
         out: list[dict] = []
         for i in range(0, len(pks), 1000):
             chunk = pks[i : i + 1000]
-            out.extend(
-                call(
-                    "get (heads)",
-                    lambda chunk=chunk: self._client.get(
-                        self._collection, ids=chunk, output_fields=["doc_id", "version", "end"]
-                    ),
-                )
-            )
+            # An expression on the primary key (a key lookup), quoted by us: pymilvus's get(ids=...) does
+            # not escape backslashes in string keys.
+            out.extend(self._query(_in("pk", chunk), ["doc_id", "version", "end"], limit=len(chunk)))
         return out
 
     def delete(self, ids: Sequence[str], still_wanted: Callable[[], bool] | None = None) -> int:
@@ -360,7 +373,7 @@ class MilvusIndexStore:
                 expr = _and(_in("doc_id", sorted(existing)), "passage_index >= 0")
                 call("delete", lambda: self._client.delete(self._collection, filter=expr))
                 heads = [f"h:{i}" for i in sorted(existing)]
-                call("delete (heads)", lambda: self._client.delete(self._collection, ids=heads))
+                call("delete (heads)", lambda: self._client.delete(self._collection, filter=_in("pk", heads)))
         return len(existing)
 
     # -- reads -------------------------------------------------------------------------------------
@@ -446,34 +459,70 @@ class MilvusIndexStore:
             results.append(sorted(best.values(), key=lambda m: -m.score)[:top_k])
         return results
 
-    def _bm25(self, query: str, limit: int, expr: str) -> list[LexicalMatch]:
+    def _bm25(self, query: str, limit: int, filter: Mapping[str, str] | None = None) -> list[LexicalMatch]:
+        """The top ``limit`` documents by BM25 among those the filter keeps, best first.
+
+        Milvus is searched without a filter expression and the metadata filter is applied here: Milvus Lite
+        computes BM25 statistics over the rows an expression keeps while they sit in a growing segment
+        (measured), so a filtered search would score a document differently from an unfiltered one. This way a
+        document's score is the collection's whatever the filter, as in the local store. Rows without text
+        (passages after the first, markers, heads) hold no term, so no expression is needed to skip them.
+        A filter that keeps few of the matching documents widens the search up to MAX_TOPK hits.
+        """
         if not _WORD.search(query):
             return []
-        hits = call(
-            "lexical search",
-            lambda: self._client.search(
-                self._collection,
-                data=[query],
-                anns_field="sparse",
-                limit=max(1, min(limit, MAX_TOPK)),
-                filter=_and("passage_index == 0", expr),
-                output_fields=["doc_id", "version"],
-                search_params={"metric_type": "BM25"},
-                consistency_level="Strong",
-            )[0],
-        )
-        rows = [{**h["entity"], "distance": h["distance"]} for h in hits]
-        # Milvus returns BM25 negated (smaller is better); the store's contract is BM25 > 0.
-        return [LexicalMatch(r["doc_id"], -float(r["distance"])) for r in self._visible(rows) if r["distance"] < 0]
+        want = max(1, min(limit, MAX_TOPK))
+        fetch = min(MAX_TOPK, max(want * 4, want + 64)) if filter else want
+        fields = ["doc_id", "version"] + (["meta"] if filter else [])
+        while True:
+            hits = call(
+                "lexical search",
+                lambda fetch=fetch: self._client.search(
+                    self._collection,
+                    data=[query],
+                    anns_field="sparse",
+                    limit=fetch,
+                    output_fields=fields,
+                    search_params={"metric_type": "BM25"},
+                    consistency_level="Strong",
+                )[0],
+            )
+            rows = [{**h["entity"], "distance": h["distance"]} for h in hits]
+            # Milvus returns BM25 negated (smaller is better); the store's contract is BM25 > 0.
+            kept = [r for r in self._visible(rows) if r["distance"] < 0 and (not filter or _keeps(r["meta"], filter))]
+            if len(kept) >= want or len(hits) < fetch or fetch >= MAX_TOPK:
+                return [LexicalMatch(r["doc_id"], -float(r["distance"])) for r in kept[:want]]
+            fetch = min(MAX_TOPK, fetch * 4)
 
     def search_lexical(
         self, queries: Sequence[str], top_k: int, filter: Mapping[str, str], documents: bool = False
     ) -> list[list[LexicalMatch]]:
-        # With documents, a match's passage is left unset: Milvus scores BM25 per document (on passage 0's
-        # row), so the hit's passage is reported as the whole text.
-        expr = filter_expression(filter)
-        results = [self._bm25(q, top_k, expr)[:top_k] for q in queries]
-        return self._with_documents(results) if documents else results
+        results = [self._bm25(q, top_k, filter) for q in queries]
+        if not documents:
+            return results
+        results = self._with_documents(results)
+        spans = self._spans_of(list(dict.fromkeys(m.doc_id for row in results for m in row)))
+        return [
+            [
+                dataclasses.replace(m, passage=_best_lexical_passage(m.document.text, spans.get(m.doc_id, ()), q))
+                for m in row
+            ]
+            for q, row in zip(queries, results, strict=True)
+        ]
+
+    def _spans_of(self, ids: list[str]) -> dict[str, list[PassageT]]:
+        """Each document's passages (offsets only), in order."""
+        if not ids:
+            return {}
+        rows = self._visible(
+            self._query(
+                _and(_in("doc_id", ids), "passage_index >= 0"), ["doc_id", "version", "passage_index", "start", "end"]
+            )
+        )
+        out: dict[str, list[PassageT]] = defaultdict(list)
+        for r in sorted(rows, key=lambda r: int(r["passage_index"])):
+            out[r["doc_id"]].append(PassageT(int(r["passage_index"]), int(r["start"]), int(r["end"])))
+        return out
 
     def dense_scores(self, query: np.ndarray, ids: Sequence[str]) -> dict[str, DenseMatch]:
         q = np.asarray(query, dtype=np.float32).reshape(-1)
@@ -488,13 +537,12 @@ class MilvusIndexStore:
         return out
 
     def _bm25_unfiltered(self, query: str) -> dict[str, float]:
-        """Every document's BM25 for the query as an unfiltered search scores it (up to MAX_TOPK documents).
+        """Every document's BM25 for the query (up to MAX_TOPK documents), from the collection's ranking.
 
-        Milvus Lite computes BM25 statistics over the rows a filter keeps while they sit in an unsealed
-        segment (measured), so scores for a few ids are taken from the unfiltered ranking, never from a search
-        restricted to those ids: then they equal what ``search_lexical`` without a filter returns.
+        Scores for a few ids are taken from that ranking, never from a search restricted to those ids by an
+        expression (see ``_bm25``): then they equal what ``search_lexical`` returns, with or without a filter.
         """
-        return {m.doc_id: m.score for m in self._bm25(query, MAX_TOPK, "")}
+        return {m.doc_id: m.score for m in self._bm25(query, MAX_TOPK)}
 
     def lexical_scores(self, query: str, ids: Sequence[str]) -> dict[str, float]:
         existing = [d.id for d in self.get(ids)]
@@ -548,8 +596,8 @@ class MilvusIndexStore:
         lex_arr = None
         if lexical:
             lex_arr = np.zeros(len(ids), dtype=np.float32)
-            # the same search as search_lexical with this filter, so ranks agree with Search's scores
-            for m in self._bm25(query, MAX_TOPK, filter_expression(filter)):
+            # the same scores as search_lexical's (a document's BM25 does not depend on the filter)
+            for m in self._bm25(query, MAX_TOPK):
                 if m.doc_id in index:
                     lex_arr[index[m.doc_id]] = m.score
         return ScoreTable(ids, dense_arr, lex_arr)
