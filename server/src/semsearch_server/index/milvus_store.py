@@ -170,6 +170,12 @@ def _is_unreachable(exc: BaseException) -> bool:
     return False
 
 
+def _is_released(exc: BaseException | None) -> bool:
+    """A request refused because the collection is not loaded (Milvus released it, e.g. after a restart)."""
+    text = str(exc).lower()
+    return exc is not None and (getattr(exc, "code", None) == 101 or "released" in text or "not loaded" in text)
+
+
 def call(what: str, fn: Callable[[], T]) -> T:
     """Runs one Milvus request; a Milvus that cannot be reached becomes the domain error Unavailable."""
     try:
@@ -228,11 +234,23 @@ class MilvusIndexStore:
         self._write_lock = threading.Lock()
 
     # -- low level ---------------------------------------------------------------------------------
+    def _call(self, what: str, fn: Callable[[], T]) -> T:
+        """``call``, loading the collection again first if Milvus released it (a Milvus that restarted
+        serves its collections only once they are loaded again)."""
+        try:
+            return call(what, fn)
+        except CollectionBroken as exc:
+            if not _is_released(exc.__cause__):
+                raise
+        log.warning("collection %r: Milvus had released it (restarted?); loading it again", self.name)
+        call("load", lambda: self._client.load_collection(self._collection))
+        return call(what, fn)
+
     def _query(self, expr: str, fields: list[str], limit: int | None = None) -> list[dict]:
         kwargs: dict[str, Any] = {"filter": expr, "output_fields": fields, "consistency_level": "Strong"}
         if limit is not None:
             kwargs["limit"] = max(1, min(limit, MAX_TOPK))
-            return call("query", lambda: list(self._client.query(self._collection, **kwargs)))
+            return self._call("query", lambda: list(self._client.query(self._collection, **kwargs)))
 
         def read_all() -> list[dict]:  # an iterator: one query's window is capped at MAX_TOPK rows
             it = self._client.query_iterator(
@@ -246,7 +264,7 @@ class MilvusIndexStore:
                 it.close()
             return out
 
-        return call("query", read_all)
+        return self._call("query", read_all)
 
     def _new_version(self) -> int:
         with self._version_lock:
@@ -309,7 +327,7 @@ class MilvusIndexStore:
         with self._write_lock:
             for i in range(0, len(rows), _INSERT_CHUNK):
                 chunk = rows[i : i + _INSERT_CHUNK]
-                call("insert", lambda chunk=chunk: self._client.insert(self._collection, chunk))
+                self._call("insert", lambda chunk=chunk: self._client.insert(self._collection, chunk))
             marker = {
                 "pk": f"{version}:marker",
                 "doc_id": "",
@@ -321,13 +339,13 @@ class MilvusIndexStore:
                 "meta": {},
                 "vector": [0.0] * self.fingerprint.dimension,
             }
-            call("insert (commit marker)", lambda: self._client.insert(self._collection, [marker]))
+            self._call("insert (commit marker)", lambda: self._client.insert(self._collection, [marker]))
             self._versions.add(version)
             # Superseded rows are found through the documents' head rows (a primary-key lookup), not by a
             # doc_id expression, which Milvus evaluates by scanning: O(collection) per batch.
             heads = [self._head_row(ed, version) for ed in docs]
             previous = self._heads([h["pk"] for h in heads])
-            call("upsert (heads)", lambda: self._client.upsert(self._collection, heads))
+            self._call("upsert (heads)", lambda: self._client.upsert(self._collection, heads))
             old_pks = [
                 f"{int(h['version'])}:{i}:{h['doc_id']}"
                 for h in previous
@@ -336,7 +354,7 @@ class MilvusIndexStore:
             ]
             for i in range(0, len(old_pks), 1000):
                 chunk = old_pks[i : i + 1000]
-                call("delete", lambda chunk=chunk: self._client.delete(self._collection, filter=_in("pk", chunk)))
+                self._call("delete", lambda chunk=chunk: self._client.delete(self._collection, filter=_in("pk", chunk)))
         return len(docs)
 
     def _head_row(self, ed: EmbeddedDocument, version: int) -> dict:
@@ -371,9 +389,9 @@ class MilvusIndexStore:
             existing = {d.id for d in self.get(ids)}
             if existing:
                 expr = _and(_in("doc_id", sorted(existing)), "passage_index >= 0")
-                call("delete", lambda: self._client.delete(self._collection, filter=expr))
+                self._call("delete", lambda: self._client.delete(self._collection, filter=expr))
                 heads = [f"h:{i}" for i in sorted(existing)]
-                call("delete (heads)", lambda: self._client.delete(self._collection, filter=_in("pk", heads)))
+                self._call("delete (heads)", lambda: self._client.delete(self._collection, filter=_in("pk", heads)))
         return len(existing)
 
     # -- reads -------------------------------------------------------------------------------------
@@ -431,7 +449,7 @@ class MilvusIndexStore:
             # Over-fetch passages and keep each document's best; widen while passages crowd out documents.
             limit = min(MAX_TOPK, max(top_k * 3, top_k + 16))
             while True:
-                hits = call(
+                hits = self._call(
                     "search",
                     lambda limit=limit, q=q: self._client.search(
                         self._collection,
@@ -475,7 +493,7 @@ class MilvusIndexStore:
         fetch = min(MAX_TOPK, max(want * 4, want + 64)) if filter else want
         fields = ["doc_id", "version"] + (["meta"] if filter else [])
         while True:
-            hits = call(
+            hits = self._call(
                 "lexical search",
                 lambda fetch=fetch: self._client.search(
                     self._collection,
@@ -632,13 +650,13 @@ class MilvusIndexStore:
         old = sorted((d, v) for d, v in pairs if v < newest[d])
         if stale:
             log.warning("collection %r: removing rows of %d uncommitted writes", self.name, len(stale))
-            call("delete", lambda: self._client.delete(self._collection, filter=_in("version", stale)))
+            self._call("delete", lambda: self._client.delete(self._collection, filter=_in("version", stale)))
         for d, v in old:
             expr = _and(f"doc_id == {quote(d)}", f"version == {v}")
-            call("delete", lambda expr=expr: self._client.delete(self._collection, filter=expr))
+            self._call("delete", lambda expr=expr: self._client.delete(self._collection, filter=expr))
 
     def snapshot(self) -> None:
-        call("flush", lambda: self._client.flush(self._collection))
+        self._call("flush", lambda: self._client.flush(self._collection))
 
     def close(self, snapshot: bool = True) -> None:
         """Nothing to persist: Milvus holds the collection; the client is the provider's."""
