@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import threading
 import time
 import uuid
@@ -14,9 +15,9 @@ from conftest import InProcessServer, MilvusLiteServer  # noqa: E402
 from semsearch import Document, SemsearchError, UnavailableError  # noqa: E402
 from semsearch_server.testing import ServerProcess  # noqa: E402
 
-MESSAGES_PER_STREAM = 48
-DOCS_PER_MESSAGE = 64  # a stream of 3,072 texts: several embedding groups of 1,024 are stored before it ends
-KILL_AT_MESSAGE = 40
+MESSAGES_PER_STREAM = 6
+DOCS_PER_MESSAGE = 16
+ACKNOWLEDGED_BEFORE_KILL = 4
 
 
 def _doc(stream: int, message: int, i: int) -> Document:
@@ -24,15 +25,16 @@ def _doc(stream: int, message: int, i: int) -> Document:
     return Document(f"s{stream}-m{message}-d{i}", f"entry {token} of a streamed batch", {"m": f"{stream}-{message}"})
 
 
-def _ids(stream: int, message: int) -> list[str]:
-    return [f"s{stream}-m{message}-d{i}" for i in range(DOCS_PER_MESSAGE)]
+def _ids(stream: int) -> list[str]:
+    return [f"s{stream}-m{m}-d{i}" for m in range(MESSAGES_PER_STREAM) for i in range(DOCS_PER_MESSAGE)]
 
 
 @pytest.mark.slow
 def test_a_replica_killed_mid_upsert_stream_loses_no_acknowledged_write(milvus_server, tmp_path):
-    """Two server processes on one Milvus: streams go to A, which is SIGKILLed in the middle of one. Every
-    stream A acknowledged is visible through B (Get and Search); of the stream cut short, each message is
-    there whole or not at all; A restarts and serves."""
+    """Two server processes on one Milvus: streams go to A one after another, and A is SIGKILLed while one is
+    in flight (being sent, embedded or written to Milvus). Every stream A acknowledged is visible through B
+    (Get and Search); of the stream cut short, each message is there whole or not at all, and only a prefix
+    of its messages; A restarts and serves."""
     options = ("--backend", "torch", "--store", "milvus", "--milvus-uri", milvus_server)
     options += ("--milvus-prefix", f"kill{uuid.uuid4().hex[:6]}_")
     a = ServerProcess(tmp_path / "a", *options)
@@ -43,19 +45,18 @@ def test_a_replica_killed_mid_upsert_stream_loses_no_acknowledged_write(milvus_s
         with a.client(timeout=300) as client_a:
             client_a.create_collection("streamed", passages=False)
         acknowledged: list[int] = []
-        cut_short = threading.Event()
+        sent: list[int] = []  # the stream in flight
         failure: list[BaseException] = []
+        enough = threading.Event()
 
         def messages(stream: int):
             for m in range(MESSAGES_PER_STREAM):
-                if stream == 2 and m == KILL_AT_MESSAGE:
-                    cut_short.set()  # the earlier groups of this stream are being stored meanwhile
-                    time.sleep(30)  # the kill comes first; the call fails
                 yield [_doc(stream, m, i) for i in range(DOCS_PER_MESSAGE)]
 
         def write() -> None:
             with a.client(timeout=300) as client:
-                for stream in range(3):
+                for stream in range(1000):
+                    sent.append(stream)
                     try:
                         count = client.upsert_stream(messages(stream), collection="streamed")
                     except SemsearchError as exc:
@@ -63,45 +64,50 @@ def test_a_replica_killed_mid_upsert_stream_loses_no_acknowledged_write(milvus_s
                         return
                     assert count == MESSAGES_PER_STREAM * DOCS_PER_MESSAGE
                     acknowledged.append(stream)
+                    if len(acknowledged) == ACKNOWLEDGED_BEFORE_KILL:
+                        enough.set()
 
         writer = threading.Thread(target=write)
         writer.start()
-        assert cut_short.wait(600), "the writer never reached the kill point"
-        time.sleep(1.0)  # let the group before the kill point reach Milvus
+        assert enough.wait(600), "the writer did not get its first streams acknowledged"
+        # Somewhere inside the next stream (a stream takes about a second here: the kill lands in its
+        # sending, embedding or writing).
+        time.sleep(random.uniform(0.1, 1.0))
         a.kill()
         writer.join(120)
-        assert not writer.is_alive() and failure, "the stream cut short must fail, not be acknowledged"
-        assert acknowledged == [0, 1]
+        assert not writer.is_alive() and failure, "the stream in flight must fail, not be acknowledged"
+        cut_short = sent[-1]
+        assert acknowledged == list(range(cut_short))
 
         with b.client(timeout=120) as client_b:
             for stream in acknowledged:
-                for m in range(MESSAGES_PER_STREAM):
-                    ids = _ids(stream, m)
-                    assert [d.id for d in client_b.get(ids, collection="streamed")] == ids, (stream, m)
-            for stream, m, i in [(0, 0, 0), (0, 47, 63), (1, 0, 5), (1, 23, 17), (1, 47, 63)]:
-                doc = _doc(stream, m, i)
-                hits = client_b.search(f"zq{stream}x{m}y{i}", collection="streamed", mode="lexical", top_k=3)
-                assert [h.id for h in hits] == [doc.id] and hits[0].text == doc.text
-                dense = client_b.search(doc.text, collection="streamed", mode="dense", top_k=3)
-                assert doc.id in {h.id for h in dense}
-            # The stream cut short: each message all or nothing (it may have reached Milvus in part).
+                ids = _ids(stream)
+                assert [d.id for d in client_b.get(ids, collection="streamed")] == ids, stream
+            for stream in {0, len(acknowledged) // 2, acknowledged[-1]}:
+                for m, i in [(0, 0), (MESSAGES_PER_STREAM - 1, DOCS_PER_MESSAGE - 1)]:
+                    doc = _doc(stream, m, i)
+                    hits = client_b.search(f"zq{stream}x{m}y{i}", collection="streamed", mode="lexical", top_k=3)
+                    assert [h.id for h in hits] == [doc.id] and hits[0].text == doc.text
+                    dense = client_b.search(doc.text, collection="streamed", mode="dense", top_k=3)
+                    assert doc.id in {h.id for h in dense}
+            # The stream cut short: each message all or nothing, and the stored ones a prefix of the stream.
+            found = {d.id: d for d in client_b.get(_ids(cut_short), collection="streamed")}
             stored = []
             for m in range(MESSAGES_PER_STREAM):
-                found = client_b.get(_ids(2, m), collection="streamed")
-                assert len(found) in (0, DOCS_PER_MESSAGE), (m, len(found))
-                stored.append(bool(found))
-                if found:
-                    assert found == [_doc(2, m, i) for i in range(DOCS_PER_MESSAGE)]
-            # What was stored is a prefix of the stream's messages (they are applied in order).
+                message = [_doc(cut_short, m, i) for i in range(DOCS_PER_MESSAGE)]
+                present = [d for d in message if d.id in found]
+                assert len(present) in (0, DOCS_PER_MESSAGE), (m, len(present))
+                assert present in ([], message)
+                stored.append(bool(present))
             assert stored == sorted(stored, reverse=True)
-            assert not any(stored[KILL_AT_MESSAGE:])
             total = (len(acknowledged) * MESSAGES_PER_STREAM + sum(stored)) * DOCS_PER_MESSAGE
             info = {c.name: c for c in client_b.list_collections()}["streamed"]
             assert info.document_count == total
 
         a.start()
         with a.client(timeout=120) as client_a:
-            assert client_a.get(["s1-m47-d63"], collection="streamed")[0].text == _doc(1, 47, 63).text
+            last = _doc(acknowledged[-1], MESSAGES_PER_STREAM - 1, 0)
+            assert client_a.get([last.id], collection="streamed") == [last]
             assert client_a.upsert([Document("after", "written after the restart")], collection="streamed") == 1
         with b.client(timeout=120) as client_b:
             assert client_b.search("restart", collection="streamed", mode="lexical")[0].id == "after"
