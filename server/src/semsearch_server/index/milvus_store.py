@@ -677,7 +677,13 @@ class MilvusStoreProvider:
             raise InvalidArgument(f"--milvus-prefix {prefix!r}: letters, digits and _ only, not starting with a digit")
         self.uri = uri
         self.prefix = prefix
-        self._client = call("connect", lambda: MilvusClient(uri=uri, token=token or "", timeout=timeout))
+        try:
+            self._client = call("connect", lambda: MilvusClient(uri=uri, token=token or "", timeout=timeout))
+        except Unavailable:
+            # Once more: a server may drop a connection it found too chatty (GOAWAY "too_many_pings", seen
+            # with `milvus-lite server` and pymilvus's 10 s keepalive) just as it is reused for a new client.
+            time.sleep(0.5)
+            self._client = call("connect", lambda: MilvusClient(uri=uri, token=token or "", timeout=timeout))
 
     def _full(self, name: str) -> str:
         return self.prefix + name
