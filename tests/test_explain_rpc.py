@@ -9,6 +9,9 @@ import numpy as np
 import pytest
 from semsearch import FailedPreconditionError, InvalidArgumentError
 
+# Behaviour: every test that uses the server runs on the local and on the Milvus store.
+pytestmark = pytest.mark.both_stores
+
 QUERY = "I drink water with wine"
 
 

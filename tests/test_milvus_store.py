@@ -3,69 +3,19 @@ Milvus standalone or cluster is reached by) and, once, a local Milvus Lite `.db`
 
 from __future__ import annotations
 
-import shutil
-import socket
-import subprocess
-import sys
 import time
 import uuid
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 pytest.importorskip("pymilvus", reason="the Milvus store needs the `milvus` extra: pip install './server[milvus]'")
 
+from conftest import MilvusLiteServer, free_port  # noqa: E402
 from semsearch_server.domain import CollectionSettings  # noqa: E402
 from semsearch_server.errors import Unavailable  # noqa: E402
 from semsearch_server.index.milvus_store import MilvusStoreProvider, filter_expression  # noqa: E402
 from store_contract import FINGERPRINT, HOSTILE, StoreContract, embedded, unit  # noqa: E402
-
-START_TIMEOUT = 60.0
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="session")
-def milvus_server(tmp_path_factory):
-    """A Milvus Lite gRPC server shared by the session; skipped (with the reason) if it cannot start."""
-    exe = Path(sys.executable).with_name("milvus-lite")
-    if not exe.exists():
-        exe = shutil.which("milvus-lite")
-        if exe is None:
-            pytest.skip("milvus-lite is not installed (pip install './server[milvus]')")
-    data = tmp_path_factory.mktemp("milvus")
-    port = _free_port()
-    log = open(data / "server.log", "wb")  # noqa: SIM115 - closed at teardown
-    proc = subprocess.Popen(
-        [str(exe), "server", "--data-dir", str(data / "db"), "--host", "127.0.0.1", "--port", str(port)],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    uri = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + START_TIMEOUT
-    while True:
-        if proc.poll() is not None:
-            pytest.skip(f"milvus-lite server exited with {proc.returncode}: {(data / 'server.log').read_text()[-500:]}")
-        try:
-            MilvusStoreProvider(uri, timeout=2.0).names()
-            break
-        except Unavailable:
-            if time.monotonic() > deadline:
-                proc.kill()
-                pytest.skip(f"milvus-lite server did not answer within {START_TIMEOUT:.0f}s")
-            time.sleep(0.3)
-    yield uri
-    proc.terminate()
-    try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-    log.close()
 
 
 class TestMilvusServer(StoreContract):
@@ -129,7 +79,7 @@ class TestMilvusServer(StoreContract):
 
     def test_unreachable_milvus_is_unavailable(self):
         with pytest.raises(Unavailable, match="unreachable"):
-            MilvusStoreProvider(f"http://127.0.0.1:{_free_port()}", timeout=1.0).names()
+            MilvusStoreProvider(f"http://127.0.0.1:{free_port()}", timeout=1.0).names()
 
 
 class TestMilvusLiteFile(StoreContract):
@@ -151,44 +101,25 @@ class TestMilvusLiteFile(StoreContract):
 
 def test_milvus_lost_while_serving_is_unavailable_then_recovers(tmp_path):
     """A Milvus that goes away: Unavailable (not an internal error); the same provider serves when it returns."""
-    exe = Path(sys.executable).with_name("milvus-lite")
-    port = _free_port()
-    cmd = [str(exe), "server", "--data-dir", str(tmp_path / "db"), "--host", "127.0.0.1", "--port", str(port)]
-
-    def start() -> subprocess.Popen:
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + START_TIMEOUT
-        while True:
-            try:
-                MilvusStoreProvider(f"http://127.0.0.1:{port}", timeout=2.0).names()
-                return proc
-            except Unavailable:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    proc.kill()
-                    pytest.skip("milvus-lite server did not start")
-                time.sleep(0.3)
-
-    proc = start()
+    milvus = MilvusLiteServer(tmp_path / "milvus").start()
     try:
-        provider = MilvusStoreProvider(f"http://127.0.0.1:{port}", timeout=3.0)
+        provider = MilvusStoreProvider(milvus.uri, timeout=3.0)
         store = provider.create("lost", CollectionSettings(), FINGERPRINT)
         vec = unit(np.random.default_rng(12), 1)
         store.upsert([embedded("a", "kept across the outage", vec)])
-        proc.kill()
-        proc.wait()
+        milvus.kill()
         with pytest.raises(Unavailable, match="unreachable"):
             store.search_dense(vec, 1, {})
         with pytest.raises(Unavailable):
             store.upsert([embedded("b", "not acknowledged", vec)])
-        proc = start()
+        milvus.start()
         reopened = provider.open("lost", FINGERPRINT)  # the registry reopens a collection after an outage
         assert reopened.search_dense(vec, 1, {})[0][0].doc_id == "a"
         assert reopened.get(["a"])[0].text == "kept across the outage"
         assert store.get(["a"])[0].text == "kept across the outage"  # the open store reconnects too
         assert store.get(["b"]) == []
     finally:
-        proc.kill()
-        proc.wait()
+        milvus.kill()
 
 
 def test_the_service_serves_every_mode_on_milvus_and_two_replicas_share_it(
@@ -231,7 +162,7 @@ def test_the_service_serves_every_mode_on_milvus_and_two_replicas_share_it(
 def test_a_replica_started_before_milvus_waits_not_serving_then_serves(tmp_path):
     from semsearch_server.testing import ServerProcess
 
-    port = _free_port()
+    port = free_port()
     server = ServerProcess(
         tmp_path / "replica", "--backend", "torch", "--store", "milvus", "--milvus-uri", f"http://127.0.0.1:{port}"
     )
@@ -244,12 +175,7 @@ def test_a_replica_started_before_milvus_waits_not_serving_then_serves(tmp_path)
             time.sleep(0.5)
         with server.client(timeout=5) as client:
             assert client.health() == "NOT_SERVING"
-        exe = Path(sys.executable).with_name("milvus-lite")
-        milvus = subprocess.Popen(
-            [str(exe), "server", "--data-dir", str(tmp_path / "milvus"), "--host", "127.0.0.1", "--port", str(port)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.STDOUT,
-        )
+        milvus = MilvusLiteServer(tmp_path / "milvus", port).start()
         server.wait_serving(120)
         with server.client() as client:
             assert client.upsert([("a", "the night train to Vienna")]) == 1
@@ -258,4 +184,3 @@ def test_a_replica_started_before_milvus_waits_not_serving_then_serves(tmp_path)
         server.stop()
         if milvus is not None:
             milvus.kill()
-            milvus.wait(30)

@@ -9,6 +9,9 @@ from conftest import InProcessServer
 from semsearch import Document
 from semsearch.v1 import search_service_pb2 as pb
 
+# Behaviour: every test that uses the server runs on the local and on the Milvus store.
+pytestmark = pytest.mark.both_stores
+
 DRINKS = {"c3", "c4", "c5"}
 MODES = [("dense", None), ("lexical", None), ("hybrid", "weighted"), ("hybrid", "rrf")]
 
@@ -86,6 +89,69 @@ def test_filter_top_k_and_min_score_work_in_every_mode(client, fresh, mode, fusi
     batch = client.batch_search(["red wine valley", "white wine"], collection=name, top_k=2, mode=mode, fusion=fusion)
     assert [h.id for h in batch[0]] == [h.id for h in everything[:2]]
     assert len(batch[1]) == 2
+
+
+def _wine_cellar(client, fresh) -> str:
+    """Documents of two colours whose BM25 statistics differ between the colours (so a filter that
+    changed the statistics would change the scores)."""
+    name = fresh()
+    docs = [Document(f"r{i}", f"red wine number {i} from the valley", {"colour": "red"}) for i in range(4)]
+    docs += [Document(f"w{i}", f"white wine {i}, " + "crisp " * i + "and dry", {"colour": "white"}) for i in range(6)]
+    docs += [Document("tea", "a cup of green tea by the river", {"colour": "green"})]
+    client.upsert(docs, collection=name)
+    return name
+
+
+@pytest.mark.parametrize(("mode", "fusion"), MODES)
+def test_a_filter_restricts_which_documents_match_never_their_scores(client, fresh, mode, fusion):
+    """A filter keeps documents out; a kept document's dense and BM25 scores are its scores in the whole
+    collection (BM25 statistics are the collection's, not the filtered subset's)."""
+    name = _wine_cellar(client, fresh)
+    query = "crisp white wine from the valley"
+    everything = client.search(query, collection=name, top_k=11, mode=mode, fusion=fusion, min_score=-1)
+    whole = {h.id: h for h in everything}
+    for colour in ("red", "white"):
+        hits = client.search(
+            query, collection=name, top_k=3, mode=mode, fusion=fusion, filter={"colour": colour}, min_score=-1
+        )
+        assert hits and all(h.metadata["colour"] == colour for h in hits)
+        for h in hits:
+            assert h.dense_score == pytest.approx(whole[h.id].dense_score, abs=1e-5), (colour, h.id)
+            assert h.lexical_score == pytest.approx(whole[h.id].lexical_score, abs=1e-5), (colour, h.id)
+        if mode != "hybrid":  # fusion normalises over the candidates, which the filter narrows
+            kept = [h.id for h in everything if h.metadata["colour"] == colour]
+            assert [h.id for h in hits] == kept[:3], (colour, [(h.id, h.score) for h in everything])
+
+
+@pytest.mark.parametrize(("mode", "fusion"), MODES)
+def test_explain_with_a_filter_agrees_with_the_filtered_search(client, fresh, mode, fusion):
+    name = _wine_cellar(client, fresh)
+    query = "crisp white wine from the valley"
+    hits = client.search(query, collection=name, top_k=4, mode=mode, fusion=fusion, filter={"colour": "white"})
+    assert len(hits) == 4
+    for position, hit in enumerate(hits, start=1):
+        result = client.explain(
+            query, doc_id=hit.id, collection=name, mode=mode, fusion=fusion, top_k=2, filter={"colour": "white"}
+        )
+        r = result.ranking
+        assert result.score == pytest.approx(hit.score, abs=1e-5), hit.id
+        assert r.lexical_score == pytest.approx(hit.lexical_score, abs=1e-5), hit.id
+        assert r.rank == position, (hit.id, r.rank, position)
+        assert r.kth_score == pytest.approx(hits[1].score, abs=1e-5)
+
+
+def test_a_lexical_hit_names_the_passage_with_the_query_terms(client, fresh):
+    name = fresh()
+    text = long_document()
+    client.upsert([Document("long", text), Document("short", "an orange cat")], collection=name)
+    hits = client.search("lighthouse keeper orange cat", collection=name, top_k=2, mode="lexical")
+    # (which ranks first depends on the store's BM25 length normalisation: see the README's Milvus section)
+    by_id = {h.id: h for h in hits}
+    assert set(by_id) == {"long", "short"}
+    long_hit, short_hit = by_id["long"], by_id["short"]
+    assert long_hit.passage.index > 0 and NEEDLE in text[long_hit.passage.start : long_hit.passage.end]
+    assert long_hit.passage_text == text[long_hit.passage.start : long_hit.passage.end]
+    assert (short_hit.passage.index, short_hit.passage.start, short_hit.passage.end) == (0, 0, len("an orange cat"))
 
 
 def test_a_collections_default_mode_applies_when_a_search_names_none(client, fresh):

@@ -14,6 +14,9 @@ from semsearch import (
     NotFoundError,
 )
 
+# Behaviour: every test that uses the server runs on the local and on the Milvus store.
+pytestmark = pytest.mark.both_stores(file=True)
+
 DRINKS = {"c3", "c4", "c5"}
 EATS = {"c1", "c2"}
 
@@ -308,9 +311,12 @@ def test_upsert_stream_applies_messages_in_order_across_collections(client, coll
         client.delete_collection(other)
 
 
-def test_ivf_trains_once_enough_documents_are_written(client, collection):
+def test_ivf_trains_once_enough_documents_are_written(client, collection, store_kind):
     # nlist 2 needs 2 * 39 = 78 vectors: exact search before that, IVF after, same answers with
     # nprobe covering every list; deletes and replacements keep the trained index in step.
+    # On Milvus, training is Milvus's (per sealed segment; growing segments are searched exhaustively), so
+    # index_trained is always true there; the answers must agree all the same.
+    local = store_kind == "local"
     name = collection + "-ivf"
     client.create_collection(name, index="ivf", ivf_nlist=2, ivf_nprobe=2)
     try:
@@ -321,7 +327,7 @@ def test_ivf_trains_once_enough_documents_are_written(client, collection):
 
         client.upsert(docs[:70], collection=name)
         client.upsert(docs[:70], collection=collection)
-        assert not trained()
+        assert trained() is not local
         client.upsert(docs[70:], collection=name)
         client.upsert(docs[70:], collection=collection)
         assert trained()

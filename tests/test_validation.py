@@ -6,6 +6,9 @@ import grpc
 import pytest
 from semsearch.v1 import search_service_pb2 as pb
 
+# Behaviour: every test that uses the server runs on the local and on the Milvus store.
+pytestmark = pytest.mark.both_stores
+
 LONG = "x" * 20_001  # one over the default max_text_chars
 
 

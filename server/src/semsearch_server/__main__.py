@@ -39,6 +39,11 @@ class _JsonFormatter(logging.Formatter):
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["migrate"]:  # `semsearch-server migrate ...`: copy local collections into Milvus
+        from semsearch_server.migrate import main as migrate
+
+        return migrate(argv[1:])
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     # faiss runs a search on OpenMP threads that, by default, spin for a while after each call: on 2

@@ -32,7 +32,9 @@ b 0.75, idf ``ln(1 + (N - n + 0.5) / (n + 0.5))``) returned as a negative distan
 is > 0 like the local store's. Its statistics (N, n, average length) are Milvus's, per segment and counting
 every row (passage rows with empty text and markers too), so its values differ from a classic BM25 over
 documents; rankings agree closely. Tokenisation is Milvus's ``standard`` analyzer (Unicode words,
-lowercased; Milvus Lite applies no stemming or stopwords).
+lowercased; no stemming or stopwords). BM25 is searched without a filter expression and the metadata filter
+applied to the hits (``_bm25``), so that, as in the local store, a filter decides which documents match and
+never their scores. A lexical hit's passage is the one with the most query words, as in the local store.
 """
 
 from __future__ import annotations
@@ -123,6 +125,22 @@ def filter_expression(filter: Mapping[str, str]) -> str:
     return " and ".join(f"meta[{quote(k)}] == {quote(v)}" for k, v in sorted(filter.items()))
 
 
+def _keeps(meta: Mapping[str, Any], filter: Mapping[str, str]) -> bool:
+    """Whether a row's metadata matches every key of the exact-match filter (as ``filter_expression``)."""
+    return all(k in meta and meta[k] == v for k, v in filter.items())
+
+
+def _best_lexical_passage(text: str, spans: Sequence[PassageT], query: str) -> PassageT:
+    """The passage with the most occurrences of query terms (the first of equals), as the local store picks it;
+    terms are the analyzer's (words, lower-cased)."""
+    if len(spans) <= 1:
+        return spans[0] if spans else PassageT(0, 0, len(text))
+    terms = {w.lower() for w in _WORD.findall(query)}
+    positions = [m.start() for m in _WORD.finditer(text) if m.group().lower() in terms]
+    counts = [sum(1 for at in positions if p.start <= at < p.end) for p in spans]
+    return spans[counts.index(max(counts))]
+
+
 def _in(field: str, values: Sequence[Any]) -> str:
     items = ", ".join(quote(v) if isinstance(v, str) else str(int(v)) for v in values)
     return f"{field} in [{items}]"
@@ -150,6 +168,12 @@ def _is_unreachable(exc: BaseException) -> bool:
         if any(s in text for s in ("fail connecting", "unavailable", "deadline exceeded", "connection refused")):
             return True
     return False
+
+
+def _is_released(exc: BaseException | None) -> bool:
+    """A request refused because the collection is not loaded (Milvus released it, e.g. after a restart)."""
+    text = str(exc).lower()
+    return exc is not None and (getattr(exc, "code", None) == 101 or "released" in text or "not loaded" in text)
 
 
 def call(what: str, fn: Callable[[], T]) -> T:
@@ -210,11 +234,23 @@ class MilvusIndexStore:
         self._write_lock = threading.Lock()
 
     # -- low level ---------------------------------------------------------------------------------
+    def _call(self, what: str, fn: Callable[[], T]) -> T:
+        """``call``, loading the collection again first if Milvus released it (a Milvus that restarted
+        serves its collections only once they are loaded again)."""
+        try:
+            return call(what, fn)
+        except CollectionBroken as exc:
+            if not _is_released(exc.__cause__):
+                raise
+        log.warning("collection %r: Milvus had released it (restarted?); loading it again", self.name)
+        call("load", lambda: self._client.load_collection(self._collection))
+        return call(what, fn)
+
     def _query(self, expr: str, fields: list[str], limit: int | None = None) -> list[dict]:
         kwargs: dict[str, Any] = {"filter": expr, "output_fields": fields, "consistency_level": "Strong"}
         if limit is not None:
             kwargs["limit"] = max(1, min(limit, MAX_TOPK))
-            return call("query", lambda: list(self._client.query(self._collection, **kwargs)))
+            return self._call("query", lambda: list(self._client.query(self._collection, **kwargs)))
 
         def read_all() -> list[dict]:  # an iterator: one query's window is capped at MAX_TOPK rows
             it = self._client.query_iterator(
@@ -228,7 +264,7 @@ class MilvusIndexStore:
                 it.close()
             return out
 
-        return call("query", read_all)
+        return self._call("query", read_all)
 
     def _new_version(self) -> int:
         with self._version_lock:
@@ -291,7 +327,7 @@ class MilvusIndexStore:
         with self._write_lock:
             for i in range(0, len(rows), _INSERT_CHUNK):
                 chunk = rows[i : i + _INSERT_CHUNK]
-                call("insert", lambda chunk=chunk: self._client.insert(self._collection, chunk))
+                self._call("insert", lambda chunk=chunk: self._client.insert(self._collection, chunk))
             marker = {
                 "pk": f"{version}:marker",
                 "doc_id": "",
@@ -303,13 +339,13 @@ class MilvusIndexStore:
                 "meta": {},
                 "vector": [0.0] * self.fingerprint.dimension,
             }
-            call("insert (commit marker)", lambda: self._client.insert(self._collection, [marker]))
+            self._call("insert (commit marker)", lambda: self._client.insert(self._collection, [marker]))
             self._versions.add(version)
             # Superseded rows are found through the documents' head rows (a primary-key lookup), not by a
             # doc_id expression, which Milvus evaluates by scanning: O(collection) per batch.
             heads = [self._head_row(ed, version) for ed in docs]
             previous = self._heads([h["pk"] for h in heads])
-            call("upsert (heads)", lambda: self._client.upsert(self._collection, heads))
+            self._call("upsert (heads)", lambda: self._client.upsert(self._collection, heads))
             old_pks = [
                 f"{int(h['version'])}:{i}:{h['doc_id']}"
                 for h in previous
@@ -318,7 +354,7 @@ class MilvusIndexStore:
             ]
             for i in range(0, len(old_pks), 1000):
                 chunk = old_pks[i : i + 1000]
-                call("delete", lambda chunk=chunk: self._client.delete(self._collection, ids=chunk))
+                self._call("delete", lambda chunk=chunk: self._client.delete(self._collection, filter=_in("pk", chunk)))
         return len(docs)
 
     def _head_row(self, ed: EmbeddedDocument, version: int) -> dict:
@@ -339,14 +375,9 @@ class MilvusIndexStore:
         out: list[dict] = []
         for i in range(0, len(pks), 1000):
             chunk = pks[i : i + 1000]
-            out.extend(
-                call(
-                    "get (heads)",
-                    lambda chunk=chunk: self._client.get(
-                        self._collection, ids=chunk, output_fields=["doc_id", "version", "end"]
-                    ),
-                )
-            )
+            # An expression on the primary key (a key lookup), quoted by us: pymilvus's get(ids=...) does
+            # not escape backslashes in string keys.
+            out.extend(self._query(_in("pk", chunk), ["doc_id", "version", "end"], limit=len(chunk)))
         return out
 
     def delete(self, ids: Sequence[str], still_wanted: Callable[[], bool] | None = None) -> int:
@@ -358,19 +389,24 @@ class MilvusIndexStore:
             existing = {d.id for d in self.get(ids)}
             if existing:
                 expr = _and(_in("doc_id", sorted(existing)), "passage_index >= 0")
-                call("delete", lambda: self._client.delete(self._collection, filter=expr))
+                self._call("delete", lambda: self._client.delete(self._collection, filter=expr))
                 heads = [f"h:{i}" for i in sorted(existing)]
-                call("delete (heads)", lambda: self._client.delete(self._collection, ids=heads))
+                self._call("delete (heads)", lambda: self._client.delete(self._collection, filter=_in("pk", heads)))
         return len(existing)
 
     # -- reads -------------------------------------------------------------------------------------
     def get(self, ids: Sequence[str]) -> list[Document]:
         if not ids:
             return []
-        rows = self._query(
-            _and(_in("doc_id", list(dict.fromkeys(ids))), "passage_index == 0"),
-            ["doc_id", "version", "text", "meta"],
-        )
+        distinct = list(dict.fromkeys(ids))
+        expr = _and(_in("doc_id", distinct), "passage_index == 0")
+        fields = ["doc_id", "version", "text", "meta"]
+        # One plain query (2-3x faster than an iterator on a growing segment, measured): a document has one
+        # first-passage row, two or three only while a replacement is being committed or repaired.
+        limit = min(MAX_TOPK, 4 * len(distinct) + 16)
+        rows = self._query(expr, fields, limit=limit)
+        if len(rows) >= limit:
+            rows = self._query(expr, fields)
         found = {r["doc_id"]: r for r in self._visible(rows)}
         return [
             Document(id=i, text=found[i]["text"], metadata={str(k): str(v) for k, v in found[i]["meta"].items()})
@@ -418,7 +454,7 @@ class MilvusIndexStore:
             # Over-fetch passages and keep each document's best; widen while passages crowd out documents.
             limit = min(MAX_TOPK, max(top_k * 3, top_k + 16))
             while True:
-                hits = call(
+                hits = self._call(
                     "search",
                     lambda limit=limit, q=q: self._client.search(
                         self._collection,
@@ -446,34 +482,70 @@ class MilvusIndexStore:
             results.append(sorted(best.values(), key=lambda m: -m.score)[:top_k])
         return results
 
-    def _bm25(self, query: str, limit: int, expr: str) -> list[LexicalMatch]:
+    def _bm25(self, query: str, limit: int, filter: Mapping[str, str] | None = None) -> list[LexicalMatch]:
+        """The top ``limit`` documents by BM25 among those the filter keeps, best first.
+
+        Milvus is searched without a filter expression and the metadata filter is applied here: Milvus Lite
+        computes BM25 statistics over the rows an expression keeps while they sit in a growing segment
+        (measured), so a filtered search would score a document differently from an unfiltered one. This way a
+        document's score is the collection's whatever the filter, as in the local store. Rows without text
+        (passages after the first, markers, heads) hold no term, so no expression is needed to skip them.
+        A filter that keeps few of the matching documents widens the search up to MAX_TOPK hits.
+        """
         if not _WORD.search(query):
             return []
-        hits = call(
-            "lexical search",
-            lambda: self._client.search(
-                self._collection,
-                data=[query],
-                anns_field="sparse",
-                limit=max(1, min(limit, MAX_TOPK)),
-                filter=_and("passage_index == 0", expr),
-                output_fields=["doc_id", "version"],
-                search_params={"metric_type": "BM25"},
-                consistency_level="Strong",
-            )[0],
-        )
-        rows = [{**h["entity"], "distance": h["distance"]} for h in hits]
-        # Milvus returns BM25 negated (smaller is better); the store's contract is BM25 > 0.
-        return [LexicalMatch(r["doc_id"], -float(r["distance"])) for r in self._visible(rows) if r["distance"] < 0]
+        want = max(1, min(limit, MAX_TOPK))
+        fetch = min(MAX_TOPK, max(want * 4, want + 64)) if filter else want
+        fields = ["doc_id", "version"] + (["meta"] if filter else [])
+        while True:
+            hits = self._call(
+                "lexical search",
+                lambda fetch=fetch: self._client.search(
+                    self._collection,
+                    data=[query],
+                    anns_field="sparse",
+                    limit=fetch,
+                    output_fields=fields,
+                    search_params={"metric_type": "BM25"},
+                    consistency_level="Strong",
+                )[0],
+            )
+            rows = [{**h["entity"], "distance": h["distance"]} for h in hits]
+            # Milvus returns BM25 negated (smaller is better); the store's contract is BM25 > 0.
+            kept = [r for r in self._visible(rows) if r["distance"] < 0 and (not filter or _keeps(r["meta"], filter))]
+            if len(kept) >= want or len(hits) < fetch or fetch >= MAX_TOPK:
+                return [LexicalMatch(r["doc_id"], -float(r["distance"])) for r in kept[:want]]
+            fetch = min(MAX_TOPK, fetch * 4)
 
     def search_lexical(
         self, queries: Sequence[str], top_k: int, filter: Mapping[str, str], documents: bool = False
     ) -> list[list[LexicalMatch]]:
-        # With documents, a match's passage is left unset: Milvus scores BM25 per document (on passage 0's
-        # row), so the hit's passage is reported as the whole text.
-        expr = filter_expression(filter)
-        results = [self._bm25(q, top_k, expr)[:top_k] for q in queries]
-        return self._with_documents(results) if documents else results
+        results = [self._bm25(q, top_k, filter) for q in queries]
+        if not documents:
+            return results
+        results = self._with_documents(results)
+        spans = self._spans_of(list(dict.fromkeys(m.doc_id for row in results for m in row)))
+        return [
+            [
+                dataclasses.replace(m, passage=_best_lexical_passage(m.document.text, spans.get(m.doc_id, ()), q))
+                for m in row
+            ]
+            for q, row in zip(queries, results, strict=True)
+        ]
+
+    def _spans_of(self, ids: list[str]) -> dict[str, list[PassageT]]:
+        """Each document's passages (offsets only), in order."""
+        if not ids:
+            return {}
+        rows = self._visible(
+            self._query(
+                _and(_in("doc_id", ids), "passage_index >= 0"), ["doc_id", "version", "passage_index", "start", "end"]
+            )
+        )
+        out: dict[str, list[PassageT]] = defaultdict(list)
+        for r in sorted(rows, key=lambda r: int(r["passage_index"])):
+            out[r["doc_id"]].append(PassageT(int(r["passage_index"]), int(r["start"]), int(r["end"])))
+        return out
 
     def dense_scores(self, query: np.ndarray, ids: Sequence[str]) -> dict[str, DenseMatch]:
         q = np.asarray(query, dtype=np.float32).reshape(-1)
@@ -488,13 +560,12 @@ class MilvusIndexStore:
         return out
 
     def _bm25_unfiltered(self, query: str) -> dict[str, float]:
-        """Every document's BM25 for the query as an unfiltered search scores it (up to MAX_TOPK documents).
+        """Every document's BM25 for the query (up to MAX_TOPK documents), from the collection's ranking.
 
-        Milvus Lite computes BM25 statistics over the rows a filter keeps while they sit in an unsealed
-        segment (measured), so scores for a few ids are taken from the unfiltered ranking, never from a search
-        restricted to those ids: then they equal what ``search_lexical`` without a filter returns.
+        Scores for a few ids are taken from that ranking, never from a search restricted to those ids by an
+        expression (see ``_bm25``): then they equal what ``search_lexical`` returns, with or without a filter.
         """
-        return {m.doc_id: m.score for m in self._bm25(query, MAX_TOPK, "")}
+        return {m.doc_id: m.score for m in self._bm25(query, MAX_TOPK)}
 
     def lexical_scores(self, query: str, ids: Sequence[str]) -> dict[str, float]:
         existing = [d.id for d in self.get(ids)]
@@ -548,8 +619,8 @@ class MilvusIndexStore:
         lex_arr = None
         if lexical:
             lex_arr = np.zeros(len(ids), dtype=np.float32)
-            # the same search as search_lexical with this filter, so ranks agree with Search's scores
-            for m in self._bm25(query, MAX_TOPK, filter_expression(filter)):
+            # the same scores as search_lexical's (a document's BM25 does not depend on the filter)
+            for m in self._bm25(query, MAX_TOPK):
                 if m.doc_id in index:
                     lex_arr[index[m.doc_id]] = m.score
         return ScoreTable(ids, dense_arr, lex_arr)
@@ -584,13 +655,13 @@ class MilvusIndexStore:
         old = sorted((d, v) for d, v in pairs if v < newest[d])
         if stale:
             log.warning("collection %r: removing rows of %d uncommitted writes", self.name, len(stale))
-            call("delete", lambda: self._client.delete(self._collection, filter=_in("version", stale)))
+            self._call("delete", lambda: self._client.delete(self._collection, filter=_in("version", stale)))
         for d, v in old:
             expr = _and(f"doc_id == {quote(d)}", f"version == {v}")
-            call("delete", lambda expr=expr: self._client.delete(self._collection, filter=expr))
+            self._call("delete", lambda expr=expr: self._client.delete(self._collection, filter=expr))
 
     def snapshot(self) -> None:
-        call("flush", lambda: self._client.flush(self._collection))
+        self._call("flush", lambda: self._client.flush(self._collection))
 
     def close(self, snapshot: bool = True) -> None:
         """Nothing to persist: Milvus holds the collection; the client is the provider's."""
@@ -606,7 +677,13 @@ class MilvusStoreProvider:
             raise InvalidArgument(f"--milvus-prefix {prefix!r}: letters, digits and _ only, not starting with a digit")
         self.uri = uri
         self.prefix = prefix
-        self._client = call("connect", lambda: MilvusClient(uri=uri, token=token or "", timeout=timeout))
+        try:
+            self._client = call("connect", lambda: MilvusClient(uri=uri, token=token or "", timeout=timeout))
+        except Unavailable:
+            # Once more: a server may drop a connection it found too chatty (GOAWAY "too_many_pings", seen
+            # with `milvus-lite server` and pymilvus's 10 s keepalive) just as it is reused for a new client.
+            time.sleep(0.5)
+            self._client = call("connect", lambda: MilvusClient(uri=uri, token=token or "", timeout=timeout))
 
     def _full(self, name: str) -> str:
         return self.prefix + name
