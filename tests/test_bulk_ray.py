@@ -24,7 +24,6 @@ from semsearch.cli import main  # noqa: E402
 from semsearch_server.domain import CollectionSettings, ModelFingerprint  # noqa: E402
 from semsearch_server.index.milvus_store import MilvusStoreProvider  # noqa: E402
 from semsearch_server.testing import ServerProcess  # noqa: E402
-from test_milvus_store import milvus_server  # noqa: E402, F401 - the session's Lite server
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
@@ -42,7 +41,7 @@ def local_ray():
 
 
 @pytest.fixture(scope="module")
-def replica(milvus_server, tmp_path_factory):  # noqa: F811
+def replica(milvus_server, tmp_path_factory):
     """A semsearch server on the Lite server (--store milvus), with the default backend."""
     prefix = f"b{uuid.uuid4().hex[:8]}_"
     data = tmp_path_factory.mktemp("replica")
