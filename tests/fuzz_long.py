@@ -27,7 +27,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from fuzz_api import FUZZ_LIMITS, ApiFuzzer, ServerLimits, Tally, call_strategy  # noqa: E402
-from hypothesis import HealthCheck, given, seed, settings  # noqa: E402
+from hypothesis import HealthCheck, Phase, given, seed, settings  # noqa: E402
 
 ROUND = 2_000  # examples per Hypothesis run: bounds its memory, and a progress line per round
 
@@ -47,8 +47,16 @@ def fuzz(fuzzer: ApiFuzzer, requests: int, first_seed: int, shard: int) -> None:
     while done < requests:
         examples = min(ROUND, requests - done)
 
+        # No shrinking: the server's state is part of the input, so replaying a shrunk call is not the same
+        # test; the failure is reported with the call that met it.
         @seed(first_seed + round_number)
-        @settings(max_examples=examples, database=None, deadline=None, suppress_health_check=list(HealthCheck))
+        @settings(
+            max_examples=examples,
+            database=None,
+            deadline=None,
+            phases=[Phase.generate],
+            suppress_health_check=list(HealthCheck),
+        )
         @given(strategy)
         def run(call):
             fuzzer.check(call)
@@ -71,7 +79,12 @@ def run_shard(shard: int, requests: int, first_seed: int, address: str | None) -
 
         data_dir = Path(tempfile.mkdtemp(prefix=f"semsearch-fuzz-{shard}-")) / "data"
         data_dir.mkdir()
-        server = ServerProcess(data_dir, *server_flags()).start()
+        server = ServerProcess(data_dir, *server_flags())
+        try:
+            server.start()
+        except BaseException:
+            server.stop()
+            raise
         address = server.address
         print(f"shard {shard}: server pid {server.pid} on {address}, log {server.log_path}", flush=True)
     is_alive = (lambda: server.proc.poll() is None) if server is not None else None
@@ -80,8 +93,8 @@ def run_shard(shard: int, requests: int, first_seed: int, address: str | None) -
     failure = None
     try:
         fuzz(fuzzer, requests, first_seed, shard)
-    except Exception as exc:  # the shrunk failing example (or Hypothesis's word that it did not reproduce)
-        failure = f"{type(exc).__name__}: {exc}"
+    except Exception as exc:  # FuzzFailure: what went wrong, and the call
+        failure = "\n".join(f"{type(e).__name__}: {e}" for e in [exc, *getattr(exc, "exceptions", [])])
     finally:
         elapsed = time.monotonic() - started
         fuzzer.close()
