@@ -429,6 +429,8 @@ def malformed_bytes() -> st.SearchStrategy[bytes]:
 
 
 def call_strategy(limits: ServerLimits) -> st.SearchStrategy[Call | RawCall]:
+    """Calls of every RPC of the service: requests (streams for client-streaming RPCs, some cancelled),
+    bytes that are not a message, and messages one byte over the server's receive limit."""
     calls = []
     for method in SERVICE.methods:
         request = request_strategy(method.input_type, limits)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import multiprocessing
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -77,7 +78,8 @@ def run_shard(shard: int, requests: int, first_seed: int, address: str | None) -
     if address is None:
         from semsearch_server.testing import ServerProcess
 
-        data_dir = Path(tempfile.mkdtemp(prefix=f"semsearch-fuzz-{shard}-")) / "data"
+        workdir = Path(tempfile.mkdtemp(prefix=f"semsearch-fuzz-{shard}-"))
+        data_dir = workdir / "data"
         data_dir.mkdir()
         server = ServerProcess(data_dir, *server_flags())
         try:
@@ -100,8 +102,12 @@ def run_shard(shard: int, requests: int, first_seed: int, address: str | None) -
         fuzzer.close()
         if server is not None:
             if server.proc.poll() is not None and failure is None:
-                failure = f"the server exited with {server.proc.returncode}; log {server.log_path}"
+                failure = f"the server exited with {server.proc.returncode}:\n{server.output()[-3000:]}"
             server.stop()
+            if failure is None:
+                shutil.rmtree(workdir, ignore_errors=True)
+            else:
+                failure += f"\n(server log: {server.log_path})"
     return {label: dict(counter) for label, counter in fuzzer.tally.by_rpc.items()}, failure, elapsed
 
 
