@@ -16,7 +16,7 @@ TORCH_INDEX_ARGS := $(if $(TORCH_INDEX_URL),--extra-index-url $(TORCH_INDEX_URL)
 # The slowest tests, printed after every `make test`, so that a test growing slow is seen.
 TEST_DURATIONS := --durations=15
 
-.PHONY: run test test-fast install bench lint proto clean
+.PHONY: run test test-fast fuzz install bench lint proto clean
 
 $(STAMP): client/pyproject.toml server/pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -36,6 +36,12 @@ test: $(STAMP) lint
 # The fast subset: no process kills, no docker-compose or load checks.
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q $(TEST_DURATIONS) -m "not slow" tests
+
+# The long fuzz run against a real server process (a bounded profile of it is part of `make test`):
+# prints each RPC's status codes; fails on UNKNOWN/INTERNAL, a crash or a change by a refused request.
+FUZZ_REQUESTS ?= 100000
+fuzz: $(STAMP)
+	$(BIN)/python tests/fuzz_long.py --requests $(FUZZ_REQUESTS)
 
 # Every benchmark with its defaults (scale.py alone takes about an hour at 1M vectors on 2 cores).
 # Each prints PASS/MISS; a MISS is reported, not hidden, and does not stop the others.

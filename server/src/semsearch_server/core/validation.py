@@ -23,6 +23,11 @@ DEFAULT_TOP_K = 10
 _IDENT_FORBIDDEN = re.compile(r"[\x00-\x1f\x7f]")
 
 
+def _shown(value: str, limit: int = 64) -> str:
+    """A request value as an error message quotes it: its start and length when it is long."""
+    return repr(value) if len(value) <= limit else f"{value[:limit]!r}... ({len(value)} characters)"
+
+
 class Validator:
     """Validates requests against one set of limits."""
 
@@ -36,7 +41,7 @@ class Validator:
             return DEFAULT_COLLECTION
         if not self._name_pattern.fullmatch(name) or ".." in name or "/" in name or "\\" in name:
             raise InvalidArgument(
-                f"{field}: {name!r} is not a valid collection name; names must match "
+                f"{field}: {_shown(name)} is not a valid collection name; names must match "
                 f"{self.limits.collection_name_pattern}"
             )
         return name

@@ -21,6 +21,23 @@ STATUS_FOR_ERROR: dict[type[errors.SemsearchError], grpc.StatusCode] = {
 }
 
 
+# Status details travel in an HTTP/2 trailer, percent-encoded (every byte outside printable ASCII takes
+# three). A client drops a response whose headers pass its 8 KiB limit and reports RESOURCE_EXHAUSTED in
+# place of the real status, so a message that echoes a huge request value is cut well below that.
+MAX_DETAILS_BYTES = 4096
+
+
+def status_details(exc: errors.SemsearchError) -> str:
+    """The error's message, cut to at most MAX_DETAILS_BYTES once percent-encoded."""
+    message = str(exc)
+    budget = MAX_DETAILS_BYTES - 64  # room for the note on what was cut
+    for i, char in enumerate(message):
+        budget -= 1 if " " <= char <= "~" and char != "%" else 3 * len(char.encode("utf-8", "surrogatepass"))
+        if budget < 0:
+            return f"{message[:i]}... ({len(message) - i} more characters cut)"
+    return message
+
+
 def status_for(exc: errors.SemsearchError) -> grpc.StatusCode:
     for cls in type(exc).__mro__:
         if cls in STATUS_FOR_ERROR:

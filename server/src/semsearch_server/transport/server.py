@@ -12,6 +12,7 @@ from semsearch.v1 import search_service_pb2 as pb
 from semsearch.v1 import search_service_pb2_grpc as pb_grpc
 
 from semsearch_server.config import ServerConfig
+from semsearch_server.transport.decoding import MalformedRequestInterceptor
 from semsearch_server.transport.servicer import SearchServicer
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["SearchService"].full_name
@@ -39,7 +40,7 @@ def create_server(
     # for everything else on top of one per stream the gate (transport/streams.py) lets open.
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=config.workers + config.max_streams, thread_name_prefix="grpc"),
-        interceptors=list(interceptors),
+        interceptors=[*interceptors, MalformedRequestInterceptor()],
         options=[
             ("grpc.max_receive_message_length", limit),
             ("grpc.max_send_message_length", limit),

@@ -28,7 +28,7 @@ from semsearch_server.domain import (
     SearchMode,
 )
 from semsearch_server.errors import InvalidArgument, SemsearchError, Unavailable
-from semsearch_server.transport.errors import status_for
+from semsearch_server.transport.errors import status_details, status_for
 from semsearch_server.transport.streams import StreamCancelled, StreamFeed, StreamGate, StreamLimits
 
 log = logging.getLogger(__name__)
@@ -56,7 +56,7 @@ def _rpc(method: Callable) -> Callable:
         try:
             return method(self, request, context)
         except SemsearchError as exc:
-            context.abort(status_for(exc), str(exc))
+            context.abort(status_for(exc), status_details(exc))
         except Exception:
             log.exception("%s failed", method.__name__)
             context.abort(grpc.StatusCode.INTERNAL, f"{method.__name__} failed on the server; see its log")

@@ -1,0 +1,150 @@
+"""The fuzzed API never breaks: every RPC, random well-typed requests, raw bytes and oversized messages.
+
+A bounded, derandomized profile of tests/fuzz_api.py (the same calls on every run); `make fuzz` runs the
+long one. The examples below the property are what the fuzzer found, kept as regression tests.
+"""
+
+from __future__ import annotations
+
+import os
+
+import grpc
+import pytest
+from fuzz_api import (
+    FUZZ_LIMITS,
+    SERVICE,
+    ApiFuzzer,
+    Call,
+    RawCall,
+    ServerLimits,
+    call_strategy,
+    length_delimited,
+    malformed_bytes,
+)
+from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import strategies as st
+from semsearch.v1 import search_service_pb2 as pb
+
+# Enough for every RPC to be drawn many times; about a minute on a shared 2-core machine.
+EXAMPLES = int(os.environ.get("SEMSEARCH_FUZZ_TEST_EXAMPLES", "600"))
+
+
+@pytest.fixture(scope="module")
+def fuzzer(tmp_path_factory, embedder, explainer):
+    from conftest import InProcessServer
+    from semsearch_server.config import Limits
+
+    srv = InProcessServer(
+        tmp_path_factory.mktemp("fuzz"), embedder, explainer, seed_demo=True, limits=Limits(**FUZZ_LIMITS)
+    )
+    fuzzer = ApiFuzzer(srv.address)
+    yield fuzzer
+    print("\n" + fuzzer.tally.report())
+    fuzzer.close()
+    srv.stop()
+
+
+@pytest.mark.slow
+@settings(
+    max_examples=EXAMPLES,
+    derandomize=True,
+    database=None,
+    deadline=None,
+    suppress_health_check=list(HealthCheck),
+)
+@given(call=call_strategy(ServerLimits.from_config(FUZZ_LIMITS)))
+def test_random_requests_never_break_the_server(fuzzer, call):
+    fuzzer.check(call)
+
+
+def test_every_rpc_is_fuzzed():
+    """The strategy reaches every RPC of the service (a new RPC is covered without editing the fuzzer)."""
+    drawn = set()
+
+    @settings(
+        max_examples=1000,
+        derandomize=True,
+        database=None,
+        phases=[Phase.generate],
+        suppress_health_check=list(HealthCheck),
+    )
+    @given(call_strategy(ServerLimits.from_config(FUZZ_LIMITS)))
+    def collect(call):
+        drawn.add((type(call), call.rpc))
+
+    collect()
+    rpcs = {m.name for m in SERVICE.methods}
+    assert {rpc for kind, rpc in drawn if kind is Call} == rpcs
+    assert {rpc for kind, rpc in drawn if kind is RawCall} == rpcs
+
+
+# -- what the fuzzer found, kept ------------------------------------------------------------------------
+@pytest.mark.parametrize("rpc", [m.name for m in SERVICE.methods])
+def test_bytes_that_are_not_a_message_are_invalid_argument(fuzzer, rpc):
+    """gRPC's own answer to an undecodable request is INTERNAL; the server says what was wrong instead."""
+    for payload in (b"\xff\xff\xff", b"\x0a\x10abc", b"\x80" * 11):
+        call = RawCall(rpc, (payload,))
+        assert not call.decodes()
+        assert fuzzer.check(call) == grpc.StatusCode.INVALID_ARGUMENT
+    code, details = fuzzer.send(RawCall(rpc, (b"\x0a\x10abc",)))
+    assert (
+        "not a valid" in details
+        and pb.DESCRIPTOR.message_types_by_name[SERVICE.methods_by_name[rpc].input_type.name].full_name in details
+    ), details
+
+
+def test_invalid_utf8_in_a_string_field_is_invalid_argument(fuzzer):
+    # documents[0].text = b"\xc3" (a cut two-byte sequence): protobuf refuses it while decoding.
+    document = b"\x0a\x01d" + b"\x12\x01\xc3"
+    call = RawCall("Upsert", (b"\x0a\x09fz-canary" + b"\x12" + bytes([len(document)]) + document,))
+    assert fuzzer.check(call) == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_a_stream_with_one_undecodable_message_is_invalid_argument(fuzzer):
+    good = pb.UpsertRequest(collection="fz-a", documents=[pb.Document(id="s1", text="fine")]).SerializeToString()
+    fuzzer.check(Call("CreateCollection", pb.CreateCollectionRequest(name="fz-a")))
+    assert fuzzer.check(RawCall("UpsertStream", (good, b"\xff\xff"))) == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_a_message_over_the_limit_is_resource_exhausted(fuzzer):
+    for rpc in ("Upsert", "UpsertStream", "GetInfo"):
+        # An unknown length-delimited field: a valid message of any type, one byte over the limit.
+        payload = length_delimited(1000, b"z" * (fuzzer.limits.max_message_bytes + 1))
+        call = RawCall(rpc, (payload,), oversized=True)
+        assert fuzzer.check(call) == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+@given(st.sampled_from([m.name for m in SERVICE.methods]), malformed_bytes())
+@settings(max_examples=60, derandomize=True, database=None, deadline=None, suppress_health_check=list(HealthCheck))
+def test_malformed_bytes_are_refused_or_served(fuzzer, rpc, payload):
+    fuzzer.check(RawCall(rpc, (payload,)))
+
+
+@pytest.mark.parametrize("rpc", ["DeleteCollection", "CreateCollection", "Search"])
+def test_a_huge_invalid_name_is_invalid_argument_not_a_dropped_response(fuzzer, rpc):
+    """The message used to quote the whole name: 2,000 'é' are 12 KB percent-encoded in the status trailer,
+    past the client's 8 KiB header limit, which then reported RESOURCE_EXHAUSTED (sometimes) instead."""
+    name = "é" * 2000
+    request = {
+        "DeleteCollection": pb.DeleteCollectionRequest(name=name),
+        "CreateCollection": pb.CreateCollectionRequest(name=name),
+        "Search": pb.SearchRequest(collection=name, query="q"),
+    }[rpc]
+    for _ in range(5):  # the client's limit is soft: past 8 KiB it drops some responses, not all
+        assert fuzzer.check(Call(rpc, request)) == grpc.StatusCode.INVALID_ARGUMENT
+    code, details = fuzzer.send(Call(rpc, request))
+    assert "is not a valid collection name" in details and "names must match" in details
+    assert "(2000 characters)" in details
+
+
+def test_status_details_fit_in_a_trailer_whatever_the_message():
+    from semsearch_server.errors import NotFound
+    from semsearch_server.transport.errors import MAX_DETAILS_BYTES, status_details
+
+    short = NotFound("collection 'x' does not exist")
+    assert status_details(short) == str(short)
+    for char in ("a", "é", "🐦", "%", "\x00"):
+        details = status_details(NotFound(char * 50_000))
+        encoded = sum(1 if " " <= c <= "~" and c != "%" else 3 * len(c.encode()) for c in details)
+        assert encoded <= MAX_DETAILS_BYTES
+        assert details.startswith(char * 100) and details.endswith("more characters cut)")
