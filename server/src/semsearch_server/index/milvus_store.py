@@ -91,6 +91,8 @@ MAX_TEXT_BYTES = 65_535  # Milvus VARCHAR limit
 MAX_ID_BYTES = 1_024
 MAX_TOPK = 16_384  # Milvus's largest search limit
 STALE_SECONDS = 600
+# Rows written by one store between flushes (see upsert).
+FLUSH_ROWS = 2048
 # Primary keys per lookup expression.
 _KEY_CHUNK = 1000
 _INSERT_CHUNK = 256
@@ -231,6 +233,7 @@ class MilvusIndexStore:
         self.settings = settings
         self.fingerprint = fingerprint
         self._versions = _Versions()
+        self._unflushed_rows = 0
         self._last_version = 0
         self._version_lock = threading.Lock()
         self._write_lock = threading.Lock()
@@ -357,6 +360,15 @@ class MilvusIndexStore:
             for i in range(0, len(old_pks), 1000):
                 chunk = old_pks[i : i + 1000]
                 self._call("delete", lambda chunk=chunk: self._client.delete(self._collection, filter=_in("pk", chunk)))
+            self._unflushed_rows += len(rows) + len(heads) + 1
+            if self._unflushed_rows >= FLUSH_ROWS:
+                # Milvus Lite searches rows still in a growing segment by brute force, slowly: with 20k
+                # documents never flushed one search took 1.7-2.3 s, flushed every 8,192 rows 0.16-0.23 s,
+                # every 2,048 rows 0.04-0.06 s, ingest no slower (measured). A flush seals the rows into an
+                # indexed segment. Milvus standalone seals segments by size itself; the flush every
+                # FLUSH_ROWS rows only bounds how many stay growing there too.
+                self._call("flush", lambda: self._client.flush(self._collection))
+                self._unflushed_rows = 0
         return len(docs)
 
     def _head_row(self, ed: EmbeddedDocument, version: int) -> dict:
