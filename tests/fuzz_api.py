@@ -477,6 +477,17 @@ class FuzzFailure(AssertionError):
     pass
 
 
+def _decodable_prefix(payloads: Sequence[bytes]) -> list[pb.UpsertRequest]:
+    """The UpsertStream messages before the first one that does not decode (the server stops there)."""
+    out = []
+    for payload in payloads:
+        try:
+            out.append(pb.UpsertRequest.FromString(payload))
+        except DecodeError:
+            break
+    return out
+
+
 def _mentions(call: Call | RawCall, name: str) -> bool:
     if isinstance(call, RawCall):
         return any(name.encode() in payload for payload in call.payloads)
@@ -715,11 +726,12 @@ class ApiFuzzer:
 
     def _refused_changes(self, call: Call | RawCall, before: Snapshot, after: Snapshot) -> list[str]:
         """What a refused call changed that it must not have."""
-        if call.rpc != "UpsertStream" or isinstance(call, RawCall) and not call.decodes():
+        if call.rpc != "UpsertStream":
             return [f"a refused request changed {d}" for d in before.differences(after)]
         # A stream applies each message as it arrives: one refused (or cancelled) after some messages
-        # keeps those (API.md). What may have changed: only the collections and ids it sent.
-        sent = call.request if isinstance(call, Call) else [pb.UpsertRequest.FromString(p) for p in call.payloads]
+        # keeps those (API.md), an undecodable message like an invalid one. What may have changed: only
+        # the collections and ids of the messages before the refused one.
+        sent = call.request if isinstance(call, Call) else _decodable_prefix(call.payloads)
         touched = defaultdict(set)
         for message in sent:
             name = message.collection or "default"

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from semsearch_server.config import ServerConfig
-from semsearch_server.errors import DeadlineExceeded, ResourceExhausted
+from semsearch_server.errors import DeadlineExceeded, ResourceExhausted, SemsearchError
 
 # No message for this long: the stream has paused, and what it sent so far is stored (see upsert_stream).
 PAUSE_SECONDS = 0.1
@@ -121,6 +121,8 @@ class StreamFeed:
                 if not self._put(request):
                     return
             self._put(_END)
+        except SemsearchError as exc:  # a message that does not decode (decoding.py): the caller's error
+            self._put(exc)
         except Exception as exc:  # grpc.RpcError when the client cancels or the connection drops
             self._put(StreamCancelled(f"the client went away: {exc!r}"))
 
@@ -160,7 +162,7 @@ class StreamFeed:
                 continue
             if item is _END:
                 return
-            if isinstance(item, StreamCancelled):
+            if isinstance(item, (StreamCancelled, SemsearchError)):
                 raise item
             self.received += 1
             last = time.monotonic()
