@@ -660,19 +660,8 @@ def run_index_command(client: SearchClient, args: argparse.Namespace) -> int:
     """
     _check_inputs(args)
     sources = [Source.of(path) for path in args.files]
-    checkpoint_path = None
-    if not args.dry_run:
-        checkpoint_path = (
-            Path(args.checkpoint)
-            if args.checkpoint
-            else default_checkpoint_path(args.files, args.collection, args.state_dir)
-        )
+    checkpoint_path, rejects_path = run_state_paths(args)
     checkpoint = Checkpoint(checkpoint_path, args.collection, sources)
-    rejects_path = None
-    if args.skip_bad and (args.rejects or checkpoint_path):
-        rejects_path = Path(args.rejects) if args.rejects else checkpoint_path.with_suffix(".rejects.jsonl")
-    _check_writable(checkpoint_path, "checkpoint")
-    _check_writable(rejects_path, "rejects file")
     stats, error = Stats(), None
     started = time.monotonic()
     with ExitStack() as stack:
@@ -718,7 +707,29 @@ def run_index_command(client: SearchClient, args: argparse.Namespace) -> int:
         except KeyboardInterrupt:
             error = StopRun("interrupted; run again with --resume to continue", EXIT_INTERRUPTED)
     stats.seconds = time.monotonic() - started
-    summary = _summary(stats, args, checkpoint, rejects_path, error)
+    return report_run(_summary(stats, args, checkpoint, rejects_path, error), args, error)
+
+
+def run_state_paths(args: argparse.Namespace) -> tuple[Path | None, Path | None]:
+    """Where a run keeps its checkpoint and, with --skip-bad, its rejected records (None: nowhere, as in a
+    dry run); both checked writable before anything is sent. Shared by both engines (`--engine ray` too)."""
+    checkpoint_path = None
+    if not args.dry_run:
+        checkpoint_path = (
+            Path(args.checkpoint)
+            if args.checkpoint
+            else default_checkpoint_path(args.files, args.collection, args.state_dir)
+        )
+    rejects_path = None
+    if args.skip_bad and (args.rejects or checkpoint_path):
+        rejects_path = Path(args.rejects) if args.rejects else checkpoint_path.with_suffix(".rejects.jsonl")
+    _check_writable(checkpoint_path, "checkpoint")
+    _check_writable(rejects_path, "rejects file")
+    return checkpoint_path, rejects_path
+
+
+def report_run(summary: dict, args: argparse.Namespace, error: StopRun | None) -> int:
+    """Prints a run's error and summary (JSON with --json, nothing more with --quiet); returns its exit code."""
     if error is not None:
         print(f"semsearch index: {error}", file=sys.stderr)
     if args.json:

@@ -61,11 +61,10 @@ from semsearch.indexer import (
     Source,
     Stats,
     StopRun,
-    _check_writable,
-    _print_summary,
     _summary,
-    default_checkpoint_path,
     open_rows,
+    report_run,
+    run_state_paths,
 )
 from semsearch.readers import BadRecord, DocumentSpec
 
@@ -427,17 +426,8 @@ def run_bulk_index(args: argparse.Namespace) -> int:
     _check_arguments(args)
     collection = Validator(Limits()).collection_name(args.collection)
     sources = [Source.of(path) for path in args.files]
-    checkpoint_path = (
-        Path(args.checkpoint)
-        if args.checkpoint
-        else default_checkpoint_path(args.files, args.collection, args.state_dir)
-    )
+    checkpoint_path, rejects_path = run_state_paths(args)  # a checkpoint always: --dry-run was refused above
     checkpoint = Checkpoint(checkpoint_path, args.collection, sources)
-    rejects_path = None
-    if args.skip_bad:
-        rejects_path = Path(args.rejects) if args.rejects else checkpoint_path.with_suffix(".rejects.jsonl")
-    _check_writable(checkpoint_path, "checkpoint")
-    _check_writable(rejects_path, "rejects file")
     stats, error = Stats(), None
     started = time.monotonic()
     first_block: float | None = None
@@ -507,14 +497,7 @@ def run_bulk_index(args: argparse.Namespace) -> int:
     summary["engine"] = "ray"
     # Seconds until the first embedded batch came back: Ray's start and the actors' model load, mostly.
     summary["first_batch_seconds"] = round(first_block, 3) if first_block is not None else None
-    if error is not None:
-        print(f"semsearch index: {error}", file=sys.stderr)
-    if args.json:
-        json.dump(summary, sys.stdout, indent=2)
-        sys.stdout.write("\n")
-    elif not args.quiet:
-        _print_summary(summary)
-    return summary["exit_code"]
+    return report_run(summary, args, error)
 
 
 class _Done(Exception):
