@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -43,6 +44,16 @@ def percentile(values: list[float], q: float) -> float:
     """The q-quantile (0..1) by nearest rank; nan for no values."""
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
+
+
+def search_latencies(client, queries: list[str], collection: str, top_k: int = 10) -> list[float]:
+    """Seconds of each Search through a SearchClient, one query at a time."""
+    out = []
+    for query in queries:
+        started = time.perf_counter()
+        client.search(query, collection=collection, top_k=top_k)
+        out.append(time.perf_counter() - started)
+    return out
 
 
 def verdict(passed: bool) -> str:

@@ -30,7 +30,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import DEFAULT_DATA_DIR, percentile, sts_sentences, verdict
+from common import DEFAULT_DATA_DIR, percentile, search_latencies, sts_sentences, verdict
 from semsearch import Document, SearchClient
 from semsearch_server.testing import ServerProcess
 
@@ -80,15 +80,6 @@ def ingest(client: SearchClient, texts: list[str], collection: str) -> float:
     stored = client.upsert_stream([docs[i : i + BATCH] for i in range(0, len(docs), BATCH)], collection=collection)
     assert stored == len(docs), stored
     return stored / (time.perf_counter() - started)
-
-
-def search_latencies(client: SearchClient, queries: list[str], collection: str) -> list[float]:
-    out = []
-    for query in queries:
-        started = time.perf_counter()
-        client.search(query, collection=collection, top_k=10)
-        out.append(time.perf_counter() - started)
-    return out
 
 
 def encode_latencies(embedder, queries: list[str]) -> list[float]:

@@ -33,7 +33,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import numpy as np
-from common import DEFAULT_DATA_DIR, percentile, sts_sentences, verdict
+from common import DEFAULT_DATA_DIR, percentile, search_latencies, sts_sentences, verdict
 from semsearch import Document, SearchClient
 from semsearch_server.testing import ServerProcess
 
@@ -84,15 +84,6 @@ def service_ingest(client: SearchClient, texts: list[str], collection: str) -> f
     stored = client.upsert_stream(batches, collection=collection, timeout=1800)
     assert stored == len(docs)
     return stored / (time.perf_counter() - started)
-
-
-def service_query_latencies(client: SearchClient, queries: list[str], collection: str) -> list[float]:
-    out = []
-    for query in queries:
-        started = time.perf_counter()
-        client.search(query, collection=collection, top_k=10)
-        out.append(time.perf_counter() - started)
-    return out
 
 
 def concurrent_searches(address: str, queries: list[str], collection: str, clients: int, seconds: float):
@@ -181,7 +172,7 @@ def main() -> int:
                     base_ingest.append(baseline.ingest(texts))
                     svc_ingest.append(service_ingest(client, texts, f"round{r}"))
                     base_q += baseline.query_latencies(queries)
-                    svc_q += service_query_latencies(client, queries, f"round{r}")
+                    svc_q += search_latencies(client, queries, f"round{r}")
                     print(f"  round {r + 1}: ingest baseline {base_ingest[-1]:7.1f}/s service {svc_ingest[-1]:7.1f}/s")
                 service_vectors = client.embed(texts[:256])
                 cosines = np.sum(service_vectors * baseline.encode(texts[:256]), axis=1)

@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 
 import grpc
-from common import DEFAULT_DATA_DIR, percentile, sts_sentences, verdict
+from common import DEFAULT_DATA_DIR, percentile, search_latencies, sts_sentences, verdict
 from load import rss_kib
 from semsearch import Document, SearchClient
 from semsearch.v1 import search_service_pb2 as pb
@@ -99,15 +99,6 @@ def hold(address: str, streams: int, trickle: int, trickle_seconds: float, tag: 
 
 
 # -- the measuring side ---------------------------------------------------------------------------------
-def search_latencies(client: SearchClient, queries: list[str]) -> list[float]:
-    out = []
-    for query in queries:
-        started = time.perf_counter()
-        client.search(query, collection=COLLECTION, top_k=10)
-        out.append(time.perf_counter() - started)
-    return out
-
-
 def mib(kib: int) -> float:
     return kib / 1024
 
@@ -146,14 +137,14 @@ def run(args: argparse.Namespace, server: ServerProcess, texts: list[str], queri
         client.create_collection(COLLECTION)
         docs = [Document(f"s{i}", t) for i, t in enumerate(texts)]
         client.upsert_stream([docs[i : i + 64] for i in range(0, len(docs), 64)], collection=COLLECTION)
-        search_latencies(client, queries[:50])  # warm-up
+        search_latencies(client, queries[:50], COLLECTION)  # warm-up
         rss_before = rss_kib(server.pid)
         rounds = []
         for r in range(args.rounds):
             # Odd rounds measure the loaded side first, so that neither side always comes first.
-            unloaded = [] if r % 2 else search_latencies(client, queries)
+            unloaded = [] if r % 2 else search_latencies(client, queries, COLLECTION)
             loaded, row = with_streams_open(args, server, client, queries, r)
-            unloaded = unloaded or search_latencies(client, queries)
+            unloaded = unloaded or search_latencies(client, queries, COLLECTION)
             row |= {
                 "unloaded_p50": percentile(unloaded, 0.5) * 1e3,
                 "unloaded_p99": percentile(unloaded, 0.99) * 1e3,
@@ -188,7 +179,7 @@ def with_streams_open(
         holder.kill()
         sys.exit(f"round {r}: the streams did not open: {ready}")
     rss_open = rss_kib(server.pid)
-    loaded = search_latencies(client, queries)
+    loaded = search_latencies(client, queries, COLLECTION)
     rss_loaded = rss_kib(server.pid)
     holder.stdin.close()
     summary = json.loads(holder.stdout.readline())
