@@ -53,7 +53,9 @@ def build_embedder(config: ServerConfig):
     log.info("model %s: %s", model_path, reference.fingerprint.short())
     if config.backend == "auto" and reference.torch_loaded:
         log.info("first start: serving on torch while the fast engines are built in the background")
-        return SwitchingEmbedder(_use_threads(reference.torch, config)), reference
+        torch_engine = build_backend(model_path, "torch", cache_dir=config.model_cache_dir,
+                                     threads=config.threads or None, reference=reference)  # fmt: skip
+        return SwitchingEmbedder(torch_engine), reference
     with start_up_phase("embedding backends"):
         embedder = build_backend(
             model_path,
@@ -65,12 +67,6 @@ def build_embedder(config: ServerConfig):
             small_max_texts_while_busy=config.batch_max_size,
         )
     return embedder, reference
-
-
-def _use_threads(torch_embedder, config: ServerConfig):
-    from semsearch_server.embedding.factory import _use_torch
-
-    return _use_torch(torch_embedder, config.threads or None)
 
 
 def build_service(config: ServerConfig, embedder=None, explainer=None, observe=None) -> SearchService:
