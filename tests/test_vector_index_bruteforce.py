@@ -254,3 +254,30 @@ def test_hnsw_asks_for_compaction_once_a_quarter_is_dead() -> None:
     assert index.needs_rebuild()
     compacted = VectorIndex.built(index.spec, DIM, *index.all_vectors(copy=True))
     assert compacted.dead == 0 and compacted.ntotal == 73 and not compacted.needs_rebuild()
+
+
+def test_one_query_searches_on_one_openmp_thread_and_several_on_all():
+    """faiss splits a lone query's flat scan among its OpenMP threads, which only adds their wake-ups (2.5x
+    slower at 10k vectors on 2 cores): one query runs on one thread, several on all (the answers are
+    the same either way). The thread count is per calling thread, so each search sets it."""
+    import threading
+
+    import faiss
+
+    rng = np.random.default_rng(7)
+    vectors = unit_vectors(rng, 300)
+    index = VectorIndex.built(SPECS[IndexKind.FLAT], DIM, np.arange(300), vectors)
+    queries = unit_vectors(rng, 3)
+    seen: dict[str, int] = {}
+
+    def search() -> None:
+        for name, batch in (("one", queries[:1]), ("several", queries)):
+            scores, labels = index.search(batch, K)
+            seen[name] = faiss.omp_get_max_threads()
+            truth = np.argsort(-(batch @ vectors.T), axis=1, kind="stable")[:, :K]
+            assert (labels == truth).all()
+
+    worker = threading.Thread(target=search)
+    worker.start()
+    worker.join()
+    assert seen == {"one": 1, "several": vector_index._SEARCH_THREADS}

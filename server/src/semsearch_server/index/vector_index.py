@@ -20,6 +20,9 @@ _HNSW_REBUILD_DEAD_FRACTION = 0.25
 _EXACT_FILTER_MAX = 20_000
 # IVF needs training data: until this many vectors per list exist it answers with exact search.
 _IVF_MIN_POINTS_PER_LIST = 39
+# OpenMP threads a search of several queries may use (faiss splits the queries among them). The count is
+# per calling thread, so it is set on every search: see `search`.
+_SEARCH_THREADS = faiss.omp_get_max_threads()
 
 
 def _empty_result(n: int, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -317,6 +320,11 @@ class VectorIndex:
         faiss_allowed = None if allowed is None else self._to_faiss_ids(np.asarray(allowed, dtype=np.int64))
         params = self._params(self._selector(faiss_allowed))
         k_eff = max(1, min(k, int(self._index.ntotal)))
+        # One query: one thread. faiss splits a lone query's flat scan among its threads, which only adds
+        # their wake-ups and a merge: 0.32 against 0.80 ms at 10k vectors, 11 against 15 ms at 100k, at a
+        # quarter of the CPU (measured here, 2 cores); HNSW and IVF were no faster on two. Several queries
+        # are split among the threads, which pays (16 queries at 10k: 6.2 -> 3.2 ms).
+        faiss.omp_set_num_threads(1 if len(queries) == 1 else _SEARCH_THREADS)
         scores, ids = self._index.search(queries, k_eff, params=params)
         return _pad_to(k, scores, self._to_labels(ids))
 
