@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 from semsearch_server.domain import CollectionSettings, Document, ModelFingerprint, Passage, PassageConfig
@@ -79,7 +81,12 @@ def test_replacing_a_document_removes_its_old_passages_from_both_indexes(store):
 def test_a_growing_collection_snapshots_in_proportion_to_its_size(store, monkeypatch):
     snapshots = []
     real = store._write_snapshot
-    monkeypatch.setattr(store, "_write_snapshot", lambda: (snapshots.append(store._index.ntotal), real())[1])
+
+    def counted(*args, **kwargs):
+        snapshots.append(store._index.ntotal)
+        real(*args, **kwargs)
+
+    monkeypatch.setattr(store, "_write_snapshot", counted)
     for i in range(64):
         store.upsert([embedded(f"d{i}", f"document number {i}", [i])])
     # snapshot_every is 2, but past it a snapshot waits for half the index: sizes grow ~1.5x each time.
@@ -161,3 +168,145 @@ def test_reindex_embeds_without_the_lock_and_keeps_what_was_written_meanwhile(st
         assert best.doc_id == f"d{i}" and abs(best.score - 1) < 1e-5
     assert store.search_dense(unit(50)[None, :], 1, {})[0][0].doc_id == "d0"
     assert store.get(["d1"]) == [] and store._index.ntotal == 4
+
+
+def test_a_snapshot_being_written_stops_neither_searches_nor_writes(tmp_path, monkeypatch):
+    import json
+    import threading
+
+    from semsearch_server.index.vector_index import VectorIndex
+
+    store = FaissIndexStore.create(tmp_path / "s", "s", CollectionSettings(), FINGERPRINT, snapshot_every=20)
+    try:
+        store.upsert([embedded(f"d{i}", f"document {i}", [i]) for i in range(19)])
+        writing, release = threading.Event(), threading.Event()
+        real_write = VectorIndex.write
+
+        def slow_write(self, path):
+            writing.set()
+            assert release.wait(30), "the test never released the snapshot"
+            return real_write(self, path)
+
+        monkeypatch.setattr(VectorIndex, "write", slow_write)
+        # The 20th document makes a snapshot due: its writer writes it after its write, from a copy.
+        trigger = threading.Thread(target=lambda: store.upsert([embedded("d19", "document 19", [19])]))
+        trigger.start()
+        assert writing.wait(10)
+        done = {}
+
+        def meanwhile():
+            done["search"] = store.search_dense(unit(7)[None, :], 1, {})[0][0].doc_id
+            store.upsert([embedded("new", "written during the snapshot", [99])])
+            store.delete(["d3"])
+            # A search after the writes sees them (nothing waits for the snapshot to be on disk).
+            done["after"] = store.search_dense(unit(99)[None, :], 1, {})[0][0].doc_id
+            done["deleted"] = "d3" not in {m.doc_id for m in store.search_dense(unit(3)[None, :], 30, {})[0]}
+            store.snapshot()  # a second snapshot waits for the first, and then writes its own
+
+        worker = threading.Thread(target=meanwhile)
+        worker.start()
+        deadline = time.monotonic() + 10
+        while "deleted" not in done and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert done == {"search": "d7", "after": "new", "deleted": True}, "searches or writes waited for it"
+        assert worker.is_alive() and trigger.is_alive()  # the snapshots wait for the file write
+        release.set()
+        trigger.join(30)
+        worker.join(30)
+        monkeypatch.undo()
+        meta = json.loads((store.directory / "index.json").read_text())
+        assert meta["seq"] == store._seq() and meta["count"] == 20  # the second snapshot, of everything
+    finally:
+        store.close()
+    reopened = FaissIndexStore.open(tmp_path / "s", FINGERPRINT)
+    try:
+        assert reopened.count() == 20 and reopened.search_dense(unit(99)[None, :], 1, {})[0][0].doc_id == "new"
+        assert reopened.get(["d3"]) == []
+    finally:
+        reopened.close()
+
+
+def test_a_snapshot_crashed_after_its_copy_leaves_the_log_to_replay(tmp_path, monkeypatch):
+    # The snapshot records the sequence number of its copy; writes after it are replayed from SQLite.
+    import json
+
+    from semsearch_server.index.vector_index import VectorIndex
+
+    store = FaissIndexStore.create(tmp_path / "s", "s", CollectionSettings(), FINGERPRINT, snapshot_every=10_000)
+    store.upsert([embedded(f"d{i}", f"document {i}", [i]) for i in range(10)])
+    store.snapshot()
+    before = json.loads((store.directory / "index.json").read_text())
+
+    def crash(self, path):
+        path.write_bytes(b"partial")
+        raise OSError("the process died here")
+
+    monkeypatch.setattr(VectorIndex, "write", crash)
+    store.upsert([embedded("late", "after the last good snapshot", [40])])
+    store.delete(["d2"])
+    with pytest.raises(OSError, match="died"):
+        store.snapshot()
+    assert json.loads((store.directory / "index.json").read_text()) == before
+    assert not list(store.directory.glob(".*.tmp"))
+    store.close(snapshot=False)
+    monkeypatch.undo()
+    reopened = FaissIndexStore.open(tmp_path / "s", FINGERPRINT)
+    try:
+        assert reopened.count() == 10 and reopened.get(["d2"]) == []
+        assert reopened.search_dense(unit(40)[None, :], 1, {})[0][0].doc_id == "late"
+    finally:
+        reopened.close()
+
+
+def test_readers_pass_a_waiting_writer_while_a_copy_holds_writers_off():
+    import threading
+
+    from semsearch_server.index.rwlock import ReadWriteLock
+
+    lock = ReadWriteLock()
+    events: list[str] = []
+    copying, copied = threading.Event(), threading.Event()
+
+    def copy():
+        with lock.read_holding_writers():
+            copying.set()
+            copied.wait(10)
+            events.append("copy done")
+
+    def write():
+        with lock.write():
+            events.append("write")
+
+    def read():
+        with lock.read():
+            events.append("read")
+
+    threads = [threading.Thread(target=copy)]
+    threads[0].start()
+    assert copying.wait(10)
+    threads.append(threading.Thread(target=write))
+    threads[1].start()
+    deadline = time.monotonic() + 10
+    while not lock._writers_waiting and time.monotonic() < deadline:
+        time.sleep(0.01)
+    reader = threading.Thread(target=read)
+    reader.start()
+    reader.join(10)
+    assert events == ["read"], "a reader waited behind a writer that could not run anyway"
+    copied.set()
+    for t in threads:
+        t.join(10)
+    assert events == ["read", "copy done", "write"]
+    # Without a copy in progress a waiting writer goes first (writers are not starved).
+    with lock.read():
+        writer = threading.Thread(target=write)
+        writer.start()
+        while not lock._writers_waiting:
+            time.sleep(0.01)
+        late = threading.Thread(target=read)
+        late.start()
+        late.join(0.3)
+        assert late.is_alive()
+    writer.join(10)
+    late.join(10)
+    assert events[-2:] == ["write", "read"]
