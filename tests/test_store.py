@@ -310,3 +310,93 @@ def test_readers_pass_a_waiting_writer_while_a_copy_holds_writers_off():
     writer.join(10)
     late.join(10)
     assert events[-2:] == ["write", "read"]
+
+
+def test_reindex_builds_beside_and_rewrites_while_searches_go_on(store, monkeypatch):
+    import threading
+
+    from semsearch_server.index.vector_index import VectorIndex
+
+    store.upsert([embedded(f"d{i}", f"document {i}", [i]) for i in range(10)])
+    new_model = ModelFingerprint("fake2", "1" * 64, 8, "mean", True, 16, "fake")
+    building, release_build = threading.Event(), threading.Event()
+    rewriting, release_rewrite = threading.Event(), threading.Event()
+    real_built = VectorIndex.built.__func__
+
+    def slow_built(cls, *args, **kwargs):
+        building.set()
+        assert release_build.wait(30), "the test never released the build"
+        return real_built(cls, *args, **kwargs)
+
+    class HeldDatabase:
+        """The writer's connection, held at the rewrite's insert of the new passages."""
+
+        def __init__(self, db):
+            self.db = db
+
+        def __getattr__(self, name):
+            return getattr(self.db, name)
+
+        def executemany(self, sql, rows):
+            if sql.startswith("INSERT INTO passages(label"):
+                rewriting.set()
+                assert release_rewrite.wait(30), "the test never released the rewrite"
+            return self.db.executemany(sql, rows)
+
+    monkeypatch.setattr(VectorIndex, "built", classmethod(slow_built))
+    store._db = HeldDatabase(store._db)
+
+    def embed_documents(docs):
+        return [EmbeddedDocument(d, (Passage(0, 0, len(d.text)),), unit(100 + int(d.id[1:]))[None, :]) for d in docs]
+
+    result = []
+    reindex = threading.Thread(target=lambda: result.append(store.replace_all_vectors(new_model, embed_documents)))
+    reindex.start()
+
+    def within_seconds(call, seconds=10):
+        out = []
+        worker = threading.Thread(target=lambda: out.append(call()))
+        worker.start()
+        worker.join(seconds)
+        assert out, "it waited for the reindex"
+        return out[0]
+
+    try:
+        # While the new index is built: searches and writes go through.
+        assert building.wait(10)
+        assert within_seconds(lambda: store.search_dense(unit(3)[None, :], 1, {})[0][0].doc_id) == "d3"
+        within_seconds(lambda: store.upsert([embedded("d0", "rewritten during the reindex", [50])]))
+        within_seconds(lambda: store.delete(["d1"]))
+        within_seconds(lambda: store.upsert([embedded("x", "new during the reindex", [60])]))
+        release_build.set()
+        # While the database is rewritten: searches go on (the old vectors); a write waits for it.
+        assert rewriting.wait(10)
+        writer = threading.Thread(target=lambda: store.upsert([embedded("y", "waits for the rewrite", [70])]))
+        writer.start()
+        writer.join(0.5)
+        assert writer.is_alive(), "a write went in during the rewrite"
+        best = within_seconds(lambda: store.search_dense(unit(4)[None, :], 1, {})[0][0])
+        assert best.doc_id == "d4" and abs(best.score - 1) < 1e-5
+        release_rewrite.set()
+        reindex.join(30)
+        writer.join(30)
+    finally:
+        release_build.set()
+        release_rewrite.set()
+        store._db = store._db.db
+    monkeypatch.undo()
+    assert result == [10] and store.fingerprint == new_model  # d0..d9 less d1, plus x
+    for i in range(2, 10):
+        best = store.search_dense(unit(100 + i)[None, :], 1, {})[0][0]
+        assert best.doc_id == f"d{i}" and abs(best.score - 1) < 1e-5
+    for doc_id, seed in (("d0", 50), ("x", 60), ("y", 70)):
+        best = store.search_dense(unit(seed)[None, :], 1, {})[0][0]
+        assert best.doc_id == doc_id and abs(best.score - 1) < 1e-5
+    assert store.get(["d1"]) == [] and store._index.ntotal == 11 and store.count() == 11
+    store.close()
+    reopened = FaissIndexStore.open(store.directory, new_model)
+    try:
+        assert reopened._index.ntotal == 11
+        assert reopened.search_dense(unit(105)[None, :], 1, {})[0][0].doc_id == "d5"
+    finally:
+        reopened.close()

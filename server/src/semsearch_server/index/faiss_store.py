@@ -23,6 +23,7 @@ passages get new labels, so an add never has to look for a label already in the 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import shutil
@@ -248,6 +249,8 @@ class FaissIndexStore:
         # collection's lock, never while holding it.
         self._snapshot_files = threading.Lock()
         self._snapshot_pending = False  # a writer has made a snapshot due and writes it after its write
+        self._reindexing = threading.Lock()
+        self._recovered = False  # the indexes and the passage map are loaded (False: opened for Reindex only)
 
     @property
     def spec(self) -> IndexSpec:
@@ -266,6 +269,7 @@ class FaissIndexStore:
         directory.mkdir(parents=True, exist_ok=False)
         write_manifest(directory, name, settings, fingerprint)
         store = cls(directory, name, settings, fingerprint, snapshot_every, new=True)
+        store._recovered = True  # nothing to load
         try:
             store.snapshot()
         except BaseException:
@@ -401,6 +405,7 @@ class FaissIndexStore:
                 )
                 self._rebuild_lexical()
         self._snapshot_seqs = (snap_seq or 0, lex_seq or 0)
+        self._recovered = True
         if snap_seq != seq or lex_seq != seq:
             self._snapshot_or_defer()
         log.info(
@@ -704,65 +709,137 @@ class FaissIndexStore:
     ) -> int:
         """Re-embeds every stored document with embed_documents and records the new model (Reindex).
 
-        The embedding, by far the longest part, holds no lock: the texts are read as of one moment, and a
-        document written or deleted meanwhile keeps what that write gave it (the running model's vectors).
-        Only the rewrite of the passages and the swap of the index hold the write lock.
+        Nothing in proportion to the collection holds the collection's lock against searches:
+
+        - the texts are read as of one sequence number R (under the read lock), and embedded with no lock;
+        - labels are reserved for the new passages (a short write), and the new vector index is built from
+          them beside the live one, with no lock;
+        - the database rewrite runs while writers wait and searches go on (they read the committed state:
+          SQLite's WAL), and only its COMMIT and the swap of the indexes are exclusive: the new index then
+          drops the passages of documents written or deleted after R (they keep what that write gave them)
+          and takes the passages written after R, as the replay of a rebuild beside does.
         """
+        with self._reindexing:  # one at a time: the rewrite's upgrade to exclusive allows a single caller
+            return self._replace_all_vectors(fingerprint, embed_documents)
+
+    def _replace_all_vectors(
+        self,
+        fingerprint: ModelFingerprint,
+        embed_documents: Callable[[list[Document]], list[EmbeddedDocument]],
+    ) -> int:
         with self._lock.read():
             self._ensure_open()
-            rows = (
-                self._reader().execute("SELECT label, id, text, metadata, seq FROM documents ORDER BY label").fetchall()
-            )
+            db = self._reader()
+            db.execute("BEGIN")  # the documents and R from one read
+            try:
+                rows = db.execute("SELECT label, id, text, metadata, seq FROM documents ORDER BY label").fetchall()
+                read_seq = int(db.execute("SELECT value FROM state WHERE key='seq'").fetchone()[0])
+            finally:
+                db.execute("COMMIT")
         embedded = embed_documents([Document(r[1], r[2], json.loads(r[3])) for r in rows]) if rows else []
-
-        def rewrite(seq: int) -> int:
-            db = self._db
-            current = dict(db.execute("SELECT label, seq FROM documents").fetchall())
-            kept = [(row, item) for row, item in zip(rows, embedded, strict=True) if current.get(row[0]) == row[4]]
-            for start in range(0, len(kept), _SQL_CHUNK):
-                chunk = [row[0] for row, _ in kept[start : start + _SQL_CHUNK]]
-                marks = ",".join("?" * len(chunk))
-                db.execute(
-                    f"INSERT OR REPLACE INTO passage_deletions(label, seq) "
-                    f"SELECT label, ? FROM passages WHERE doc_label IN ({marks})",
-                    [seq, *chunk],
-                )
-                db.execute(f"DELETE FROM passages WHERE doc_label IN ({marks})", chunk)
-            db.executemany(
-                "INSERT INTO passages(doc_label, idx, start, end, vector, seq) VALUES (?, ?, ?, ?, ?, ?)",
-                [
-                    (row[0], p.index, p.start, p.end, np.asarray(v, np.float32).tobytes(), seq)
-                    for row, item in kept
-                    for p, v in zip(item.passages, item.vectors, strict=True)
-                ],
-            )
-            return len(current)
-
+        owners = np.array(
+            [row[0] for row, item in zip(rows, embedded, strict=True) for _ in item.passages], dtype=np.int64
+        )
+        spans = np.array(
+            [(p.index, p.start, p.end) for item in embedded for p in item.passages], dtype=np.int64
+        ).reshape(-1, 3)
+        dim = fingerprint.dimension
+        vectors = (
+            np.concatenate([np.asarray(item.vectors, np.float32).reshape(-1, dim) for item in embedded])
+            if embedded
+            else np.zeros((0, dim), np.float32)
+        )
         with self._lock.write():
             self._ensure_open()
             if self._failed_error is StorageFailed:  # re-embedding does not make its files trustworthy again
                 raise StorageFailed(self._failed)
-            count = self._write_transaction(rewrite)
-            try:
-                write_manifest(self.directory, self.name, self.settings, fingerprint)
-            except OSError as exc:
-                if not is_disk_full(exc, self.directory):
-                    raise
-                raise DiskFull(
-                    f"collection {self.name!r}: "
-                    + disk_full_message(
-                        self.directory, "the new vectors are stored but the manifest still names the previous model"
+            first = self._write_transaction(lambda seq: self._reserve_passage_labels(len(owners)))
+        labels = np.arange(first, first + len(owners), dtype=np.int64)
+        threads = faiss.omp_get_max_threads()
+        faiss.omp_set_num_threads(max(1, threads - 1))  # a core left to the searches, as a rebuild beside
+        try:
+            index = VectorIndex.built(self.spec, dim, labels, vectors)
+        finally:
+            faiss.omp_set_num_threads(threads)
+
+        def rewrite(seq: int) -> tuple[int, np.ndarray, np.ndarray]:
+            db = self._db
+            current = dict(db.execute("SELECT label, seq FROM documents").fetchall())
+            kept = np.array([current.get(row[0]) == row[4] for row in rows], dtype=bool)
+            kept_docs = [row[0] for row, keep in zip(rows, kept, strict=True) if keep]
+            removed: list[int] = []
+            for start in range(0, len(kept_docs), _SQL_CHUNK):
+                chunk = kept_docs[start : start + _SQL_CHUNK]
+                marks = ",".join("?" * len(chunk))
+                removed += [
+                    r[0]
+                    for r in db.execute(f"DELETE FROM passages WHERE doc_label IN ({marks}) RETURNING label", chunk)
+                ]
+            db.executemany(
+                "INSERT OR REPLACE INTO passage_deletions(label, seq) VALUES (?, ?)", [(lb, seq) for lb in removed]
+            )
+            passage_kept = np.repeat(kept, [len(item.passages) for item in embedded]) if embedded else kept
+            db.executemany(
+                "INSERT INTO passages(label, doc_label, idx, start, end, vector, seq) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (first + i, row[0], p.index, p.start, p.end, vectors[i].tobytes(), seq)
+                    for i, (row, p) in enumerate(
+                        (row, p) for row, item in zip(rows, embedded, strict=True) for p in item.passages
                     )
-                    + " (then run Reindex again)"
-                ) from exc
+                    if passage_kept[i]
+                ],
+            )
+            # Only COMMIT and the swap are exclusive: searches see the old state until both are done.
+            exclusive.enter_context(self._lock.upgraded())
+            return len(current), passage_kept, np.array(removed, dtype=np.int64)
+
+        with self._lock.read_holding_writers(), contextlib.ExitStack() as exclusive:
+            self._ensure_open()
+            if self._failed_error is StorageFailed:
+                raise StorageFailed(self._failed)
+            count, passage_kept, removed = self._write_transaction(rewrite)
+            seq = self._seq()
+            # The documents written or deleted after R keep what those writes gave them.
+            index.remove(labels[~passage_kept])
+            later_labels, later_vectors = self._vectors_where("seq > ? AND seq < ?", (read_seq, seq))
+            index.add(later_labels, later_vectors)
+            self._index = index
             self.fingerprint = fingerprint
             self._failed = None
-            self._load_passage_map()
-            self._rebuild_vectors()
-            if len(self._lexical) != count:
+            if self._recovered:
+                self._passages.remove(removed)
+                self._passages.set(np.column_stack([labels, owners, spans])[passage_kept])
+            else:  # opened for Reindex only (another model's vectors): nothing loaded yet, nobody served
+                self._load_passage_map()
                 self._rebuild_lexical()
+                self._recovered = True
+            self._writes_since_snapshot += len(removed) + int(passage_kept.sum())
+        try:
+            write_manifest(self.directory, self.name, self.settings, fingerprint)
+        except OSError as exc:
+            if not is_disk_full(exc, self.directory):
+                raise
+            raise DiskFull(
+                f"collection {self.name!r}: "
+                + disk_full_message(
+                    self.directory, "the new vectors are stored but the manifest still names the previous model"
+                )
+                + " (then run Reindex again)"
+            ) from exc
         self._snapshot_or_defer()
         return count
+
+    def _reserve_passage_labels(self, n: int) -> int:
+        """Moves the passages' label counter n past the labels in use; returns the first of the n."""
+        db = self._db
+        row = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'passages'").fetchone()
+        (top,) = db.execute("SELECT COALESCE(MAX(label), 0) FROM passages").fetchone()
+        first = max(int(row[0]) if row else 0, int(top)) + 1
+        if row:
+            db.execute("UPDATE sqlite_sequence SET seq = ? WHERE name = 'passages'", (first + n - 1,))
+        else:
+            db.execute("INSERT INTO sqlite_sequence(name, seq) VALUES ('passages', ?)", (first + n - 1,))
+        return first
 
     def _write_transaction(self, apply):
         """Runs apply(seq) in one transaction and commits it (durably: synchronous=FULL).

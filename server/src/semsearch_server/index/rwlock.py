@@ -14,13 +14,14 @@ class ReadWriteLock:
         self._writer = False
         self._writers_waiting = 0
         self._holding_writers = 0  # readers in read_holding_writers()
+        self._upgrading = False  # a holder waits for the readers to leave (upgraded())
 
     @contextmanager
     def read(self) -> Iterator[None]:
         with self._cond:
             # A waiting writer makes new readers wait (so that writers are not starved), except while a
             # read_holding_writers() section runs: the writer cannot go before it ends anyway.
-            while self._writer or (self._writers_waiting and not self._holding_writers):
+            while self._writer or self._upgrading or (self._writers_waiting and not self._holding_writers):
                 self._cond.wait()
             self._readers += 1
         try:
@@ -28,7 +29,7 @@ class ReadWriteLock:
         finally:
             with self._cond:
                 self._readers -= 1
-                if self._readers == 0:
+                if self._readers <= 1:  # 1: an upgrader may be waiting for the others
                     self._cond.notify_all()
 
     @contextmanager
@@ -40,7 +41,7 @@ class ReadWriteLock:
         every later search wait for the copy and then the write.
         """
         with self._cond:
-            while self._writer or (self._writers_waiting and not self._holding_writers):
+            while self._writer or self._upgrading or (self._writers_waiting and not self._holding_writers):
                 self._cond.wait()
             self._readers += 1
             self._holding_writers += 1
@@ -50,6 +51,28 @@ class ReadWriteLock:
             with self._cond:
                 self._readers -= 1
                 self._holding_writers -= 1
+                self._cond.notify_all()
+
+    @contextmanager
+    def upgraded(self) -> Iterator[None]:
+        """Inside read_holding_writers(): alone for a moment (the readers in finish, new ones wait), then
+        back to holding writers off, with no writer in between. One caller at a time (two would wait for
+        each other): the owner serialises them."""
+        with self._cond:
+            self._holding_writers -= 1
+            self._upgrading = True
+            while self._readers > 1:
+                self._cond.wait()
+            self._upgrading = False
+            self._readers -= 1
+            self._writer = True
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._writer = False
+                self._readers += 1
+                self._holding_writers += 1
                 self._cond.notify_all()
 
     @contextmanager
