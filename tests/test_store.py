@@ -400,3 +400,51 @@ def test_reindex_builds_beside_and_rewrites_while_searches_go_on(store, monkeypa
         assert reopened.search_dense(unit(105)[None, :], 1, {})[0][0].doc_id == "d5"
     finally:
         reopened.close()
+
+
+def test_an_upgrade_waits_for_the_readers_in_and_keeps_new_ones_and_writers_out():
+    import threading
+
+    from semsearch_server.index.rwlock import ReadWriteLock
+
+    lock = ReadWriteLock()
+    events: list[str] = []
+    inside, leave = threading.Event(), threading.Event()
+
+    def reader(name, ready=None, go=None):
+        with lock.read():
+            if ready:
+                ready.set()
+                go.wait(10)
+            events.append(name)
+
+    def writer():
+        with lock.write():
+            events.append("write")
+
+    early = threading.Thread(target=reader, args=("early read", inside, leave))
+    early.start()
+    assert inside.wait(10)
+    with lock.read_holding_writers():
+        w = threading.Thread(target=writer)
+        w.start()
+        upgraded = threading.Event()
+
+        def upgrade():
+            with lock.upgraded():
+                upgraded.set()
+                time.sleep(0.2)
+                events.append("exclusive")
+
+        up = threading.Thread(target=upgrade)
+        # The upgrade runs in another thread only to watch it wait; the holder is this thread's section.
+        up.start()
+        up.join(0.3)
+        assert not upgraded.is_set(), "the upgrade did not wait for the reader inside"
+        late = threading.Thread(target=reader, args=("late read",))
+        late.start()
+        leave.set()
+        for t in (early, up, late):
+            t.join(10)
+    w.join(10)
+    assert events == ["early read", "exclusive", "late read", "write"]

@@ -799,12 +799,12 @@ class FaissIndexStore:
                 raise StorageFailed(self._failed)
             count, passage_kept, removed = self._write_transaction(rewrite)
             seq = self._seq()
+            self.fingerprint = fingerprint  # the vectors written after R are the running model's too
             # The documents written or deleted after R keep what those writes gave them.
             index.remove(labels[~passage_kept])
             later_labels, later_vectors = self._vectors_where("seq > ? AND seq < ?", (read_seq, seq))
             index.add(later_labels, later_vectors)
             self._index = index
-            self.fingerprint = fingerprint
             self._failed = None
             if self._recovered:
                 self._passages.remove(removed)
