@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import shutil
 import sqlite3
 import threading
@@ -789,31 +790,32 @@ class FaissIndexStore:
                     if passage_kept[i]
                 ],
             )
+            # SQLite has spilled most of the rewrite's pages to the WAL file as its cache filled: flushed to
+            # disk now, they leave COMMIT's own fsync little to write (at 300k passages that fsync took
+            # 1.6 s of the exclusive section).
+            self._sync_wal()
             # Only COMMIT and the swap are exclusive: searches see the old state until both are done.
             exclusive.enter_context(self._lock.upgraded())
             return len(current), passage_kept, np.array(removed, dtype=np.int64)
 
-        with self._lock.read_holding_writers(), contextlib.ExitStack() as exclusive:
+        with self._lock.read_holding_writers():
             self._ensure_open()
             if self._failed_error is StorageFailed:
                 raise StorageFailed(self._failed)
-            count, passage_kept, removed = self._write_transaction(rewrite)
-            seq = self._seq()
-            self.fingerprint = fingerprint  # the vectors written after R are the running model's too
-            # The documents written or deleted after R keep what those writes gave them.
-            index.remove(labels[~passage_kept])
-            later_labels, later_vectors = self._vectors_where("seq > ? AND seq < ?", (read_seq, seq))
-            index.add(later_labels, later_vectors)
-            self._index = index
-            self._failed = None
-            if self._recovered:
-                self._passages.remove(removed)
-                self._passages.set(np.column_stack([labels, owners, spans])[passage_kept])
-            else:  # opened for Reindex only (another model's vectors): nothing loaded yet, nobody served
-                self._load_passage_map()
-                self._rebuild_lexical()
-                self._recovered = True
-            self._writes_since_snapshot += len(removed) + int(passage_kept.sum())
+            # COMMIT would also copy the whole rewrite from the WAL into the database file (SQLite's automatic
+            # checkpoint: ~0.9 s of the exclusive section at 300k passages); done after it instead.
+            (autocheckpoint,) = self._db.execute("PRAGMA wal_autocheckpoint").fetchone()
+            self._db.execute("PRAGMA wal_autocheckpoint=0")
+            try:
+                with contextlib.ExitStack() as exclusive:
+                    count, passage_kept, removed = self._write_transaction(rewrite)
+                    self._swap_reindexed(index, fingerprint, read_seq, labels, passage_kept, removed, owners, spans)
+            finally:
+                self._db.execute(f"PRAGMA wal_autocheckpoint={int(autocheckpoint)}")
+            try:  # searches go on meanwhile (readers are not blocked by a PASSIVE checkpoint)
+                self._db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+            except sqlite3.Error as exc:  # a later COMMIT checkpoints again
+                log.warning("collection %s: checkpoint after a Reindex failed: %s", self.name, exc)
         try:
             write_manifest(self.directory, self.name, self.settings, fingerprint)
         except OSError as exc:
@@ -828,6 +830,53 @@ class FaissIndexStore:
             ) from exc
         self._snapshot_or_defer()
         return count
+
+    def _swap_reindexed(
+        self,
+        index: VectorIndex,
+        fingerprint: ModelFingerprint,
+        read_seq: int,
+        labels: np.ndarray,
+        passage_kept: np.ndarray,
+        removed: np.ndarray,
+        owners: np.ndarray,
+        spans: np.ndarray,
+    ) -> None:
+        """Brings a Reindex's new index up to date and swaps it in. Called alone (the rewrite's upgrade)."""
+        seq = self._seq()
+        self.fingerprint = fingerprint  # the vectors written after R are the running model's too
+        # The documents written or deleted after R keep what those writes gave them.
+        index.remove(labels[~passage_kept])
+        later_labels, later_vectors = self._vectors_where("seq > ? AND seq < ?", (read_seq, seq))
+        index.add(later_labels, later_vectors)
+        self._index = index
+        self._failed = None
+        if self._recovered:
+            self._passages.remove(removed)
+            self._passages.set(np.column_stack([labels, owners, spans])[passage_kept])
+        else:  # opened for Reindex only (another model's vectors): nothing loaded yet, nobody served
+            self._load_passage_map()
+            self._rebuild_lexical()
+            self._recovered = True
+        self._writes_since_snapshot += len(removed) + int(passage_kept.sum())
+
+    def _sync_wal(self) -> None:
+        """fsyncs the database's WAL file (what SQLite's COMMIT would fsync).
+
+        Raises:
+            StorageFailed: an I/O error; the collection is out of service (see _fail_storage).
+        """
+        path = self.directory / f"{DATABASE}-wal"
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except FileNotFoundError:
+            return
+        try:
+            os.fsync(fd)
+        except OSError as exc:
+            raise self._fail_storage(f"an I/O error on {path} ({exc})") from exc
+        finally:
+            os.close(fd)
 
     def _reserve_passage_labels(self, n: int) -> int:
         """Moves the passages' label counter n past the labels in use; returns the first of the n."""
