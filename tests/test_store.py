@@ -345,6 +345,15 @@ def test_reindex_builds_beside_and_rewrites_while_searches_go_on(store, monkeypa
 
     monkeypatch.setattr(VectorIndex, "built", classmethod(slow_built))
     store._db = HeldDatabase(store._db)
+    real_catch_up = store._catch_up
+
+    def catch_up_then_replace_x(index, after):
+        # The new index has x's first version now; x is replaced before the rewrite: the swap must drop it.
+        result = real_catch_up(index, after)
+        store.upsert([embedded("x", "replaced after the catch-up", [60])])
+        return result
+
+    monkeypatch.setattr(store, "_catch_up", catch_up_then_replace_x)
 
     def embed_documents(docs):
         return [EmbeddedDocument(d, (Passage(0, 0, len(d.text)),), unit(100 + int(d.id[1:]))[None, :]) for d in docs]
@@ -367,7 +376,7 @@ def test_reindex_builds_beside_and_rewrites_while_searches_go_on(store, monkeypa
         assert within_seconds(lambda: store.search_dense(unit(3)[None, :], 1, {})[0][0].doc_id) == "d3"
         within_seconds(lambda: store.upsert([embedded("d0", "rewritten during the reindex", [50])]))
         within_seconds(lambda: store.delete(["d1"]))
-        within_seconds(lambda: store.upsert([embedded("x", "new during the reindex", [60])]))
+        within_seconds(lambda: store.upsert([embedded("x", "new during the reindex", [61])]))
         release_build.set()
         # While the database is rewritten: searches go on (the old vectors); a write waits for it.
         assert rewriting.wait(10)
@@ -392,6 +401,7 @@ def test_reindex_builds_beside_and_rewrites_while_searches_go_on(store, monkeypa
     for doc_id, seed in (("d0", 50), ("x", 60), ("y", 70)):
         best = store.search_dense(unit(seed)[None, :], 1, {})[0][0]
         assert best.doc_id == doc_id and abs(best.score - 1) < 1e-5
+    # No passage left behind by the writes made meanwhile (x's first version, d0's and d1's old ones).
     assert store.get(["d1"]) == [] and store._index.ntotal == 11 and store.count() == 11
     store.close()
     reopened = FaissIndexStore.open(store.directory, new_model)
