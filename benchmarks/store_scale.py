@@ -18,7 +18,11 @@ For each index kind one collection is filled, --batch documents per upsert, and 
     the other) for --search-seconds without any rebuild, then during a rebuild beside the live index:
     HNSW: the compaction that deleting 26 % of the documents (one Delete) starts; IVF and flat: a rebuild
     beside started by hand (the code path of HNSW compaction and IVF training; IVF retrains its lists at
-    the full size). Writes are not running during either measurement.
+    the full size). Writes are not running during either measurement;
+  * with --phases snapshot: Search latency while a regular snapshot is written, the old way (under the
+    write lock) and the store's (from a copy, files written without the lock), side by side, and an
+    upsert's latency during each; with --phases reindex: Search latency during a Reindex of the whole
+    collection (precomputed vectors in place of a model) with one upsert a second meanwhile.
 
 Targets (PASS/MISS):
   * ingest at 1M within 10 % of ingest at 10k: side by side at the end, big / 10k >= 0.9 (the write path's
@@ -31,6 +35,7 @@ The machine these numbers come from has 2 cores and is shared: run the kinds one
 
 Run from the repository root:
     .venv/bin/python benchmarks/store_scale.py [--kinds flat,ivf,hnsw] [--size 1000000] [--hnsw-size 300000]
+        [--phases snapshot,reindex,rebuild]
 """
 
 from __future__ import annotations
