@@ -717,11 +717,12 @@ class FaissIndexStore:
 
         - the texts are read as of one sequence number R (under the read lock), and embedded with no lock;
         - labels are reserved for the new passages (a short write), and the new vector index is built from
-          them beside the live one, with no lock;
+          them beside the live one, with no lock, then takes the writes made since R (read under the read
+          lock, applied beside);
         - the database rewrite runs while writers wait and searches go on (they read the committed state:
           SQLite's WAL), and only its COMMIT and the swap of the indexes are exclusive: the new index then
           drops the passages of documents written or deleted after R (they keep what that write gave them)
-          and takes the passages written after R, as the replay of a rebuild beside does.
+          and takes the last writes it has not caught up with, as the replay of a rebuild beside does.
         """
         with self._reindexing:  # one at a time: the rewrite's upgrade to exclusive allows a single caller
             try:
