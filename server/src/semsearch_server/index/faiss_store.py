@@ -1354,7 +1354,10 @@ class FaissIndexStore:
             with self._lock.read_holding_writers():
                 if self._closed or self._failed is not None:
                     return
-                seq, writes, documents = self._seq(), self._writes_since_snapshot, len(self._lexical)
+                # The committed sequence number, through a reader's connection: the writer's may be inside a
+                # Reindex's rewrite, which also holds writers off (the indexes are still those of this seq).
+                seq = int(self._reader().execute("SELECT value FROM state WHERE key='seq'").fetchone()[0])
+                writes, documents = self._writes_since_snapshot, len(self._lexical)
                 index, lexical = self._index.copy(), self._lexical.snapshot_writer()
             self._write_snapshots(index, lexical, documents, seq, writes=writes)
 
