@@ -19,6 +19,7 @@ from semsearch_server.files import StagedFiles, SyncFailed, atomic_write
 from semsearch_server.index import faiss_store
 from semsearch_server.index.base import EmbeddedDocument
 from semsearch_server.index.faiss_store import FaissIndexStore, LocalStoreProvider
+from semsearch_server.index.vector_index import VectorIndex
 
 FINGERPRINT = ModelFingerprint("fake", "0" * 64, 8, "mean", True, 16, "fake")
 
@@ -79,7 +80,8 @@ def test_a_snapshot_that_does_not_fit_is_deferred_not_the_writes_failure(store, 
         path.write_bytes(b"partial")
         raise OSError(errno.ENOSPC, "No space left on device", str(path))
 
-    monkeypatch.setattr(store._index, "write", full)
+    # On the class: a snapshot is written from a copy of the live index.
+    monkeypatch.setattr(VectorIndex, "write", lambda self, path: full(path))
     monkeypatch.setattr(faiss_store, "SNAPSHOT_RETRY_SECONDS", 0.0)
     caplog.set_level("WARNING")
     # The third write makes a snapshot due: it cannot be written, the write is acknowledged all the same.

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 from semsearch_server.domain import CollectionSettings, Document, ModelFingerprint, Passage, PassageConfig
@@ -79,7 +81,12 @@ def test_replacing_a_document_removes_its_old_passages_from_both_indexes(store):
 def test_a_growing_collection_snapshots_in_proportion_to_its_size(store, monkeypatch):
     snapshots = []
     real = store._write_snapshot
-    monkeypatch.setattr(store, "_write_snapshot", lambda: (snapshots.append(store._index.ntotal), real())[1])
+
+    def counted(*args, **kwargs):
+        snapshots.append(store._index.ntotal)
+        real(*args, **kwargs)
+
+    monkeypatch.setattr(store, "_write_snapshot", counted)
     for i in range(64):
         store.upsert([embedded(f"d{i}", f"document number {i}", [i])])
     # snapshot_every is 2, but past it a snapshot waits for half the index: sizes grow ~1.5x each time.
@@ -161,3 +168,293 @@ def test_reindex_embeds_without_the_lock_and_keeps_what_was_written_meanwhile(st
         assert best.doc_id == f"d{i}" and abs(best.score - 1) < 1e-5
     assert store.search_dense(unit(50)[None, :], 1, {})[0][0].doc_id == "d0"
     assert store.get(["d1"]) == [] and store._index.ntotal == 4
+
+
+def test_a_snapshot_being_written_stops_neither_searches_nor_writes(tmp_path, monkeypatch):
+    import json
+    import threading
+
+    from semsearch_server.index.vector_index import VectorIndex
+
+    store = FaissIndexStore.create(tmp_path / "s", "s", CollectionSettings(), FINGERPRINT, snapshot_every=20)
+    try:
+        store.upsert([embedded(f"d{i}", f"document {i}", [i]) for i in range(19)])
+        writing, release = threading.Event(), threading.Event()
+        real_write = VectorIndex.write
+
+        def slow_write(self, path):
+            writing.set()
+            assert release.wait(30), "the test never released the snapshot"
+            return real_write(self, path)
+
+        monkeypatch.setattr(VectorIndex, "write", slow_write)
+        # The 20th document makes a snapshot due: its writer writes it after its write, from a copy.
+        trigger = threading.Thread(target=lambda: store.upsert([embedded("d19", "document 19", [19])]))
+        trigger.start()
+        assert writing.wait(10)
+        done = {}
+
+        def meanwhile():
+            done["search"] = store.search_dense(unit(7)[None, :], 1, {})[0][0].doc_id
+            store.upsert([embedded("new", "written during the snapshot", [99])])
+            store.delete(["d3"])
+            # A search after the writes sees them (nothing waits for the snapshot to be on disk).
+            done["after"] = store.search_dense(unit(99)[None, :], 1, {})[0][0].doc_id
+            done["deleted"] = "d3" not in {m.doc_id for m in store.search_dense(unit(3)[None, :], 30, {})[0]}
+            store.snapshot()  # a second snapshot waits for the first, and then writes its own
+
+        worker = threading.Thread(target=meanwhile)
+        worker.start()
+        deadline = time.monotonic() + 10
+        while "deleted" not in done and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert done == {"search": "d7", "after": "new", "deleted": True}, "searches or writes waited for it"
+        assert worker.is_alive() and trigger.is_alive()  # the snapshots wait for the file write
+        release.set()
+        trigger.join(30)
+        worker.join(30)
+        monkeypatch.undo()
+        meta = json.loads((store.directory / "index.json").read_text())
+        assert meta["seq"] == store._seq() and meta["count"] == 20  # the second snapshot, of everything
+    finally:
+        store.close()
+    reopened = FaissIndexStore.open(tmp_path / "s", FINGERPRINT)
+    try:
+        assert reopened.count() == 20 and reopened.search_dense(unit(99)[None, :], 1, {})[0][0].doc_id == "new"
+        assert reopened.get(["d3"]) == []
+    finally:
+        reopened.close()
+
+
+def test_a_snapshot_crashed_after_its_copy_leaves_the_log_to_replay(tmp_path, monkeypatch):
+    # The snapshot records the sequence number of its copy; writes after it are replayed from SQLite.
+    import json
+
+    from semsearch_server.index.vector_index import VectorIndex
+
+    store = FaissIndexStore.create(tmp_path / "s", "s", CollectionSettings(), FINGERPRINT, snapshot_every=10_000)
+    store.upsert([embedded(f"d{i}", f"document {i}", [i]) for i in range(10)])
+    store.snapshot()
+    before = json.loads((store.directory / "index.json").read_text())
+
+    def crash(self, path):
+        path.write_bytes(b"partial")
+        raise OSError("the process died here")
+
+    monkeypatch.setattr(VectorIndex, "write", crash)
+    store.upsert([embedded("late", "after the last good snapshot", [40])])
+    store.delete(["d2"])
+    with pytest.raises(OSError, match="died"):
+        store.snapshot()
+    assert json.loads((store.directory / "index.json").read_text()) == before
+    assert not list(store.directory.glob(".*.tmp"))
+    store.close(snapshot=False)
+    monkeypatch.undo()
+    reopened = FaissIndexStore.open(tmp_path / "s", FINGERPRINT)
+    try:
+        assert reopened.count() == 10 and reopened.get(["d2"]) == []
+        assert reopened.search_dense(unit(40)[None, :], 1, {})[0][0].doc_id == "late"
+    finally:
+        reopened.close()
+
+
+def test_readers_pass_a_waiting_writer_while_a_copy_holds_writers_off():
+    import threading
+
+    from semsearch_server.index.rwlock import ReadWriteLock
+
+    lock = ReadWriteLock()
+    events: list[str] = []
+    copying, copied = threading.Event(), threading.Event()
+
+    def copy():
+        with lock.read_holding_writers():
+            copying.set()
+            copied.wait(10)
+            events.append("copy done")
+
+    def write():
+        with lock.write():
+            events.append("write")
+
+    def read():
+        with lock.read():
+            events.append("read")
+
+    threads = [threading.Thread(target=copy)]
+    threads[0].start()
+    assert copying.wait(10)
+    threads.append(threading.Thread(target=write))
+    threads[1].start()
+    deadline = time.monotonic() + 10
+    while not lock._writers_waiting and time.monotonic() < deadline:
+        time.sleep(0.01)
+    reader = threading.Thread(target=read)
+    reader.start()
+    reader.join(10)
+    assert events == ["read"], "a reader waited behind a writer that could not run anyway"
+    copied.set()
+    for t in threads:
+        t.join(10)
+    assert events == ["read", "copy done", "write"]
+    # Without a copy in progress a waiting writer goes first (writers are not starved).
+    with lock.read():
+        writer = threading.Thread(target=write)
+        writer.start()
+        while not lock._writers_waiting:
+            time.sleep(0.01)
+        late = threading.Thread(target=read)
+        late.start()
+        late.join(0.3)
+        assert late.is_alive()
+    writer.join(10)
+    late.join(10)
+    assert events[-2:] == ["write", "read"]
+
+
+def test_reindex_builds_beside_and_rewrites_while_searches_go_on(store, monkeypatch):
+    import threading
+
+    from semsearch_server.index.vector_index import VectorIndex
+
+    store.upsert([embedded(f"d{i}", f"document {i}", [i]) for i in range(10)])
+    new_model = ModelFingerprint("fake2", "1" * 64, 8, "mean", True, 16, "fake")
+    building, release_build = threading.Event(), threading.Event()
+    rewriting, release_rewrite = threading.Event(), threading.Event()
+    real_built = VectorIndex.built.__func__
+
+    def slow_built(cls, *args, **kwargs):
+        building.set()
+        assert release_build.wait(30), "the test never released the build"
+        return real_built(cls, *args, **kwargs)
+
+    class HeldDatabase:
+        """The writer's connection, held at the rewrite's insert of the new passages."""
+
+        def __init__(self, db):
+            self.db = db
+
+        def __getattr__(self, name):
+            return getattr(self.db, name)
+
+        def executemany(self, sql, rows):
+            if sql.startswith("INSERT INTO passages(label"):
+                rewriting.set()
+                assert release_rewrite.wait(30), "the test never released the rewrite"
+            return self.db.executemany(sql, rows)
+
+    monkeypatch.setattr(VectorIndex, "built", classmethod(slow_built))
+    store._db = HeldDatabase(store._db)
+    real_catch_up = store._catch_up
+
+    def catch_up_then_replace_x(index, after):
+        # The new index has x's first version now; x is replaced before the rewrite: the swap must drop it.
+        result = real_catch_up(index, after)
+        store.upsert([embedded("x", "replaced after the catch-up", [60])])
+        return result
+
+    monkeypatch.setattr(store, "_catch_up", catch_up_then_replace_x)
+
+    def embed_documents(docs):
+        return [EmbeddedDocument(d, (Passage(0, 0, len(d.text)),), unit(100 + int(d.id[1:]))[None, :]) for d in docs]
+
+    result = []
+    reindex = threading.Thread(target=lambda: result.append(store.replace_all_vectors(new_model, embed_documents)))
+    reindex.start()
+
+    def within_seconds(call, seconds=10):
+        out = []
+        worker = threading.Thread(target=lambda: out.append(call()))
+        worker.start()
+        worker.join(seconds)
+        assert out, "it waited for the reindex"
+        return out[0]
+
+    try:
+        # While the new index is built: searches and writes go through.
+        assert building.wait(10)
+        assert within_seconds(lambda: store.search_dense(unit(3)[None, :], 1, {})[0][0].doc_id) == "d3"
+        within_seconds(lambda: store.upsert([embedded("d0", "rewritten during the reindex", [50])]))
+        within_seconds(lambda: store.delete(["d1"]))
+        within_seconds(lambda: store.upsert([embedded("x", "new during the reindex", [61])]))
+        release_build.set()
+        # While the database is rewritten: searches go on (the old vectors); a write waits for it.
+        assert rewriting.wait(10)
+        writer = threading.Thread(target=lambda: store.upsert([embedded("y", "waits for the rewrite", [70])]))
+        writer.start()
+        writer.join(0.5)
+        assert writer.is_alive(), "a write went in during the rewrite"
+        best = within_seconds(lambda: store.search_dense(unit(4)[None, :], 1, {})[0][0])
+        assert best.doc_id == "d4" and abs(best.score - 1) < 1e-5
+        release_rewrite.set()
+        reindex.join(30)
+        writer.join(30)
+    finally:
+        release_build.set()
+        release_rewrite.set()
+        store._db = store._db.db
+    monkeypatch.undo()
+    assert result == [10] and store.fingerprint == new_model  # d0..d9 less d1, plus x
+    for i in range(2, 10):
+        best = store.search_dense(unit(100 + i)[None, :], 1, {})[0][0]
+        assert best.doc_id == f"d{i}" and abs(best.score - 1) < 1e-5
+    for doc_id, seed in (("d0", 50), ("x", 60), ("y", 70)):
+        best = store.search_dense(unit(seed)[None, :], 1, {})[0][0]
+        assert best.doc_id == doc_id and abs(best.score - 1) < 1e-5
+    # No passage left behind by the writes made meanwhile (x's first version, d0's and d1's old ones).
+    assert store.get(["d1"]) == [] and store._index.ntotal == 11 and store.count() == 11
+    store.close()
+    reopened = FaissIndexStore.open(store.directory, new_model)
+    try:
+        assert reopened._index.ntotal == 11
+        assert reopened.search_dense(unit(105)[None, :], 1, {})[0][0].doc_id == "d5"
+    finally:
+        reopened.close()
+
+
+def test_an_upgrade_waits_for_the_readers_in_and_keeps_new_ones_and_writers_out():
+    import threading
+
+    from semsearch_server.index.rwlock import ReadWriteLock
+
+    lock = ReadWriteLock()
+    events: list[str] = []
+    inside, leave = threading.Event(), threading.Event()
+
+    def reader(name, ready=None, go=None):
+        with lock.read():
+            if ready:
+                ready.set()
+                go.wait(10)
+            events.append(name)
+
+    def writer():
+        with lock.write():
+            events.append("write")
+
+    early = threading.Thread(target=reader, args=("early read", inside, leave))
+    early.start()
+    assert inside.wait(10)
+    with lock.read_holding_writers():
+        w = threading.Thread(target=writer)
+        w.start()
+        upgraded = threading.Event()
+
+        def upgrade():
+            with lock.upgraded():
+                upgraded.set()
+                time.sleep(0.2)
+                events.append("exclusive")
+
+        up = threading.Thread(target=upgrade)
+        # The upgrade runs in another thread only to watch it wait; the holder is this thread's section.
+        up.start()
+        up.join(0.3)
+        assert not upgraded.is_set(), "the upgrade did not wait for the reader inside"
+        late = threading.Thread(target=reader, args=("late read",))
+        late.start()
+        leave.set()
+        for t in (early, up, late):
+            t.join(10)
+    w.join(10)
+    assert events == ["early read", "exclusive", "late read", "write"]

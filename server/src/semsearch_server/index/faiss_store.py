@@ -23,8 +23,10 @@ passages get new labels, so an add never has to look for a label already in the 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
 import shutil
 import sqlite3
 import threading
@@ -111,6 +113,8 @@ CREATE INDEX IF NOT EXISTS passages_seq ON passages(seq);
 CREATE TABLE IF NOT EXISTS passage_deletions (label INTEGER PRIMARY KEY, seq INTEGER NOT NULL);
 """
 
+# A Reindex catches up beside the live index until fewer writes than this remain for its exclusive section.
+_CATCH_UP_ENOUGH = 1024
 # Upserts are applied in slices of this many rows' SQL parameters (SQLite's variable limit).
 _SQL_CHUNK = 500
 # A snapshot that could not be written (a full disk) is tried again at a write at least this long after
@@ -243,9 +247,14 @@ class FaissIndexStore:
         # A rebuild of the vector index running beside the live one (HNSW compaction, IVF training).
         self._rebuild_thread: threading.Thread | None = None
         self._rebuild_from_seq: int | None = None
-        # Held while snapshot files are written: by writers (under the write lock) and by a rebuild,
-        # which writes its new index's snapshot before the swap, outside the collection's lock.
+        # Held while snapshot files are written (a regular snapshot from its copy of the indexes, a rebuild
+        # its new index's before the swap), both outside the collection's lock. Taken before the
+        # collection's lock, never while holding it.
         self._snapshot_files = threading.Lock()
+        self._snapshot_pending = False  # a writer has made a snapshot due and writes it after its write
+        self._reindexing = threading.Lock()
+        self._reindex_from_seq: int | None = None  # a Reindex replays the log after it (keep it)
+        self._recovered = False  # the indexes and the passage map are loaded (False: opened for Reindex only)
 
     @property
     def spec(self) -> IndexSpec:
@@ -264,6 +273,7 @@ class FaissIndexStore:
         directory.mkdir(parents=True, exist_ok=False)
         write_manifest(directory, name, settings, fingerprint)
         store = cls(directory, name, settings, fingerprint, snapshot_every, new=True)
+        store._recovered = True  # nothing to load
         try:
             store.snapshot()
         except BaseException:
@@ -399,6 +409,7 @@ class FaissIndexStore:
                 )
                 self._rebuild_lexical()
         self._snapshot_seqs = (snap_seq or 0, lex_seq or 0)
+        self._recovered = True
         if snap_seq != seq or lex_seq != seq:
             self._snapshot_or_defer()
         log.info(
@@ -591,7 +602,9 @@ class FaissIndexStore:
             self._after_commit(
                 lambda: self._apply_upsert(doc_labels, [d.document.text for d in docs], removed, added, vectors)
             )
-            self._after_write(len(docs))
+            snapshot_due = self._after_write(len(docs))
+        if snapshot_due:  # written without the collection's lock: searches and other writes go on
+            self._snapshot_or_defer()
         return len(docs)
 
     def _apply_upsert(
@@ -667,7 +680,9 @@ class FaissIndexStore:
                 self._lexical.remove(labels)
 
             self._after_commit(apply)
-            self._after_write(len(labels))
+            snapshot_due = self._after_write(len(labels))
+        if snapshot_due:
+            self._snapshot_or_defer()
         return len(labels)
 
     def _delete_rows(self, ids: Sequence[str], seq: int) -> tuple[list[int], np.ndarray]:
@@ -698,65 +713,228 @@ class FaissIndexStore:
     ) -> int:
         """Re-embeds every stored document with embed_documents and records the new model (Reindex).
 
-        The embedding, by far the longest part, holds no lock: the texts are read as of one moment, and a
-        document written or deleted meanwhile keeps what that write gave it (the running model's vectors).
-        Only the rewrite of the passages and the swap of the index hold the write lock.
+        Nothing in proportion to the collection holds the collection's lock against searches:
+
+        - the texts are read as of one sequence number R (under the read lock), and embedded with no lock;
+        - labels are reserved for the new passages (a short write), and the new vector index is built from
+          them beside the live one, with no lock, then takes the writes made since R (read under the read
+          lock, applied beside);
+        - the database rewrite runs while writers wait and searches go on (they read the committed state:
+          SQLite's WAL), and only its COMMIT and the swap of the indexes are exclusive: the new index then
+          drops the passages of documents written or deleted after R (they keep what that write gave them)
+          and takes the last writes it has not caught up with, as the replay of a rebuild beside does.
         """
+        with self._reindexing:  # one at a time: the rewrite's upgrade to exclusive allows a single caller
+            try:
+                return self._replace_all_vectors(fingerprint, embed_documents)
+            finally:
+                self._reindex_from_seq = None
+
+    def _replace_all_vectors(
+        self,
+        fingerprint: ModelFingerprint,
+        embed_documents: Callable[[list[Document]], list[EmbeddedDocument]],
+    ) -> int:
         with self._lock.read():
             self._ensure_open()
-            rows = (
-                self._reader().execute("SELECT label, id, text, metadata, seq FROM documents ORDER BY label").fetchall()
-            )
+            db = self._reader()
+            db.execute("BEGIN")  # the documents and R from one read
+            try:
+                rows = db.execute("SELECT label, id, text, metadata, seq FROM documents ORDER BY label").fetchall()
+                read_seq = int(db.execute("SELECT value FROM state WHERE key='seq'").fetchone()[0])
+            finally:
+                db.execute("COMMIT")
+            self._reindex_from_seq = read_seq  # snapshots keep the log after R until the swap
         embedded = embed_documents([Document(r[1], r[2], json.loads(r[3])) for r in rows]) if rows else []
-
-        def rewrite(seq: int) -> int:
-            db = self._db
-            current = dict(db.execute("SELECT label, seq FROM documents").fetchall())
-            kept = [(row, item) for row, item in zip(rows, embedded, strict=True) if current.get(row[0]) == row[4]]
-            for start in range(0, len(kept), _SQL_CHUNK):
-                chunk = [row[0] for row, _ in kept[start : start + _SQL_CHUNK]]
-                marks = ",".join("?" * len(chunk))
-                db.execute(
-                    f"INSERT OR REPLACE INTO passage_deletions(label, seq) "
-                    f"SELECT label, ? FROM passages WHERE doc_label IN ({marks})",
-                    [seq, *chunk],
-                )
-                db.execute(f"DELETE FROM passages WHERE doc_label IN ({marks})", chunk)
-            db.executemany(
-                "INSERT INTO passages(doc_label, idx, start, end, vector, seq) VALUES (?, ?, ?, ?, ?, ?)",
-                [
-                    (row[0], p.index, p.start, p.end, np.asarray(v, np.float32).tobytes(), seq)
-                    for row, item in kept
-                    for p, v in zip(item.passages, item.vectors, strict=True)
-                ],
-            )
-            return len(current)
-
+        owners = np.array(
+            [row[0] for row, item in zip(rows, embedded, strict=True) for _ in item.passages], dtype=np.int64
+        )
+        spans = np.array(
+            [(p.index, p.start, p.end) for item in embedded for p in item.passages], dtype=np.int64
+        ).reshape(-1, 3)
+        dim = fingerprint.dimension
+        vectors = (
+            np.concatenate([np.asarray(item.vectors, np.float32).reshape(-1, dim) for item in embedded])
+            if embedded
+            else np.zeros((0, dim), np.float32)
+        )
         with self._lock.write():
             self._ensure_open()
             if self._failed_error is StorageFailed:  # re-embedding does not make its files trustworthy again
                 raise StorageFailed(self._failed)
-            count = self._write_transaction(rewrite)
-            try:
-                write_manifest(self.directory, self.name, self.settings, fingerprint)
-            except OSError as exc:
-                if not is_disk_full(exc, self.directory):
-                    raise
-                raise DiskFull(
-                    f"collection {self.name!r}: "
-                    + disk_full_message(
-                        self.directory, "the new vectors are stored but the manifest still names the previous model"
+            first = self._write_transaction(lambda seq: self._reserve_passage_labels(len(owners)))
+        labels = np.arange(first, first + len(owners), dtype=np.int64)
+        threads = faiss.omp_get_max_threads()
+        faiss.omp_set_num_threads(max(1, threads - 1))  # a core left to the searches, as a rebuild beside
+        try:
+            index = VectorIndex.built(self.spec, dim, labels, vectors)
+            # The writes that arrived meanwhile, applied beside too (a few rounds, while they keep coming), so
+            # that the exclusive section only has the last few to apply (HNSW inserts ~0.2 ms a vector).
+            caught_up = read_seq
+            for _ in range(4):
+                caught_up, applied = self._catch_up(index, caught_up)
+                if applied <= _CATCH_UP_ENOUGH:
+                    break
+        finally:
+            faiss.omp_set_num_threads(threads)
+
+        def rewrite(seq: int) -> tuple[int, np.ndarray, np.ndarray]:
+            db = self._db
+            current = dict(db.execute("SELECT label, seq FROM documents").fetchall())
+            kept = np.array([current.get(row[0]) == row[4] for row in rows], dtype=bool)
+            kept_docs = [row[0] for row, keep in zip(rows, kept, strict=True) if keep]
+            removed: list[int] = []
+            for start in range(0, len(kept_docs), _SQL_CHUNK):
+                chunk = kept_docs[start : start + _SQL_CHUNK]
+                marks = ",".join("?" * len(chunk))
+                removed += [
+                    r[0]
+                    for r in db.execute(f"DELETE FROM passages WHERE doc_label IN ({marks}) RETURNING label", chunk)
+                ]
+            db.executemany(
+                "INSERT OR REPLACE INTO passage_deletions(label, seq) VALUES (?, ?)", [(lb, seq) for lb in removed]
+            )
+            passage_kept = np.repeat(kept, [len(item.passages) for item in embedded]) if embedded else kept
+            db.executemany(
+                "INSERT INTO passages(label, doc_label, idx, start, end, vector, seq) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (first + i, row[0], p.index, p.start, p.end, vectors[i].tobytes(), seq)
+                    for i, (row, p) in enumerate(
+                        (row, p) for row, item in zip(rows, embedded, strict=True) for p in item.passages
                     )
-                    + " (then run Reindex again)"
-                ) from exc
-            self.fingerprint = fingerprint
-            self._failed = None
-            self._load_passage_map()
-            self._rebuild_vectors()
-            if len(self._lexical) != count:
-                self._rebuild_lexical()
-            self._snapshot_or_defer()
+                    if passage_kept[i]
+                ],
+            )
+            # SQLite has spilled most of the rewrite's pages to the WAL file as its cache filled: flushed to
+            # disk now, they leave COMMIT's own fsync little to write (at 300k passages that fsync took
+            # 1.6 s of the exclusive section).
+            self._sync_wal()
+            # Only COMMIT and the swap are exclusive: searches see the old state until both are done.
+            exclusive.enter_context(self._lock.upgraded())
+            return len(current), passage_kept, np.array(removed, dtype=np.int64)
+
+        with self._lock.read_holding_writers():
+            self._ensure_open()
+            if self._failed_error is StorageFailed:
+                raise StorageFailed(self._failed)
+            # COMMIT would also copy the whole rewrite from the WAL into the database file (SQLite's automatic
+            # checkpoint: ~0.9 s of the exclusive section at 300k passages); done after it instead.
+            (autocheckpoint,) = self._db.execute("PRAGMA wal_autocheckpoint").fetchone()
+            self._db.execute("PRAGMA wal_autocheckpoint=0")
+            try:
+                with contextlib.ExitStack() as exclusive:
+                    count, passage_kept, removed = self._write_transaction(rewrite)
+                    self._swap_reindexed(index, fingerprint, caught_up, labels, passage_kept, removed, owners, spans)
+            finally:
+                self._db.execute(f"PRAGMA wal_autocheckpoint={int(autocheckpoint)}")
+            try:  # searches go on meanwhile (readers are not blocked by a PASSIVE checkpoint)
+                self._db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+            except sqlite3.Error as exc:  # a later COMMIT checkpoints again
+                log.warning("collection %s: checkpoint after a Reindex failed: %s", self.name, exc)
+        try:
+            write_manifest(self.directory, self.name, self.settings, fingerprint)
+        except OSError as exc:
+            if not is_disk_full(exc, self.directory):
+                raise
+            raise DiskFull(
+                f"collection {self.name!r}: "
+                + disk_full_message(
+                    self.directory, "the new vectors are stored but the manifest still names the previous model"
+                )
+                + " (then run Reindex again)"
+            ) from exc
+        self._snapshot_or_defer()
         return count
+
+    def _swap_reindexed(
+        self,
+        index: VectorIndex,
+        fingerprint: ModelFingerprint,
+        caught_up: int,
+        labels: np.ndarray,
+        passage_kept: np.ndarray,
+        removed: np.ndarray,
+        owners: np.ndarray,
+        spans: np.ndarray,
+    ) -> None:
+        """Brings a Reindex's new index up to date and swaps it in. Called alone (the rewrite's upgrade)."""
+        seq = self._seq()
+        self.fingerprint = fingerprint  # the vectors written after R are the running model's too
+        # The documents written or deleted after R keep what those writes gave them: their new passages
+        # replace the reserved ones (those up to `caught_up` are in already).
+        index.remove(labels[~passage_kept])
+        gone = self._db.execute(
+            "SELECT label FROM passage_deletions WHERE seq > ? AND seq < ?", (caught_up, seq)
+        ).fetchall()
+        index.remove(np.array([r[0] for r in gone], dtype=np.int64))
+        later_labels, later_vectors = self._vectors_where("seq > ? AND seq < ?", (caught_up, seq))
+        index.add(later_labels, later_vectors)
+        self._index = index
+        self._failed = None
+        if self._recovered:
+            self._passages.remove(removed)
+            self._passages.set(np.column_stack([labels, owners, spans])[passage_kept])
+        else:  # opened for Reindex only (another model's vectors): nothing loaded yet, nobody served
+            self._load_passage_map()
+            self._rebuild_lexical()
+            self._recovered = True
+        self._writes_since_snapshot += len(removed) + int(passage_kept.sum())
+
+    def _catch_up(self, index: VectorIndex, after: int) -> tuple[int, int]:
+        """Applies to `index`, a new index not yet swapped in, the passages removed and added after
+        sequence number `after`, read under the read lock; returns the sequence number it is now up to
+        and how many changes it applied."""
+        with self._lock.read():
+            self._ensure_open()
+            db = self._reader()
+            db.execute("BEGIN")
+            try:
+                upto = int(db.execute("SELECT value FROM state WHERE key='seq'").fetchone()[0])
+                gone = db.execute(
+                    "SELECT label FROM passage_deletions WHERE seq > ? AND seq <= ?", (after, upto)
+                ).fetchall()
+                rows = db.execute(
+                    "SELECT label, vector FROM passages WHERE seq > ? AND seq <= ?", (after, upto)
+                ).fetchall()
+            finally:
+                db.execute("COMMIT")
+        if gone:
+            index.remove(np.array([r[0] for r in gone], dtype=np.int64))
+        if rows:
+            labels, vectors = self._unpack_vectors(rows)
+            order = np.argsort(labels, kind="stable")
+            index.add(labels[order], vectors[order])
+        return upto, len(gone) + len(rows)
+
+    def _sync_wal(self) -> None:
+        """fsyncs the database's WAL file (what SQLite's COMMIT would fsync).
+
+        Raises:
+            StorageFailed: an I/O error; the collection is out of service (see _fail_storage).
+        """
+        path = self.directory / f"{DATABASE}-wal"
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except FileNotFoundError:
+            return
+        try:
+            os.fsync(fd)
+        except OSError as exc:
+            raise self._fail_storage(f"an I/O error on {path} ({exc})") from exc
+        finally:
+            os.close(fd)
+
+    def _reserve_passage_labels(self, n: int) -> int:
+        """Moves the passages' label counter n past the labels in use; returns the first of the n."""
+        db = self._db
+        row = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'passages'").fetchone()
+        (top,) = db.execute("SELECT COALESCE(MAX(label), 0) FROM passages").fetchone()
+        first = max(int(row[0]) if row else 0, int(top)) + 1
+        if row:
+            db.execute("UPDATE sqlite_sequence SET seq = ? WHERE name = 'passages'", (first + n - 1,))
+        else:
+            db.execute("INSERT INTO sqlite_sequence(name, seq) VALUES ('passages', ?)", (first + n - 1,))
+        return first
 
     def _write_transaction(self, apply):
         """Runs apply(seq) in one transaction and commits it (durably: synchronous=FULL).
@@ -846,7 +1024,9 @@ class FaissIndexStore:
                 )
                 log.exception("%s", self._failed)
 
-    def _after_write(self, changed: int) -> None:
+    def _after_write(self, changed: int) -> bool:
+        """Counts a write (under the write lock); True: a snapshot is due, for the caller to write once it
+        has let go of the lock."""
         self._writes_since_snapshot += changed
         # The index holds exactly the stored passages here (both changed under the write lock), so
         # its count stands in for SELECT COUNT(*), which scans the table: ~8 ms per write at 1M rows.
@@ -854,10 +1034,13 @@ class FaissIndexStore:
             self._start_rebuild_beside()
         # A snapshot rewrites the whole index: in proportion to its size, not every --snapshot-every writes.
         if (
-            self._snapshot_policy.due(self._writes_since_snapshot, self._size_at_snapshot)
+            not self._snapshot_pending
+            and self._snapshot_policy.due(self._writes_since_snapshot, self._size_at_snapshot)
             and time.monotonic() >= self._snapshot_retry_at
         ):
-            self._snapshot_or_defer()
+            self._snapshot_pending = True  # one writer writes it; the others do not queue behind it
+            return True
+        return False
 
     # -- reads ---------------------------------------------------------------------------------------
     def get(self, ids: Sequence[str]) -> list[Document]:
@@ -1141,20 +1324,42 @@ class FaissIndexStore:
 
     # -- snapshots and shutdown ----------------------------------------------------------------------
     def snapshot(self) -> None:
-        with self._lock.write():
-            if not self._closed and self._failed is None:
-                self._write_snapshot()
+        """Writes both snapshots now (nothing if the collection is closed or failed).
 
-    def _write_snapshot(self) -> None:
+        Searches go on throughout; writes wait only while the indexes are copied in memory."""
+        self._write_snapshot()
+
+    def _write_snapshot(self, locked: bool = False) -> None:
         """Writes both snapshots, each file and its checksum staged and renamed into place together: a
         failure (a full disk) leaves the previous pair as it was, valid, and no temporary file behind.
-        `_snapshot_files` orders it with the snapshot a rebuild writes beside the live index.
+
+        The indexes are copied as of one sequence number while writers are held off and searches go on
+        (``read_holding_writers``: 0.34 s for 300k flat vectors, where writing and hashing the files takes
+        10-30 s at 1M); the files are written from the copy without the collection's lock. A restart
+        loads them and replays the log after that sequence number. `_snapshot_files` orders snapshots
+        with each other and with the one a rebuild writes beside the live index.
+
+        Args:
+            locked: the caller holds `_snapshot_files` and the write lock (close): no copy is needed.
 
         Raises:
             OSError: a file could not be written (SyncFailed: could not be fsync'd).
         """
+        if locked:
+            self._write_snapshots(
+                self._index, self._lexical.snapshot_writer(), len(self._lexical), self._seq(), locked=True
+            )
+            return
         with self._snapshot_files:
-            self._write_snapshots()
+            with self._lock.read_holding_writers():
+                if self._closed or self._failed is not None:
+                    return
+                # The committed sequence number, through a reader's connection: the writer's may be inside a
+                # Reindex's rewrite, which also holds writers off (the indexes are still those of this seq).
+                seq = int(self._reader().execute("SELECT value FROM state WHERE key='seq'").fetchone()[0])
+                writes, documents = self._writes_since_snapshot, len(self._lexical)
+                index, lexical = self._index.copy(), self._lexical.snapshot_writer()
+            self._write_snapshots(index, lexical, documents, seq, writes=writes)
 
     def _write_vector_snapshot(self, index: VectorIndex, seq: int) -> None:
         """Writes `index` as the FAISS snapshot at `seq`, staged with its checksum. Called with _snapshot_files held."""
@@ -1167,23 +1372,46 @@ class FaissIndexStore:
             staged.commit()
         self._snapshot_seqs = (seq, self._snapshot_seqs[1])
 
-    def _write_snapshots(self) -> None:
-        seq = self._seq()
-        self._write_vector_snapshot(self._index, seq)
+    def _write_snapshots(
+        self,
+        index: VectorIndex,
+        write_lexical: Callable[[Path], None],
+        documents: int,
+        seq: int,
+        writes: int | None = None,
+        locked: bool = False,
+    ) -> None:
+        """Writes `index` and the lexical index (`write_lexical`, of `documents`) as the snapshots at `seq`;
+        then, under the write lock unless the caller holds it, records them and prunes the log they cover.
+
+        Args:
+            writes: the writes counted since the last snapshot when the copies were taken (None: all).
+        """
+        self._write_vector_snapshot(index, seq)
         with StagedFiles() as staged:
-            lexical_tmp = staged.write(self.directory / LEXICAL_SNAPSHOT, self._lexical.write)
+            lexical_tmp = staged.write(self.directory / LEXICAL_SNAPSHOT, write_lexical)
             staged.write_json(
                 self.directory / LEXICAL_META,
-                {"seq": seq, "sha256": sha256_file(lexical_tmp), "count": len(self._lexical)},
+                {"seq": seq, "sha256": sha256_file(lexical_tmp), "count": documents},
             )
             staged.commit()
+        if locked:
+            self._after_snapshot(seq, index.ntotal, writes)
+            return
+        with self._lock.write():  # the writer's connection and counters are the writers'
+            if not self._closed:
+                self._after_snapshot(seq, index.ntotal, writes)
+
+    def _after_snapshot(self, seq: int, size: int, writes: int | None) -> None:
         self._snapshot_seqs = (seq, seq)
-        self._writes_since_snapshot = 0
-        self._size_at_snapshot = self._index.ntotal
+        # Writes that came after the copy stay counted towards the next snapshot.
+        self._writes_since_snapshot = 0 if writes is None else max(0, self._writes_since_snapshot - writes)
+        self._size_at_snapshot = size
         # Removals older than both snapshots are in them; the log need not keep them, except those a
-        # rebuild in progress will replay.
+        # rebuild or a Reindex in progress will replay.
         keep_after = min(
-            *self._snapshot_seqs, *([self._rebuild_from_seq] if self._rebuild_from_seq is not None else [])
+            *self._snapshot_seqs,
+            *(seq for seq in (self._rebuild_from_seq, self._reindex_from_seq) if seq is not None),
         )
         try:
             self._db.execute("DELETE FROM deletions WHERE seq <= ?", (keep_after,))
@@ -1193,9 +1421,12 @@ class FaissIndexStore:
                 raise
             # Rows older than the snapshots are skipped by every replay; the next snapshot prunes them.
 
-    def _snapshot_or_defer(self) -> None:
+    def _snapshot_or_defer(self, locked: bool = False) -> None:
         """Writes the snapshots now, or, if they cannot be written, keeps the previous ones and tries again
         at a later write (SNAPSHOT_RETRY_SECONDS after, doubling).
+
+        Args:
+            locked: the caller holds `_snapshot_files` and the write lock (see `_write_snapshot`).
 
         A snapshot is a cache of the database, which holds every write: failing to write one loses
         nothing, and is not the failure of the write that happened to make it due. An I/O error is
@@ -1205,7 +1436,10 @@ class FaissIndexStore:
             StorageFailed: an I/O error (a failed fsync); the collection is out of service.
         """
         try:
-            self._write_snapshot()
+            if locked:
+                self._write_snapshot(locked=True)
+            else:
+                self._write_snapshot()
         except Exception as exc:  # noqa: BLE001 - whatever it was, the previous snapshots stand
             if is_io_failure(exc):
                 raise self._fail_storage(f"writing its index snapshot failed ({exc})") from exc
@@ -1227,6 +1461,8 @@ class FaissIndexStore:
                 )
             self._snapshot_failures = 0
             self._snapshot_retry_at = 0.0
+        finally:
+            self._snapshot_pending = False
 
     def _seq(self) -> int:
         return int(self._db.execute("SELECT value FROM state WHERE key='seq'").fetchone()[0])
@@ -1246,17 +1482,17 @@ class FaissIndexStore:
         """Writes final snapshots (so the next start replays nothing) and closes the database.
 
         A rebuild still running is abandoned (the next start rebuilds, if still needed)."""
-        with self._lock.write():
+        # A snapshot being written (a regular one, or a rebuild's) finishes first; later ones see _closed.
+        with self._snapshot_files, self._lock.write():
             if self._closed:
                 return
             if snapshot and self._failed is None:
                 try:
-                    self._snapshot_or_defer()  # if it fails, the next start replays the writes since the last one
+                    # If it fails, the next start replays the writes since the last one.
+                    self._snapshot_or_defer(locked=True)
                 except StorageFailed:
                     pass  # logged; the database is closed all the same
             self._closed = True
-            with self._snapshot_files:  # a rebuild writing its snapshot finishes; later ones see _closed
-                pass
             for reader in self._readers:
                 reader.close()
             self._db.close()

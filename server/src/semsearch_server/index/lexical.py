@@ -31,7 +31,7 @@ import math
 import re
 import threading
 import unicodedata
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -508,21 +508,31 @@ class LexicalIndex:
     def write(self, path: Path) -> None:
         """Writes the live documents to one file (numpy .npz, no pickles). The caller renames it into place
         and records its checksum."""
-        labels, vocabulary, counts, fwd, lengths = self._live_arrays()
-        encoded = [t.encode("utf-8") for t in vocabulary]
-        ends = np.cumsum([len(e) for e in encoded], dtype=np.int64)
-        with open(path, "wb") as f:
-            np.savez(
-                f,
-                format=np.array(_FORMAT),
-                analyzer=np.array(self.analyzer.signature),
-                labels=labels,
-                counts=counts.astype(np.int32),
-                lengths=lengths.astype(np.int64),
-                fwd=fwd.astype(np.int32),
-                vocab=np.frombuffer(b"".join(encoded), dtype=np.uint8),
-                vocab_ends=ends,
-            )
+        self.snapshot_writer()(path)
+
+    def snapshot_writer(self) -> Callable[[Path], None]:
+        """Copies the live documents now; the returned function writes them as :meth:`write` does, touching
+        this index no more (the owner writes the file outside its lock while writes go on)."""
+        labels, vocabulary, counts, fwd, lengths = self._live_arrays()  # copies
+        signature = self.analyzer.signature
+
+        def write(path: Path) -> None:
+            encoded = [t.encode("utf-8") for t in vocabulary]
+            ends = np.cumsum([len(e) for e in encoded], dtype=np.int64)
+            with open(path, "wb") as f:
+                np.savez(
+                    f,
+                    format=np.array(_FORMAT),
+                    analyzer=np.array(signature),
+                    labels=labels,
+                    counts=counts.astype(np.int32),
+                    lengths=lengths.astype(np.int64),
+                    fwd=fwd.astype(np.int32),
+                    vocab=np.frombuffer(b"".join(encoded), dtype=np.uint8),
+                    vocab_ends=ends,
+                )
+
+        return write
 
     @classmethod
     def read(
