@@ -115,6 +115,14 @@ def test_an_hnsw_compaction_runs_beside_the_live_index_without_stopping_search_o
             return real_rebuild(self, labels, vectors)
 
         monkeypatch.setattr(faiss_store.VectorIndex, "rebuild", slow_rebuild)
+        under_lock = []
+        real_replay = store._replay_vectors_after
+
+        def replay(after):
+            under_lock.append(real_replay(after))
+            return under_lock[-1]
+
+        monkeypatch.setattr(store, "_replay_vectors_after", replay)
         store.delete([f"d{i}" for i in range(12)])  # 30 % dead: compaction starts beside the live index
         assert building.wait(10)
         # While it builds: searches are answered and writes land, from another thread, within seconds.
@@ -133,6 +141,8 @@ def test_an_hnsw_compaction_runs_beside_the_live_index_without_stopping_search_o
         release.set()
         store._rebuild_thread.join(30)
         monkeypatch.undo()
+        # The writes made during the build were applied beside it: the write lock replayed none of them.
+        assert under_lock == [0]
         # The new index has the writes that arrived meanwhile; of the dead, only the delete made during
         # the rebuild (HNSW masks removals until the next compaction).
         assert store._index.ntotal == 40 - 12 + 1 - 1

@@ -482,9 +482,9 @@ class FaissIndexStore:
         """Starts building a new vector index from the database as of now, without holding the lock.
 
         Searches and writes go on against the live index meanwhile. The build reads the passages up to
-        the current sequence number (passages are never changed in place, only added and removed), then
-        takes the write lock for as long as it takes to replay the writes that arrived since, the same
-        replay a restart does, and swaps the indexes. Called with the write lock held.
+        the current sequence number (passages are never changed in place, only added and removed), applies
+        the writes that arrived since beside (the replay a restart does, under the read lock), then takes
+        the write lock for the last few of them and swaps the indexes. Called with the write lock held.
         """
         if self._rebuild_thread is not None and self._rebuild_thread.is_alive():
             return
@@ -519,21 +519,33 @@ class FaissIndexStore:
                 if self._closed or self._failed is not None:
                     return
                 self._write_vector_snapshot(index, from_seq)
-            # Under the lock only the replay of the writes that arrived meanwhile, and the swap.
+            # The writes made meanwhile are applied beside too, in rounds while they keep coming, as a Reindex
+            # does: the write lock is then held for the last few only (an HNSW insert costs ~0.2 ms a vector).
+            caught_up, beside = from_seq, 0
+            for _ in range(4):
+                if self._closed or self._failed is not None:
+                    return
+                caught_up, applied = self._catch_up(index, caught_up)
+                beside += applied
+                if applied <= _CATCH_UP_ENOUGH:
+                    break
+            # Under the lock only the replay of what arrived since, and the swap.
             with self._lock.write():
                 if self._closed or self._failed is not None:
                     return
                 live, self._index = self._index, index
                 try:
-                    replayed = self._replay_vectors_after(from_seq)
+                    replayed = self._replay_vectors_after(caught_up)
                 except BaseException:
                     self._index = live
                     raise
                 self._rebuild_from_seq = None
             log.info(
-                "collection %s: vector index rebuilt beside the live one (%d vectors, %d writes replayed) in %.2fs",
+                "collection %s: vector index rebuilt beside the live one (%d vectors; writes made meanwhile: %d "
+                "applied beside, %d under the lock) in %.2fs",
                 self.name,
                 index.ntotal,
+                beside,
                 replayed,
                 time.monotonic() - started,
             )
