@@ -452,20 +452,25 @@ class MilvusIndexStore:
         self, queries: np.ndarray, top_k: int, filter: Mapping[str, str], documents: bool = False
     ) -> list[list[DenseMatch]]:
         versions: dict[str, int] = {}
-        results = self._search_dense(queries, top_k, filter, versions)
-        return self._with_documents(results, versions) if documents else results
+        found: dict[str, Document] | None = {} if documents else None
+        results = self._search_dense(queries, top_k, filter, versions, found)
+        return self._with_documents(results, versions, found) if documents else results
 
-    def _with_documents(self, results: list[list], versions: Mapping[str, int]) -> list[list]:
+    def _with_documents(
+        self, results: list[list], versions: Mapping[str, int], known: Mapping[str, Document] | None = None
+    ) -> list[list]:
         """The matches with their documents (a match whose document went since is dropped).
 
-        The hits' rows named the committed version each document was found in, so its text and metadata
-        are on one row whose primary key is known (``<version>:0:<doc_id>``): a key lookup, where reading
-        by ``doc_id`` (`get`) is a scan of the collection in Milvus Lite (seconds per Search at 20k rows,
-        measured), and the document is the very version the score came from.
+        ``known``: documents the search hits already carried (a hit on passage 0 of the version the score
+        came from holds its text and metadata), so a collection of one-passage documents is searched in one
+        Milvus request. For the others, the hits' rows named the committed version each document was found
+        in, so its text and metadata are on one row whose primary key is known (``<version>:0:<doc_id>``): a
+        key lookup, where reading by ``doc_id`` is a scan of the collection in Milvus Lite (seconds per
+        Search at 20k rows, measured), and the document is the very version the score came from.
         """
         ids = list(dict.fromkeys(m.doc_id for row in results for m in row))
-        docs: dict[str, Document] = {}
-        keys = [f"{versions[i]}:0:{i}" for i in ids]
+        docs: dict[str, Document] = {i: known[i] for i in ids if known and i in known}
+        keys = [f"{versions[i]}:0:{i}" for i in ids if i not in docs]
         for begin in range(0, len(keys), _KEY_CHUNK):
             chunk = keys[begin : begin + _KEY_CHUNK]
             for r in self._query(_in("pk", chunk), ["doc_id", "text", "meta"], limit=len(chunk)):
@@ -484,9 +489,16 @@ class MilvusIndexStore:
         top_k: int,
         filter: Mapping[str, str],
         versions: dict[str, int] | None = None,
+        documents: dict[str, Document] | None = None,
     ) -> list[list[DenseMatch]]:
+        """``documents``, when given, receives the document of each match whose hits included passage 0 of
+        the matched version (text and metadata are output fields of the search: measured to cost nothing
+        with short texts, where a second request for them cost a round trip)."""
         queries = np.asarray(queries, dtype=np.float32).reshape(-1, self.fingerprint.dimension)
         expr = _and("passage_index >= 0", filter_expression(filter))
+        fields = ["doc_id", "version", "passage_index", "start", "end"]
+        if documents is not None:
+            fields += ["text", "meta"]
         results: list[list[DenseMatch]] = []
         for q in queries:
             # Over-fetch passages and keep each document's best; widen while passages crowd out documents.
@@ -500,14 +512,15 @@ class MilvusIndexStore:
                         anns_field="vector",
                         limit=limit,
                         filter=expr,
-                        output_fields=["doc_id", "version", "passage_index", "start", "end"],
+                        output_fields=fields,
                         search_params=self._search_params(),
                         consistency_level="Strong",
                     )[0],
                 )
                 rows = [{**h["entity"], "distance": h["distance"]} for h in hits]
                 best: dict[str, DenseMatch] = {}
-                for r in self._visible(rows):
+                visible = self._visible(rows)
+                for r in visible:
                     if r["doc_id"] not in best:  # hits come best first
                         if versions is not None:
                             versions[r["doc_id"]] = int(r["version"])
@@ -519,6 +532,13 @@ class MilvusIndexStore:
                 if len(best) >= top_k or len(hits) < limit or limit >= MAX_TOPK:
                     break
                 limit = min(MAX_TOPK, limit * 4)
+            if documents is not None:
+                # _visible kept one version per document: its passage-0 row, if hit, is the document
+                for r in visible:
+                    if int(r["passage_index"]) == 0 and r["doc_id"] in best:
+                        documents[r["doc_id"]] = Document(
+                            id=r["doc_id"], text=r["text"], metadata={str(k): str(v) for k, v in r["meta"].items()}
+                        )
             results.append(sorted(best.values(), key=lambda m: -m.score)[:top_k])
         return results
 
