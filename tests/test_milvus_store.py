@@ -135,6 +135,36 @@ class TestMilvusServer(StoreContract):
         assert other.get(["doc"])[0].text == "new text"
         assert other.search_dense(np.asarray(vec), 1, {}, documents=True)[0][0].document.text == "new text"
 
+    def test_a_collection_from_before_the_meta_partition_opens_and_moves_heads_into_it(self, provider_factory):
+        """Collections created before heads and markers had their own partition keep working: the partition is
+        added on open, and a document's next write moves its head there (one head row, not two)."""
+        provider = provider_factory()
+        store = provider.create("older", CollectionSettings(), FINGERPRINT)
+        client, full = store._client, store._collection
+        client.release_collection(full)
+        client.drop_partition(full, "meta")
+        client.load_collection(full)
+        rng = np.random.default_rng(16)
+        vec = unit(rng, 1)[0].tolist()
+        row = {"doc_id": "doc", "version": 7, "start": 0, "end": 8, "text": "", "meta": {}, "vector": vec}
+        zero = [0.0] * len(vec)
+        client.insert(  # what the earlier layout wrote, all in the default partition
+            full,
+            [
+                {**row, "pk": "7:0:doc", "passage_index": 0, "text": "old text", "meta": {"k": "v"}},
+                {**row, "pk": "7:marker", "doc_id": "", "passage_index": -1, "vector": zero},
+                {**row, "pk": "h:doc", "passage_index": -2, "end": 1, "vector": zero},
+            ],
+        )
+        other = provider_factory().open("older", FINGERPRINT)
+        assert other._client.has_partition(full, "meta")
+        assert other.get(["doc"]) == [Document("doc", "old text", {"k": "v"})]
+        assert other.search_dense(np.asarray(vec), 1, {}, documents=True)[0][0].document.text == "old text"
+        other.upsert([embedded("doc", "new text", unit(rng, 1))])
+        assert other.get(["doc"])[0].text == "new text"
+        assert len(other._query('pk == "h:doc"', ["version"])) == 1
+        assert other.delete(["doc"]) == 1 and other.count() == 0
+
     def test_get_and_delete_read_by_primary_key(self, provider_factory):
         """No doc_id expression (a scan of the collection in Milvus Lite): heads, rows and markers by key."""
         store = provider_factory().create("keys", CollectionSettings(), FINGERPRINT)
@@ -168,10 +198,10 @@ class _CrashingClient:
     def __getattr__(self, name):
         return getattr(self._client, name)
 
-    def insert(self, collection, rows):
+    def insert(self, collection, rows, **kwargs):
         if self._crash_on == "marker" and any(r["passage_index"] == -1 for r in rows):
             raise RuntimeError("crash before the commit marker")
-        return self._client.insert(collection, rows)
+        return self._client.insert(collection, rows, **kwargs)
 
     def delete(self, collection, filter):
         self.filters.append(filter)
