@@ -39,9 +39,10 @@ Strong, so an acknowledged write is visible to the next read of any replica.
 Scores: dense is IP of normalised vectors = cosine, as in the local store. Lexical is Milvus's BM25 (k1 1.2,
 b 0.75, idf ``ln(1 + (N - n + 0.5) / (n + 0.5))``) returned as a negative distance and negated here, so it
 is > 0 like the local store's. Its statistics (N, n, average length) are Milvus's, per segment and counting
-every row (passage rows with empty text and markers too), so its values differ from a classic BM25 over
-documents; rankings agree closely. Tokenisation is Milvus's ``standard`` analyzer (Unicode words,
-lowercased; no stemming or stopwords). BM25 is searched without a filter expression and the metadata filter
+every row of the passages' partition (passage rows with empty text too; and heads and markers written
+before they had a partition of their own), so its values differ from a classic BM25 over documents;
+rankings agree closely. Tokenisation is Milvus's ``standard`` analyzer (Unicode words, lowercased; no
+stemming or stopwords). BM25 is searched without a filter expression and the metadata filter
 applied to the hits (``_bm25``), so that, as in the local store, a filter decides which documents match and
 never their scores. A lexical hit's passage is the one with the most query words, as in the local store.
 """
