@@ -12,7 +12,7 @@ import pytest
 pytest.importorskip("pymilvus", reason="the Milvus store needs the `milvus` extra: pip install './server[milvus]'")
 
 from conftest import MilvusLiteServer, free_port  # noqa: E402
-from semsearch_server.domain import CollectionSettings  # noqa: E402
+from semsearch_server.domain import CollectionSettings, Document  # noqa: E402
 from semsearch_server.errors import Unavailable  # noqa: E402
 from semsearch_server.index.milvus_store import MilvusStoreProvider, filter_expression  # noqa: E402
 from store_contract import FINGERPRINT, HOSTILE, StoreContract, embedded, unit  # noqa: E402
@@ -72,6 +72,112 @@ class TestMilvusServer(StoreContract):
         assert store.search_lexical(["new"], 5, {})[0] == []
         assert store.count() == 1
 
+    def test_crash_between_heads_and_marker_leaves_the_old_document(self, provider_factory):
+        """Heads are written before the commit marker and name the previous version: a crash in between
+        leaves get and search on the old document, and the next write replaces it cleanly."""
+        store = provider_factory().create("heads", CollectionSettings(), FINGERPRINT)
+        rng = np.random.default_rng(12)
+        old, new = unit(rng, 1), unit(rng, 2)
+        store.upsert([embedded("doc", "old text", old, {"v": "1"})])
+        store._client = _CrashingClient(store._client, crash_on="marker")
+        with pytest.raises(Exception, match="crash"):
+            store.upsert([embedded("doc", "new text in two passages", new, {"v": "2"})])
+        other = provider_factory().open("heads", FINGERPRINT)  # another replica, or the restart
+        heads = other._heads(["doc"])
+        assert [v for v, _ in heads["doc"].versions][1:] != []  # the head names the new and the old version
+        assert other.get(["doc"]) == [Document("doc", "old text", {"v": "1"})]
+        hit = other.search_dense(new[0], 1, {}, documents=True)[0][0]
+        assert hit.document.text == "old text" and hit.score == pytest.approx(float(old[0] @ new[0]), abs=1e-5)
+        assert other.count() == 1
+        newer = unit(rng, 1)
+        other.upsert([embedded("doc", "newer", newer)])
+        assert other.get(["doc"])[0].text == "newer"
+        assert len(other.get_passages(["doc"])["doc"][0]) == 1
+        rows = other._query('doc_id == "doc" and passage_index >= 0', ["version"])
+        # the old version's rows and the uncommitted ones are gone, not only hidden
+        assert {int(r["version"]) for r in rows} == {v for v, _ in other._heads(["doc"])["doc"].versions[:1]}
+        assert other.delete(["doc"]) == 1 and other.get(["doc"]) == [] and other.count() == 0
+
+    def test_crash_after_marker_shows_the_new_document_everywhere(self, provider_factory):
+        """A crash after the commit marker, before the old rows are deleted: get and search agree on the new
+        version; reopening removes the superseded rows."""
+        store = provider_factory().create("after", CollectionSettings(), FINGERPRINT)
+        rng = np.random.default_rng(13)
+        old, new = unit(rng, 3), unit(rng, 1)
+        store.upsert([embedded("doc", "old text", old)])
+        store._client = _CrashingClient(store._client, crash_on="delete")
+        with pytest.raises(Exception, match="crash"):
+            store.upsert([embedded("doc", "new text", new)])
+        other = provider_factory().open("after", FINGERPRINT)
+        assert other.get(["doc"])[0].text == "new text"
+        hit = other.search_dense(old[1], 1, {}, documents=True)[0][0]
+        assert hit.document.text == "new text" and hit.score == pytest.approx(float(new[0] @ old[1]), abs=1e-5)
+        assert len(other.get_passages(["doc"])["doc"][0]) == 1
+        assert len(other._query('doc_id == "doc" and passage_index >= 0', ["pk"])) == 1  # repaired on open
+
+    def test_a_head_left_behind_by_an_older_writer_is_repaired_on_open(self, provider_factory):
+        """Heads used to be written after the marker: a crash in between left a head naming the old version
+        while a newer one was committed. Opening the collection moves such heads forward."""
+        store = provider_factory().create("behind", CollectionSettings(), FINGERPRINT)
+        rng = np.random.default_rng(14)
+        store.upsert([embedded("doc", "old text", unit(rng, 1))])
+        version = store._new_version()
+        row = {"doc_id": "doc", "version": version, "start": 0, "end": 8, "text": "", "meta": {}}
+        vec = unit(rng, 1)[0].tolist()
+        store._client.insert(
+            store._collection,
+            [
+                {**row, "pk": f"{version}:0:doc", "passage_index": 0, "text": "new text", "vector": vec},
+                {**row, "pk": f"{version}:marker", "doc_id": "", "passage_index": -1, "vector": [0.0] * len(vec)},
+            ],
+        )
+        other = provider_factory().open("behind", FINGERPRINT)
+        assert other.get(["doc"])[0].text == "new text"
+        assert other.search_dense(np.asarray(vec), 1, {}, documents=True)[0][0].document.text == "new text"
+
+    def test_a_collection_from_before_the_meta_partition_opens_and_moves_heads_into_it(self, provider_factory):
+        """Collections created before heads and markers had their own partition keep working: the partition is
+        added on open, and a document's next write moves its head there (one head row, not two)."""
+        provider = provider_factory()
+        store = provider.create("older", CollectionSettings(), FINGERPRINT)
+        client, full = store._client, store._collection
+        client.release_collection(full)
+        client.drop_partition(full, "meta")
+        client.load_collection(full)
+        rng = np.random.default_rng(16)
+        vec = unit(rng, 1)[0].tolist()
+        row = {"doc_id": "doc", "version": 7, "start": 0, "end": 8, "text": "", "meta": {}, "vector": vec}
+        zero = [0.0] * len(vec)
+        client.insert(  # what the earlier layout wrote, all in the default partition
+            full,
+            [
+                {**row, "pk": "7:0:doc", "passage_index": 0, "text": "old text", "meta": {"k": "v"}},
+                {**row, "pk": "7:marker", "doc_id": "", "passage_index": -1, "vector": zero},
+                {**row, "pk": "h:doc", "passage_index": -2, "end": 1, "vector": zero},
+            ],
+        )
+        other = provider_factory().open("older", FINGERPRINT)
+        assert other._client.has_partition(full, "meta")
+        assert other.get(["doc"]) == [Document("doc", "old text", {"k": "v"})]
+        assert other.search_dense(np.asarray(vec), 1, {}, documents=True)[0][0].document.text == "old text"
+        other.upsert([embedded("doc", "new text", unit(rng, 1))])
+        assert other.get(["doc"])[0].text == "new text"
+        assert len(other._query('pk == "h:doc"', ["version"])) == 1
+        assert other.delete(["doc"]) == 1 and other.count() == 0
+
+    def test_get_and_delete_read_by_primary_key(self, provider_factory):
+        """No doc_id expression (a scan of the collection in Milvus Lite): heads, rows and markers by key."""
+        store = provider_factory().create("keys", CollectionSettings(), FINGERPRINT)
+        rng = np.random.default_rng(15)
+        store.upsert([embedded(f"d{i}", f"text {i}", unit(rng, 2)) for i in range(5)])
+        store._versions = type(store._versions)()  # forget which versions are committed
+        spy = _CrashingClient(store._client, crash_on=None)
+        store._client = spy
+        assert [d.text for d in store.get(["d3", "nope", "d1"])] == ["text 3", "text 1"]
+        assert store.delete(["d1", "nope"]) == 1
+        assert spy.filters and all(f.startswith("pk in [") for f in spy.filters), spy.filters
+        assert [d.id for d in store.get(["d0", "d1", "d2"])] == ["d0", "d2"]
+
     def test_filter_expression_is_literal(self):
         assert filter_expression({"k": '" or 1==1 or "'}) == 'meta["k"] == "\\" or 1==1 or \\""'
         assert filter_expression({'a"b': "\\"}) == 'meta["a\\"b"] == "\\\\"'
@@ -80,6 +186,32 @@ class TestMilvusServer(StoreContract):
     def test_unreachable_milvus_is_unavailable(self):
         with pytest.raises(Unavailable, match="unreachable"):
             MilvusStoreProvider(f"http://127.0.0.1:{free_port()}", timeout=1.0).names()
+
+
+class _CrashingClient:
+    """A Milvus client that fails at one step of a write, as a process killed there would stop (the rows
+    written before it stay); records the filter of every query and delete."""
+
+    def __init__(self, client, crash_on: str | None) -> None:
+        self._client, self._crash_on, self.filters = client, crash_on, []
+
+    def __getattr__(self, name):
+        return getattr(self._client, name)
+
+    def insert(self, collection, rows, **kwargs):
+        if self._crash_on == "marker" and any(r["passage_index"] == -1 for r in rows):
+            raise RuntimeError("crash before the commit marker")
+        return self._client.insert(collection, rows, **kwargs)
+
+    def delete(self, collection, filter):
+        self.filters.append(filter)
+        if self._crash_on == "delete":
+            raise RuntimeError("crash before the old rows are deleted")
+        return self._client.delete(collection, filter=filter)
+
+    def query(self, collection, filter, **kwargs):
+        self.filters.append(filter)
+        return self._client.query(collection, filter=filter, **kwargs)
 
 
 class TestMilvusLiteFile(StoreContract):

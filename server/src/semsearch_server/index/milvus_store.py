@@ -10,29 +10,39 @@ Layout: one Milvus collection ``<prefix><name>`` per semsearch collection, one r
 - ``meta`` (JSON, on every row: filters apply to passages without a join), ``vector`` (the passage's
   normalised embedding; metric IP, so a distance is the cosine).
 
+Passage rows are in the default partition; the bookkeeping rows (commit markers and document heads, below)
+in the partition ``meta``, which searches leave out. A collection created before that partition existed
+gets it on open; its older bookkeeping rows stay where they were (filtered out by ``passage_index``).
+
 The settings and the model fingerprint are collection properties (``semsearch.settings``,
 ``semsearch.fingerprint``), written by the same call that creates the collection and checked on open.
 
 Atomicity without transactions. Milvus writes rows, not transactions, so a write is made visible by a
 *commit marker*: ``upsert`` (1) inserts every passage row of the batch under a fresh version V (new primary
-keys: the rows of the previous versions are untouched), (2) inserts one marker row (``passage_index`` -1,
-``doc_id`` "", version V), (3) points each document's head row (pk ``h:<doc_id>``, ``passage_index`` -2:
-its current version and passage count) at V and deletes the rows of the version the head named before, by
-primary key (a doc_id expression would scan the collection). Readers ignore rows whose version has no
-marker and, when a document has rows of two committed versions (between steps 2 and 3, or after a crash
-there), use the newest. So a crash before (2) leaves the whole batch invisible and a crash after (2) leaves
-all of it visible: the batch is atomic, and no document is ever seen half-replaced (with some passages of
-the new version and some of the old). ``delete`` is a single delete by ``doc_id`` expression. Opening a
-collection repairs what crashes left (superseded versions; uncommitted rows older than ``STALE_SECONDS``,
-which no live writer can still be committing). Every request uses consistency level Strong, so an
-acknowledged write is visible to the next read of any replica.
+keys: the rows of the previous versions are untouched), (2) points each document's head row (pk
+``h:<doc_id>``, ``passage_index`` -2) at V and its passage count, and names in it the version readers used
+until then (``meta.previous_version`` / ``previous_passages``: the newest committed version the old head
+named), (3) inserts one marker row (pk ``<V>:marker``, ``passage_index`` -1, ``doc_id`` "") and (4) deletes,
+by primary key, the rows of the versions the old head named (a doc_id expression would scan the
+collection). Readers ignore rows whose version has no marker: search, among a document's rows, uses the
+newest committed version; ``get`` reads the head and uses the newest committed of the two versions it names
+(two primary-key lookups, no scan). Both agree at every step: a crash before (3) leaves the whole batch
+invisible (heads still name the previous version, which readers use), a crash after (3) leaves all of it
+visible, so the batch is atomic and no document is ever seen half-replaced (with some passages of the new
+version and some of the old). ``delete`` finds the rows through the heads and deletes them by primary key,
+then the heads: a crash in between leaves heads whose rows are gone, read as deleted. Opening a collection
+repairs what crashes left (superseded versions; uncommitted rows older than ``STALE_SECONDS``, which no live
+writer can still be committing; heads that lag behind their document's newest committed version, which a
+crash could leave before heads were written ahead of the marker). Every request uses consistency level
+Strong, so an acknowledged write is visible to the next read of any replica.
 
 Scores: dense is IP of normalised vectors = cosine, as in the local store. Lexical is Milvus's BM25 (k1 1.2,
 b 0.75, idf ``ln(1 + (N - n + 0.5) / (n + 0.5))``) returned as a negative distance and negated here, so it
 is > 0 like the local store's. Its statistics (N, n, average length) are Milvus's, per segment and counting
-every row (passage rows with empty text and markers too), so its values differ from a classic BM25 over
-documents; rankings agree closely. Tokenisation is Milvus's ``standard`` analyzer (Unicode words,
-lowercased; no stemming or stopwords). BM25 is searched without a filter expression and the metadata filter
+every row of the passages' partition (passage rows with empty text too; and heads and markers written
+before they had a partition of their own), so its values differ from a classic BM25 over documents;
+rankings agree closely. Tokenisation is Milvus's ``standard`` analyzer (Unicode words, lowercased; no
+stemming or stopwords). BM25 is searched without a filter expression and the metadata filter
 applied to the hits (``_bm25``), so that, as in the local store, a filter decides which documents match and
 never their scores. A lexical hit's passage is the one with the most query words, as in the local store.
 """
@@ -97,6 +107,12 @@ FLUSH_ROWS = 2048
 _KEY_CHUNK = 1000
 _INSERT_CHUNK = 256
 _MARKER = -1
+# Passage rows live in the default partition, heads and commit markers in META, so that a search, limited to
+# the passages' partition, never visits them: with one head per document they were half the collection's
+# rows and vectors (zero vectors), and a search over both took 1.5-1.9x as long (30k documents, measured).
+# Reads by primary key and expressions span both partitions.
+PASSAGES = "_default"
+META = "meta"
 _HEAD = -2
 _WORD = re.compile(r"\w+", re.UNICODE)
 _ANALYZER = {"tokenizer": "standard", "filter": ["lowercase"]}
@@ -203,9 +219,9 @@ class _Versions:
         with self._lock:
             unknown = versions - self._committed
         if unknown:
-            rows = store._query(
-                _and(f"passage_index == {_MARKER}", _in("version", sorted(unknown))), ["version"], limit=len(unknown)
-            )
+            # markers by primary key: a key lookup, where an expression on version is a scan
+            keys = [f"{v}:marker" for v in sorted(unknown)]
+            rows = store._query(_in("pk", keys), ["version"], limit=len(keys))
             with self._lock:
                 self._committed.update(int(r["version"]) for r in rows)
         with self._lock:
@@ -214,6 +230,29 @@ class _Versions:
     def add(self, version: int) -> None:
         with self._lock:
             self._committed.add(version)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Head:
+    """A document's head row: the version last written (``version``, ``end`` passages) and, in ``meta``, the
+    version readers used before it (written by the same upsert as the head, before the new version's commit
+    marker). Readers use the newest committed of the two, as search does among the document's rows. A head
+    written before the previous-version fields existed names one version only."""
+
+    doc_id: str
+    versions: tuple[tuple[int, int], ...]  # (version, passage count), newest first
+
+    @classmethod
+    def of(cls, row: Mapping[str, Any]) -> _Head:
+        versions = [(int(row["version"]), int(row["end"]))]
+        meta = row.get("meta") or {}
+        if "previous_version" in meta:
+            versions.append((int(meta["previous_version"]), int(meta["previous_passages"])))
+        return cls(row["doc_id"], tuple(versions))
+
+    def row_keys(self, before: int | None = None) -> list[str]:
+        """The primary keys of the passage rows of the versions named (older than ``before``, if given)."""
+        return [f"{v}:{i}:{self.doc_id}" for v, n in self.versions if before is None or v < before for i in range(n)]
 
 
 class MilvusIndexStore:
@@ -344,19 +383,20 @@ class MilvusIndexStore:
                 "meta": {},
                 "vector": [0.0] * self.fingerprint.dimension,
             }
-            self._call("insert (commit marker)", lambda: self._client.insert(self._collection, [marker]))
+            # The heads first, naming the new version and the one readers use until its marker is written
+            # (see _Head): a crash before the marker leaves every reader on the previous version, a crash
+            # after it every reader on the new one, whether it reads by head (get) or by rows (search).
+            previous = self._heads(list(dict.fromkeys(ed.document.id for ed in docs)))
+            heads = {ed.document.id: self._head_row(ed, version, previous.get(ed.document.id)) for ed in docs}
+            head_rows = list(heads.values())
+            self._call("upsert (heads)", lambda: self._client.upsert(self._collection, head_rows, partition_name=META))
+            self._call(
+                "insert (commit marker)", lambda: self._client.insert(self._collection, [marker], partition_name=META)
+            )
             self._versions.add(version)
-            # Superseded rows are found through the documents' head rows (a primary-key lookup), not by a
+            # Superseded rows are found through the documents' old heads (a primary-key lookup), not by a
             # doc_id expression, which Milvus evaluates by scanning: O(collection) per batch.
-            heads = [self._head_row(ed, version) for ed in docs]
-            previous = self._heads([h["pk"] for h in heads])
-            self._call("upsert (heads)", lambda: self._client.upsert(self._collection, heads))
-            old_pks = [
-                f"{int(h['version'])}:{i}:{h['doc_id']}"
-                for h in previous
-                if int(h["version"]) < version
-                for i in range(int(h["end"]))
-            ]
+            old_pks = [pk for head in previous.values() for pk in head.row_keys(before=version)]
             for i in range(0, len(old_pks), 1000):
                 chunk = old_pks[i : i + 1000]
                 self._call("delete", lambda chunk=chunk: self._client.delete(self._collection, filter=_in("pk", chunk)))
@@ -371,8 +411,14 @@ class MilvusIndexStore:
                 self._unflushed_rows = 0
         return len(docs)
 
-    def _head_row(self, ed: EmbeddedDocument, version: int) -> dict:
-        """A document's head: its current version and passage count (in ``end``), keyed by its id."""
+    def _head_row(self, ed: EmbeddedDocument, version: int, previous: _Head | None) -> dict:
+        """A document's head: the version being written and its passage count (in ``end``), and in ``meta``
+        the version readers use until that one is committed (the newest committed one the old head named)."""
+        meta: dict[str, int] = {}
+        if previous is not None:
+            keep = self._current(previous)
+            if keep is not None and keep[0] < version:
+                meta = {"previous_version": keep[0], "previous_passages": keep[1]}
         return {
             "pk": f"h:{ed.document.id}",
             "doc_id": ed.document.id,
@@ -381,18 +427,26 @@ class MilvusIndexStore:
             "start": 0,
             "end": len(ed.passages),
             "text": "",
-            "meta": {},
+            "meta": meta,
             "vector": [0.0] * self.fingerprint.dimension,
         }
 
-    def _heads(self, pks: list[str]) -> list[dict]:
-        out: list[dict] = []
-        for i in range(0, len(pks), 1000):
-            chunk = pks[i : i + 1000]
+    def _heads(self, ids: list[str]) -> dict[str, _Head]:
+        """The head rows of these documents (primary-key lookups), by document id."""
+        out: dict[str, _Head] = {}
+        for i in range(0, len(ids), _KEY_CHUNK):
+            chunk = [f"h:{d}" for d in ids[i : i + _KEY_CHUNK]]
             # An expression on the primary key (a key lookup), quoted by us: pymilvus's get(ids=...) does
             # not escape backslashes in string keys.
-            out.extend(self._query(_in("pk", chunk), ["doc_id", "version", "end"], limit=len(chunk)))
+            for r in self._query(_in("pk", chunk), ["doc_id", "version", "end", "meta"], limit=len(chunk)):
+                out[r["doc_id"]] = _Head.of(r)
         return out
+
+    def _current(self, head: _Head) -> tuple[int, int] | None:
+        """The (version, passage count) readers use for a head's document: the newest committed of the
+        versions it names; None if neither is committed (a first write that has not reached its marker)."""
+        committed = self._versions.committed(self, {v for v, _ in head.versions})
+        return max(((v, n) for v, n in head.versions if v in committed), default=None)
 
     def delete(self, ids: Sequence[str], still_wanted: Callable[[], bool] | None = None) -> int:
         if not ids:
@@ -401,27 +455,38 @@ class MilvusIndexStore:
             raise DeadlineExceeded("the deadline passed before the delete reached Milvus; nothing was deleted")
         with self._write_lock:
             existing = {d.id for d in self.get(ids)}
+            heads = self._heads(sorted(existing))
+            # Rows by primary key (every version the head names, passage 0 first), then the heads: a crash in
+            # between leaves heads whose rows are gone, which readers take as deleted (get finds no passage 0,
+            # search no rows). Deleting the heads first would leave rows that search sees and get does not.
+            keys = [pk for i in sorted(existing) if i in heads for pk in heads[i].row_keys()]
+            keys.sort(key=lambda k: k.split(":", 2)[1] != "0")
+            for begin in range(0, len(keys), _KEY_CHUNK):
+                chunk = keys[begin : begin + _KEY_CHUNK]
+                self._call("delete", lambda chunk=chunk: self._client.delete(self._collection, filter=_in("pk", chunk)))
             if existing:
-                expr = _and(_in("doc_id", sorted(existing)), "passage_index >= 0")
-                self._call("delete", lambda: self._client.delete(self._collection, filter=expr))
-                heads = [f"h:{i}" for i in sorted(existing)]
-                self._call("delete (heads)", lambda: self._client.delete(self._collection, filter=_in("pk", heads)))
+                pks = [f"h:{i}" for i in sorted(existing)]
+                self._call("delete (heads)", lambda: self._client.delete(self._collection, filter=_in("pk", pks)))
         return len(existing)
 
     # -- reads -------------------------------------------------------------------------------------
     def get(self, ids: Sequence[str]) -> list[Document]:
+        """Documents by id through their heads: two primary-key lookups (the heads, then the passage-0 rows of
+        the versions they make current), where a ``doc_id`` expression is a scan of the collection in Milvus
+        Lite (100+ ms at 30k documents, measured; a scalar index on doc_id did not change that)."""
         if not ids:
             return []
-        distinct = list(dict.fromkeys(ids))
-        expr = _and(_in("doc_id", distinct), "passage_index == 0")
-        fields = ["doc_id", "version", "text", "meta"]
-        # One plain query (2-3x faster than an iterator on a growing segment, measured): a document has one
-        # first-passage row, two or three only while a replacement is being committed or repaired.
-        limit = min(MAX_TOPK, 4 * len(distinct) + 16)
-        rows = self._query(expr, fields, limit=limit)
-        if len(rows) >= limit:
-            rows = self._query(expr, fields)
-        found = {r["doc_id"]: r for r in self._visible(rows)}
+        current = {}
+        for doc_id, head in self._heads(list(dict.fromkeys(ids))).items():
+            cur = self._current(head)
+            if cur is not None:
+                current[doc_id] = cur[0]
+        found: dict[str, dict] = {}
+        keys = [f"{v}:0:{d}" for d, v in current.items()]
+        for begin in range(0, len(keys), _KEY_CHUNK):
+            chunk = keys[begin : begin + _KEY_CHUNK]
+            for r in self._query(_in("pk", chunk), ["doc_id", "text", "meta"], limit=len(chunk)):
+                found[r["doc_id"]] = r
         return [
             Document(id=i, text=found[i]["text"], metadata={str(k): str(v) for k, v in found[i]["meta"].items()})
             for i in ids
@@ -452,20 +517,25 @@ class MilvusIndexStore:
         self, queries: np.ndarray, top_k: int, filter: Mapping[str, str], documents: bool = False
     ) -> list[list[DenseMatch]]:
         versions: dict[str, int] = {}
-        results = self._search_dense(queries, top_k, filter, versions)
-        return self._with_documents(results, versions) if documents else results
+        found: dict[str, Document] | None = {} if documents else None
+        results = self._search_dense(queries, top_k, filter, versions, found)
+        return self._with_documents(results, versions, found) if documents else results
 
-    def _with_documents(self, results: list[list], versions: Mapping[str, int]) -> list[list]:
+    def _with_documents(
+        self, results: list[list], versions: Mapping[str, int], known: Mapping[str, Document] | None = None
+    ) -> list[list]:
         """The matches with their documents (a match whose document went since is dropped).
 
-        The hits' rows named the committed version each document was found in, so its text and metadata
-        are on one row whose primary key is known (``<version>:0:<doc_id>``): a key lookup, where reading
-        by ``doc_id`` (`get`) is a scan of the collection in Milvus Lite (seconds per Search at 20k rows,
-        measured), and the document is the very version the score came from.
+        ``known``: documents the search hits already carried (a hit on passage 0 of the version the score
+        came from holds its text and metadata), so a collection of one-passage documents is searched in one
+        Milvus request. For the others, the hits' rows named the committed version each document was found
+        in, so its text and metadata are on one row whose primary key is known (``<version>:0:<doc_id>``): a
+        key lookup, where reading by ``doc_id`` is a scan of the collection in Milvus Lite (seconds per
+        Search at 20k rows, measured), and the document is the very version the score came from.
         """
         ids = list(dict.fromkeys(m.doc_id for row in results for m in row))
-        docs: dict[str, Document] = {}
-        keys = [f"{versions[i]}:0:{i}" for i in ids]
+        docs: dict[str, Document] = {i: known[i] for i in ids if known and i in known}
+        keys = [f"{versions[i]}:0:{i}" for i in ids if i not in docs]
         for begin in range(0, len(keys), _KEY_CHUNK):
             chunk = keys[begin : begin + _KEY_CHUNK]
             for r in self._query(_in("pk", chunk), ["doc_id", "text", "meta"], limit=len(chunk)):
@@ -484,9 +554,16 @@ class MilvusIndexStore:
         top_k: int,
         filter: Mapping[str, str],
         versions: dict[str, int] | None = None,
+        documents: dict[str, Document] | None = None,
     ) -> list[list[DenseMatch]]:
+        """``documents``, when given, receives the document of each match whose hits included passage 0 of
+        the matched version (text and metadata are output fields of the search: measured to cost nothing
+        with short texts, where a second request for them cost a round trip)."""
         queries = np.asarray(queries, dtype=np.float32).reshape(-1, self.fingerprint.dimension)
         expr = _and("passage_index >= 0", filter_expression(filter))
+        fields = ["doc_id", "version", "passage_index", "start", "end"]
+        if documents is not None:
+            fields += ["text", "meta"]
         results: list[list[DenseMatch]] = []
         for q in queries:
             # Over-fetch passages and keep each document's best; widen while passages crowd out documents.
@@ -500,14 +577,16 @@ class MilvusIndexStore:
                         anns_field="vector",
                         limit=limit,
                         filter=expr,
-                        output_fields=["doc_id", "version", "passage_index", "start", "end"],
+                        output_fields=fields,
                         search_params=self._search_params(),
                         consistency_level="Strong",
+                        partition_names=[PASSAGES],
                     )[0],
                 )
                 rows = [{**h["entity"], "distance": h["distance"]} for h in hits]
                 best: dict[str, DenseMatch] = {}
-                for r in self._visible(rows):
+                visible = self._visible(rows)
+                for r in visible:
                     if r["doc_id"] not in best:  # hits come best first
                         if versions is not None:
                             versions[r["doc_id"]] = int(r["version"])
@@ -519,6 +598,13 @@ class MilvusIndexStore:
                 if len(best) >= top_k or len(hits) < limit or limit >= MAX_TOPK:
                     break
                 limit = min(MAX_TOPK, limit * 4)
+            if documents is not None:
+                # _visible kept one version per document: its passage-0 row, if hit, is the document
+                for r in visible:
+                    if int(r["passage_index"]) == 0 and r["doc_id"] in best:
+                        documents[r["doc_id"]] = Document(
+                            id=r["doc_id"], text=r["text"], metadata={str(k): str(v) for k, v in r["meta"].items()}
+                        )
             results.append(sorted(best.values(), key=lambda m: -m.score)[:top_k])
         return results
 
@@ -554,6 +640,7 @@ class MilvusIndexStore:
                     output_fields=fields,
                     search_params={"metric_type": "BM25"},
                     consistency_level="Strong",
+                    partition_names=[PASSAGES],
                 )[0],
             )
             rows = [{**h["entity"], "distance": h["distance"]} for h in hits]
@@ -700,6 +787,7 @@ class MilvusIndexStore:
         for r in rows:
             if int(r["version"]) in committed:
                 newest[r["doc_id"]] = max(newest.get(r["doc_id"], 0), int(r["version"]))
+        self._repair_heads(rows, newest)
         pairs = {(r["doc_id"], int(r["version"])) for r in rows if r["doc_id"] in newest}
         old = sorted((d, v) for d, v in pairs if v < newest[d])
         if stale:
@@ -708,6 +796,46 @@ class MilvusIndexStore:
         for d, v in old:
             expr = _and(f"doc_id == {quote(d)}", f"version == {v}")
             self._call("delete", lambda expr=expr: self._client.delete(self._collection, filter=expr))
+
+    def _repair_heads(self, rows: list[dict], newest: Mapping[str, int]) -> None:
+        """Points heads that lag behind the newest committed version at it (before the previous-version
+        fields, a head was written after the commit marker, so a crash in between left it behind; a head
+        is also created for committed rows that have none). Heads are only ever moved forward: a head
+        naming a newer version than the rows read here belongs to a write still under way elsewhere."""
+        heads = {
+            r["doc_id"]: _Head.of(r)
+            for r in self._query(f"passage_index == {_HEAD}", ["doc_id", "version", "end", "meta"])
+        }
+        passages: dict[tuple[str, int], int] = defaultdict(int)
+        for r in rows:
+            passages[(r["doc_id"], int(r["version"]))] += 1
+        fixed = []
+        for doc_id, version in newest.items():
+            head = heads.get(doc_id)
+            if head is not None and max(v for v, _ in head.versions) >= version:
+                continue
+            fixed.append(
+                {
+                    "pk": f"h:{doc_id}",
+                    "doc_id": doc_id,
+                    "version": version,
+                    "passage_index": _HEAD,
+                    "start": 0,
+                    "end": passages[(doc_id, version)],
+                    "text": "",
+                    "meta": {},
+                    "vector": [0.0] * self.fingerprint.dimension,
+                }
+            )
+        if fixed:
+            log.warning(
+                "collection %r: %d document heads behind their committed version; repaired", self.name, len(fixed)
+            )
+        for i in range(0, len(fixed), _INSERT_CHUNK):
+            chunk = fixed[i : i + _INSERT_CHUNK]
+            self._call(
+                "upsert (heads)", lambda chunk=chunk: self._client.upsert(self._collection, chunk, partition_name=META)
+            )
 
     def snapshot(self) -> None:
         self._call("flush", lambda: self._client.flush(self._collection))
@@ -773,7 +901,13 @@ class MilvusStoreProvider:
 
     def _load(self, name: str, fingerprint: ModelFingerprint) -> MilvusIndexStore:
         settings = self.settings_of(name)
-        call("load", lambda: self._client.load_collection(self._full(name)))
+        full = self._full(name)
+        if not call("describe", lambda: self._client.has_partition(full, META)):
+            # a collection created before heads and markers had a partition of their own: theirs stay in
+            # the passages' partition (filtered out by passage_index, as before); new ones go to META. A
+            # partition can be added to a loaded collection (measured on Milvus Lite): no replica is disturbed.
+            call("create partition", lambda: self._client.create_partition(full, META))
+        call("load", lambda: self._client.load_collection(full))
         store = MilvusIndexStore(self._client, self._full(name), name, settings, fingerprint)
         store.repair()
         return store
@@ -845,6 +979,7 @@ class MilvusStoreProvider:
                 full, schema=schema, index_params=index, consistency_level="Strong", properties=properties
             ),
         )
+        call("create partition", lambda: self._client.create_partition(full, META))
         call("load", lambda: self._client.load_collection(full))
         return MilvusIndexStore(self._client, full, name, settings, fingerprint)
 
