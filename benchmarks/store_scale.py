@@ -160,9 +160,12 @@ class Collection:
         shutil.rmtree(self.store.directory, ignore_errors=True)
 
 
-def side_by_side(big: Collection, kind: IndexKind, root: Path, batch: int, rounds: int, rng) -> tuple[float, float]:
+def side_by_side(
+    big: Collection, kind: IndexKind, root: Path, batch: int, rounds: int, rng
+) -> tuple[float, float, float]:
     """docs/s of upserts into the big collection and into a new one of FIRST documents, batches alternating,
-    medians of `rounds` batches each, snapshot time excluded: (big, small)."""
+    medians of `rounds` batches each, snapshot time excluded, and the same ratio for the vector index alone:
+    (big, small, index-alone big/small)."""
     small = Collection(root / f"{kind.value}-small", kind)
     try:
         small.fill(FIRST, batch, rng)
@@ -173,8 +176,25 @@ def side_by_side(big: Collection, kind: IndexKind, root: Path, batch: int, round
             spent, snap = small.upsert(batch, rng)
             small_s.append(spent - snap)
     finally:
+        small_index = small.store._index.copy()
         small.close()
-    return batch / statistics.median(big_s), batch / statistics.median(small_s)
+    # The vector index alone, on copies of both (the same batch sizes, fresh labels): how much of the ratio is
+    # the index's own insertion cost, which an HNSW graph pays in proportion to its depth, not the store's.
+    big_index = big.store._index.copy()
+    index_big, index_small = [], []
+    for round_no in range(rounds):
+        for index, times in ((big_index, index_big), (small_index, index_small)):
+            labels = np.arange(batch, dtype=np.int64) + (1 << 40) + round_no * batch
+            vectors = unit_vectors(rng, batch)
+            started = time.perf_counter()
+            index.add(labels, vectors)
+            times.append(time.perf_counter() - started)
+    del big_index, small_index
+    return (
+        batch / statistics.median(big_s),
+        batch / statistics.median(small_s),
+        statistics.median(index_small) / statistics.median(index_big),
+    )
 
 
 def ingest(big: Collection, kind: IndexKind, size: int, root: Path, batch: int, rounds: int, rng) -> list[dict]:
@@ -182,7 +202,7 @@ def ingest(big: Collection, kind: IndexKind, size: int, root: Path, batch: int, 
     collection's upserts are timed side by side with a collection of FIRST documents'."""
     print(
         f"{'documents':>19} | {'docs/s':>7} {'w/o snap':>8} | {'snapshots':>9} {'snap s':>7} {'snap MB':>8} | "
-        f"side by side: {'big':>6} {'10k':>6} {'ratio':>5}",
+        f"side by side: {'big':>6} {'10k':>6} {'ratio':>5} {'index':>5}",
         flush=True,
     )
     rows = []
@@ -202,9 +222,13 @@ def ingest(big: Collection, kind: IndexKind, size: int, root: Path, batch: int, 
             "rate_no_snap": (big.done - begin) / max(spent - snap_spent, 1e-9),
         }
         if stop != FIRST and (stop == boundaries[-1] or stop % (5 * STRETCH) == 0):
-            row["big"], row["small"] = side_by_side(big, kind, root, batch, rounds, rng)
+            row["big"], row["small"], row["index"] = side_by_side(big, kind, root, batch, rounds, rng)
         rows.append(row)
-        pair = f"{row['big']:>6.0f} {row['small']:>6.0f} {row['big'] / row['small']:>5.2f}" if "big" in row else ""
+        pair = (
+            f"{row['big']:>6.0f} {row['small']:>6.0f} {row['big'] / row['small']:>5.2f} {row['index']:>5.2f}"
+            if "big" in row
+            else ""
+        )
         print(
             f"{begin:>9,}-{row['range'][1]:>9,} | {row['rate']:>7.0f} {row['rate_no_snap']:>8.0f} | "
             f"{meter.count - snap_count:>9} {snap_spent:>7.1f} {(meter.bytes - snap_bytes) / 1e6:>8.0f} | "
@@ -444,7 +468,8 @@ def run_kind(
     return [
         f"{kind.value:<5} upserts into {big.done:,} vs into {FIRST // 1000}k docs, side by side (median of {rounds} "
         f"batches each, w/o snapshots): {last['big']:.0f} / {last['small']:.0f} docs/s = {ratio:.2f} >= "
-        f"{TARGET_INGEST}  {verdict(ratio >= TARGET_INGEST)}",
+        f"{TARGET_INGEST}  {verdict(ratio >= TARGET_INGEST)} (the vector index alone, copies of both: "
+        f"{last['index']:.2f})",
         f"{kind.value:<5} snapshot bytes written / final size: {meter.bytes / 1e9:.2f} / {final_bytes / 1e9:.2f} GB "
         f"= {written:.2f} <= {TARGET_SNAPSHOT_BYTES}  {verdict(written <= TARGET_SNAPSHOT_BYTES)}",
         *lines,
