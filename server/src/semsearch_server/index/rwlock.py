@@ -16,14 +16,18 @@ class ReadWriteLock:
         self._holding_writers = 0  # readers in read_holding_writers()
         self._upgrading = False  # a holder waits for the readers to leave (upgraded())
 
+    def _admit_reader(self) -> None:
+        """Waits for a reader's turn (called holding the condition's lock)."""
+        # A waiting writer makes new readers wait (so that writers are not starved), except while a
+        # read_holding_writers() section runs: the writer cannot go before it ends anyway.
+        while self._writer or self._upgrading or (self._writers_waiting and not self._holding_writers):
+            self._cond.wait()
+        self._readers += 1
+
     @contextmanager
     def read(self) -> Iterator[None]:
         with self._cond:
-            # A waiting writer makes new readers wait (so that writers are not starved), except while a
-            # read_holding_writers() section runs: the writer cannot go before it ends anyway.
-            while self._writer or self._upgrading or (self._writers_waiting and not self._holding_writers):
-                self._cond.wait()
-            self._readers += 1
+            self._admit_reader()
         try:
             yield
         finally:
@@ -41,9 +45,7 @@ class ReadWriteLock:
         every later search wait for the copy and then the write.
         """
         with self._cond:
-            while self._writer or self._upgrading or (self._writers_waiting and not self._holding_writers):
-                self._cond.wait()
-            self._readers += 1
+            self._admit_reader()
             self._holding_writers += 1
         try:
             yield
