@@ -178,6 +178,27 @@ class TestMilvusServer(StoreContract):
         assert spy.filters and all(f.startswith("pk in [") for f in spy.filters), spy.filters
         assert [d.id for d in store.get(["d0", "d1", "d2"])] == ["d0", "d2"]
 
+    def test_passages_and_their_scores_read_by_primary_key(self, provider_factory):
+        """Explain's passages, hybrid's dense scores and lexical hits' spans: the current version's rows by
+        key through the heads, as Get reads (no doc_id scan), after a replacement that changed the count."""
+        store = provider_factory().create("passage-keys", CollectionSettings(), FINGERPRINT)
+        rng = np.random.default_rng(16)
+        store.upsert([embedded("a", "first text of three passages", unit(rng, 3)), embedded("b", "two", unit(rng, 2))])
+        newer = unit(rng, 2)
+        store.upsert([embedded("a", "now two passages", newer)])
+        store._versions = type(store._versions)()
+        spy = _CrashingClient(store._client, crash_on=None)
+        store._client = spy
+        passages = store.get_passages(["a", "nope", "b"])
+        assert sorted(passages) == ["a", "b"]
+        spans, vectors = passages["a"]
+        assert [p.index for p in spans] == [0, 1] and spans[-1].end == len("now two passages")
+        np.testing.assert_allclose(vectors, newer, atol=1e-6)
+        best = store.dense_scores(newer[1], ["a"])["a"]
+        assert best.passage.index == 1 and abs(best.score - 1) < 1e-5
+        assert [p.index for p in store._spans_of(["b"])["b"]] == [0, 1]
+        assert spy.filters and all(f.startswith("pk in [") for f in spy.filters), spy.filters
+
     def test_filter_expression_is_literal(self):
         assert filter_expression({"k": '" or 1==1 or "'}) == 'meta["k"] == "\\" or 1==1 or \\""'
         assert filter_expression({'a"b': "\\"}) == 'meta["a\\"b"] == "\\\\"'
@@ -212,6 +233,10 @@ class _CrashingClient:
     def query(self, collection, filter, **kwargs):
         self.filters.append(filter)
         return self._client.query(collection, filter=filter, **kwargs)
+
+    def query_iterator(self, collection, filter, **kwargs):
+        self.filters.append(filter)
+        return self._client.query_iterator(collection, filter=filter, **kwargs)
 
 
 class TestMilvusLiteFile(StoreContract):

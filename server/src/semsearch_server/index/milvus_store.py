@@ -493,14 +493,24 @@ class MilvusIndexStore:
             if i in found
         ]
 
-    def _passage_rows(self, ids: Sequence[str]) -> list[dict]:
+    def _passage_rows(self, ids: Sequence[str], fields: Sequence[str] = ("vector",)) -> list[dict]:
+        """The passage rows of these documents' current versions, as `get` reads them: through the heads,
+        then by primary key (``<version>:<index>:<doc_id>`` for each of the version's passages), where a
+        ``doc_id`` expression is a scan of the collection in Milvus Lite."""
         if not ids:
             return []
-        rows = self._query(
-            _and(_in("doc_id", list(dict.fromkeys(ids))), "passage_index >= 0"),
-            ["doc_id", "version", "passage_index", "start", "end", "vector"],
-        )
-        return self._visible(rows)
+        keys = []
+        for doc_id, head in self._heads(list(dict.fromkeys(ids))).items():
+            current = self._current(head)
+            if current is not None:
+                version, passages = current
+                keys += [f"{version}:{i}:{doc_id}" for i in range(passages)]
+        wanted = ["doc_id", "version", "passage_index", "start", "end", *fields]
+        rows: list[dict] = []
+        for begin in range(0, len(keys), _KEY_CHUNK):
+            chunk = keys[begin : begin + _KEY_CHUNK]
+            rows += self._query(_in("pk", chunk), wanted, limit=len(chunk))
+        return rows
 
     def get_passages(self, ids: Sequence[str]) -> dict[str, tuple[tuple[PassageT, ...], np.ndarray]]:
         per: dict[str, list[dict]] = defaultdict(list)
@@ -673,11 +683,7 @@ class MilvusIndexStore:
         """Each document's passages (offsets only), in order."""
         if not ids:
             return {}
-        rows = self._visible(
-            self._query(
-                _and(_in("doc_id", ids), "passage_index >= 0"), ["doc_id", "version", "passage_index", "start", "end"]
-            )
-        )
+        rows = self._passage_rows(ids, fields=())
         out: dict[str, list[PassageT]] = defaultdict(list)
         for r in sorted(rows, key=lambda r: int(r["passage_index"])):
             out[r["doc_id"]].append(PassageT(int(r["passage_index"]), int(r["start"]), int(r["end"])))
