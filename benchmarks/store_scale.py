@@ -493,6 +493,18 @@ def main() -> None:
     )
     args = parser.parse_args()
     phases = set(filter(None, args.phases.split(",")))
+    # The last stretch keeps --rounds batches back for the side-by-side comparison, after the first FIRST.
+    smallest = FIRST + (args.rounds + 1) * args.batch
+    kinds = args.kinds.split(",")
+    sizes = {"--hnsw-size": args.hnsw_size} if "hnsw" in kinds else {}
+    if set(kinds) - {"hnsw"}:
+        sizes["--size"] = args.size
+    for flag, value in sizes.items():
+        if value < smallest:
+            parser.error(
+                f"{flag} {value}: at least {smallest:,} ({FIRST:,} documents, then --rounds {args.rounds} + 1 "
+                f"batches of --batch {args.batch} for the side-by-side comparison)"
+            )
     root = Path(tempfile.mkdtemp(prefix="store_scale-", dir=args.dir))
     print(
         f"store-level upserts of synthetic unit vectors (d={DIM}, no model), {os.cpu_count()} CPUs, "
@@ -501,7 +513,7 @@ def main() -> None:
     )
     verdicts = []
     try:
-        for kind in (IndexKind(k) for k in args.kinds.split(",")):
+        for kind in (IndexKind(k) for k in kinds):
             size = args.hnsw_size if kind is IndexKind.HNSW else args.size
             verdicts += run_kind(kind, size, args.batch, root, args.seed, args.search_seconds, args.rounds, phases)
     finally:
