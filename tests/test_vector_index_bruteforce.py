@@ -258,8 +258,9 @@ def test_hnsw_asks_for_compaction_once_a_quarter_is_dead() -> None:
 
 def test_one_query_searches_on_one_openmp_thread_and_several_on_all():
     """faiss splits a lone query's flat scan among its OpenMP threads, which only adds their wake-ups (2.5x
-    slower at 10k vectors on 2 cores): one query runs on one thread, several on all (the answers are
-    the same either way). The thread count is per calling thread, so each search sets it."""
+    slower at 10k vectors on 2 cores): one query runs on one thread, several on the thread's own count (the
+    answers are the same either way). The count is per calling thread and is given back after the search,
+    so the thread's later adds and builds keep theirs."""
     import threading
 
     import faiss
@@ -267,17 +268,36 @@ def test_one_query_searches_on_one_openmp_thread_and_several_on_all():
     rng = np.random.default_rng(7)
     vectors = unit_vectors(rng, 300)
     index = VectorIndex.built(SPECS[IndexKind.FLAT], DIM, np.arange(300), vectors)
+    during: list[int] = []
+
+    class Recording:  # the FAISS index, noting the thread count each search runs with
+        def __init__(self, inner) -> None:
+            self.inner = inner
+
+        def __getattr__(self, name):
+            return getattr(self.inner, name)
+
+        def search(self, *args, **kwargs):
+            during.append(faiss.omp_get_max_threads())
+            return self.inner.search(*args, **kwargs)
+
+    index._index = Recording(index._index)
     queries = unit_vectors(rng, 3)
-    seen: dict[str, int] = {}
+    after: list[int] = []
 
     def search() -> None:
-        for name, batch in (("one", queries[:1]), ("several", queries)):
+        for batch in (queries[:1], queries):
             scores, labels = index.search(batch, K)
-            seen[name] = faiss.omp_get_max_threads()
+            after.append(faiss.omp_get_max_threads())
             truth = np.argsort(-(batch @ vectors.T), axis=1, kind="stable")[:, :K]
             assert (labels == truth).all()
+        faiss.omp_set_num_threads(3)  # a thread building on a count of its own (a Reindex) searches once
+        index.search(queries[:1], K)
+        after.append(faiss.omp_get_max_threads())
 
     worker = threading.Thread(target=search)
     worker.start()
     worker.join()
-    assert seen == {"one": 1, "several": vector_index._SEARCH_THREADS}
+    threads = vector_index._OPENMP_THREADS
+    assert during == [1, threads, 1]
+    assert after == [threads, threads, 3]

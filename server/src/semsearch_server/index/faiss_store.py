@@ -63,7 +63,7 @@ from semsearch_server.index.lexical import Analyzer, LexicalIndex
 from semsearch_server.index.rwlock import ReadWriteLock
 from semsearch_server.index.snapshot_policy import SnapshotPolicy
 from semsearch_server.index.storage_faults import disk_full_message, is_disk_full, is_io_failure
-from semsearch_server.index.vector_index import VectorIndex
+from semsearch_server.index.vector_index import VectorIndex, all_cores_but_one, openmp_threads
 
 log = logging.getLogger(__name__)
 
@@ -496,9 +496,9 @@ class FaissIndexStore:
 
     def _rebuild_beside(self, from_seq: int) -> None:
         started = time.monotonic()
-        # OpenMP's thread count is per calling thread: this build leaves a core to the searches (on 2
-        # cores, a compaction on both made a lone HNSW search 80x slower at p50).
-        faiss.omp_set_num_threads(max(1, faiss.omp_get_max_threads() - 1))
+        # OpenMP's thread count is per calling thread (this one ends with the build): the build leaves a core
+        # to the searches (on 2 cores, a compaction on both made a lone HNSW search 80x slower at p50).
+        faiss.omp_set_num_threads(all_cores_but_one())
         try:
             db = sqlite3.connect(self.directory / DATABASE, isolation_level=None, check_same_thread=False, timeout=30)
             try:
@@ -776,9 +776,7 @@ class FaissIndexStore:
                 raise StorageFailed(self._failed)
             first = self._write_transaction(lambda seq: self._reserve_passage_labels(len(owners)))
         labels = np.arange(first, first + len(owners), dtype=np.int64)
-        threads = faiss.omp_get_max_threads()
-        faiss.omp_set_num_threads(max(1, threads - 1))  # a core left to the searches, as a rebuild beside
-        try:
+        with openmp_threads(all_cores_but_one()):  # a core left to the searches, as a rebuild beside
             index = VectorIndex.built(self.spec, dim, labels, vectors)
             # The writes that arrived meanwhile, applied beside too (a few rounds, while they keep coming), so
             # that the exclusive section only has the last few to apply (HNSW inserts ~0.2 ms a vector).
@@ -787,8 +785,6 @@ class FaissIndexStore:
                 caught_up, applied = self._catch_up(index, caught_up)
                 if applied <= _CATCH_UP_ENOUGH:
                     break
-        finally:
-            faiss.omp_set_num_threads(threads)
 
         def rewrite(seq: int) -> tuple[int, np.ndarray, np.ndarray]:
             db = self._db

@@ -6,6 +6,8 @@ Scores are inner products of L2-normalised vectors (cosine). Labels are the docu
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import faiss
@@ -20,9 +22,25 @@ _HNSW_REBUILD_DEAD_FRACTION = 0.25
 _EXACT_FILTER_MAX = 20_000
 # IVF needs training data: until this many vectors per list exist it answers with exact search.
 _IVF_MIN_POINTS_PER_LIST = 39
-# OpenMP threads a search of several queries may use (faiss splits the queries among them). The count is
-# per calling thread, so it is set on every search: see `search`.
-_SEARCH_THREADS = faiss.omp_get_max_threads()
+# faiss's OpenMP threads for the process (every core unless OMP_NUM_THREADS says otherwise).
+_OPENMP_THREADS = faiss.omp_get_max_threads()
+
+
+@contextmanager
+def openmp_threads(count: int) -> Iterator[None]:
+    """Runs the block with faiss on `count` OpenMP threads in the calling thread (OpenMP's count is per
+    thread), then gives the thread back the count it had, so that its later adds and searches keep theirs."""
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(count)
+    try:
+        yield
+    finally:
+        faiss.omp_set_num_threads(before)
+
+
+def all_cores_but_one() -> int:
+    """OpenMP threads for a build running beside searches: one core is left to them."""
+    return max(1, _OPENMP_THREADS - 1)
 
 
 def _empty_result(n: int, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -324,8 +342,8 @@ class VectorIndex:
         # their wake-ups and a merge: 0.32 against 0.80 ms at 10k vectors, 11 against 15 ms at 100k, at a
         # quarter of the CPU (measured here, 2 cores); HNSW and IVF were no faster on two. Several queries
         # are split among the threads, which pays (16 queries at 10k: 6.2 -> 3.2 ms).
-        faiss.omp_set_num_threads(1 if len(queries) == 1 else _SEARCH_THREADS)
-        scores, ids = self._index.search(queries, k_eff, params=params)
+        with openmp_threads(1) if len(queries) == 1 else nullcontext():
+            scores, ids = self._index.search(queries, k_eff, params=params)
         return _pad_to(k, scores, self._to_labels(ids))
 
     def _search_subset(self, queries: np.ndarray, k: int, allowed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
