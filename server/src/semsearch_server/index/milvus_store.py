@@ -448,6 +448,16 @@ class MilvusIndexStore:
         committed = self._versions.committed(self, {v for v, _ in head.versions})
         return max(((v, n) for v, n in head.versions if v in committed), default=None)
 
+    def _current_versions(self, ids: Sequence[str]) -> dict[str, tuple[int, int]]:
+        """{doc_id: (version, passage count)} that readers use, through the heads; documents absent or not
+        yet committed are left out."""
+        out = {}
+        for doc_id, head in self._heads(list(dict.fromkeys(ids))).items():
+            current = self._current(head)
+            if current is not None:
+                out[doc_id] = current
+        return out
+
     def delete(self, ids: Sequence[str], still_wanted: Callable[[], bool] | None = None) -> int:
         if not ids:
             return 0
@@ -476,13 +486,8 @@ class MilvusIndexStore:
         Lite (100+ ms at 30k documents, measured; a scalar index on doc_id did not change that)."""
         if not ids:
             return []
-        current = {}
-        for doc_id, head in self._heads(list(dict.fromkeys(ids))).items():
-            cur = self._current(head)
-            if cur is not None:
-                current[doc_id] = cur[0]
         found: dict[str, dict] = {}
-        keys = [f"{v}:0:{d}" for d, v in current.items()]
+        keys = [f"{v}:0:{d}" for d, (v, _) in self._current_versions(ids).items()]
         for begin in range(0, len(keys), _KEY_CHUNK):
             chunk = keys[begin : begin + _KEY_CHUNK]
             for r in self._query(_in("pk", chunk), ["doc_id", "text", "meta"], limit=len(chunk)):
@@ -499,12 +504,8 @@ class MilvusIndexStore:
         ``doc_id`` expression is a scan of the collection in Milvus Lite."""
         if not ids:
             return []
-        keys = []
-        for doc_id, head in self._heads(list(dict.fromkeys(ids))).items():
-            current = self._current(head)
-            if current is not None:
-                version, passages = current
-                keys += [f"{version}:{i}:{doc_id}" for i in range(passages)]
+        current = self._current_versions(ids)
+        keys = [f"{version}:{i}:{doc_id}" for doc_id, (version, n) in current.items() for i in range(n)]
         wanted = ["doc_id", "version", "passage_index", "start", "end", *fields]
         rows: list[dict] = []
         for begin in range(0, len(keys), _KEY_CHUNK):
