@@ -3,10 +3,19 @@
 from __future__ import annotations
 
 import time
+import tracemalloc
 
 import numpy as np
 import pytest
-from semsearch_server.domain import CollectionSettings, Document, ModelFingerprint, Passage, PassageConfig
+from semsearch_server.domain import (
+    CollectionSettings,
+    Document,
+    IndexKind,
+    IndexSpec,
+    ModelFingerprint,
+    Passage,
+    PassageConfig,
+)
 from semsearch_server.errors import DeadlineExceeded
 from semsearch_server.index.base import EmbeddedDocument
 from semsearch_server.index.faiss_store import FaissIndexStore
@@ -93,6 +102,74 @@ def test_a_growing_collection_snapshots_in_proportion_to_its_size(store, monkeyp
     assert 5 <= len(snapshots) <= 10, snapshots
     for before, after in zip(snapshots, snapshots[1:], strict=False):
         assert after >= 1.4 * before
+
+
+def _filled_store(directory, kind: IndexKind, size: int) -> FaissIndexStore:
+    # Small graph parameters: the fill is not what is measured.
+    spec = IndexSpec(kind=kind, hnsw_m=8, hnsw_ef_construction=16, hnsw_ef_search=16)
+    store = FaissIndexStore.create(directory, directory.name, CollectionSettings(index=spec), FINGERPRINT)
+    for start in range(0, size, 1000):
+        store.upsert(_numbered(start, min(1000, size - start)))
+    store.snapshot()  # no snapshot falls due inside the measured writes
+    return store
+
+
+def _numbered(start: int, n: int, version: int = 0) -> list[EmbeddedDocument]:
+    words = "wine fish rain river stone bread music light paper glass".split()
+    docs = []
+    for i in range(start, start + n):
+        text = f"document {i} {'revised ' * version}" + " ".join(words[(i + k) % len(words)] for k in range(3))
+        docs.append(
+            EmbeddedDocument(
+                Document(f"d{i}", text, {"group": str(i % 7)}),
+                (Passage(0, 0, len(text)),),
+                unit(i + 7919 * version)[None, :],
+            )
+        )
+    return docs
+
+
+@pytest.mark.parametrize("kind", [IndexKind.HNSW, IndexKind.FLAT])
+def test_an_upserts_work_does_not_grow_with_the_collection(tmp_path, kind):
+    """The same batch (4 new documents, 4 replaced) into a collection of 2,000 and of 16,000 documents: the
+    SQLite statements' virtual-machine steps (a scan steps through every row) and the Python/numpy memory
+    allocated at its peak (a temporary over every label, term or slot shows there) stay the same. Medians of
+    5 batches, so that an amortised doubling of a buffer in one of them does not count."""
+
+    def work(size: int) -> tuple[float, float]:
+        store = _filled_store(tmp_path / f"c{size}", kind, size)
+        steps, peaks = [], []
+        counted = [0]
+
+        def tick() -> int:
+            counted[0] += 1
+            return 0
+
+        try:
+            for round_no in range(5):
+                batch = _numbered(size + 4 * round_no, 4) + _numbered(100 + 4 * round_no, 4, version=1)
+                counted[0] = 0
+                store._db.set_progress_handler(tick, 10)
+                tracemalloc.start()
+                try:
+                    store.upsert(batch)
+                    peaks.append(tracemalloc.get_traced_memory()[1])
+                finally:
+                    tracemalloc.stop()
+                    store._db.set_progress_handler(None, 0)
+                steps.append(10 * counted[0])
+            assert store.count() == size + 20
+            revised = {m.doc_id for m in store.search_lexical(["revised"], 50, {})[0]}
+            assert revised == {f"d{i}" for i in range(100, 120)}
+        finally:
+            store.close(snapshot=False)
+        return float(np.median(steps)), float(np.median(peaks))
+
+    small_steps, small_peak = work(2_000)
+    big_steps, big_peak = work(16_000)
+    assert big_steps <= 1.1 * small_steps + 100, (big_steps, small_steps)
+    # 16,000 labels of int64 are 128 KB: one temporary over them would show.
+    assert big_peak <= 1.2 * small_peak + 32_000, (big_peak, small_peak)
 
 
 def test_an_hnsw_compaction_runs_beside_the_live_index_without_stopping_search_or_writes(tmp_path, monkeypatch):
