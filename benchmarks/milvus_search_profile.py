@@ -3,7 +3,8 @@
 A `milvus-lite server` process; N one-passage documents (random normalised 384-d vectors: what is
 measured does not depend on the vectors) written through `MilvusIndexStore.upsert` in batches of 1,000,
 as `scale_out.py` loads them (so with the store's flush every FLUSH_ROWS rows); then flushed, the index
-waited for, released and loaded (`scale_out.seal_and_reload`). Printed:
+waited for, released and loaded, Milvus Lite's background work let settle (`scale_out.seal_and_reload`).
+Printed:
 
 - the layout: Milvus Lite's live data files (segments) per partition and their rows, from its manifest;
 - the store's dense search (`search_dense`, top 10, with documents, as a Search asks it) p50, sequential,
@@ -133,7 +134,8 @@ def main() -> int:
         for i in range(0, args.n, 1000):
             store.upsert(docs[i : i + 1000])
         print(f"{args.n} documents ({args.kind}): written at {args.n / (time.perf_counter() - started):,.0f} docs/s")
-        print(f"flush + index + reload: {seal_and_reload(provider._client, store._collection):.0f} s")
+        reload_s = seal_and_reload(provider._client, store._collection, data_dir=work / "milvus")
+        print(f"flush, reload, and Milvus Lite's background compaction and index builds settled: {reload_s:.0f} s")
         for partition, rows in layout(work / "milvus", store._collection).items():
             role = "passages, searched" if partition == PASSAGES else "heads and markers"
             print(f"partition {partition} ({role}): {len(rows)} data files, {sum(rows):,} rows, rows per file {rows}")
