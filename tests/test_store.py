@@ -17,6 +17,7 @@ from semsearch_server.domain import (
     PassageConfig,
 )
 from semsearch_server.errors import DeadlineExceeded
+from semsearch_server.index import faiss_store as faiss_store_module
 from semsearch_server.index.base import EmbeddedDocument
 from semsearch_server.index.faiss_store import FaissIndexStore
 
@@ -255,6 +256,38 @@ def test_reindex_embeds_without_the_lock_and_keeps_what_was_written_meanwhile(st
         assert best.doc_id == f"d{i}" and abs(best.score - 1) < 1e-5
     assert store.search_dense(unit(50)[None, :], 1, {})[0][0].doc_id == "d0"
     assert store.get(["d1"]) == [] and store._index.ntotal == 4
+
+
+def test_reindex_embeds_in_chunks_and_stores_every_chunks_passages(store, monkeypatch):
+    # A Reindex hands embed_documents a chunk at a time (so a chunk's objects are gone before the next are
+    # made); the passages of every chunk, with their own counts and spans, end up stored and searchable.
+    monkeypatch.setattr(faiss_store_module, "_REINDEX_CHUNK", 3)
+    store.upsert([embedded(f"d{i}", f"document number {i} " * 3, [i]) for i in range(8)])
+    new_model = ModelFingerprint("fake2", "1" * 64, 8, "mean", True, 16, "fake")
+    chunks = []
+
+    def embed_documents(docs):
+        chunks.append([d.id for d in docs])
+        # Document i gets i % 3 + 1 passages, the vector of passage j seeded 100 * (i + 1) + j.
+        return [
+            embedded(d.id, d.text, [100 * (int(d.id[1:]) + 1) + j for j in range(int(d.id[1:]) % 3 + 1)]) for d in docs
+        ]
+
+    assert store.replace_all_vectors(new_model, embed_documents) == 8
+    assert chunks == [["d0", "d1", "d2"], ["d3", "d4", "d5"], ["d6", "d7"]]
+    assert store._index.ntotal == sum(i % 3 + 1 for i in range(8))
+    for reopened in (False, True):
+        if reopened:
+            store.close()
+            store = FaissIndexStore.open(store.directory, new_model, 2)
+        for i in range(8):
+            want = embedded(f"d{i}", f"document number {i} " * 3, [100 * (i + 1) + j for j in range(i % 3 + 1)])
+            passages, vectors = store.get_passages([f"d{i}"])[f"d{i}"]
+            assert passages == want.passages
+            np.testing.assert_allclose(vectors, want.vectors, atol=1e-6)
+            best = store.search_dense(want.vectors[-1][None, :], 1, {})[0][0]
+            assert best.doc_id == f"d{i}" and best.passage == want.passages[-1] and abs(best.score - 1) < 1e-5
+    store.close()
 
 
 def test_a_snapshot_being_written_stops_neither_searches_nor_writes(tmp_path, monkeypatch):

@@ -117,6 +117,8 @@ CREATE TABLE IF NOT EXISTS passage_deletions (label INTEGER PRIMARY KEY, seq INT
 _CATCH_UP_ENOUGH = 1024
 # Upserts are applied in slices of this many rows' SQL parameters (SQLite's variable limit).
 _SQL_CHUNK = 500
+# Documents re-embedded per call of a Reindex's embed_documents (see _embed_in_chunks).
+_REINDEX_CHUNK = 8192
 # A snapshot that could not be written (a full disk) is tried again at a write at least this long after
 # the failure, doubling up to the maximum: the database holds every write meanwhile, a restart replays them.
 SNAPSHOT_RETRY_SECONDS = 2.0
@@ -757,19 +759,7 @@ class FaissIndexStore:
             finally:
                 db.execute("COMMIT")
             self._reindex_from_seq = read_seq  # snapshots keep the log after R until the swap
-        embedded = embed_documents([Document(r[1], r[2], json.loads(r[3])) for r in rows]) if rows else []
-        owners = np.array(
-            [row[0] for row, item in zip(rows, embedded, strict=True) for _ in item.passages], dtype=np.int64
-        )
-        spans = np.array(
-            [(p.index, p.start, p.end) for item in embedded for p in item.passages], dtype=np.int64
-        ).reshape(-1, 3)
-        dim = fingerprint.dimension
-        vectors = (
-            np.concatenate([np.asarray(item.vectors, np.float32).reshape(-1, dim) for item in embedded])
-            if embedded
-            else np.zeros((0, dim), np.float32)
-        )
+        owners, spans, vectors, passage_counts = self._embed_in_chunks(rows, fingerprint.dimension, embed_documents)
         with self._lock.write():
             self._ensure_open()
             if self._failed_error is StorageFailed:  # re-embedding does not make its files trustworthy again
@@ -777,7 +767,7 @@ class FaissIndexStore:
             first = self._write_transaction(lambda seq: self._reserve_passage_labels(len(owners)))
         labels = np.arange(first, first + len(owners), dtype=np.int64)
         with openmp_threads(all_cores_but_one()):  # a core left to the searches, as a rebuild beside
-            index = VectorIndex.built(self.spec, dim, labels, vectors)
+            index = VectorIndex.built(self.spec, fingerprint.dimension, labels, vectors)
             # The writes that arrived meanwhile, applied beside too (a few rounds, while they keep coming), so
             # that the exclusive section only has the last few to apply (HNSW inserts ~0.2 ms a vector).
             caught_up = read_seq
@@ -802,16 +792,14 @@ class FaissIndexStore:
             db.executemany(
                 "INSERT OR REPLACE INTO passage_deletions(label, seq) VALUES (?, ?)", [(lb, seq) for lb in removed]
             )
-            passage_kept = np.repeat(kept, [len(item.passages) for item in embedded]) if embedded else kept
+            passage_kept = np.repeat(kept, passage_counts)
+            owner_list, span_list = owners.tolist(), spans.tolist()
             db.executemany(
                 "INSERT INTO passages(label, doc_label, idx, start, end, vector, seq) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                [
-                    (first + i, row[0], p.index, p.start, p.end, vectors[i].tobytes(), seq)
-                    for i, (row, p) in enumerate(
-                        (row, p) for row, item in zip(rows, embedded, strict=True) for p in item.passages
-                    )
-                    if passage_kept[i]
-                ],
+                (
+                    (first + i, owner_list[i], *span_list[i], vectors[i].tobytes(), seq)
+                    for i in np.flatnonzero(passage_kept).tolist()
+                ),
             )
             # SQLite has spilled most of the rewrite's pages to the WAL file as its cache filled: flushed to
             # disk now, they leave COMMIT's own fsync little to write (at 300k passages that fsync took
@@ -853,6 +841,44 @@ class FaissIndexStore:
             ) from exc
         self._snapshot_or_defer()
         return count
+
+    @staticmethod
+    def _embed_in_chunks(
+        rows: list[tuple],
+        dim: int,
+        embed_documents: Callable[[list[Document]], list[EmbeddedDocument]],
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Re-embeds the documents of `rows` (label, id, text, metadata, seq) a chunk at a time; returns each new
+        passage's owner label, its (index, start, end) and vector, and each document's passage count.
+
+        A chunk's Document and EmbeddedDocument objects are gone before the next chunk's are made: the garbage
+        collector's full passes then walk thousands of them, not a collection's worth (at 200k documents,
+        all at once, they stopped every thread for up to 150-270 ms each, six times per Reindex).
+        """
+        owners, spans, vectors, counts = [], [], [], []
+        for start in range(0, len(rows), _REINDEX_CHUNK):
+            chunk = rows[start : start + _REINDEX_CHUNK]
+            embedded = embed_documents([Document(r[1], r[2], json.loads(r[3])) for r in chunk])
+            if len(embedded) != len(chunk):
+                raise RuntimeError(f"re-embedding returned {len(embedded)} documents for {len(chunk)}")
+            per_document = np.array([len(item.passages) for item in embedded], dtype=np.int64)
+            owners.append(np.repeat(np.array([r[0] for r in chunk], dtype=np.int64), per_document))
+            spans.append(
+                np.array(
+                    [(p.index, p.start, p.end) for item in embedded for p in item.passages], dtype=np.int64
+                ).reshape(-1, 3)
+            )
+            vectors.append(np.concatenate([np.asarray(item.vectors, np.float32).reshape(-1, dim) for item in embedded]))
+            counts.append(per_document)
+        if not rows:
+            empty = np.zeros(0, dtype=np.int64)
+            return empty, np.zeros((0, 3), dtype=np.int64), np.zeros((0, dim), np.float32), empty
+        return (
+            np.concatenate(owners),
+            np.concatenate(spans),
+            np.concatenate(vectors),
+            np.concatenate(counts),
+        )
 
     def _swap_reindexed(
         self,
