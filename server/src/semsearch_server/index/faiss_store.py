@@ -467,11 +467,26 @@ class FaissIndexStore:
             self._passages.set(np.array(rows, dtype=np.int64))
 
     def _replay_vectors_after(self, snap_seq: int) -> int:
-        rows = self._db.execute("SELECT label FROM passage_deletions WHERE seq > ?", (snap_seq,)).fetchall()
-        self._index.remove(np.array([r[0] for r in rows], dtype=np.int64))
-        labels, vectors = self._vectors_where("seq > ?", (snap_seq,))
-        self._index.add(labels, vectors)
-        return len(rows) + len(labels)
+        return self._apply_changes(self._index, self._changes_after(self._db, snap_seq))
+
+    def _changes_after(
+        self, db: sqlite3.Connection, after: int, upto: int | None = None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The vector index's changes with a sequence number in (after, upto] (no upto: every later one), read
+        from `db`: the passage labels removed, then the passages added (labels ascending) and their vectors.
+        What a restart replays after a snapshot, and what an index built beside catches up with."""
+        window, params = ("seq > ?", (after,)) if upto is None else ("seq > ? AND seq <= ?", (after, upto))
+        removed = db.execute(f"SELECT label FROM passage_deletions WHERE {window}", params).fetchall()
+        labels, vectors = self._vectors_where(window, params, db)
+        return np.array([r[0] for r in removed], dtype=np.int64), labels, vectors
+
+    @staticmethod
+    def _apply_changes(index: VectorIndex, changes: tuple[np.ndarray, np.ndarray, np.ndarray]) -> int:
+        """Applies _changes_after's removals, then its additions, to `index`; returns how many there were."""
+        removed, labels, vectors = changes
+        index.remove(removed)
+        index.add(labels, vectors)
+        return len(removed) + len(labels)
 
     def _replay_lexical_after(self, lex_seq: int) -> int:
         removed = self._db.execute("SELECT label FROM deletions WHERE seq > ?", (lex_seq,)).fetchall()
@@ -523,14 +538,7 @@ class FaissIndexStore:
                 self._write_vector_snapshot(index, from_seq)
             # The writes made meanwhile are applied beside too, in rounds while they keep coming, as a Reindex
             # does: the write lock is then held for the last few only (an HNSW insert costs ~0.2 ms a vector).
-            caught_up, beside = from_seq, 0
-            for _ in range(4):
-                if self._closed or self._failed is not None:
-                    return
-                caught_up, applied = self._catch_up(index, caught_up)
-                beside += applied
-                if applied <= _CATCH_UP_ENOUGH:
-                    break
+            caught_up, beside = self._catch_up_in_rounds(index, from_seq)
             # Under the lock only the replay of what arrived since, and the swap.
             with self._lock.write():
                 if self._closed or self._failed is not None:
@@ -569,10 +577,13 @@ class FaissIndexStore:
             lexical.add([r[0] for r in rows], [r[1] for r in rows])
         self._lexical = lexical
 
-    def _vectors_where(self, where: str, params: tuple) -> tuple[np.ndarray, np.ndarray]:
+    def _vectors_where(
+        self, where: str, params: tuple, db: sqlite3.Connection | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         # No ORDER BY: with it SQLite scans the whole table in label order instead of using passages_seq
         # for "seq > ?" (a replay read every stored vector: 1.5 GB at 1M). Sorted here instead.
-        rows = self._db.execute(f"SELECT label, vector FROM passages WHERE {where}", params).fetchall()
+        db = self._db if db is None else db
+        rows = db.execute(f"SELECT label, vector FROM passages WHERE {where}", params).fetchall()
         labels, vectors = self._unpack_vectors(rows)
         if len(labels) > 1 and (np.diff(labels) < 0).any():
             order = np.argsort(labels, kind="stable")
@@ -770,11 +781,7 @@ class FaissIndexStore:
             index = VectorIndex.built(self.spec, fingerprint.dimension, labels, vectors)
             # The writes that arrived meanwhile, applied beside too (a few rounds, while they keep coming), so
             # that the exclusive section only has the last few to apply (HNSW inserts ~0.2 ms a vector).
-            caught_up = read_seq
-            for _ in range(4):
-                caught_up, applied = self._catch_up(index, caught_up)
-                if applied <= _CATCH_UP_ENOUGH:
-                    break
+            caught_up, _ = self._catch_up_in_rounds(index, read_seq)
 
         def rewrite(seq: int) -> tuple[int, np.ndarray, np.ndarray]:
             db = self._db
@@ -897,12 +904,7 @@ class FaissIndexStore:
         # The documents written or deleted after R keep what those writes gave them: their new passages
         # replace the reserved ones (those up to `caught_up` are in already).
         index.remove(labels[~passage_kept])
-        gone = self._db.execute(
-            "SELECT label FROM passage_deletions WHERE seq > ? AND seq < ?", (caught_up, seq)
-        ).fetchall()
-        index.remove(np.array([r[0] for r in gone], dtype=np.int64))
-        later_labels, later_vectors = self._vectors_where("seq > ? AND seq < ?", (caught_up, seq))
-        index.add(later_labels, later_vectors)
+        self._apply_changes(index, self._changes_after(self._db, caught_up, seq - 1))  # seq: the rewrite's own
         self._index = index
         self._failed = None
         if self._recovered:
@@ -914,31 +916,34 @@ class FaissIndexStore:
             self._recovered = True
         self._writes_since_snapshot += len(removed) + int(passage_kept.sum())
 
+    def _catch_up_in_rounds(self, index: VectorIndex, after: int) -> tuple[int, int]:
+        """Catches `index`, built beside the live one, up with the writes made after sequence number `after`,
+        in rounds while they keep coming (at most 4; fewer once a round had at most _CATCH_UP_ENOUGH, or once
+        the store closed or failed), so that the write lock only has the last few to apply. Returns the
+        sequence number it is up to and how many changes it applied."""
+        caught_up, total = after, 0
+        for _ in range(4):
+            if self._closed or self._failed is not None:
+                break
+            caught_up, applied = self._catch_up(index, caught_up)
+            total += applied
+            if applied <= _CATCH_UP_ENOUGH:
+                break
+        return caught_up, total
+
     def _catch_up(self, index: VectorIndex, after: int) -> tuple[int, int]:
-        """Applies to `index`, a new index not yet swapped in, the passages removed and added after
-        sequence number `after`, read under the read lock; returns the sequence number it is now up to
-        and how many changes it applied."""
+        """Applies to `index`, a new index not yet swapped in, the changes after sequence number `after`,
+        read under the read lock; returns the sequence number it is now up to and how many it applied."""
         with self._lock.read():
             self._ensure_open()
             db = self._reader()
             db.execute("BEGIN")
             try:
                 upto = int(db.execute("SELECT value FROM state WHERE key='seq'").fetchone()[0])
-                gone = db.execute(
-                    "SELECT label FROM passage_deletions WHERE seq > ? AND seq <= ?", (after, upto)
-                ).fetchall()
-                rows = db.execute(
-                    "SELECT label, vector FROM passages WHERE seq > ? AND seq <= ?", (after, upto)
-                ).fetchall()
+                changes = self._changes_after(db, after, upto)
             finally:
                 db.execute("COMMIT")
-        if gone:
-            index.remove(np.array([r[0] for r in gone], dtype=np.int64))
-        if rows:
-            labels, vectors = self._unpack_vectors(rows)
-            order = np.argsort(labels, kind="stable")
-            index.add(labels[order], vectors[order])
-        return upto, len(gone) + len(rows)
+        return upto, self._apply_changes(index, changes)
 
     def _sync_wal(self) -> None:
         """fsyncs the database's WAL file (what SQLite's COMMIT would fsync).
