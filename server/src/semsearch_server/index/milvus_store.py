@@ -166,6 +166,11 @@ def _in(field: str, values: Sequence[Any]) -> str:
     return f"{field} in [{items}]"
 
 
+def _document(row: Mapping[str, Any]) -> Document:
+    """The Document a passage-0 row holds (its text and metadata)."""
+    return Document(id=row["doc_id"], text=row["text"], metadata={str(k): str(v) for k, v in row["meta"].items()})
+
+
 def _and(*parts: str) -> str:
     return " and ".join(f"({p})" for p in parts if p)
 
@@ -433,14 +438,18 @@ class MilvusIndexStore:
 
     def _heads(self, ids: list[str]) -> dict[str, _Head]:
         """The head rows of these documents (primary-key lookups), by document id."""
-        out: dict[str, _Head] = {}
-        for i in range(0, len(ids), _KEY_CHUNK):
-            chunk = [f"h:{d}" for d in ids[i : i + _KEY_CHUNK]]
+        rows = self._rows_by_key([f"h:{d}" for d in ids], ["doc_id", "version", "end", "meta"])
+        return {r["doc_id"]: _Head.of(r) for r in rows}
+
+    def _rows_by_key(self, keys: Sequence[str], fields: Sequence[str]) -> list[dict]:
+        """The rows with these primary keys (those that exist), in chunks of _KEY_CHUNK keys."""
+        rows: list[dict] = []
+        for begin in range(0, len(keys), _KEY_CHUNK):
+            chunk = list(keys[begin : begin + _KEY_CHUNK])
             # An expression on the primary key (a key lookup), quoted by us: pymilvus's get(ids=...) does
             # not escape backslashes in string keys.
-            for r in self._query(_in("pk", chunk), ["doc_id", "version", "end", "meta"], limit=len(chunk)):
-                out[r["doc_id"]] = _Head.of(r)
-        return out
+            rows += self._query(_in("pk", chunk), list(fields), limit=len(chunk))
+        return rows
 
     def _current(self, head: _Head) -> tuple[int, int] | None:
         """The (version, passage count) readers use for a head's document: the newest committed of the
@@ -486,17 +495,9 @@ class MilvusIndexStore:
         Lite (100+ ms at 30k documents, measured; a scalar index on doc_id did not change that)."""
         if not ids:
             return []
-        found: dict[str, dict] = {}
         keys = [f"{v}:0:{d}" for d, (v, _) in self._current_versions(ids).items()]
-        for begin in range(0, len(keys), _KEY_CHUNK):
-            chunk = keys[begin : begin + _KEY_CHUNK]
-            for r in self._query(_in("pk", chunk), ["doc_id", "text", "meta"], limit=len(chunk)):
-                found[r["doc_id"]] = r
-        return [
-            Document(id=i, text=found[i]["text"], metadata={str(k): str(v) for k, v in found[i]["meta"].items()})
-            for i in ids
-            if i in found
-        ]
+        found = {r["doc_id"]: _document(r) for r in self._rows_by_key(keys, ["doc_id", "text", "meta"])}
+        return [found[i] for i in ids if i in found]
 
     def _passage_rows(self, ids: Sequence[str], fields: Sequence[str] = ("vector",)) -> list[dict]:
         """The passage rows of these documents' current versions, as `get` reads them: through the heads,
@@ -506,12 +507,7 @@ class MilvusIndexStore:
             return []
         current = self._current_versions(ids)
         keys = [f"{version}:{i}:{doc_id}" for doc_id, (version, n) in current.items() for i in range(n)]
-        wanted = ["doc_id", "version", "passage_index", "start", "end", *fields]
-        rows: list[dict] = []
-        for begin in range(0, len(keys), _KEY_CHUNK):
-            chunk = keys[begin : begin + _KEY_CHUNK]
-            rows += self._query(_in("pk", chunk), wanted, limit=len(chunk))
-        return rows
+        return self._rows_by_key(keys, ["doc_id", "version", "passage_index", "start", "end", *fields])
 
     def get_passages(self, ids: Sequence[str]) -> dict[str, tuple[tuple[PassageT, ...], np.ndarray]]:
         per: dict[str, list[dict]] = defaultdict(list)
@@ -547,12 +543,7 @@ class MilvusIndexStore:
         ids = list(dict.fromkeys(m.doc_id for row in results for m in row))
         docs: dict[str, Document] = {i: known[i] for i in ids if known and i in known}
         keys = [f"{versions[i]}:0:{i}" for i in ids if i not in docs]
-        for begin in range(0, len(keys), _KEY_CHUNK):
-            chunk = keys[begin : begin + _KEY_CHUNK]
-            for r in self._query(_in("pk", chunk), ["doc_id", "text", "meta"], limit=len(chunk)):
-                docs[r["doc_id"]] = Document(
-                    id=r["doc_id"], text=r["text"], metadata={str(k): str(v) for k, v in r["meta"].items()}
-                )
+        docs.update((r["doc_id"], _document(r)) for r in self._rows_by_key(keys, ["doc_id", "text", "meta"]))
         # Replaced or deleted since the search: read as Get reads (the newest version, or gone).
         missing = [i for i in ids if i not in docs]
         if missing:
@@ -613,9 +604,7 @@ class MilvusIndexStore:
                 # _visible kept one version per document: its passage-0 row, if hit, is the document
                 for r in visible:
                     if int(r["passage_index"]) == 0 and r["doc_id"] in best:
-                        documents[r["doc_id"]] = Document(
-                            id=r["doc_id"], text=r["text"], metadata={str(k): str(v) for k, v in r["meta"].items()}
-                        )
+                        documents[r["doc_id"]] = _document(r)
             results.append(sorted(best.values(), key=lambda m: -m.score)[:top_k])
         return results
 
