@@ -2,7 +2,6 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed
 PORT ?= 50051
 DATA_DIR ?= index_data
 export HF_HUB_OFFLINE := 1
@@ -16,48 +15,77 @@ TORCH_INDEX_ARGS := $(if $(TORCH_INDEX_URL),--extra-index-url $(TORCH_INDEX_URL)
 # The slowest tests, printed after every `make test`, so that a test growing slow is seen.
 TEST_DURATIONS := --durations=15
 
-.PHONY: run test test-fast fuzz install bench lint proto clean
+.PHONY: run test test-fast fuzz install lock lock-upgrade bench lint proto clean
 
-$(STAMP): client/pyproject.toml server/pyproject.toml
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	# torch is pinned in server/pyproject.toml (==2.13.0); TORCH_INDEX_URL (above) says where its CPU build is.
-	$(BIN)/python -m pip install --quiet $(TORCH_INDEX_ARGS) -e ./client -e './server[test,milvus,ray]'
-	touch $(STAMP)
+# Every install takes its versions from requirements.lock (constraints: the same versions on every machine);
+# `make lock` regenerates it after a pyproject.toml changes, `make lock-upgrade` moves every pin to the newest.
+LOCK := requirements.lock
+PIP_VERSION := 26.3
+PIP_TOOLS_VERSION := 7.6.2
+LOCK_VENV := .venv-lock
+SERVE_STAMP := $(VENV)/.installed-serve
+TEST_STAMP := $(VENV)/.installed-test
 
-install: $(STAMP)
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet pip==$(PIP_VERSION)
 
-run: $(STAMP)
+# What serving needs: the server, the client and the fast engines (no test, Milvus or Ray extras).
+# torch is pinned (==2.13.0, a CPU build in the lock); TORCH_INDEX_URL (above) says where that build is.
+$(SERVE_STAMP): $(LOCK) client/pyproject.toml server/pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet $(TORCH_INDEX_ARGS) -c $(LOCK) -e ./client -e ./server
+	touch $@
+
+$(TEST_STAMP): $(LOCK) client/pyproject.toml server/pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet $(TORCH_INDEX_ARGS) -c $(LOCK) -e ./client -e './server[test,milvus,ray]'
+	touch $@ $(SERVE_STAMP)
+
+install: $(TEST_STAMP)
+
+$(LOCK_VENV)/bin/pip-compile:
+	$(PYTHON) -m venv $(LOCK_VENV)
+	$(LOCK_VENV)/bin/python -m pip install --quiet pip==$(PIP_VERSION) pip-tools==$(PIP_TOOLS_VERSION)
+
+PIP_COMPILE := $(LOCK_VENV)/bin/pip-compile --quiet --strip-extras --no-emit-index-url --no-emit-find-links \
+	--unsafe-package semsearch-client --unsafe-package semsearch-server $(TORCH_INDEX_ARGS) -o $(LOCK) requirements.in
+
+lock: $(LOCK_VENV)/bin/pip-compile
+	$(PIP_COMPILE)
+
+lock-upgrade: $(LOCK_VENV)/bin/pip-compile
+	$(PIP_COMPILE) --upgrade
+
+run: $(SERVE_STAMP)
 	$(BIN)/semsearch-server --port $(PORT) --data-dir $(DATA_DIR) --seed-demo true
 
-test: $(STAMP) lint
+test: $(TEST_STAMP) lint
 	$(BIN)/python -m pytest -q $(TEST_DURATIONS) tests
 
 # The fast subset: no process kills, no docker-compose or load checks.
-test-fast: $(STAMP)
+test-fast: $(TEST_STAMP)
 	$(BIN)/python -m pytest -q $(TEST_DURATIONS) -m "not slow" tests
 
 # The long fuzz run against a real server process (a bounded profile of it is part of `make test`):
 # prints each RPC's status codes; fails on UNKNOWN/INTERNAL, a crash or a change by a refused request.
 FUZZ_REQUESTS ?= 100000
-fuzz: $(STAMP)
+fuzz: $(TEST_STAMP)
 	$(BIN)/python tests/fuzz_long.py --requests $(FUZZ_REQUESTS)
 
 # Every benchmark with its defaults (scale.py alone takes about an hour at 1M vectors on 2 cores).
 # Each prints PASS/MISS; a MISS is reported, not hidden, and does not stop the others.
 BENCHMARKS := service_speed embed_backends explain_faithfulness indexer_throughput load footprint scale retrieval_quality fusion_sweep stalled_streams
-bench: $(STAMP)
+bench: $(TEST_STAMP)
 	status=0; for name in $(BENCHMARKS); do echo "== benchmarks/$$name.py"; \
 		$(BIN)/python benchmarks/$$name.py || status=1; done; exit $$status
 
-lint: $(STAMP)
+lint: $(TEST_STAMP)
 	$(BIN)/ruff check client/src server/src tests benchmarks
 	$(BIN)/ruff format --check client/src server/src tests benchmarks
 
-# Regenerates the committed stubs; tests/test_stubs.py fails if they differ from proto/.
-proto: $(STAMP)
+# Regenerates the committed stubs with the pinned grpcio-tools; tests/test_client_package.py fails if they differ from proto/.
+proto: $(TEST_STAMP)
 	$(BIN)/python -m grpc_tools.protoc -I proto --python_out=client/src --pyi_out=client/src \
 		--grpc_python_out=client/src proto/semsearch/v1/search_service.proto
 
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) $(LOCK_VENV) .pytest_cache
