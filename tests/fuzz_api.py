@@ -29,6 +29,7 @@ import grpc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf.message import DecodeError, Message
 from google.protobuf.message_factory import GetMessageClass
+from google.protobuf.timestamp_pb2 import Timestamp
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hypothesis import strategies as st
 from semsearch.v1 import search_service_pb2 as pb
@@ -62,6 +63,9 @@ DOCUMENTED_CODES: dict[str, set[grpc.StatusCode]] = {
     "DeleteCollection": {_IA, _NF, _FP},
     "GetInfo": set(),
     "Reindex": {_IA, _NF, _FP},
+    "Count": {_IA, _NF, _FP},
+    "Scroll": {_IA, _NF, _FP},
+    "UpdateAttributes": {_IA, _NF, _FP},
 }
 DOCUMENTED_CODES = {rpc: codes | _EVERY_RPC for rpc, codes in DOCUMENTED_CODES.items()}
 # Bytes that do not decode as the RPC's request message: refused as malformed input.
@@ -89,7 +93,9 @@ SENTENCES = (
     "a",
 )
 # RPCs that may change the state when accepted (after an accepted read, the state is not read again).
-WRITES = frozenset({"Upsert", "UpsertStream", "Delete", "CreateCollection", "DeleteCollection", "Reindex"})
+WRITES = frozenset(
+    {"Upsert", "UpsertStream", "Delete", "UpdateAttributes", "CreateCollection", "DeleteCollection", "Reindex"}
+)
 # The canary's score is searched for (an embedding) after every call that names its collection, and
 # after every SCORE_EVERY-th call whatever it named.
 SCORE_EVERY = 50
@@ -231,7 +237,97 @@ def scalar_strategy(field: FD, limits: ServerLimits, wild: bool) -> st.SearchStr
     return int_strategy(field, limits, wild)
 
 
+# Filters are a recursive message: walked like any other they nest without bound. They are drawn from
+# a tree of at most FILTER_DEPTH levels over the fuzzer's keys and values, and from texts, valid and not.
+FILTER_DEPTH = 3
+FILTER_TEXTS = (
+    'k == "v"',
+    'role == "canary" or not exists(lang)',
+    'lang in ["en", "x"] and k != ""',
+    'tag contains "a"',
+    "k >= 1",
+    "k ==",
+    "(((",
+    "`` == 1",
+    'k in "v"',
+    "exists(k) and " * 8 + "true == true",
+)
+
+
+def filter_strategy(limits: ServerLimits, wild: bool) -> st.SearchStrategy[pb.Filter]:
+    conditions = st.builds(
+        lambda field, op, value: pb.Condition(field=field, op=op, value=value),
+        st.one_of(st.sampled_from(KEYS), string_strategy("field", limits, True)) if wild else st.sampled_from(KEYS),
+        st.one_of(st.sampled_from(list(pb.Operator.values())), st.integers(-1, 12))
+        if wild
+        else st.just(pb.OPERATOR_EQ),
+        attribute_value_strategy(wild),
+    )
+    sane = st.builds(
+        lambda field, op, value: pb.Filter(condition=pb.Condition(field=field, op=op, value=value)),
+        st.sampled_from(KEYS),
+        st.sampled_from(list(pb.Operator.values())),
+        st.one_of(
+            st.sampled_from(VALUES).map(lambda v: pb.Value(string_value=v)),
+            st.integers(-3, 3).map(lambda v: pb.Value(int_value=v)),
+            st.lists(st.sampled_from(VALUES), max_size=3).map(
+                lambda vs: pb.Value(list_value=pb.ValueList(values=[pb.Value(string_value=v) for v in vs]))
+            ),
+        ),
+    )
+    leaves = st.one_of(
+        sane,
+        sane,
+        conditions.map(lambda c: pb.Filter(condition=c)),
+        st.sampled_from(FILTER_TEXTS).map(lambda text: pb.Filter(expression=text)),
+        st.just(pb.Filter()),
+    )
+
+    def branches(children: st.SearchStrategy[pb.Filter]) -> st.SearchStrategy[pb.Filter]:
+        lists = st.lists(children, max_size=3).map(lambda fs: pb.FilterList(filters=fs))
+        negated = children.map(lambda f: pb.Filter(**{"not": f}))
+        return st.one_of(lists.map(lambda fl: pb.Filter(all=fl)), lists.map(lambda fl: pb.Filter(any=fl)), negated)
+
+    return st.recursive(leaves, branches, max_leaves=FILTER_DEPTH * 2)
+
+
+def attribute_value_strategy(wild: bool) -> st.SearchStrategy[pb.Value]:
+    """Values of every kind, a list of them; wild: also NaN, infinities, sub-microsecond and out-of-range
+    timestamps, nested lists and an empty Value (a list nests at most once: the message is recursive)."""
+    scalars = st.one_of(
+        st.sampled_from(VALUES).map(lambda v: pb.Value(string_value=v)),
+        st.integers(-(2**63), 2**63 - 1).map(lambda v: pb.Value(int_value=v)),
+        st.floats(allow_nan=wild, allow_infinity=wild).map(lambda v: pb.Value(double_value=v)),
+        st.booleans().map(lambda v: pb.Value(bool_value=v)),
+        st.builds(
+            lambda seconds, micros: pb.Value(timestamp_value=Timestamp(seconds=seconds, nanos=micros * 1000)),
+            st.integers(-62_135_596_800, 253_402_300_799),
+            st.integers(0, 999_999),
+        ),
+    )
+    if wild:
+        scalars = st.one_of(
+            scalars,
+            st.just(pb.Value()),
+            st.builds(
+                lambda seconds, nanos: pb.Value(timestamp_value=Timestamp(seconds=seconds, nanos=nanos)),
+                st.sampled_from([-(2**62), -62_135_596_801, 0, 253_402_300_800]),
+                st.sampled_from([0, 1, 999, 999_999_999]),
+            ),
+        )
+    lists = st.lists(scalars, max_size=3).map(lambda vs: pb.Value(list_value=pb.ValueList(values=vs)))
+    values = st.one_of(scalars, scalars, lists)
+    if wild:
+        nested = st.lists(lists, min_size=1, max_size=2).map(lambda vs: pb.Value(list_value=pb.ValueList(values=vs)))
+        values = st.one_of(values, nested)
+    return values
+
+
 def _element(field: FD, limits: ServerLimits, wild: bool) -> st.SearchStrategy:
+    if field.type == FD.TYPE_MESSAGE and field.message_type.full_name == "semsearch.v1.Filter":
+        return filter_strategy(limits, wild)
+    if field.type == FD.TYPE_MESSAGE and field.message_type.full_name == "semsearch.v1.Value":
+        return attribute_value_strategy(wild)
     if field.type == FD.TYPE_MESSAGE:
         if not wild:
             return message_strategy(field.message_type, limits, "sane")
@@ -274,7 +370,8 @@ def _map_strategy(field: FD, limits: ServerLimits, wild: bool) -> st.SearchStrat
     if not wild:
         return sane
     keys, values = _element(key_field, limits, True), _element(value_field, limits, True)
-    many = st.builds(lambda n: {f"k{i}": "v" for i in range(n)}, st.sampled_from(limits.counts))
+    one = pb.Value(string_value="v") if value_field.type == FD.TYPE_MESSAGE else "v"
+    many = st.builds(lambda n: {f"k{i}": one for i in range(n)}, st.sampled_from(limits.counts))
     return st.one_of(st.dictionaries(keys, values, max_size=4), many)
 
 
@@ -599,7 +696,9 @@ class ApiFuzzer:
             self._call_ok("CreateCollection", pb.CreateCollectionRequest(name=CANARY_COLLECTION))
             changed = True
         canary = (CANARY.id, CANARY.text, tuple(sorted(CANARY.metadata.items())))
-        if changed or canary not in snapshot.documents.get(CANARY_COLLECTION, []):
+        attributes = tuple(sorted((k, pb.Value(string_value=v).SerializeToString()) for k, v in CANARY_MARK.items()))
+        stored = snapshot.documents.get(CANARY_COLLECTION, [])
+        if changed or canary not in stored or (CANARY.id, "attributes", attributes) not in stored:
             self._call_ok("Upsert", pb.UpsertRequest(collection=CANARY_COLLECTION, documents=[CANARY]))
             changed = True
         for name, count in snapshot.counts.items():
@@ -620,6 +719,11 @@ class ApiFuzzer:
         for name in sorted(set(COLLECTIONS) & set(counts)):
             found = self._call_ok("Get", pb.GetRequest(collection=name, ids=sorted(set(IDS))))
             documents[name] = [(d.id, d.text, tuple(sorted(d.metadata.items()))) for d in found.documents]
+            # Typed attributes too: a refused UpdateAttributes must leave every kind alone.
+            documents[name] += [
+                (d.id, "attributes", tuple(sorted((k, v.SerializeToString()) for k, v in d.attributes.items())))
+                for d in found.documents
+            ]
         if not score and inherit is not None:
             return Snapshot(counts, documents, inherit.canary_score, measured=False)
         canary_score = None

@@ -53,7 +53,7 @@ def test_every_rpc_of_the_service_is_classified_and_nothing_else():
     methods = {f"/{SERVICE_NAME}/{m.name}" for m in pb.DESCRIPTOR.services_by_name["SearchService"].methods}
     assert set(RPC_CLASSES) == methods
     assert WRITE_RPCS == {f"/{SERVICE_NAME}/{name}" for name in ("Upsert", "UpsertStream", "Delete")} | {
-        f"/{SERVICE_NAME}/{name}" for name in ("CreateCollection", "DeleteCollection", "Reindex")
+        f"/{SERVICE_NAME}/{name}" for name in ("UpdateAttributes", "CreateCollection", "DeleteCollection", "Reindex")
     }
 
 

@@ -87,8 +87,8 @@ def test_proto_has_every_name_of_the_contract():
         name: {f.name for f in pb.DESCRIPTOR.message_types_by_name[name].fields}
         for name in pb.DESCRIPTOR.message_types_by_name
     }
-    assert fields["Document"] == {"id", "text", "metadata"}
-    assert fields["Hit"] == {"id", "score", "text", "metadata", "dense_score", "lexical_score", "passage"}
+    assert fields["Document"] == {"id", "text", "metadata", "attributes"}
+    assert fields["Hit"] == {"id", "score", "text", "metadata", "dense_score", "lexical_score", "passage", "attributes"}
     # The ranking additions (API.md, "Ranking additions").
     assert fields["Passage"] == {"index", "start", "end"}
     assert fields["HybridParams"] >= {"fusion", "dense_weight", "rrf_k"}
@@ -144,6 +144,45 @@ def test_proto_has_every_name_of_the_contract():
     assert fields["UpsertResponse"] == {"upserted_count"} and fields["DeleteResponse"] == {"deleted_count"}
     assert fields["EmbedResponse"] >= {"embeddings"} and fields["Embedding"] == {"values"}
     assert fields["CreateCollectionRequest"] >= {"name"}
+    # Typed metadata and filters, data management (API.md): names and field numbers clients rely on.
+    numbers = {
+        name: {f.name: f.number for f in pb.DESCRIPTOR.message_types_by_name[name].fields}
+        for name in pb.DESCRIPTOR.message_types_by_name
+    }
+    assert numbers["Value"] == {
+        "string_value": 1,
+        "int_value": 2,
+        "double_value": 3,
+        "bool_value": 4,
+        "timestamp_value": 5,
+        "list_value": 6,
+    }
+    assert numbers["Document"]["attributes"] == 4 and numbers["Hit"]["attributes"] == 8
+    assert numbers["Condition"] == {"field": 1, "op": 2, "value": 3}
+    assert numbers["Filter"] == {"condition": 1, "all": 2, "any": 3, "not": 4, "expression": 5}
+    assert numbers["DeleteRequest"]["where"] == 3
+    for name in ("SearchRequest", "BatchSearchRequest", "ExplainRequest", "CountRequest", "ScrollRequest"):
+        assert "where" in fields[name], name
+    assert "excluded_by" in fields["ExplainResponse"]
+    assert fields["CountResponse"] == {"count"}
+    assert fields["ScrollRequest"] == {"collection", "where", "limit", "cursor"}
+    assert fields["ScrollResponse"] == {"documents", "next_cursor"}
+    assert fields["UpdateAttributesRequest"] == {"collection", "ids", "where", "set", "unset"}
+    assert fields["UpdateAttributesResponse"] == {"updated_count"}
+    assert rpcs >= {"Count", "Scroll", "UpdateAttributes"}
+    assert [v.name for v in pb.Operator.DESCRIPTOR.values] == [
+        "OPERATOR_UNSPECIFIED",
+        "OPERATOR_EQ",
+        "OPERATOR_NE",
+        "OPERATOR_LT",
+        "OPERATOR_LTE",
+        "OPERATOR_GT",
+        "OPERATOR_GTE",
+        "OPERATOR_IN",
+        "OPERATOR_NOT_IN",
+        "OPERATOR_EXISTS",
+        "OPERATOR_CONTAINS",
+    ]
     assert [v.name for v in pb.Granularity.DESCRIPTOR.values] == [
         "GRANULARITY_UNSPECIFIED",
         "GRANULARITY_WORD",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import grpc
 import pytest
+from google.protobuf.timestamp_pb2 import Timestamp
 from semsearch.v1 import search_service_pb2 as pb
 
 # Behaviour: every test that uses the server runs on the local and on the Milvus store.
@@ -205,6 +206,124 @@ CASES = [
         pb.ReindexRequest(collection="no spaces allowed"),
         "INVALID_ARGUMENT",
         "collection",
+    ),
+    # Typed attributes and filters (API.md "Typed metadata and filters"): a batch with one bad document
+    # writes none of them, a refused filter changes nothing.
+    (
+        "upsert-key-in-both-views",
+        *upsert(pb.Document(id="m", text="t", metadata={"k": "v"}, attributes={"k": pb.Value(int_value=1)})),
+        "INVALID_ARGUMENT",
+        "both metadata and attributes",
+    ),
+    (
+        "upsert-nan-attribute-after-a-good-document",
+        *upsert(doc("ok"), pb.Document(id="m", text="t", attributes={"x": pb.Value(double_value=float("nan"))})),
+        "INVALID_ARGUMENT",
+        "documents[1].attributes",
+    ),
+    (
+        "upsert-nested-list",
+        *upsert(
+            pb.Document(
+                id="m",
+                text="t",
+                attributes={"x": pb.Value(list_value=pb.ValueList(values=[pb.Value(list_value=pb.ValueList())]))},
+            )
+        ),
+        "INVALID_ARGUMENT",
+        "scalars only",
+    ),
+    (
+        "upsert-sub-microsecond-timestamp",
+        *upsert(
+            pb.Document(id="m", text="t", attributes={"t": pb.Value(timestamp_value=Timestamp(seconds=1, nanos=1))})
+        ),
+        "INVALID_ARGUMENT",
+        "microsecond",
+    ),
+    (
+        "search-bad-expression",
+        "Search",
+        pb.SearchRequest(collection="validation", query="q", where=pb.Filter(expression="k == ")),
+        "INVALID_ARGUMENT",
+        "where.expression: ",
+    ),
+    (
+        "count-unspecified-operator",
+        "Count",
+        pb.CountRequest(collection="validation", where=pb.Filter(condition=pb.Condition(field="k"))),
+        "INVALID_ARGUMENT",
+        "where.condition: op is unspecified",
+    ),
+    (
+        "count-in-without-a-list",
+        "Count",
+        pb.CountRequest(
+            collection="validation",
+            where=pb.Filter(condition=pb.Condition(field="k", op=pb.OPERATOR_IN, value=pb.Value(string_value="v"))),
+        ),
+        "INVALID_ARGUMENT",
+        "IN needs a list value",
+    ),
+    (
+        "scroll-limit-over-10000",
+        "Scroll",
+        pb.ScrollRequest(collection="validation", limit=10_001),
+        "INVALID_ARGUMENT",
+        "limit",
+    ),
+    (
+        "scroll-foreign-cursor",
+        "Scroll",
+        pb.ScrollRequest(collection="validation", cursor="x!"),
+        "INVALID_ARGUMENT",
+        "cursor",
+    ),
+    (
+        "delete-empty-where",
+        "Delete",
+        pb.DeleteRequest(collection="validation", where=pb.Filter()),
+        "INVALID_ARGUMENT",
+        "where: the filter is empty",
+    ),
+    (
+        "delete-ids-and-where",
+        "Delete",
+        pb.DeleteRequest(collection="validation", ids=["keep1"], where=pb.Filter(expression='k == "v"')),
+        "INVALID_ARGUMENT",
+        "ids and where",
+    ),
+    (
+        "update-attributes-nothing-to-change",
+        "UpdateAttributes",
+        pb.UpdateAttributesRequest(collection="validation", ids=["keep1"]),
+        "INVALID_ARGUMENT",
+        "set and unset",
+    ),
+    (
+        "update-attributes-infinite-value",
+        "UpdateAttributes",
+        pb.UpdateAttributesRequest(
+            collection="validation", ids=["keep1"], set={"x": pb.Value(double_value=float("inf"))}
+        ),
+        "INVALID_ARGUMENT",
+        "set",
+    ),
+    (
+        "update-attributes-set-and-unset-one-key",
+        "UpdateAttributes",
+        pb.UpdateAttributesRequest(
+            collection="validation", ids=["keep1"], set={"k": pb.Value(int_value=1)}, unset=["k"]
+        ),
+        "INVALID_ARGUMENT",
+        "also in set",
+    ),
+    (
+        "update-attributes-empty-where",
+        "UpdateAttributes",
+        pb.UpdateAttributesRequest(collection="validation", where=pb.Filter(all=pb.FilterList()), unset=["k"]),
+        "INVALID_ARGUMENT",
+        "where: an empty filter",
     ),
 ]
 

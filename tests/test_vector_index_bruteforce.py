@@ -119,7 +119,7 @@ def check(index: VectorIndex, model: Model, rng: np.random.Generator) -> None:
         allowed = rng.choice(live, size=max(1, len(live) // 3), replace=False)
         allowed = np.concatenate([allowed, [model.next_label + 5]])  # a label not in the index
         assert_searches_like_brute_force(index, model, queries, allowed)  # exact scoring of the subset
-        with mock.patch.object(vector_index, "_EXACT_FILTER_MAX", 0):  # through FAISS's selectors
+        with mock.patch.object(VectorIndex, "_exact_filter_max", lambda self: 0):  # through FAISS's selectors
             assert_searches_like_brute_force(index, model, queries, allowed)
 
 

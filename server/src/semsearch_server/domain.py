@@ -6,15 +6,28 @@ for its types.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
+from typing import Any
+
+
+def string_valued(attributes: Mapping[str, Any]) -> dict[str, str]:
+    """The string-valued attributes: the `metadata` view old clients read (filtering.values has the kinds)."""
+    return {key: value for key, value in attributes.items() if isinstance(value, str)}
 
 
 @dataclass(frozen=True)
 class Document:
+    """A stored text. attributes holds typed values (str, int, float, bool, datetime, tuples of those)."""
+
     id: str
     text: str
-    metadata: dict[str, str] = field(default_factory=dict)
+    attributes: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def metadata(self) -> dict[str, str]:
+        return string_valued(self.attributes)
 
 
 @dataclass(frozen=True)
@@ -33,10 +46,14 @@ class Hit:
     id: str
     score: float
     text: str
-    metadata: dict[str, str]
+    attributes: Mapping[str, Any]
     dense_score: float = 0.0
     lexical_score: float = 0.0
     passage: Passage | None = None
+
+    @property
+    def metadata(self) -> dict[str, str]:
+        return string_valued(self.attributes)
 
 
 class SearchMode(StrEnum):

@@ -1,3 +1,6 @@
+import datetime
+
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
@@ -6,6 +9,20 @@ from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class Operator(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    OPERATOR_UNSPECIFIED: _ClassVar[Operator]
+    OPERATOR_EQ: _ClassVar[Operator]
+    OPERATOR_NE: _ClassVar[Operator]
+    OPERATOR_LT: _ClassVar[Operator]
+    OPERATOR_LTE: _ClassVar[Operator]
+    OPERATOR_GT: _ClassVar[Operator]
+    OPERATOR_GTE: _ClassVar[Operator]
+    OPERATOR_IN: _ClassVar[Operator]
+    OPERATOR_NOT_IN: _ClassVar[Operator]
+    OPERATOR_EXISTS: _ClassVar[Operator]
+    OPERATOR_CONTAINS: _ClassVar[Operator]
 
 class SearchMode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -44,6 +61,17 @@ class CollectionState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     COLLECTION_STATE_UNSPECIFIED: _ClassVar[CollectionState]
     COLLECTION_STATE_READY: _ClassVar[CollectionState]
     COLLECTION_STATE_FAILED: _ClassVar[CollectionState]
+OPERATOR_UNSPECIFIED: Operator
+OPERATOR_EQ: Operator
+OPERATOR_NE: Operator
+OPERATOR_LT: Operator
+OPERATOR_LTE: Operator
+OPERATOR_GT: Operator
+OPERATOR_GTE: Operator
+OPERATOR_IN: Operator
+OPERATOR_NOT_IN: Operator
+OPERATOR_EXISTS: Operator
+OPERATOR_CONTAINS: Operator
 SEARCH_MODE_UNSPECIFIED: SearchMode
 SEARCH_MODE_DENSE: SearchMode
 SEARCH_MODE_LEXICAL: SearchMode
@@ -65,8 +93,59 @@ COLLECTION_STATE_UNSPECIFIED: CollectionState
 COLLECTION_STATE_READY: CollectionState
 COLLECTION_STATE_FAILED: CollectionState
 
+class Value(_message.Message):
+    __slots__ = ("string_value", "int_value", "double_value", "bool_value", "timestamp_value", "list_value")
+    STRING_VALUE_FIELD_NUMBER: _ClassVar[int]
+    INT_VALUE_FIELD_NUMBER: _ClassVar[int]
+    DOUBLE_VALUE_FIELD_NUMBER: _ClassVar[int]
+    BOOL_VALUE_FIELD_NUMBER: _ClassVar[int]
+    TIMESTAMP_VALUE_FIELD_NUMBER: _ClassVar[int]
+    LIST_VALUE_FIELD_NUMBER: _ClassVar[int]
+    string_value: str
+    int_value: int
+    double_value: float
+    bool_value: bool
+    timestamp_value: _timestamp_pb2.Timestamp
+    list_value: ValueList
+    def __init__(self, string_value: _Optional[str] = ..., int_value: _Optional[int] = ..., double_value: _Optional[float] = ..., bool_value: _Optional[bool] = ..., timestamp_value: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., list_value: _Optional[_Union[ValueList, _Mapping]] = ...) -> None: ...
+
+class ValueList(_message.Message):
+    __slots__ = ("values",)
+    VALUES_FIELD_NUMBER: _ClassVar[int]
+    values: _containers.RepeatedCompositeFieldContainer[Value]
+    def __init__(self, values: _Optional[_Iterable[_Union[Value, _Mapping]]] = ...) -> None: ...
+
+class Condition(_message.Message):
+    __slots__ = ("field", "op", "value")
+    FIELD_FIELD_NUMBER: _ClassVar[int]
+    OP_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    field: str
+    op: Operator
+    value: Value
+    def __init__(self, field: _Optional[str] = ..., op: _Optional[_Union[Operator, str]] = ..., value: _Optional[_Union[Value, _Mapping]] = ...) -> None: ...
+
+class FilterList(_message.Message):
+    __slots__ = ("filters",)
+    FILTERS_FIELD_NUMBER: _ClassVar[int]
+    filters: _containers.RepeatedCompositeFieldContainer[Filter]
+    def __init__(self, filters: _Optional[_Iterable[_Union[Filter, _Mapping]]] = ...) -> None: ...
+
+class Filter(_message.Message):
+    __slots__ = ("condition", "all", "any", "expression")
+    CONDITION_FIELD_NUMBER: _ClassVar[int]
+    ALL_FIELD_NUMBER: _ClassVar[int]
+    ANY_FIELD_NUMBER: _ClassVar[int]
+    NOT_FIELD_NUMBER: _ClassVar[int]
+    EXPRESSION_FIELD_NUMBER: _ClassVar[int]
+    condition: Condition
+    all: FilterList
+    any: FilterList
+    expression: str
+    def __init__(self, condition: _Optional[_Union[Condition, _Mapping]] = ..., all: _Optional[_Union[FilterList, _Mapping]] = ..., any: _Optional[_Union[FilterList, _Mapping]] = ..., expression: _Optional[str] = ..., **kwargs) -> None: ...
+
 class Document(_message.Message):
-    __slots__ = ("id", "text", "metadata")
+    __slots__ = ("id", "text", "metadata", "attributes")
     class MetadataEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -74,16 +153,25 @@ class Document(_message.Message):
         key: str
         value: str
         def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    class AttributesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: Value
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[Value, _Mapping]] = ...) -> None: ...
     ID_FIELD_NUMBER: _ClassVar[int]
     TEXT_FIELD_NUMBER: _ClassVar[int]
     METADATA_FIELD_NUMBER: _ClassVar[int]
+    ATTRIBUTES_FIELD_NUMBER: _ClassVar[int]
     id: str
     text: str
     metadata: _containers.ScalarMap[str, str]
-    def __init__(self, id: _Optional[str] = ..., text: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    attributes: _containers.MessageMap[str, Value]
+    def __init__(self, id: _Optional[str] = ..., text: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., attributes: _Optional[_Mapping[str, Value]] = ...) -> None: ...
 
 class Hit(_message.Message):
-    __slots__ = ("id", "score", "text", "metadata", "dense_score", "lexical_score", "passage")
+    __slots__ = ("id", "score", "text", "metadata", "dense_score", "lexical_score", "passage", "attributes")
     class MetadataEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -91,6 +179,13 @@ class Hit(_message.Message):
         key: str
         value: str
         def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    class AttributesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: Value
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[Value, _Mapping]] = ...) -> None: ...
     ID_FIELD_NUMBER: _ClassVar[int]
     SCORE_FIELD_NUMBER: _ClassVar[int]
     TEXT_FIELD_NUMBER: _ClassVar[int]
@@ -98,6 +193,7 @@ class Hit(_message.Message):
     DENSE_SCORE_FIELD_NUMBER: _ClassVar[int]
     LEXICAL_SCORE_FIELD_NUMBER: _ClassVar[int]
     PASSAGE_FIELD_NUMBER: _ClassVar[int]
+    ATTRIBUTES_FIELD_NUMBER: _ClassVar[int]
     id: str
     score: float
     text: str
@@ -105,7 +201,8 @@ class Hit(_message.Message):
     dense_score: float
     lexical_score: float
     passage: Passage
-    def __init__(self, id: _Optional[str] = ..., score: _Optional[float] = ..., text: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., dense_score: _Optional[float] = ..., lexical_score: _Optional[float] = ..., passage: _Optional[_Union[Passage, _Mapping]] = ...) -> None: ...
+    attributes: _containers.MessageMap[str, Value]
+    def __init__(self, id: _Optional[str] = ..., score: _Optional[float] = ..., text: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., dense_score: _Optional[float] = ..., lexical_score: _Optional[float] = ..., passage: _Optional[_Union[Passage, _Mapping]] = ..., attributes: _Optional[_Mapping[str, Value]] = ...) -> None: ...
 
 class Passage(_message.Message):
     __slots__ = ("index", "start", "end")
@@ -158,12 +255,14 @@ class UpsertStreamResponse(_message.Message):
     def __init__(self, upserted_count: _Optional[int] = ...) -> None: ...
 
 class DeleteRequest(_message.Message):
-    __slots__ = ("collection", "ids")
+    __slots__ = ("collection", "ids", "where")
     COLLECTION_FIELD_NUMBER: _ClassVar[int]
     IDS_FIELD_NUMBER: _ClassVar[int]
+    WHERE_FIELD_NUMBER: _ClassVar[int]
     collection: str
     ids: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, collection: _Optional[str] = ..., ids: _Optional[_Iterable[str]] = ...) -> None: ...
+    where: Filter
+    def __init__(self, collection: _Optional[str] = ..., ids: _Optional[_Iterable[str]] = ..., where: _Optional[_Union[Filter, _Mapping]] = ...) -> None: ...
 
 class DeleteResponse(_message.Message):
     __slots__ = ("deleted_count",)
@@ -186,7 +285,7 @@ class GetResponse(_message.Message):
     def __init__(self, documents: _Optional[_Iterable[_Union[Document, _Mapping]]] = ...) -> None: ...
 
 class SearchRequest(_message.Message):
-    __slots__ = ("collection", "query", "top_k", "min_score", "filter", "mode", "hybrid")
+    __slots__ = ("collection", "query", "top_k", "min_score", "filter", "mode", "hybrid", "where")
     class FilterEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -201,6 +300,7 @@ class SearchRequest(_message.Message):
     FILTER_FIELD_NUMBER: _ClassVar[int]
     MODE_FIELD_NUMBER: _ClassVar[int]
     HYBRID_FIELD_NUMBER: _ClassVar[int]
+    WHERE_FIELD_NUMBER: _ClassVar[int]
     collection: str
     query: str
     top_k: int
@@ -208,7 +308,8 @@ class SearchRequest(_message.Message):
     filter: _containers.ScalarMap[str, str]
     mode: SearchMode
     hybrid: HybridParams
-    def __init__(self, collection: _Optional[str] = ..., query: _Optional[str] = ..., top_k: _Optional[int] = ..., min_score: _Optional[float] = ..., filter: _Optional[_Mapping[str, str]] = ..., mode: _Optional[_Union[SearchMode, str]] = ..., hybrid: _Optional[_Union[HybridParams, _Mapping]] = ...) -> None: ...
+    where: Filter
+    def __init__(self, collection: _Optional[str] = ..., query: _Optional[str] = ..., top_k: _Optional[int] = ..., min_score: _Optional[float] = ..., filter: _Optional[_Mapping[str, str]] = ..., mode: _Optional[_Union[SearchMode, str]] = ..., hybrid: _Optional[_Union[HybridParams, _Mapping]] = ..., where: _Optional[_Union[Filter, _Mapping]] = ...) -> None: ...
 
 class SearchResponse(_message.Message):
     __slots__ = ("hits",)
@@ -217,7 +318,7 @@ class SearchResponse(_message.Message):
     def __init__(self, hits: _Optional[_Iterable[_Union[Hit, _Mapping]]] = ...) -> None: ...
 
 class BatchSearchRequest(_message.Message):
-    __slots__ = ("collection", "queries", "top_k", "min_score", "filter", "mode", "hybrid")
+    __slots__ = ("collection", "queries", "top_k", "min_score", "filter", "mode", "hybrid", "where")
     class FilterEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -232,6 +333,7 @@ class BatchSearchRequest(_message.Message):
     FILTER_FIELD_NUMBER: _ClassVar[int]
     MODE_FIELD_NUMBER: _ClassVar[int]
     HYBRID_FIELD_NUMBER: _ClassVar[int]
+    WHERE_FIELD_NUMBER: _ClassVar[int]
     collection: str
     queries: _containers.RepeatedScalarFieldContainer[str]
     top_k: int
@@ -239,7 +341,8 @@ class BatchSearchRequest(_message.Message):
     filter: _containers.ScalarMap[str, str]
     mode: SearchMode
     hybrid: HybridParams
-    def __init__(self, collection: _Optional[str] = ..., queries: _Optional[_Iterable[str]] = ..., top_k: _Optional[int] = ..., min_score: _Optional[float] = ..., filter: _Optional[_Mapping[str, str]] = ..., mode: _Optional[_Union[SearchMode, str]] = ..., hybrid: _Optional[_Union[HybridParams, _Mapping]] = ...) -> None: ...
+    where: Filter
+    def __init__(self, collection: _Optional[str] = ..., queries: _Optional[_Iterable[str]] = ..., top_k: _Optional[int] = ..., min_score: _Optional[float] = ..., filter: _Optional[_Mapping[str, str]] = ..., mode: _Optional[_Union[SearchMode, str]] = ..., hybrid: _Optional[_Union[HybridParams, _Mapping]] = ..., where: _Optional[_Union[Filter, _Mapping]] = ...) -> None: ...
 
 class BatchSearchResponse(_message.Message):
     __slots__ = ("results",)
@@ -248,7 +351,7 @@ class BatchSearchResponse(_message.Message):
     def __init__(self, results: _Optional[_Iterable[_Union[SearchResponse, _Mapping]]] = ...) -> None: ...
 
 class ExplainRequest(_message.Message):
-    __slots__ = ("collection", "query", "doc_id", "doc_text", "granularity", "include_attention", "attention_layer", "attention_head", "mode", "hybrid", "top_k", "filter")
+    __slots__ = ("collection", "query", "doc_id", "doc_text", "granularity", "include_attention", "attention_layer", "attention_head", "mode", "hybrid", "top_k", "filter", "where")
     class FilterEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -268,6 +371,7 @@ class ExplainRequest(_message.Message):
     HYBRID_FIELD_NUMBER: _ClassVar[int]
     TOP_K_FIELD_NUMBER: _ClassVar[int]
     FILTER_FIELD_NUMBER: _ClassVar[int]
+    WHERE_FIELD_NUMBER: _ClassVar[int]
     collection: str
     query: str
     doc_id: str
@@ -280,7 +384,8 @@ class ExplainRequest(_message.Message):
     hybrid: HybridParams
     top_k: int
     filter: _containers.ScalarMap[str, str]
-    def __init__(self, collection: _Optional[str] = ..., query: _Optional[str] = ..., doc_id: _Optional[str] = ..., doc_text: _Optional[str] = ..., granularity: _Optional[_Union[Granularity, str]] = ..., include_attention: _Optional[bool] = ..., attention_layer: _Optional[int] = ..., attention_head: _Optional[int] = ..., mode: _Optional[_Union[SearchMode, str]] = ..., hybrid: _Optional[_Union[HybridParams, _Mapping]] = ..., top_k: _Optional[int] = ..., filter: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    where: Filter
+    def __init__(self, collection: _Optional[str] = ..., query: _Optional[str] = ..., doc_id: _Optional[str] = ..., doc_text: _Optional[str] = ..., granularity: _Optional[_Union[Granularity, str]] = ..., include_attention: _Optional[bool] = ..., attention_layer: _Optional[int] = ..., attention_head: _Optional[int] = ..., mode: _Optional[_Union[SearchMode, str]] = ..., hybrid: _Optional[_Union[HybridParams, _Mapping]] = ..., top_k: _Optional[int] = ..., filter: _Optional[_Mapping[str, str]] = ..., where: _Optional[_Union[Filter, _Mapping]] = ...) -> None: ...
 
 class LexicalTerm(_message.Message):
     __slots__ = ("term", "contribution", "query_text", "term_frequency", "document_frequency")
@@ -311,7 +416,7 @@ class Segment(_message.Message):
     def __init__(self, text: _Optional[str] = ..., start: _Optional[int] = ..., end: _Optional[int] = ..., contribution: _Optional[float] = ..., special: _Optional[bool] = ...) -> None: ...
 
 class ExplainResponse(_message.Message):
-    __slots__ = ("score", "query_segments", "doc_segments", "pair_contributions", "rows", "cols", "cross_attention", "query_self_attention", "query_self_attention_size", "doc_self_attention", "doc_self_attention_size", "attention_layer", "attention_head", "query_truncated", "doc_truncated", "index_score", "notes", "rank", "kth_score", "lexical_terms", "dense_score", "lexical_score", "dense_weight", "passage", "mode", "fusion", "dense_min", "dense_max", "lexical_max", "rrf_k", "dense_rank", "lexical_rank")
+    __slots__ = ("score", "query_segments", "doc_segments", "pair_contributions", "rows", "cols", "cross_attention", "query_self_attention", "query_self_attention_size", "doc_self_attention", "doc_self_attention_size", "attention_layer", "attention_head", "query_truncated", "doc_truncated", "index_score", "notes", "rank", "kth_score", "lexical_terms", "dense_score", "lexical_score", "dense_weight", "passage", "mode", "fusion", "dense_min", "dense_max", "lexical_max", "rrf_k", "dense_rank", "lexical_rank", "excluded_by")
     SCORE_FIELD_NUMBER: _ClassVar[int]
     QUERY_SEGMENTS_FIELD_NUMBER: _ClassVar[int]
     DOC_SEGMENTS_FIELD_NUMBER: _ClassVar[int]
@@ -344,6 +449,7 @@ class ExplainResponse(_message.Message):
     RRF_K_FIELD_NUMBER: _ClassVar[int]
     DENSE_RANK_FIELD_NUMBER: _ClassVar[int]
     LEXICAL_RANK_FIELD_NUMBER: _ClassVar[int]
+    EXCLUDED_BY_FIELD_NUMBER: _ClassVar[int]
     score: float
     query_segments: _containers.RepeatedCompositeFieldContainer[Segment]
     doc_segments: _containers.RepeatedCompositeFieldContainer[Segment]
@@ -376,7 +482,8 @@ class ExplainResponse(_message.Message):
     rrf_k: int
     dense_rank: int
     lexical_rank: int
-    def __init__(self, score: _Optional[float] = ..., query_segments: _Optional[_Iterable[_Union[Segment, _Mapping]]] = ..., doc_segments: _Optional[_Iterable[_Union[Segment, _Mapping]]] = ..., pair_contributions: _Optional[_Iterable[float]] = ..., rows: _Optional[int] = ..., cols: _Optional[int] = ..., cross_attention: _Optional[_Iterable[float]] = ..., query_self_attention: _Optional[_Iterable[float]] = ..., query_self_attention_size: _Optional[int] = ..., doc_self_attention: _Optional[_Iterable[float]] = ..., doc_self_attention_size: _Optional[int] = ..., attention_layer: _Optional[int] = ..., attention_head: _Optional[int] = ..., query_truncated: _Optional[bool] = ..., doc_truncated: _Optional[bool] = ..., index_score: _Optional[float] = ..., notes: _Optional[_Iterable[str]] = ..., rank: _Optional[int] = ..., kth_score: _Optional[float] = ..., lexical_terms: _Optional[_Iterable[_Union[LexicalTerm, _Mapping]]] = ..., dense_score: _Optional[float] = ..., lexical_score: _Optional[float] = ..., dense_weight: _Optional[float] = ..., passage: _Optional[_Union[Passage, _Mapping]] = ..., mode: _Optional[_Union[SearchMode, str]] = ..., fusion: _Optional[_Union[Fusion, str]] = ..., dense_min: _Optional[float] = ..., dense_max: _Optional[float] = ..., lexical_max: _Optional[float] = ..., rrf_k: _Optional[int] = ..., dense_rank: _Optional[int] = ..., lexical_rank: _Optional[int] = ...) -> None: ...
+    excluded_by: str
+    def __init__(self, score: _Optional[float] = ..., query_segments: _Optional[_Iterable[_Union[Segment, _Mapping]]] = ..., doc_segments: _Optional[_Iterable[_Union[Segment, _Mapping]]] = ..., pair_contributions: _Optional[_Iterable[float]] = ..., rows: _Optional[int] = ..., cols: _Optional[int] = ..., cross_attention: _Optional[_Iterable[float]] = ..., query_self_attention: _Optional[_Iterable[float]] = ..., query_self_attention_size: _Optional[int] = ..., doc_self_attention: _Optional[_Iterable[float]] = ..., doc_self_attention_size: _Optional[int] = ..., attention_layer: _Optional[int] = ..., attention_head: _Optional[int] = ..., query_truncated: _Optional[bool] = ..., doc_truncated: _Optional[bool] = ..., index_score: _Optional[float] = ..., notes: _Optional[_Iterable[str]] = ..., rank: _Optional[int] = ..., kth_score: _Optional[float] = ..., lexical_terms: _Optional[_Iterable[_Union[LexicalTerm, _Mapping]]] = ..., dense_score: _Optional[float] = ..., lexical_score: _Optional[float] = ..., dense_weight: _Optional[float] = ..., passage: _Optional[_Union[Passage, _Mapping]] = ..., mode: _Optional[_Union[SearchMode, str]] = ..., fusion: _Optional[_Union[Fusion, str]] = ..., dense_min: _Optional[float] = ..., dense_max: _Optional[float] = ..., lexical_max: _Optional[float] = ..., rrf_k: _Optional[int] = ..., dense_rank: _Optional[int] = ..., lexical_rank: _Optional[int] = ..., excluded_by: _Optional[str] = ...) -> None: ...
 
 class Embedding(_message.Message):
     __slots__ = ("values",)
@@ -547,3 +654,64 @@ class ReindexResponse(_message.Message):
     REINDEXED_COUNT_FIELD_NUMBER: _ClassVar[int]
     reindexed_count: int
     def __init__(self, reindexed_count: _Optional[int] = ...) -> None: ...
+
+class CountRequest(_message.Message):
+    __slots__ = ("collection", "where")
+    COLLECTION_FIELD_NUMBER: _ClassVar[int]
+    WHERE_FIELD_NUMBER: _ClassVar[int]
+    collection: str
+    where: Filter
+    def __init__(self, collection: _Optional[str] = ..., where: _Optional[_Union[Filter, _Mapping]] = ...) -> None: ...
+
+class CountResponse(_message.Message):
+    __slots__ = ("count",)
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    count: int
+    def __init__(self, count: _Optional[int] = ...) -> None: ...
+
+class ScrollRequest(_message.Message):
+    __slots__ = ("collection", "where", "limit", "cursor")
+    COLLECTION_FIELD_NUMBER: _ClassVar[int]
+    WHERE_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    CURSOR_FIELD_NUMBER: _ClassVar[int]
+    collection: str
+    where: Filter
+    limit: int
+    cursor: str
+    def __init__(self, collection: _Optional[str] = ..., where: _Optional[_Union[Filter, _Mapping]] = ..., limit: _Optional[int] = ..., cursor: _Optional[str] = ...) -> None: ...
+
+class ScrollResponse(_message.Message):
+    __slots__ = ("documents", "next_cursor")
+    DOCUMENTS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_CURSOR_FIELD_NUMBER: _ClassVar[int]
+    documents: _containers.RepeatedCompositeFieldContainer[Document]
+    next_cursor: str
+    def __init__(self, documents: _Optional[_Iterable[_Union[Document, _Mapping]]] = ..., next_cursor: _Optional[str] = ...) -> None: ...
+
+class UpdateAttributesRequest(_message.Message):
+    __slots__ = ("collection", "ids", "where", "set", "unset")
+    class SetEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: Value
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[Value, _Mapping]] = ...) -> None: ...
+    COLLECTION_FIELD_NUMBER: _ClassVar[int]
+    IDS_FIELD_NUMBER: _ClassVar[int]
+    WHERE_FIELD_NUMBER: _ClassVar[int]
+    SET_FIELD_NUMBER: _ClassVar[int]
+    UNSET_FIELD_NUMBER: _ClassVar[int]
+    collection: str
+    ids: _containers.RepeatedScalarFieldContainer[str]
+    where: Filter
+    set: _containers.MessageMap[str, Value]
+    unset: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, collection: _Optional[str] = ..., ids: _Optional[_Iterable[str]] = ..., where: _Optional[_Union[Filter, _Mapping]] = ..., set: _Optional[_Mapping[str, Value]] = ..., unset: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class UpdateAttributesResponse(_message.Message):
+    __slots__ = ("updated_count",)
+    UPDATED_COUNT_FIELD_NUMBER: _ClassVar[int]
+    updated_count: int
+    def __init__(self, updated_count: _Optional[int] = ...) -> None: ...

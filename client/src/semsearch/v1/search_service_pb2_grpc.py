@@ -103,6 +103,21 @@ class SearchServiceStub:
                 request_serializer=semsearch_dot_v1_dot_search__service__pb2.ReindexRequest.SerializeToString,
                 response_deserializer=semsearch_dot_v1_dot_search__service__pb2.ReindexResponse.FromString,
                 _registered_method=True)
+        self.Count = channel.unary_unary(
+                '/semsearch.v1.SearchService/Count',
+                request_serializer=semsearch_dot_v1_dot_search__service__pb2.CountRequest.SerializeToString,
+                response_deserializer=semsearch_dot_v1_dot_search__service__pb2.CountResponse.FromString,
+                _registered_method=True)
+        self.Scroll = channel.unary_unary(
+                '/semsearch.v1.SearchService/Scroll',
+                request_serializer=semsearch_dot_v1_dot_search__service__pb2.ScrollRequest.SerializeToString,
+                response_deserializer=semsearch_dot_v1_dot_search__service__pb2.ScrollResponse.FromString,
+                _registered_method=True)
+        self.UpdateAttributes = channel.unary_unary(
+                '/semsearch.v1.SearchService/UpdateAttributes',
+                request_serializer=semsearch_dot_v1_dot_search__service__pb2.UpdateAttributesRequest.SerializeToString,
+                response_deserializer=semsearch_dot_v1_dot_search__service__pb2.UpdateAttributesResponse.FromString,
+                _registered_method=True)
 
 
 class SearchServiceServicer:
@@ -129,7 +144,8 @@ class SearchServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Delete(self, request, context):
-        """Deletes documents by id; unknown ids are not an error, they are not counted.
+        """Deletes documents by id (unknown ids are not an error, they are not counted) or every document a
+        filter matches, atomically.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -202,6 +218,28 @@ class SearchServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Count(self, request, context):
+        """How many documents a filter matches (exact; no vectors are read).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Scroll(self, request, context):
+        """Pages through a collection's documents (a filter may narrow them) in ascending id order.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateAttributes(self, request, context):
+        """Sets and removes attributes of documents chosen by id or by filter, atomically; text and vectors
+        are untouched (nothing is re-embedded).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SearchServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -269,6 +307,21 @@ def add_SearchServiceServicer_to_server(servicer, server):
                     servicer.Reindex,
                     request_deserializer=semsearch_dot_v1_dot_search__service__pb2.ReindexRequest.FromString,
                     response_serializer=semsearch_dot_v1_dot_search__service__pb2.ReindexResponse.SerializeToString,
+            ),
+            'Count': grpc.unary_unary_rpc_method_handler(
+                    servicer.Count,
+                    request_deserializer=semsearch_dot_v1_dot_search__service__pb2.CountRequest.FromString,
+                    response_serializer=semsearch_dot_v1_dot_search__service__pb2.CountResponse.SerializeToString,
+            ),
+            'Scroll': grpc.unary_unary_rpc_method_handler(
+                    servicer.Scroll,
+                    request_deserializer=semsearch_dot_v1_dot_search__service__pb2.ScrollRequest.FromString,
+                    response_serializer=semsearch_dot_v1_dot_search__service__pb2.ScrollResponse.SerializeToString,
+            ),
+            'UpdateAttributes': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateAttributes,
+                    request_deserializer=semsearch_dot_v1_dot_search__service__pb2.UpdateAttributesRequest.FromString,
+                    response_serializer=semsearch_dot_v1_dot_search__service__pb2.UpdateAttributesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -626,6 +679,87 @@ class SearchService:
             '/semsearch.v1.SearchService/Reindex',
             semsearch_dot_v1_dot_search__service__pb2.ReindexRequest.SerializeToString,
             semsearch_dot_v1_dot_search__service__pb2.ReindexResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Count(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/semsearch.v1.SearchService/Count',
+            semsearch_dot_v1_dot_search__service__pb2.CountRequest.SerializeToString,
+            semsearch_dot_v1_dot_search__service__pb2.CountResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Scroll(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/semsearch.v1.SearchService/Scroll',
+            semsearch_dot_v1_dot_search__service__pb2.ScrollRequest.SerializeToString,
+            semsearch_dot_v1_dot_search__service__pb2.ScrollResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateAttributes(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/semsearch.v1.SearchService/UpdateAttributes',
+            semsearch_dot_v1_dot_search__service__pb2.UpdateAttributesRequest.SerializeToString,
+            semsearch_dot_v1_dot_search__service__pb2.UpdateAttributesResponse.FromString,
             options,
             channel_credentials,
             insecure,

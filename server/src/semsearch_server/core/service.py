@@ -14,6 +14,7 @@ import numpy as np
 
 from semsearch_server import __version__
 from semsearch_server.config import Limits
+from semsearch_server.core.cursors import decode_cursor, encode_cursor
 from semsearch_server.core.ranking import HYBRID_CANDIDATES, Candidate, FusionContext, fuse
 from semsearch_server.core.registry import CollectionRegistry
 from semsearch_server.core.validation import DEFAULT_TOP_K, Validator
@@ -38,6 +39,7 @@ from semsearch_server.errors import (
     NotFound,
     SemsearchError,
 )
+from semsearch_server.filtering import All, Filter, combine, conditions_of_string_map, excluded_by, validate_filter
 from semsearch_server.index.base import EmbeddedDocument, IndexStore, LexicalTermScore
 
 # UpsertStream embeds consecutive messages together up to this many texts (see upsert_stream).
@@ -77,6 +79,8 @@ class RankingExplanation:
     fusion: FusionContext | None = None
     dense_rank: int = 0
     lexical_rank: int = 0
+    # Set when the request's filter excludes the document (rank is then 0): the condition and its value.
+    excluded_by: str = ""
 
 
 @dataclass(frozen=True)
@@ -261,12 +265,92 @@ class SearchService:
                     vectors_future.cancel()
         return stored
 
-    def delete(self, collection: str, ids: Sequence[str], still_wanted: Callable[[], bool] = _always) -> int:
+    def delete(
+        self,
+        collection: str,
+        ids: Sequence[str],
+        still_wanted: Callable[[], bool] = _always,
+        where: Filter | None = None,
+    ) -> int:
+        """Deletes by id, or every document where matches (atomically); returns how many were deleted."""
         store = self._store(collection)
-        self.validate.ids(ids)
+        if where is not None:
+            if ids:
+                raise InvalidArgument("ids and where: give one of them; a delete is by ids or by filter, not both")
+            self._non_empty_where(where, "delete")
+            validate_filter(where)
+        else:
+            self.validate.ids(ids)
         if not still_wanted():
             raise DeadlineExceeded("the deadline passed before the delete; nothing was deleted")
+        if where is not None:
+            return store.delete_where(where, still_wanted)
         return store.delete(ids, still_wanted)
+
+    def update_attributes(
+        self,
+        collection: str,
+        ids: Sequence[str],
+        where: Filter | None,
+        set: Mapping[str, Any],
+        unset: Sequence[str],
+        still_wanted: Callable[[], bool] = _always,
+    ) -> int:
+        """Sets and removes attributes of the documents chosen by ids or where, atomically (nothing is
+        re-embedded); an unknown id is NOT_FOUND with nothing changed. Returns how many documents changed."""
+        store = self._store(collection)
+        if where is not None:
+            if ids:
+                raise InvalidArgument("ids and where: give one of them; documents are chosen by ids or by filter")
+            self._non_empty_where(where, "update")
+            validate_filter(where)
+        else:
+            self.validate.ids(ids)
+        if not set and not unset:
+            raise InvalidArgument("set and unset: both are empty; give at least one attribute to set or a key to unset")
+        self.validate.attributes(set, "set")
+        for i, key in enumerate(unset):
+            self.validate.attribute_key(key, f"unset[{i}]")
+            if key in set:
+                raise InvalidArgument(f"unset[{i}]: key {key!r} is also in set; a key is either set or unset")
+        if len(frozenset(unset)) != len(unset):
+            raise InvalidArgument("unset: a key is given twice; each key once")
+        if not still_wanted():
+            raise DeadlineExceeded("the deadline passed before the update; nothing was changed")
+        return store.update_attributes(
+            list(ids) if where is None else None, where, dict(set), list(unset), self.validate.limits, still_wanted
+        )
+
+    @staticmethod
+    def _non_empty_where(where: Filter, verb: str) -> None:
+        if isinstance(where, All) and not where.children:
+            raise InvalidArgument(
+                f"where: an empty filter matches every document; {verb} by filter needs a condition "
+                "(to empty a collection, delete it)"
+            )
+
+    # -- data management ------------------------------------------------------------------------------
+    def count(self, collection: str, where: Filter | None = None) -> int:
+        """How many documents where matches (every document without one); no vector is read."""
+        store = self._store(collection)
+        if where is not None:
+            validate_filter(where)
+        return store.count(where)
+
+    def scroll(self, collection: str, where: Filter | None, limit: int, cursor: str) -> tuple[list[Document], str]:
+        """One page of the documents where matches, in ascending id order (bytewise), and the next page's
+        cursor ('' after the last page). A cursor names its collection, and the last id it returned."""
+        name = self.validate.collection_name(collection)
+        store = self.registry.get(name)
+        if where is not None:
+            validate_filter(where)
+        limit = self.validate.scroll_limit(limit)
+        after = decode_cursor(cursor, store.name) if cursor else None
+        page = store.scroll(where, after, limit + 1)
+        if len(page) > limit:
+            page = page[:limit]
+            return page, encode_cursor(store.name, page[-1].id)
+        return page, ""
 
     # -- reads ---------------------------------------------------------------------------------------
     def get(self, collection: str, ids: Sequence[str]) -> list[Document]:
@@ -283,11 +367,17 @@ class SearchService:
         filter: Mapping[str, str],
         mode: SearchMode | None = None,
         hybrid: HybridParams | None = None,
+        where: Filter | None = None,
     ) -> list[Hit]:
-        """The top_k documents for the query in the given mode (None: the collection's default_mode)."""
+        """The top_k documents for the query in the given mode (None: the collection's default_mode).
+
+        Args:
+            filter: the old string map (every key with exactly this value), AND-ed with where.
+            where: a filter tree (filtering.model); the hits are the best top_k among what it matches.
+        """
         store = self._store(collection)
         self.validate.text(query, "query")
-        return self._search(store, [query], top_k, min_score, filter, mode, hybrid)[0]
+        return self._search(store, [query], top_k, min_score, self._where(filter, where), mode, hybrid)[0]
 
     def batch_search(
         self,
@@ -298,10 +388,19 @@ class SearchService:
         filter: Mapping[str, str],
         mode: SearchMode | None = None,
         hybrid: HybridParams | None = None,
+        where: Filter | None = None,
     ) -> list[list[Hit]]:
         store = self._store(collection)
         self.validate.queries(queries)
-        return self._search(store, queries, top_k, min_score, filter, mode, hybrid)
+        return self._search(store, queries, top_k, min_score, self._where(filter, where), mode, hybrid)
+
+    def _where(self, filter: Mapping[str, str] | None, where: Filter | None) -> Filter | None:
+        """The request's filter: the old map (validated as before) AND the tree (validated against its limits)."""
+        if filter:
+            self.validate.filter(filter)
+        if where is not None:
+            validate_filter(where)
+        return combine(conditions_of_string_map(filter or {}), where)
 
     def _search(
         self,
@@ -309,19 +408,18 @@ class SearchService:
         queries: Sequence[str],
         top_k: int,
         min_score: float,
-        filter: Mapping[str, str],
+        filter: Filter | None,
         mode: SearchMode | None,
         hybrid: HybridParams | None,
     ) -> list[list[Hit]]:
         k = self.validate.top_k(top_k)
         mode = mode or store.settings.default_mode
         min_score = self.validate.min_score(min_score, mode)
-        self.validate.filter(filter)
         if mode is SearchMode.LEXICAL:
             results = store.search_lexical(list(queries), k, filter, documents=True)
             return [
                 [
-                    Hit(m.doc_id, m.score, m.document.text, m.document.metadata, 0.0, m.score, m.passage)
+                    Hit(m.doc_id, m.score, m.document.text, m.document.attributes, 0.0, m.score, m.passage)
                     for m in matches
                     if m.score >= min_score and m.document is not None
                 ]
@@ -332,7 +430,7 @@ class SearchService:
             results = store.search_dense(vectors, k, filter, documents=True)
             return [
                 [
-                    Hit(m.doc_id, m.score, m.document.text, m.document.metadata, m.score, 0.0, m.passage)
+                    Hit(m.doc_id, m.score, m.document.text, m.document.attributes, m.score, 0.0, m.passage)
                     for m in matches
                     if m.score >= min_score and m.document is not None
                 ]
@@ -346,7 +444,7 @@ class SearchService:
             docs = {d.id: d for d in store.get([c.doc_id for c, _ in top])} if top else {}
             out.append(
                 [
-                    Hit(c.doc_id, score, docs[c.doc_id].text, docs[c.doc_id].metadata, c.dense, c.lexical, c.passage)
+                    Hit(c.doc_id, score, docs[c.doc_id].text, docs[c.doc_id].attributes, c.dense, c.lexical, c.passage)
                     for c, score in top
                     if c.doc_id in docs
                 ]
@@ -359,7 +457,7 @@ class SearchService:
         query: str,
         vector: np.ndarray,
         k: int,
-        filter: Mapping[str, str],
+        filter: Filter | None,
         params: HybridParams,
     ) -> tuple[list[tuple[Candidate, float]], FusionContext]:
         """The fused candidate pool for one query, best first, and the context that scored it."""
@@ -408,6 +506,7 @@ class SearchService:
         hybrid: HybridParams | None = None,
         top_k: int = 0,
         filter: Mapping[str, str] | None = None,
+        where: Filter | None = None,
     ) -> ExplainOutcome:
         """Decomposes the query-document score; for a stored document, also how it ranks and why.
 
@@ -417,7 +516,6 @@ class SearchService:
         if self._explainer is None:
             raise FailedPrecondition("Explain is not available on this server")
         self.validate.text(query, "query")
-        filter = dict(filter or {})
         query_vector = None
         stored = None
         passages: tuple[Passage, ...] = ()
@@ -427,10 +525,12 @@ class SearchService:
             self.validate.ids([doc_id], "doc_id")
             # top_k 0: no rank asked for (it scores every document the filter keeps).
             k = self.validate.top_k(top_k) if top_k else 0
-            self.validate.filter(filter)
+            where = self._where(filter, where)
             docs = store.get([doc_id])
             if not docs:
                 raise NotFound(f"doc_id: no document {doc_id!r} in collection {store.name!r}")
+            # Why not, under a filter: the condition that hides the document and its value for that key.
+            excluded = excluded_by(where, docs[0].attributes) if where is not None else None
             full_text = docs[0].text
             passages, vectors = store.get_passages([doc_id]).get(doc_id, ((Passage(0, 0, len(full_text)),), None))
             best = 0
@@ -494,7 +594,9 @@ class SearchService:
             )
         ranking = None
         if doc_id is not None:
-            ranking = self._rank(store, query, query_vector, doc_id, index_score, passage, mode, hybrid, k, filter)
+            ranking = self._rank(store, query, query_vector, doc_id, index_score, passage, mode, hybrid, k, where)
+            if excluded is not None:
+                ranking = replace(ranking, rank=0, excluded_by=excluded)
         return ExplainOutcome(explanation, index_score, notes, ranking)
 
     def _rank(
@@ -508,7 +610,7 @@ class SearchService:
         mode: SearchMode | None,
         hybrid: HybridParams | None,
         k: int,
-        filter: Mapping[str, str],
+        filter: Filter | None,
     ) -> RankingExplanation:
         """The document's score in the mode, its parts, and (for k > 0) its rank and the k-th hit's score."""
         mode = mode or store.settings.default_mode
@@ -611,9 +713,17 @@ def _runs_by_store(
 
 
 def _document_bytes(doc: Document) -> int:
-    """A document's id, text and metadata in UTF-8 bytes: about what it holds in memory, and on the wire."""
+    """A document's id, text and attributes in UTF-8 bytes: about what it holds in memory, and on the wire."""
     size = len(doc.id.encode()) + len(doc.text.encode())
-    return size + sum(len(k.encode()) + len(v.encode()) for k, v in doc.metadata.items())
+    return size + sum(len(k.encode()) + _value_bytes(v) for k, v in doc.attributes.items())
+
+
+def _value_bytes(value: Any) -> int:
+    if isinstance(value, str):
+        return len(value.encode())
+    if isinstance(value, tuple | list):
+        return sum(_value_bytes(v) for v in value)
+    return 8
 
 
 def _last_of_each_id(docs: Sequence[Document]) -> list[int]:

@@ -8,13 +8,17 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 from semsearch_server.config import Limits
-from semsearch_server.domain import Document, HybridParams, IndexKind, IndexSpec, SearchMode
+from semsearch_server.domain import Document, HybridParams, IndexKind, IndexSpec, SearchMode, string_valued
 from semsearch_server.errors import InvalidArgument
+from semsearch_server.filtering import validate_attributes
 
 DEFAULT_COLLECTION = "default"
 DEFAULT_TOP_K = 10
+DEFAULT_SCROLL_LIMIT = 100
+MAX_SCROLL_LIMIT = 10_000
 
 # Texts, queries and metadata values are any valid UTF-8 (protobuf checks that), control characters
 # and NUL included: real corpora carry them (PDF form feeds, mojibake), and they are stored and returned
@@ -66,7 +70,7 @@ class Validator:
                 )
             seen[doc.id] = i
             self.text(doc.text, f"{where}.text")
-            self.metadata(doc.metadata, f"{where}.metadata")
+            self.attributes(doc.attributes, f"{where}.attributes", f"{where}.metadata")
 
     def ids(self, ids: Sequence[str], field: str = "ids") -> None:
         if not ids:
@@ -146,6 +150,38 @@ class Validator:
 
     def filter(self, filt: Mapping[str, str], field: str = "filter") -> None:
         self.metadata(filt, field)
+
+    def attributes(self, attributes: Mapping[str, Any], field: str, strings_field: str | None = None) -> None:
+        """Typed attributes: the kinds and API limits (filtering.values), and the server's configured limits
+        on keys and string values (the string-valued ones are the `metadata` view: strings_field names them)."""
+        self.metadata(string_valued(attributes), strings_field or field)
+        lim = self.limits
+        if len(attributes) > lim.max_metadata_entries:
+            raise InvalidArgument(f"{field}: {len(attributes)} entries; at most {lim.max_metadata_entries} allowed")
+        for key in attributes:
+            self.attribute_key(key, field)
+        validate_attributes(attributes, field)
+
+    def attribute_key(self, key: str, field: str) -> None:
+        lim = self.limits
+        if not isinstance(key, str) or not key or not key.strip():
+            raise InvalidArgument(f"{field}: keys must not be empty or blank")
+        if len(key) > lim.max_metadata_key_chars:
+            raise InvalidArgument(
+                f"{field}: key {key[:40]!r}... is {len(key)} characters; at most {lim.max_metadata_key_chars} allowed"
+            )
+        if _IDENT_FORBIDDEN.search(key):
+            raise InvalidArgument(f"{field}: key {key!r} contains a control character; none are allowed in keys")
+
+    def scroll_limit(self, limit: int) -> int:
+        """Documents per Scroll page: 0 means 100, at most 10,000."""
+        if limit == 0:
+            return DEFAULT_SCROLL_LIMIT
+        if not 1 <= limit <= MAX_SCROLL_LIMIT:
+            raise InvalidArgument(
+                f"limit: {limit} is out of range; allowed 1-{MAX_SCROLL_LIMIT} (0 means {DEFAULT_SCROLL_LIMIT})"
+            )
+        return limit
 
     def metadata(self, metadata: Mapping[str, str], field: str) -> None:
         lim = self.limits

@@ -23,6 +23,11 @@ from semsearch_server.domain import (
     Passage,
 )
 from semsearch_server.errors import FailedPrecondition
+from semsearch_server.filtering import Filter
+
+# A filter as a store takes it: the tree, or the old string map (every key with exactly this value), or
+# None/empty for none. Every store gives it the same meaning (filtering.evaluate is the definition).
+StoreFilter = Filter | Mapping[str, str] | None
 
 
 @dataclass(frozen=True)
@@ -100,14 +105,15 @@ class IndexStore(Protocol):
         ...
 
     def search_dense(
-        self, queries: np.ndarray, top_k: int, filter: Mapping[str, str], documents: bool = False
+        self, queries: np.ndarray, top_k: int, filter: StoreFilter, documents: bool = False
     ) -> list[list[DenseMatch]]:
-        """Per query vector: the top_k documents by best-passage cosine, best first, distinct ids
-        (with their documents when asked: one read instead of a search and a get)."""
+        """Per query vector: the top_k documents by best-passage cosine among those the filter matches, best
+        first, distinct ids (with their documents when asked: one read instead of a search and a get).
+        Never fewer than min(top_k, matching documents)."""
         ...
 
     def search_lexical(
-        self, queries: Sequence[str], top_k: int, filter: Mapping[str, str], documents: bool = False
+        self, queries: Sequence[str], top_k: int, filter: StoreFilter, documents: bool = False
     ) -> list[list[LexicalMatch]]:
         """Per query text: the top_k documents by BM25 (only documents with a query term), best first."""
         ...
@@ -125,7 +131,7 @@ class IndexStore(Protocol):
         ...
 
     def score_all(
-        self, query: str, vector: np.ndarray | None, filter: Mapping[str, str], dense: bool, lexical: bool
+        self, query: str, vector: np.ndarray | None, filter: StoreFilter, dense: bool, lexical: bool
     ) -> ScoreTable:
         """Every document the filter keeps, with the scores asked for (Explain's exact rank)."""
         ...
@@ -136,8 +142,34 @@ class IndexStore(Protocol):
         """Re-embeds every stored document (Reindex) and records the new model; returns the count."""
         ...
 
+    # -- data management ---------------------------------------------------------------------------
+    def count(self, where: Filter | None = None) -> int:
+        """Documents in the collection, or those where matches (exact; no vector is read)."""
+        ...
+
+    def scroll(self, where: Filter | None, after: str | None, limit: int) -> list[Document]:
+        """Up to limit documents where matches whose ids come after `after` (None: from the start), in
+        ascending bytewise id order."""
+        ...
+
+    def delete_where(self, where: Filter, still_wanted: Callable[[], bool] | None = None) -> int:
+        """Deletes every document where matches, atomically; returns how many."""
+        ...
+
+    def update_attributes(
+        self,
+        ids: Sequence[str] | None,
+        where: Filter | None,
+        set: Mapping,
+        unset: Sequence[str],
+        limits,
+        still_wanted: Callable[[], bool] | None = None,
+    ) -> int:
+        """Sets and removes attributes of the documents chosen by ids (NotFound for an unknown one, nothing
+        changed) or where, atomically, leaving texts and vectors as they are; returns how many changed."""
+        ...
+
     # -- housekeeping ------------------------------------------------------------------------------
-    def count(self) -> int: ...
 
     def status(self) -> CollectionStatus: ...
 

@@ -48,8 +48,18 @@ from semsearch_server.domain import (
     PassageConfig,
     SearchMode,
 )
-from semsearch_server.errors import DeadlineExceeded, DiskFull, FailedPrecondition, SemsearchError, StorageFailed
+from semsearch_server.errors import (
+    DeadlineExceeded,
+    DiskFull,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    SemsearchError,
+    StorageFailed,
+)
 from semsearch_server.files import StagedFiles, atomic_write_json, sha256_file
+from semsearch_server.filtering import Filter, as_filter, attributes_from_json, decode_attributes, encode_attributes
+from semsearch_server.index.attribute_index import AttributeIndex
 from semsearch_server.index.base import (
     CollectionBroken,
     DenseMatch,
@@ -117,6 +127,9 @@ CREATE TABLE IF NOT EXISTS passage_deletions (label INTEGER PRIMARY KEY, seq INT
 _CATCH_UP_ENOUGH = 1024
 # Upserts are applied in slices of this many rows' SQL parameters (SQLite's variable limit).
 _SQL_CHUNK = 500
+# Scroll under a filter matching at most this many documents sorts their ids in memory; past it, it walks
+# the id index and skips what does not match (few rows skipped per page when most match).
+_SCROLL_SORT_MAX = 50_000
 # Documents re-embedded per call of a Reindex's embed_documents (see _embed_in_chunks).
 _REINDEX_CHUNK = 8192
 # A snapshot that could not be written (a full disk) is tried again at a write at least this long after
@@ -199,8 +212,16 @@ class _PassageMap:
         return out
 
     def of_documents(self, doc_labels: np.ndarray) -> np.ndarray:
-        """The live passage labels of these documents (one pass over the map: ~1 ms per 100k passages)."""
-        return np.flatnonzero(np.isin(self.values[:, 0], doc_labels)).astype(np.int64)
+        """The live passage labels of these documents, ascending (one vectorised pass over the map)."""
+        if len(doc_labels) == 0:
+            return np.empty(0, dtype=np.int64)
+        owners = self.values[:, 0]
+        wanted = np.zeros(max(int(doc_labels.max()), int(owners.max())) + 1, dtype=bool)
+        wanted[doc_labels] = True
+        live = owners >= 0
+        keep = np.zeros(len(owners), dtype=bool)
+        keep[live] = wanted[owners[live]]
+        return np.flatnonzero(keep).astype(np.int64)
 
     def passage(self, label: int) -> Passage:
         _, index, start, end = self.values[label].tolist()
@@ -257,6 +278,10 @@ class FaissIndexStore:
         self._reindexing = threading.Lock()
         self._reindex_from_seq: int | None = None  # a Reindex replays the log after it (keep it)
         self._recovered = False  # the indexes and the passage map are loaded (False: opened for Reindex only)
+        # Every document's attributes, columnar, for filters: built from the database at the first filtered
+        # read (a collection never filtered costs nothing), then kept in step by every write.
+        self._attributes: AttributeIndex | None = None
+        self._attributes_building = threading.Lock()
 
     @property
     def spec(self) -> IndexSpec:
@@ -625,7 +650,7 @@ class FaissIndexStore:
             doc_labels, removed, added = self._write_transaction(lambda seq: self._upsert_rows(docs, seq))
             vectors = np.concatenate([d.vectors for d in docs]).astype(np.float32, copy=False)
             self._after_commit(
-                lambda: self._apply_upsert(doc_labels, [d.document.text for d in docs], removed, added, vectors)
+                lambda: self._apply_upsert(doc_labels, [d.document for d in docs], removed, added, vectors)
             )
             snapshot_due = self._after_write(len(docs))
         if snapshot_due:  # written without the collection's lock: searches and other writes go on
@@ -633,13 +658,15 @@ class FaissIndexStore:
         return len(docs)
 
     def _apply_upsert(
-        self, doc_labels: list[int], texts: list[str], removed: np.ndarray, added: np.ndarray, vectors: np.ndarray
+        self, doc_labels: list[int], docs: list[Document], removed: np.ndarray, added: np.ndarray, vectors: np.ndarray
     ) -> None:
         self._index.remove(removed)
         self._passages.remove(removed)
         self._index.add(added[:, 0], vectors)
         self._passages.set(added)
-        self._lexical.add(doc_labels, texts)
+        self._lexical.add(doc_labels, [d.text for d in docs])
+        if self._attributes is not None:
+            self._attributes.put_many(zip(doc_labels, (d.attributes for d in docs), strict=True))
 
     def _upsert_rows(self, docs: Sequence[EmbeddedDocument], seq: int) -> tuple[list[int], np.ndarray, np.ndarray]:
         db = self._db
@@ -658,7 +685,8 @@ class FaissIndexStore:
         labels: list[int] = []
         for item in docs:
             doc = item.document
-            metadata = json.dumps(doc.metadata, ensure_ascii=False, sort_keys=True)
+            # Typed attributes in the old column: a string-only map is the JSON old versions wrote, byte for byte.
+            metadata = encode_attributes(doc.attributes)
             (label,) = db.execute(sql, (doc.id, doc.text, metadata, seq)).fetchone()
             labels.append(label)
         removed: list[int] = []
@@ -681,14 +709,8 @@ class FaissIndexStore:
                     (label, passage.index, passage.start, passage.end, np.asarray(vector, np.float32).tobytes(), seq),
                 ).fetchone()
                 added.append((passage_label, label, passage.index, passage.start, passage.end))
-        db.executemany(
-            "INSERT INTO metadata_kv(label, key, value) VALUES (?, ?, ?)",
-            [
-                (label, k, v)
-                for label, item in zip(labels, docs, strict=True)
-                for k, v in item.document.metadata.items()
-            ],
-        )
+        # metadata_kv (the old string filter's table) is no longer written: filters read the attribute index.
+        # Its rows of older versions are deleted with their documents above.
         return labels, np.array(removed, dtype=np.int64), np.array(added, dtype=np.int64).reshape(-1, 5)
 
     def delete(self, ids: Sequence[str], still_wanted: Callable[[], bool] | None = None) -> int:
@@ -703,6 +725,8 @@ class FaissIndexStore:
                 self._index.remove(passages)
                 self._passages.remove(passages)
                 self._lexical.remove(labels)
+                if self._attributes is not None:
+                    self._attributes.remove_many(labels)
 
             self._after_commit(apply)
             snapshot_due = self._after_write(len(labels))
@@ -865,7 +889,7 @@ class FaissIndexStore:
         owners, spans, vectors, counts = [], [], [], []
         for start in range(0, len(rows), _REINDEX_CHUNK):
             chunk = rows[start : start + _REINDEX_CHUNK]
-            embedded = embed_documents([Document(r[1], r[2], json.loads(r[3])) for r in chunk])
+            embedded = embed_documents([Document(r[1], r[2], decode_attributes(r[3])) for r in chunk])
             if len(embedded) != len(chunk):
                 raise RuntimeError(f"re-embedding returned {len(embedded)} documents for {len(chunk)}")
             per_document = np.array([len(item.passages) for item in embedded], dtype=np.int64)
@@ -1053,6 +1077,7 @@ class FaissIndexStore:
         except Exception:  # noqa: BLE001 - any failure leaves the in-memory indexes in doubt
             log.exception("collection %s: a committed write could not be applied in memory; rebuilding", self.name)
             try:
+                self._attributes = None  # rebuilt from the database at the next filtered read
                 self._load_passage_map()
                 self._rebuild_vectors()
                 self._rebuild_lexical()
@@ -1087,7 +1112,7 @@ class FaissIndexStore:
         with self._lock.read():
             self._ensure_readable()
             found = self._fetch("id", list(ids))
-        return [Document(d[0], d[1], d[2]) for d in (found.get(i) for i in ids) if d is not None]
+        return [Document(d[0], d[1], attributes_from_json(d[2])) for d in (found.get(i) for i in ids) if d is not None]
 
     def get_passages(self, ids: Sequence[str]) -> dict[str, tuple[tuple[Passage, ...], np.ndarray]]:
         with self._lock.read():
@@ -1135,7 +1160,7 @@ class FaissIndexStore:
         return out
 
     def search_dense(
-        self, queries: np.ndarray, top_k: int, filter: Mapping[str, str], documents: bool = False
+        self, queries: np.ndarray, top_k: int, filter: Filter | Mapping[str, str] | None, documents: bool = False
     ) -> list[list[DenseMatch]]:
         """Per query: the top_k documents by their best passage's cosine, best first.
 
@@ -1145,7 +1170,7 @@ class FaissIndexStore:
         queries = np.ascontiguousarray(queries, dtype=np.float32)
         with self._lock.read():
             self._ensure_readable()
-            allowed = self._passages_matching(filter) if filter else None
+            allowed = self._passages_matching(filter)
             best = [self._best_passages(q, top_k, allowed) for q in queries]
             doc_labels = sorted({doc for row in best for _, _, doc in row})
             docs = self._fetch("label", doc_labels) if documents else self._ids_by_label(doc_labels)
@@ -1157,7 +1182,7 @@ class FaissIndexStore:
                 doc = docs.get(doc_label)
                 if doc is None:
                     continue
-                document = Document(doc[0], doc[1], doc[2]) if documents else None
+                document = Document(doc[0], doc[1], attributes_from_json(doc[2])) if documents else None
                 matches.append(DenseMatch(doc[0], score, passages[label], document))
             results.append(matches)
         return results
@@ -1206,24 +1231,49 @@ class FaissIndexStore:
                 return row
             want *= 4
 
-    def _passages_matching(self, filter: Mapping[str, str]) -> np.ndarray:
-        clauses = " INTERSECT ".join("SELECT label FROM metadata_kv WHERE key = ? AND value = ?" for _ in filter)
-        params = [x for kv in sorted(filter.items()) for x in kv]
-        rows = self._reader().execute(f"SELECT label FROM passages WHERE doc_label IN ({clauses})", params).fetchall()
-        return np.array([r[0] for r in rows], dtype=np.int64)
+    def _passages_matching(self, filter: Filter | Mapping[str, str] | None) -> np.ndarray | None:
+        """The passage labels of the documents the filter matches (None: no filter, every passage).
 
-    def _documents_matching(self, filter: Mapping[str, str]) -> np.ndarray:
-        clauses = " INTERSECT ".join("SELECT label FROM metadata_kv WHERE key = ? AND value = ?" for _ in filter)
-        params = [x for kv in sorted(filter.items()) for x in kv]
-        rows = self._reader().execute(clauses, params).fetchall()
-        return np.array([r[0] for r in rows], dtype=np.int64)
+        The vector index then chooses by their number: exact scoring of just these vectors when they are
+        few, FAISS's own search with them as a selector when they are many (VectorIndex.search)."""
+        doc_labels = self._documents_matching(filter)
+        return None if doc_labels is None else self._passages.of_documents(doc_labels)
+
+    def _documents_matching(self, filter: Filter | Mapping[str, str] | None) -> np.ndarray | None:
+        """Sorted labels of the documents the filter matches (None: no filter). Call under the read lock."""
+        tree = as_filter(filter)
+        if tree is None:
+            return None
+        return self._attribute_index().evaluate(tree)
+
+    def _attribute_index(self) -> AttributeIndex:
+        """The attribute index, built from the database on first use (under the read or write lock, so no
+        write lands between the read and the index taking over; writers then keep it in step)."""
+        index = self._attributes
+        if index is not None:
+            return index
+        with self._attributes_building:
+            if self._attributes is None:
+                started = time.monotonic()
+                index = AttributeIndex()
+                cursor = self._reader().execute("SELECT label, metadata FROM documents")
+                while rows := cursor.fetchmany(10_000):
+                    index.put_many((label, decode_attributes(metadata)) for label, metadata in rows)
+                self._attributes = index
+                log.info(
+                    "collection %s: attribute index of %d documents built in %.2f s",
+                    self.name,
+                    len(index),
+                    time.monotonic() - started,
+                )
+            return self._attributes
 
     def search_lexical(
-        self, queries: Sequence[str], top_k: int, filter: Mapping[str, str], documents: bool = False
+        self, queries: Sequence[str], top_k: int, filter: Filter | Mapping[str, str] | None, documents: bool = False
     ) -> list[list[LexicalMatch]]:
         with self._lock.read():
             self._ensure_readable()
-            allowed = self._documents_matching(filter) if filter else None
+            allowed = self._documents_matching(filter)
             found = [self._lexical.search(q, top_k, allowed) for q in queries]
             labels = sorted({int(label) for labels, _ in found for label in labels})
             docs = self._fetch("label", labels) if documents else self._ids_by_label(labels)
@@ -1238,7 +1288,8 @@ class FaissIndexStore:
                     continue
                 if documents:
                     passage = self._best_lexical_passage(doc[1], spans.get(label, ()), terms)
-                    matches.append(LexicalMatch(doc[0], float(score), Document(doc[0], doc[1], doc[2]), passage))
+                    document = Document(doc[0], doc[1], attributes_from_json(doc[2]))
+                    matches.append(LexicalMatch(doc[0], float(score), document, passage))
                 else:
                     matches.append(LexicalMatch(doc[0], float(score)))
             results.append(matches)
@@ -1313,17 +1364,20 @@ class FaissIndexStore:
         ]
 
     def score_all(
-        self, query: str, vector: np.ndarray | None, filter: Mapping[str, str], dense: bool, lexical: bool
+        self,
+        query: str,
+        vector: np.ndarray | None,
+        filter: Filter | Mapping[str, str] | None,
+        dense: bool,
+        lexical: bool,
     ) -> ScoreTable:
         with self._lock.read():
             self._ensure_readable()
             db = self._reader()
-            if filter:
-                allowed = self._documents_matching(filter)
-                rows = [(int(label),) for label in allowed.tolist()]
-            else:
+            doc_labels = self._documents_matching(filter)
+            if doc_labels is None:
                 rows = db.execute("SELECT label FROM documents").fetchall()
-            doc_labels = np.array(sorted(r[0] for r in rows), dtype=np.int64)
+                doc_labels = np.array(sorted(r[0] for r in rows), dtype=np.int64)
             ids_by_label = self._ids_by_label(doc_labels.tolist()) if len(doc_labels) else {}
             dense_scores = None
             if dense and vector is not None:
@@ -1342,8 +1396,132 @@ class FaissIndexStore:
                 lexical_scores[position[inside]] = scores[inside]
         return ScoreTable([ids_by_label[label][0] for label in doc_labels.tolist()], dense_scores, lexical_scores)
 
-    def count(self) -> int:
-        return int(self._reader().execute("SELECT COUNT(*) FROM documents").fetchone()[0])
+    def count(self, where: Filter | None = None) -> int:
+        """Documents in the collection, or those where matches (from the attribute index: no vector is read)."""
+        if where is None:
+            return int(self._reader().execute("SELECT COUNT(*) FROM documents").fetchone()[0])
+        with self._lock.read():
+            self._ensure_readable()
+            return len(self._documents_matching(where))
+
+    # -- data management -----------------------------------------------------------------------------
+    def scroll(self, where: Filter | None, after: str | None, limit: int) -> list[Document]:
+        """Up to limit documents where matches with ids after `after`, in ascending id order (bytewise:
+        SQLite compares TEXT with memcmp of UTF-8, and the id's UNIQUE index is in that order)."""
+        with self._lock.read():
+            self._ensure_readable()
+            db = self._reader()
+            matching = self._documents_matching(where)
+            start = "" if after is None else after
+            op = ">" if after is not None else ">="
+            if matching is None or len(matching) > _SCROLL_SORT_MAX:
+                # Many match: walk the id index from the cursor, keeping the matching rows, a chunk at a time.
+                keep = None if matching is None else _membership(matching)
+                out: list[Document] = []
+                while len(out) < limit:
+                    rows = db.execute(
+                        f"SELECT id, text, metadata, label FROM documents WHERE id {op} ? ORDER BY id LIMIT ?",
+                        (start, max(limit - len(out), 256)),
+                    ).fetchall()
+                    if not rows:
+                        break
+                    for doc_id, text, metadata, label in rows:
+                        if keep is None or keep(label):
+                            out.append(Document(doc_id, text, decode_attributes(metadata)))
+                            if len(out) == limit:
+                                break
+                    start, op = rows[-1][0], ">"
+                return out
+            # Few match: their ids, sorted bytewise, then one read of the page.
+            ids = [doc_id for doc_id, _ in self._id_label_pairs("label", matching.tolist())]
+            ids = sorted((i for i in ids if after is None or _bytewise(i) > _bytewise(after)), key=_bytewise)[:limit]
+            found = self._fetch("id", ids)
+            return [Document(d[0], d[1], attributes_from_json(d[2])) for d in (found[i] for i in ids if i in found)]
+
+    def delete_where(self, where: Filter, still_wanted: Callable[[], bool] | None = None) -> int:
+        """Deletes every document where matches, in one transaction (chosen under the write lock: exactly the
+        documents that match at the commit)."""
+        with self._lock.write():
+            self._ensure_writable()
+            if still_wanted is not None and not still_wanted():
+                raise DeadlineExceeded("the deadline passed while waiting for the collection; nothing was deleted")
+            doc_labels = self._documents_matching(where)
+            if not len(doc_labels):
+                return 0
+            ids = [doc_id for doc_id, _ in self._id_label_pairs("label", doc_labels.tolist())]
+            labels, passages = self._write_transaction(lambda seq: self._delete_rows(ids, seq))
+
+            def apply() -> None:
+                self._index.remove(passages)
+                self._passages.remove(passages)
+                self._lexical.remove(labels)
+                if self._attributes is not None:
+                    self._attributes.remove_many(labels)
+
+            self._after_commit(apply)
+            snapshot_due = self._after_write(len(labels))
+        if snapshot_due:
+            self._snapshot_or_defer()
+        return len(labels)
+
+    def update_attributes(
+        self,
+        ids: Sequence[str] | None,
+        where: Filter | None,
+        set: Mapping,
+        unset: Sequence[str],
+        limits,
+        still_wanted: Callable[[], bool] | None = None,
+    ) -> int:
+        """Sets and removes attributes of the documents chosen by ids (each must exist) or by where, in one
+        transaction; text, passages and vectors are untouched, and the documents keep their sequence number
+        (nothing for the vector or lexical index to replay). Returns how many documents were chosen."""
+        with self._lock.write():
+            self._ensure_writable()
+            if still_wanted is not None and not still_wanted():
+                raise DeadlineExceeded("the deadline passed while waiting for the collection; nothing was changed")
+            if ids is not None:
+                found = self._labels_by_id(list(ids))
+                missing = [doc_id for doc_id in ids if doc_id not in found]
+                if missing:
+                    raise NotFound(
+                        f"ids: no document {missing[0]!r} in collection {self.name!r}"
+                        + (f" ({len(missing)} ids are unknown)" if len(missing) > 1 else "")
+                        + "; nothing was changed"
+                    )
+                labels = list(found.values())
+            else:
+                labels = self._documents_matching(where).tolist()
+            if not labels:
+                return 0
+            rows = []
+            for start in range(0, len(labels), _SQL_CHUNK):
+                chunk = labels[start : start + _SQL_CHUNK]
+                marks = ",".join("?" * len(chunk))
+                rows += self._db.execute(f"SELECT label, id, metadata FROM documents WHERE label IN ({marks})", chunk)
+            changed = []
+            for label, doc_id, metadata in rows:
+                attributes = decode_attributes(metadata)
+                for key in unset:
+                    attributes.pop(key, None)
+                attributes.update(set)
+                if len(attributes) > limits.max_metadata_entries:
+                    raise InvalidArgument(
+                        f"set: document {doc_id!r} would have {len(attributes)} attributes; at most "
+                        f"{limits.max_metadata_entries} allowed; nothing was changed"
+                    )
+                changed.append((label, attributes))
+
+            def rewrite(seq: int) -> None:
+                self._db.executemany(
+                    "UPDATE documents SET metadata = ? WHERE label = ?",
+                    ((encode_attributes(attributes), label) for label, attributes in changed),
+                )
+
+            self._write_transaction(rewrite)
+            if self._attributes is not None:
+                self._after_commit(lambda: self._attributes.put_many(changed))
+        return len(changed)
 
     def _passage_count(self) -> int:
         return int(self._db.execute("SELECT COUNT(*) FROM passages").fetchone()[0])
@@ -1535,6 +1713,16 @@ class FaissIndexStore:
             for reader in self._readers:
                 reader.close()
             self._db.close()
+
+
+def _bytewise(doc_id: str) -> bytes:
+    """An id's sort key: its UTF-8 bytes (the order SQLite keeps ids in, and Scroll's)."""
+    return doc_id.encode("utf-8", "surrogatepass")
+
+
+def _membership(sorted_labels: np.ndarray) -> Callable[[int], bool]:
+    members = set(sorted_labels.tolist())
+    return members.__contains__
 
 
 def _positions(sorted_labels: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -76,11 +76,13 @@ from semsearch_server.domain import Passage as PassageT
 from semsearch_server.errors import (
     AlreadyExists,
     DeadlineExceeded,
+    FailedPrecondition,
     InvalidArgument,
     NotFound,
     SemsearchError,
     Unavailable,
 )
+from semsearch_server.filtering import All, Condition, Filter, Op, attributes_from_json, attributes_to_json
 from semsearch_server.index.base import (
     CollectionBroken,
     DenseMatch,
@@ -89,9 +91,12 @@ from semsearch_server.index.base import (
     LexicalTermScore,
     ModelMismatch,
     ScoreTable,
+    StoreFilter,
 )
 
 log = logging.getLogger(__name__)
+# Count, Scroll and the writes by filter, which this store does not have yet.
+_NOT_YET = "with --store milvus; it needs the local store (--store local) for now"
 
 SETTINGS_KEY = "semsearch.settings"
 FINGERPRINT_KEY = "semsearch.fingerprint"
@@ -140,14 +145,30 @@ def quote(value: str) -> str:
     return "".join(out)
 
 
-def filter_expression(filter: Mapping[str, str]) -> str:
-    """The exact-match metadata map as a Milvus expression; values and keys are literals, never syntax."""
-    return " and ".join(f"meta[{quote(k)}] == {quote(v)}" for k, v in sorted(filter.items()))
+def filter_expression(filter: StoreFilter) -> str:
+    """The filter as a Milvus expression; values and keys are literals, never syntax."""
+    return " and ".join(f"meta[{quote(k)}] == {quote(v)}" for k, v in sorted(_string_map(filter).items()))
 
 
-def _keeps(meta: Mapping[str, Any], filter: Mapping[str, str]) -> bool:
+def _string_map(filter: StoreFilter) -> dict[str, str]:
+    """The filters this store evaluates: every key with exactly this string (the old map, or the tree of it)."""
+    if filter is None or isinstance(filter, Mapping):
+        return dict(filter or {})
+    conditions = filter.children if isinstance(filter, All) else (filter,)
+    out: dict[str, str] = {}
+    for c in conditions:
+        if not (isinstance(c, Condition) and c.op is Op.EQ and isinstance(c.value, str) and c.field not in out):
+            raise FailedPrecondition(
+                f"{getattr(c, 'place', 'where')}: with --store milvus a filter may only require keys to equal "
+                'strings (key == "value" and ...); the other typed filters need the local store'
+            )
+        out[c.field] = c.value
+    return out
+
+
+def _keeps(meta: Mapping[str, Any], filter: StoreFilter) -> bool:
     """Whether a row's metadata matches every key of the exact-match filter (as ``filter_expression``)."""
-    return all(k in meta and meta[k] == v for k, v in filter.items())
+    return all(k in meta and meta[k] == v for k, v in _string_map(filter).items())
 
 
 def _best_lexical_passage(text: str, spans: Sequence[PassageT], query: str) -> PassageT:
@@ -168,7 +189,7 @@ def _in(field: str, values: Sequence[Any]) -> str:
 
 def _document(row: Mapping[str, Any]) -> Document:
     """The Document a passage-0 row holds (its text and metadata)."""
-    return Document(id=row["doc_id"], text=row["text"], metadata={str(k): str(v) for k, v in row["meta"].items()})
+    return Document(id=row["doc_id"], text=row["text"], attributes=attributes_from_json(row["meta"]))
 
 
 def _and(*parts: str) -> str:
@@ -369,7 +390,7 @@ class MilvusIndexStore:
                         "start": p.start,
                         "end": p.end,
                         "text": doc.text if p.index == 0 else "",
-                        "meta": dict(doc.metadata),
+                        "meta": attributes_to_json(doc.attributes),
                         "vector": np.asarray(vec, dtype=np.float32).tolist(),
                     }
                 )
@@ -521,7 +542,7 @@ class MilvusIndexStore:
         return out
 
     def search_dense(
-        self, queries: np.ndarray, top_k: int, filter: Mapping[str, str], documents: bool = False
+        self, queries: np.ndarray, top_k: int, filter: StoreFilter, documents: bool = False
     ) -> list[list[DenseMatch]]:
         versions: dict[str, int] = {}
         found: dict[str, Document] | None = {} if documents else None
@@ -554,7 +575,7 @@ class MilvusIndexStore:
         self,
         queries: np.ndarray,
         top_k: int,
-        filter: Mapping[str, str],
+        filter: StoreFilter,
         versions: dict[str, int] | None = None,
         documents: dict[str, Document] | None = None,
     ) -> list[list[DenseMatch]]:
@@ -612,7 +633,7 @@ class MilvusIndexStore:
         self,
         query: str,
         limit: int,
-        filter: Mapping[str, str] | None = None,
+        filter: StoreFilter = None,
         versions: dict[str, int] | None = None,
     ) -> list[LexicalMatch]:
         """The top ``limit`` documents by BM25 among those the filter keeps, best first.
@@ -653,7 +674,7 @@ class MilvusIndexStore:
             fetch = min(MAX_TOPK, fetch * 4)
 
     def search_lexical(
-        self, queries: Sequence[str], top_k: int, filter: Mapping[str, str], documents: bool = False
+        self, queries: Sequence[str], top_k: int, filter: StoreFilter, documents: bool = False
     ) -> list[list[LexicalMatch]]:
         versions: dict[str, int] = {}
         results = [self._bm25(q, top_k, filter, versions) for q in queries]
@@ -733,7 +754,7 @@ class MilvusIndexStore:
         return out
 
     def score_all(
-        self, query: str, vector: np.ndarray | None, filter: Mapping[str, str], dense: bool, lexical: bool
+        self, query: str, vector: np.ndarray | None, filter: StoreFilter, dense: bool, lexical: bool
     ) -> ScoreTable:
         expr = _and("passage_index >= 0", filter_expression(filter))
         fields = ["doc_id", "version"] + (["vector"] if dense and vector is not None else [])
@@ -757,10 +778,21 @@ class MilvusIndexStore:
                     lex_arr[index[m.doc_id]] = m.score
         return ScoreTable(ids, dense_arr, lex_arr)
 
-    # -- housekeeping ------------------------------------------------------------------------------
-    def count(self) -> int:
+    # -- data management ---------------------------------------------------------------------------
+    def count(self, where: Filter | None = None) -> int:
+        if where is not None:
+            raise FailedPrecondition(f"Count with a filter is not available {_NOT_YET}")
         rows = self._query("passage_index == 0", ["doc_id", "version"])
         return len({r["doc_id"] for r in self._visible(rows)})
+
+    def scroll(self, where: Filter | None, after: str | None, limit: int) -> list[Document]:
+        raise FailedPrecondition(f"Scroll is not available {_NOT_YET}")
+
+    def delete_where(self, where: Filter, still_wanted: Callable[[], bool] | None = None) -> int:
+        raise FailedPrecondition(f"Delete by filter is not available {_NOT_YET}")
+
+    def update_attributes(self, ids, where, set, unset, limits, still_wanted=None) -> int:
+        raise FailedPrecondition(f"UpdateAttributes is not available {_NOT_YET}")
 
     def status(self) -> CollectionStatus:
         return CollectionStatus(

@@ -18,8 +18,12 @@ from semsearch_server.domain import IndexKind, IndexSpec
 # HNSW cannot remove vectors: removed labels are masked at search time and the graph is rebuilt
 # from the stored vectors once this share of it is dead.
 _HNSW_REBUILD_DEAD_FRACTION = 0.25
-# Filters matching at most this many documents are answered by exact scoring of those documents.
-_EXACT_FILTER_MAX = 20_000
+# Filters matching at most this many vectors are always answered by exact scoring of them; HNSW and a
+# trained IVF score exactly up to this share of the index too (see VectorIndex._exact_filter_max).
+_EXACT_FILTER_MIN = 2_048
+_EXACT_FILTER_SHARE = 0.02
+# The widest walk a filtered HNSW search makes (efSearch).
+_HNSW_FILTER_EF_MAX = 2_048
 # IVF needs training data: until this many vectors per list exist it answers with exact search.
 _IVF_MIN_POINTS_PER_LIST = 39
 # faiss's OpenMP threads for the process (every core unless OMP_NUM_THREADS says otherwise).
@@ -326,22 +330,71 @@ class VectorIndex:
         """Returns (scores, labels), each (n_queries, k); missing results have label -1.
 
         Args:
-            allowed: if given, only these labels may be returned (metadata filter).
+            allowed: if given, only these labels may be returned (a filter; absent ones are ignored). Chosen by
+                their number, as a query planner does: few are scored exactly (gathered and multiplied:
+                exact, and cheaper than any walk); many are handed to FAISS as a bitmap selector (flat: the
+                scan skips the rest; HNSW: the walk keeps only them, with efSearch raised by how few they
+                are; IVF: the lists skip the rest). A selector search that comes back with fewer than
+                min(k, allowed) hits is answered exactly instead, so a filtered search is never short.
         """
         queries = np.ascontiguousarray(queries, dtype=np.float32)
         if self.ntotal == 0 or (allowed is not None and len(allowed) == 0):
             return _empty_result(len(queries), k)
-        if allowed is not None and len(allowed) <= _EXACT_FILTER_MAX:
-            # A selective filter: score the few allowed vectors exactly rather than hope an
-            # approximate graph walk finds them.
-            return self._search_subset(queries, k, np.asarray(allowed, dtype=np.int64))
-        faiss_allowed = None if allowed is None else self._to_faiss_ids(np.asarray(allowed, dtype=np.int64))
-        params = self._params(self._selector(faiss_allowed))
+        if allowed is not None:
+            allowed = np.asarray(allowed, dtype=np.int64)
+            if len(allowed) <= self._exact_filter_max():
+                return self._search_subset(queries, k, allowed)
+            scores, labels = self._search_selected(queries, k, allowed)
+            want = min(k, len(allowed))
+            if (labels[:, :want] < 0).any():  # short: the walk did not reach enough of them
+                return self._search_subset(queries, k, allowed)
+            return scores, labels
+        params = self._params(self._selector(None))
         k_eff = max(1, min(k, int(self._index.ntotal)))
         # One query: one thread. faiss splits a lone query's flat scan among its threads, which only adds
         # their wake-ups and a merge: 0.32 against 0.80 ms at 10k vectors, 11 against 15 ms at 100k, at a
         # quarter of the CPU (measured here, 2 cores); HNSW and IVF were no faster on two. Several queries
         # are split among the threads, which pays (16 queries at 10k: 6.2 -> 3.2 ms).
+        with openmp_threads(1) if len(queries) == 1 else nullcontext():
+            scores, ids = self._index.search(queries, k_eff, params=params)
+        return _pad_to(k, scores, self._to_labels(ids))
+
+    def _exact_filter_max(self) -> int:
+        """Up to how many allowed labels exact scoring beats a selector search (benchmarks/filtered_search.py).
+
+        Exact scoring costs about 15 times a flat scan's per vector (a gather and a product against a
+        streamed scan), so flat scans with a selector from 1/15 of the index on; HNSW and IVF walk a small
+        part of the index, and their filtered walk needs enough matching nodes to stay exact."""
+        n = int(self._index.ntotal)
+        if self.spec.kind is IndexKind.HNSW or (self.spec.kind is IndexKind.IVF and self.trained):
+            return max(_EXACT_FILTER_MIN, int(_EXACT_FILTER_SHARE * n))
+        return max(_EXACT_FILTER_MIN, n // 15)
+
+    def _search_selected(self, queries: np.ndarray, k: int, allowed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """FAISS's own search restricted to the allowed labels by a bitmap over the ids it holds."""
+        if self.spec.kind is IndexKind.HNSW:
+            # The graph's ids are slots: a slot is allowed when its (live) label is.
+            top = max(int(self._slot_labels.max(initial=-1)), int(allowed.max())) + 1
+            by_label = np.zeros(top, dtype=bool)
+            by_label[allowed] = True
+            slot_labels = self._slot_labels[: int(self._index.ntotal)]
+            mask = np.zeros(len(slot_labels), dtype=bool)
+            live = slot_labels >= 0
+            mask[live] = by_label[slot_labels[live]]
+        else:
+            mask = np.zeros(int(allowed.max()) + 1, dtype=bool)
+            mask[allowed] = True
+        bits = np.packbits(mask, bitorder="little")
+        # Its n is the bitmap's size in bytes (ids past n * 8 are not members), not in bits.
+        selector = faiss.IDSelectorBitmap(len(bits), faiss.swig_ptr(bits))
+        selector._keepalive = bits  # the selector reads the array, it does not own it
+        params = self._params(selector)
+        if self.spec.kind is IndexKind.HNSW:
+            # The walk keeps only allowed nodes: widen it as they get rarer (every node it visits is one of
+            # n / allowed that it may keep), up to a bound past which exact scoring is cheaper anyway.
+            share = len(allowed) / max(1, int(self._index.ntotal))
+            params.efSearch = int(min(_HNSW_FILTER_EF_MAX, max(self.spec.hnsw_ef_search, k) / share))
+        k_eff = max(1, min(k, len(allowed)))
         with openmp_threads(1) if len(queries) == 1 else nullcontext():
             scores, ids = self._index.search(queries, k_eff, params=params)
         return _pad_to(k, scores, self._to_labels(ids))

@@ -52,6 +52,9 @@ RPC_CLASSES: dict[str, RpcClass] = {
         "DeleteCollection": RpcClass.WRITE,
         "GetInfo": RpcClass.READ,
         "Reindex": RpcClass.WRITE,
+        "Count": RpcClass.READ,
+        "Scroll": RpcClass.READ,
+        "UpdateAttributes": RpcClass.WRITE,
     }.items()
 }
 WRITE_RPCS: frozenset[str] = frozenset(m for m, c in RPC_CLASSES.items() if c is RpcClass.WRITE)

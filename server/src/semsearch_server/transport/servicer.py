@@ -28,6 +28,7 @@ from semsearch_server.domain import (
     SearchMode,
 )
 from semsearch_server.errors import InvalidArgument, SemsearchError, Unavailable
+from semsearch_server.transport.attributes import to_attributes, to_filter, to_pb_attributes, to_value
 from semsearch_server.transport.errors import status_details, status_for
 from semsearch_server.transport.streams import StreamCancelled, StreamFeed, StreamGate, StreamLimits
 
@@ -64,8 +65,16 @@ def _rpc(method: Callable) -> Callable:
     return wrapper
 
 
-def to_document(doc: pb.Document) -> Document:
-    return Document(id=doc.id, text=doc.text, metadata=dict(doc.metadata))
+def to_document(doc: pb.Document, field: str = "documents") -> Document:
+    return Document(id=doc.id, text=doc.text, attributes=to_attributes(doc.metadata, doc.attributes, field))
+
+
+def to_documents(docs, field: str = "documents") -> list[Document]:
+    return [to_document(d, f"{field}[{i}]") for i, d in enumerate(docs)]
+
+
+def to_pb_document(doc: Document) -> pb.Document:
+    return pb.Document(id=doc.id, text=doc.text, metadata=doc.metadata, attributes=to_pb_attributes(doc.attributes))
 
 
 def to_pb_hit(hit: Hit) -> pb.Hit:
@@ -74,10 +83,26 @@ def to_pb_hit(hit: Hit) -> pb.Hit:
         score=hit.score,
         text=hit.text,
         metadata=hit.metadata,
+        attributes=to_pb_attributes(hit.attributes),
         dense_score=hit.dense_score,
         lexical_score=hit.lexical_score,
         passage=to_pb_passage(hit.passage, hit.text),
     )
+
+
+def to_where(request) -> object:
+    """The request's `where` as a filter tree (None when unset)."""
+    return to_filter(request.where) if request.HasField("where") else None
+
+
+def to_where_required(request) -> object:
+    """`where` of a request that acts on what it matches: set but empty is refused, not read as 'all'."""
+    if request.HasField("where") and request.where.WhichOneof("kind") is None:
+        raise InvalidArgument(
+            "where: the filter is empty; set a condition, all, any, not or expression "
+            "(to act on every document of a collection, delete the collection)"
+        )
+    return to_where(request)
 
 
 def to_pb_passage(passage: Passage | None, text: str = "") -> pb.Passage:
@@ -179,7 +204,7 @@ class SearchServicer(pb_grpc.SearchServiceServicer):
 
     @_rpc
     def Upsert(self, request: pb.UpsertRequest, context) -> pb.UpsertResponse:
-        docs = [to_document(d) for d in request.documents]
+        docs = to_documents(request.documents)
         return pb.UpsertResponse(upserted_count=self.service.upsert(request.collection, docs, context.is_active))
 
     @_rpc
@@ -188,7 +213,7 @@ class SearchServicer(pb_grpc.SearchServiceServicer):
         limits = self.streams.limits
         with self.streams.admit(context.peer()):
             feed = StreamFeed(request_iterator, limits.idle_seconds)
-            batches = (None if r is None else (r.collection, [to_document(d) for d in r.documents]) for r in feed)
+            batches = (None if r is None else (r.collection, to_documents(r.documents)) for r in feed)
             try:
                 count = service.upsert_stream(batches, context.is_active, limits.buffer_bytes)
             except StreamCancelled:
@@ -201,14 +226,37 @@ class SearchServicer(pb_grpc.SearchServiceServicer):
 
     @_rpc
     def Delete(self, request: pb.DeleteRequest, context) -> pb.DeleteResponse:
-        return pb.DeleteResponse(
-            deleted_count=self.service.delete(request.collection, list(request.ids), context.is_active)
+        count = self.service.delete(
+            request.collection, list(request.ids), context.is_active, to_where_required(request)
         )
+        return pb.DeleteResponse(deleted_count=count)
 
     @_rpc
     def Get(self, request: pb.GetRequest, context) -> pb.GetResponse:
         docs = self.service.get(request.collection, list(request.ids))
-        return pb.GetResponse(documents=[pb.Document(id=d.id, text=d.text, metadata=d.metadata) for d in docs])
+        return pb.GetResponse(documents=[to_pb_document(d) for d in docs])
+
+    @_rpc
+    def Count(self, request: pb.CountRequest, context) -> pb.CountResponse:
+        return pb.CountResponse(count=self.service.count(request.collection, to_where(request)))
+
+    @_rpc
+    def Scroll(self, request: pb.ScrollRequest, context) -> pb.ScrollResponse:
+        docs, cursor = self.service.scroll(request.collection, to_where(request), request.limit, request.cursor)
+        return pb.ScrollResponse(documents=[to_pb_document(d) for d in docs], next_cursor=cursor)
+
+    @_rpc
+    def UpdateAttributes(self, request: pb.UpdateAttributesRequest, context) -> pb.UpdateAttributesResponse:
+        values = {key: to_value(value, f"set[{key!r}]") for key, value in request.set.items()}
+        count = self.service.update_attributes(
+            request.collection,
+            list(request.ids),
+            to_where_required(request),
+            values,
+            list(request.unset),
+            context.is_active,
+        )
+        return pb.UpdateAttributesResponse(updated_count=count)
 
     @_rpc
     def Search(self, request: pb.SearchRequest, context) -> pb.SearchResponse:
@@ -220,6 +268,7 @@ class SearchServicer(pb_grpc.SearchServiceServicer):
             dict(request.filter),
             to_mode(request.mode),
             to_hybrid(request),
+            to_where(request),
         )
         return pb.SearchResponse(hits=[to_pb_hit(h) for h in hits])
 
@@ -233,6 +282,7 @@ class SearchServicer(pb_grpc.SearchServiceServicer):
             dict(request.filter),
             to_mode(request.mode),
             to_hybrid(request),
+            to_where(request),
         )
         return pb.BatchSearchResponse(
             results=[pb.SearchResponse(hits=[to_pb_hit(h) for h in hits]) for hits in results]
@@ -256,6 +306,7 @@ class SearchServicer(pb_grpc.SearchServiceServicer):
             hybrid=to_hybrid(request),
             top_k=request.top_k,
             filter=dict(request.filter),
+            where=to_where(request),
         )
         e = outcome.explanation
         r = outcome.ranking
@@ -356,6 +407,7 @@ def _ranking_fields(r) -> dict:
         "passage": to_pb_passage(r.passage),
         "dense_rank": r.dense_rank,
         "lexical_rank": r.lexical_rank,
+        "excluded_by": r.excluded_by,
     }
     if r.fusion is not None:
         fields |= {
