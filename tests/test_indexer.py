@@ -104,11 +104,9 @@ def test_jsonl_metadata_conversion_and_search(client, collection, server, tmp_pa
     assert (summary["indexed"], summary["failed"], summary["duplicates"]) == (80, 0, 0)
     assert "doc/s" in err  # the progress bar
     got = stored(client, collection, [i for i, _, _ in docs])
-    assert dict(got["sts-0"].metadata) == {
-        "genre": docs[0][2][0],
-        "score": str(float(docs[0][2][4])),
-        "gold": "true",
-    }
+    # JSON's kinds are the attributes' kinds: a number stays a number, a boolean a boolean.
+    assert dict(got["sts-0"].metadata) == {"genre": docs[0][2][0], "score": float(docs[0][2][4]), "gold": True}
+    assert client.count(collection=collection, where="gold == true") == 40
     for doc_id, text, _ in docs[:3]:
         assert client.search(text, collection=collection, top_k=1)[0].id == doc_id
 

@@ -1,5 +1,6 @@
 """semsearch client: a typed wrapper around the semsearch.v1 gRPC API (no torch, no faiss)."""
 
+from semsearch.aio import AsyncSearchClient
 from semsearch.client import SearchClient
 from semsearch.errors import (
     AlreadyExistsError,
@@ -13,10 +14,20 @@ from semsearch.errors import (
     UnauthenticatedError,
     UnavailableError,
 )
-from semsearch.types import Document, ExplainResult, Hit, LexicalTerm, Passage, Ranking, Segment
+from semsearch.filters import Field, Filter, all_of, any_of, exists, field, not_
+from semsearch.types import Document, ExplainResult, Hit, LexicalTerm, Page, Passage, Ranking, Segment
 
 __all__ = [
     "AlreadyExistsError",
+    "AsyncSearchClient",
+    "Field",
+    "Filter",
+    "Page",
+    "all_of",
+    "any_of",
+    "exists",
+    "field",
+    "not_",
     "DeadlineExceededError",
     "Document",
     "ExplainResult",

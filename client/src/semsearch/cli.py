@@ -7,6 +7,7 @@ import json
 import sys
 import time
 from collections.abc import Sequence
+from datetime import datetime
 
 from google.protobuf.json_format import MessageToDict
 
@@ -29,14 +30,27 @@ def _metadata_pairs(items: Sequence[str] | None, flag: str) -> dict[str, str]:
     return out
 
 
+def _json_default(value):
+    """JSON for the attribute kinds json cannot write: timestamps as RFC 3339 (UTC)."""
+    if isinstance(value, datetime):
+        return value.isoformat().replace("+00:00", "Z")
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
 def _print_json(data) -> None:
-    json.dump(data, sys.stdout, indent=2, ensure_ascii=False)
+    json.dump(data, sys.stdout, indent=2, ensure_ascii=False, default=_json_default)
     sys.stdout.write("\n")
 
 
+def _shown_value(value) -> str:
+    if isinstance(value, str):
+        return value
+    return json.dumps(value, ensure_ascii=False, default=_json_default)
+
+
 def _metadata_suffix(metadata) -> str:
-    """'  k1=v1 k2=v2' in key order, or '' for no metadata."""
-    return "  " + " ".join(f"{k}={v}" for k, v in sorted(metadata.items())) if metadata else ""
+    """'  k1=v1 k2=v2' in key order, or '' for no metadata (non-strings in their JSON spelling)."""
+    return "  " + " ".join(f"{k}={_shown_value(v)}" for k, v in sorted(metadata.items())) if metadata else ""
 
 
 def _hit_dict(hit: Hit) -> dict:
@@ -94,6 +108,7 @@ def cmd_search(client: SearchClient, args) -> int:
         fusion=args.fusion,
         dense_weight=args.dense_weight,
         rrf_k=args.rrf_k,
+        where=args.where,
     )
     _print_json({"hits": [_hit_dict(h) for h in hits]}) if args.json else _print_hits(hits)
     return 0
@@ -114,8 +129,60 @@ def cmd_get(client: SearchClient, args) -> int:
 
 
 def cmd_delete(client: SearchClient, args) -> int:
-    count = client.delete(args.ids, collection=args.collection)
+    if bool(args.ids) == (args.where is not None):
+        print("semsearch delete: give ids or --where EXPR (one of them)", file=sys.stderr)
+        return 2
+    count = client.delete(args.ids, collection=args.collection, where=args.where)
     _print_json({"deleted_count": count}) if args.json else print(f"deleted {count} document(s)")
+    return 0
+
+
+def cmd_count(client: SearchClient, args) -> int:
+    count = client.count(collection=args.collection, where=args.where)
+    _print_json({"count": count}) if args.json else print(count)
+    return 0
+
+
+def cmd_scroll(client: SearchClient, args) -> int:
+    """Documents as JSON lines, page after page; stopped by --max-documents, it says the cursor to resume with."""
+    cursor, written = args.cursor, 0
+    while True:
+        limit = args.limit if args.max_documents is None else min(args.limit, args.max_documents - written)
+        page = client.scroll(collection=args.collection, where=args.where, limit=limit, cursor=cursor)
+        for doc in page.documents:
+            sys.stdout.write(json.dumps(_doc_dict(doc), ensure_ascii=False, default=_json_default) + "\n")
+        written += len(page.documents)
+        cursor = page.next_cursor
+        if not cursor:
+            return 0
+        if args.max_documents is not None and written >= args.max_documents:
+            sys.stdout.flush()
+            print(f"next cursor: {cursor}  (resume with --cursor {cursor})", file=sys.stderr)
+            return 0
+
+
+def _set_pairs(items: Sequence[str] | None) -> dict:
+    """--set KEY=VALUE: VALUE in JSON (2020, 1.5, true, ["a", "b"], "text"), else taken as a string."""
+    out: dict = {}
+    for item in items or ():
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise argparse.ArgumentTypeError(f"--set {item!r}: expected KEY=VALUE")
+        try:
+            out[key] = json.loads(value)
+        except ValueError:
+            out[key] = value
+    return out
+
+
+def cmd_update(client: SearchClient, args) -> int:
+    if bool(args.ids) == (args.where is not None):
+        print("semsearch update: give ids or --where EXPR (one of them)", file=sys.stderr)
+        return 2
+    count = client.update_attributes(
+        args.ids, set=_set_pairs(args.set), unset=args.unset or (), collection=args.collection, where=args.where
+    )
+    _print_json({"updated_count": count}) if args.json else print(f"updated {count} document(s)")
     return 0
 
 
@@ -140,6 +207,7 @@ def cmd_explain(client: SearchClient, args) -> int:
         rrf_k=args.rrf_k,
         top_k=args.top_k,
         filter=_metadata_pairs(args.filter, "--filter"),
+        where=args.where,
     )
     doc_text = args.doc_text
     if doc_text is None:
@@ -205,6 +273,8 @@ def _explain_dict(result) -> dict:
             ],
             "passage": None if r.passage is None else vars(r.passage),
         }
+        if r.excluded_by:
+            out["ranking"]["excluded_by"] = r.excluded_by
         if r.mode == "hybrid":
             out["ranking"] |= {
                 "fusion": r.fusion,
@@ -324,6 +394,16 @@ def add_mode_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rrf-k", type=int, default=0, help="hybrid rrf: the k of 1/(k + rank)")
 
 
+def add_where_argument(p: argparse.ArgumentParser, help: str = "keep the documents it matches") -> None:
+    p.add_argument(
+        "--where",
+        "-w",
+        metavar="EXPR",
+        default=None,
+        help=f'a typed filter, e.g. \'year >= 2020 and lang in ["en", "de"]\': {help}',
+    )
+
+
 def add_collection_arguments(p: argparse.ArgumentParser) -> None:
     """Options of a new collection (collections create, index --create)."""
     p.add_argument(
@@ -370,6 +450,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k", "-k", type=int, default=10)
     p.add_argument("--min-score", type=float, default=0.0)
     p.add_argument("--filter", "-f", action="append", metavar="KEY=VALUE", help="exact metadata match (repeatable)")
+    add_where_argument(p)
     add_mode_arguments(p)
     p.set_defaults(func=cmd_search)
 
@@ -377,9 +458,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("ids", nargs="+")
     p.set_defaults(func=cmd_get)
 
-    p = sub.add_parser("delete", parents=[common, coll], help="delete documents by id")
-    p.add_argument("ids", nargs="+")
+    p = sub.add_parser("delete", parents=[common, coll], help="delete documents by id, or by filter")
+    p.add_argument("ids", nargs="*")
+    add_where_argument(p, "delete every document it matches (instead of ids)")
     p.set_defaults(func=cmd_delete)
+
+    p = sub.add_parser("count", parents=[common, coll], help="how many documents (a filter) matches")
+    add_where_argument(p)
+    p.set_defaults(func=cmd_count)
+
+    p = sub.add_parser("scroll", parents=[common, coll], help="documents as JSON lines, in id order (resumable)")
+    add_where_argument(p)
+    p.add_argument("--limit", type=int, default=100, help="documents per page (at most 10000; default 100)")
+    p.add_argument("--cursor", default="", help="resume where a stopped scroll said")
+    p.add_argument("--max-documents", type=int, default=None, help="stop after this many and print the cursor")
+    p.set_defaults(func=cmd_scroll)
+
+    p = sub.add_parser("update", parents=[common, coll], help="set or remove attributes, by id or by filter")
+    p.add_argument("ids", nargs="*")
+    add_where_argument(p, "update every document it matches (instead of ids)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="VALUE in JSON (2020, true, [1, 2]) or text")
+    p.add_argument("--unset", action="append", metavar="KEY", help="remove this attribute (repeatable)")
+    p.set_defaults(func=cmd_update)
 
     p = sub.add_parser("explain", parents=[common, coll], help="why a query matches a document")
     p.add_argument("query")
@@ -396,6 +496,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--top-k", "-k", type=int, default=10, help="the k you searched with: says how far the document was from it"
     )
     p.add_argument("--filter", "-f", action="append", metavar="KEY=VALUE", help="the filter you searched with")
+    add_where_argument(p, "the filter you searched with: says which condition hides the document, if one does")
     add_mode_arguments(p)
     p.set_defaults(func=cmd_explain)
 

@@ -1,8 +1,12 @@
-"""SearchClient: every semsearch RPC with a default timeout, typed results and the client's own exceptions."""
+"""SearchClient: every semsearch RPC with a default timeout, typed results and the client's own exceptions.
+
+Each RPC is written once, in ``SearchApi``: the request it sends and how its response is read. The blocking
+``SearchClient`` and the asyncio ``AsyncSearchClient`` (semsearch.aio) differ only in ``_invoke``, which sends
+the request on their channel, so the two cannot drift apart.
+"""
 
 from __future__ import annotations
 
-import functools
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -10,7 +14,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import grpc
 
 from semsearch.errors import from_rpc_error
-from semsearch.types import Document, ExplainResult, Hit, LexicalTerm, Passage, Ranking, Segment
+from semsearch.filters import FilterLike, read_attributes, split_attributes, to_pb_filter, to_pb_value
+from semsearch.types import Document, ExplainResult, Hit, LexicalTerm, Page, Passage, Ranking, Segment
 from semsearch.v1 import search_service_pb2 as pb
 from semsearch.v1 import search_service_pb2_grpc as pb_grpc
 
@@ -30,28 +35,27 @@ _INDEX_KINDS = {"flat": pb.INDEX_KIND_FLAT, "hnsw": pb.INDEX_KIND_HNSW, "ivf": p
 _GRANULARITIES = {"word": pb.GRANULARITY_WORD, "token": pb.GRANULARITY_TOKEN}
 
 
-def _translate_errors(method: Callable[..., T]) -> Callable[..., T]:
-    @functools.wraps(method)
-    def wrapper(*args, **kwargs):
-        try:
-            return method(*args, **kwargs)
-        except grpc.RpcError as exc:
-            raise from_rpc_error(exc) from None
-
-    return wrapper
-
-
 def to_pb_document(doc: DocumentLike) -> pb.Document:
-    """Accepts a Document, a pb.Document, a mapping with id/text/metadata, or an (id, text[, metadata]) tuple."""
+    """Accepts a Document, a pb.Document, a mapping with id/text/metadata, or an (id, text[, metadata]) tuple.
+
+    metadata values are plain Python values (str, int, float, bool, datetime, lists): strings travel in the
+    message's ``metadata`` map, other kinds in ``attributes``."""
     if isinstance(doc, pb.Document):
         return doc
     if isinstance(doc, Document):
-        return pb.Document(id=doc.id, text=doc.text, metadata=dict(doc.metadata))
-    if isinstance(doc, Mapping):
-        return pb.Document(id=str(doc["id"]), text=str(doc["text"]), metadata=dict(doc.get("metadata") or {}))
-    if isinstance(doc, tuple) and len(doc) in (2, 3):
-        return pb.Document(id=doc[0], text=doc[1], metadata=dict(doc[2]) if len(doc) == 3 else {})
-    raise TypeError(f"cannot make a document of {doc!r}: give a Document, a mapping, or (id, text[, metadata])")
+        doc_id, text, metadata = doc.id, doc.text, doc.metadata
+    elif isinstance(doc, Mapping):
+        doc_id, text, metadata = str(doc["id"]), str(doc["text"]), doc.get("metadata")
+    elif isinstance(doc, tuple) and len(doc) in (2, 3):
+        doc_id, text, metadata = doc[0], doc[1], doc[2] if len(doc) == 3 else None
+    else:
+        raise TypeError(f"cannot make a document of {doc!r}: give a Document, a mapping, or (id, text[, metadata])")
+    strings, typed = split_attributes(metadata)
+    return pb.Document(id=doc_id, text=text, metadata=strings, attributes=typed)
+
+
+def _document(d: pb.Document) -> Document:
+    return Document(id=d.id, text=d.text, metadata=read_attributes(d))
 
 
 def _hit(h: pb.Hit) -> Hit:
@@ -59,7 +63,7 @@ def _hit(h: pb.Hit) -> Hit:
         id=h.id,
         score=h.score,
         text=h.text,
-        metadata=dict(h.metadata),
+        metadata=read_attributes(h),
         dense_score=h.dense_score,
         lexical_score=h.lexical_score,
         passage=Passage(h.passage.index, h.passage.start, h.passage.end) if h.HasField("passage") else None,
@@ -97,20 +101,19 @@ def _matrix(values, size: int) -> np.ndarray | None:
     return np.asarray(values, dtype=np.float64).reshape(size, size) if size else None
 
 
-class SearchClient:
-    """A connection to a semsearch server.
+def _set_where(request, where: FilterLike | None) -> None:
+    message = to_pb_filter(where)
+    if message is not None:
+        request.where.CopyFrom(message)
 
-    Args:
-        address: host:port (default ``SEMSEARCH_ADDRESS`` or localhost:50051).
-        timeout: default deadline in seconds for every call (each method takes ``timeout=`` to override).
-        api_key: sent as ``authorization: Bearer <key>`` (default ``SEMSEARCH_API_KEY``).
-        tls_ca: PEM file of the CA that signed the server's certificate; turns TLS on.
-        tls: use TLS with the system's roots.
-        tls_cert, tls_key: client certificate and key for mTLS.
-        options: extra gRPC channel options.
 
-    The raw stub stays reachable as ``client.stub``. Use as a context manager to close the channel.
+class SearchApi:
+    """Every semsearch RPC, once: the request and the decoding of its response. Subclasses send them.
+
+    Args: see SearchClient. ``settings`` keeps them, so a twin can be made: ``AsyncSearchClient(**c.settings)``.
     """
+
+    _channels: Any  # the module that makes channels: grpc, or grpc.aio
 
     def __init__(
         self,
@@ -126,37 +129,45 @@ class SearchClient:
         self.address = address or os.environ.get("SEMSEARCH_ADDRESS") or DEFAULT_ADDRESS
         self.timeout = timeout
         api_key = api_key if api_key is not None else os.environ.get("SEMSEARCH_API_KEY")
+        self.settings = {
+            "address": self.address,
+            "timeout": timeout,
+            "api_key": api_key,
+            "tls_ca": tls_ca,
+            "tls": tls,
+            "tls_cert": tls_cert,
+            "tls_key": tls_key,
+            "options": tuple(options),
+        }
         self._metadata = (("authorization", f"Bearer {api_key}"),) if api_key else ()
         channel_options = [("grpc.max_receive_message_length", 64 * 1024 * 1024), *options]
         if tls or tls_ca or tls_cert:
             creds = grpc.ssl_channel_credentials(
                 root_certificates=_read(tls_ca), private_key=_read(tls_key), certificate_chain=_read(tls_cert)
             )
-            self.channel = grpc.secure_channel(self.address, creds, options=channel_options)
+            self.channel = self._channels.secure_channel(self.address, creds, options=channel_options)
         else:
-            self.channel = grpc.insecure_channel(self.address, options=channel_options)
+            self.channel = self._channels.insecure_channel(self.address, options=channel_options)
         self.stub = pb_grpc.SearchServiceStub(self.channel)
 
-    def __enter__(self) -> SearchClient:
-        return self
+    def _invoke(self, method: str, request, decode: Callable[[Any], T], timeout: float | None) -> T:
+        """Sends request to method and returns decode(response) (or, on an async client, an awaitable of it)."""
+        raise NotImplementedError
 
-    def __exit__(self, *exc) -> None:
-        self.close()
+    def _rpc(self, method: str):
+        """The stub's callable for "Search" (SearchService) or "Health/Check" (the health service)."""
+        if method.startswith("Health/"):
+            from grpc_health.v1 import health_pb2_grpc
 
-    def close(self) -> None:
-        self.channel.close()
-
-    def _call(self, rpc, request, timeout: float | None):
-        return rpc(request, timeout=self.timeout if timeout is None else timeout, metadata=self._metadata)
+            return getattr(health_pb2_grpc.HealthStub(self.channel), method.removeprefix("Health/"))
+        return getattr(self.stub, method)
 
     # -- documents -----------------------------------------------------------------------------------
-    @_translate_errors
     def upsert(self, documents: Iterable[DocumentLike], collection: str = "", timeout: float | None = None) -> int:
         """Stores documents, replacing any with the same id; all or nothing. Returns the count."""
         request = pb.UpsertRequest(collection=collection, documents=[to_pb_document(d) for d in documents])
-        return self._call(self.stub.Upsert, request, timeout).upserted_count
+        return self._invoke("Upsert", request, lambda r: r.upserted_count, timeout)
 
-    @_translate_errors
     def upsert_stream(
         self, batches: Iterable[Iterable[DocumentLike]], collection: str = "", timeout: float | None = None
     ) -> int:
@@ -167,22 +178,71 @@ class SearchClient:
         requests = (
             pb.UpsertRequest(collection=collection, documents=[to_pb_document(d) for d in batch]) for batch in batches
         )
-        return self._call(self.stub.UpsertStream, requests, timeout).upserted_count
+        return self._invoke("UpsertStream", requests, lambda r: r.upserted_count, timeout)
 
-    @_translate_errors
-    def delete(self, ids: Sequence[str], collection: str = "", timeout: float | None = None) -> int:
-        return self._call(
-            self.stub.Delete, pb.DeleteRequest(collection=collection, ids=list(ids)), timeout
-        ).deleted_count
+    def delete(
+        self,
+        ids: Sequence[str] = (),
+        collection: str = "",
+        timeout: float | None = None,
+        where: FilterLike | None = None,
+    ) -> int:
+        """Deletes by id (unknown ids are not counted), or every document `where` matches (atomically)."""
+        request = pb.DeleteRequest(collection=collection, ids=list(ids))
+        _set_where(request, where)
+        return self._invoke("Delete", request, lambda r: r.deleted_count, timeout)
 
-    @_translate_errors
     def get(self, ids: Sequence[str], collection: str = "", timeout: float | None = None) -> list[Document]:
         """Found documents, in request order; unknown ids are left out."""
-        response = self._call(self.stub.Get, pb.GetRequest(collection=collection, ids=list(ids)), timeout)
-        return [Document(id=d.id, text=d.text, metadata=dict(d.metadata)) for d in response.documents]
+        request = pb.GetRequest(collection=collection, ids=list(ids))
+        return self._invoke("Get", request, lambda r: [_document(d) for d in r.documents], timeout)
+
+    def count(self, collection: str = "", where: FilterLike | None = None, timeout: float | None = None) -> int:
+        """How many documents `where` matches (every document without it); exact."""
+        request = pb.CountRequest(collection=collection)
+        _set_where(request, where)
+        return self._invoke("Count", request, lambda r: r.count, timeout)
+
+    def scroll(
+        self,
+        collection: str = "",
+        where: FilterLike | None = None,
+        limit: int = 0,
+        cursor: str = "",
+        timeout: float | None = None,
+    ) -> Page:
+        """One page of documents in ascending id order; pass ``page.next_cursor`` for the next ('' at the end).
+
+        Args:
+            limit: documents per page (0: 100; at most 10,000).
+        """
+        request = pb.ScrollRequest(collection=collection, limit=limit, cursor=cursor)
+        _set_where(request, where)
+        return self._invoke(
+            "Scroll", request, lambda r: Page([_document(d) for d in r.documents], r.next_cursor), timeout
+        )
+
+    def update_attributes(
+        self,
+        ids: Sequence[str] = (),
+        set: Mapping[str, Any] | None = None,
+        unset: Sequence[str] = (),
+        collection: str = "",
+        where: FilterLike | None = None,
+        timeout: float | None = None,
+    ) -> int:
+        """Sets (adds or replaces) and removes attributes of the documents chosen by ids or by `where`,
+        atomically; texts and vectors stay as they are. Returns how many documents changed."""
+        request = pb.UpdateAttributesRequest(
+            collection=collection,
+            ids=list(ids),
+            set={key: to_pb_value(value) for key, value in (set or {}).items()},
+            unset=list(unset),
+        )
+        _set_where(request, where)
+        return self._invoke("UpdateAttributes", request, lambda r: r.updated_count, timeout)
 
     # -- search ----------------------------------------------------------------------------------------
-    @_translate_errors
     def search(
         self,
         query: str,
@@ -195,10 +255,14 @@ class SearchClient:
         fusion: str | None = None,
         dense_weight: float = 0.0,
         rrf_k: int = 0,
+        where: FilterLike | None = None,
     ) -> list[Hit]:
-        """Best documents for `query`, best first; `filter` keeps exact metadata matches.
+        """Best documents for `query`, best first, among those the filters match.
 
         Args:
+            filter: the old exact-match filter (every key with exactly this string); AND-ed with where.
+            where: a typed filter: its text form (``'year >= 2020 and lang in ["en", "de"]'``), a tree from
+                semsearch.filters, or a mapping.
             mode: "dense" (cosine of embeddings), "lexical" (BM25), "hybrid" (both, fused), or None for
                 the collection's default_mode.
             fusion, dense_weight, rrf_k: hybrid only; "weighted" or "rrf"; 0/None mean the server's default.
@@ -212,9 +276,9 @@ class SearchClient:
             mode=_mode(mode),
             hybrid=_hybrid(fusion, dense_weight, rrf_k),
         )
-        return [_hit(h) for h in self._call(self.stub.Search, request, timeout).hits]
+        _set_where(request, where)
+        return self._invoke("Search", request, lambda r: [_hit(h) for h in r.hits], timeout)
 
-    @_translate_errors
     def batch_search(
         self,
         queries: Sequence[str],
@@ -227,6 +291,7 @@ class SearchClient:
         fusion: str | None = None,
         dense_weight: float = 0.0,
         rrf_k: int = 0,
+        where: FilterLike | None = None,
     ) -> list[list[Hit]]:
         """One result list per query, in order; the options are Search's."""
         request = pb.BatchSearchRequest(
@@ -238,19 +303,23 @@ class SearchClient:
             mode=_mode(mode),
             hybrid=_hybrid(fusion, dense_weight, rrf_k),
         )
-        return [[_hit(h) for h in r.hits] for r in self._call(self.stub.BatchSearch, request, timeout).results]
-
-    @_translate_errors
-    def embed(self, texts: Sequence[str], timeout: float | None = None) -> np.ndarray:
-        """The server's L2-normalised embeddings, shape (len(texts), dimension)."""
-        response = self._call(self.stub.Embed, pb.EmbedRequest(texts=list(texts)), timeout)
-        import numpy as np
-
-        return np.array([e.values for e in response.embeddings], dtype=np.float32).reshape(
-            len(texts), response.dimension
+        _set_where(request, where)
+        return self._invoke(
+            "BatchSearch", request, lambda r: [[_hit(h) for h in result.hits] for result in r.results], timeout
         )
 
-    @_translate_errors
+    def embed(self, texts: Sequence[str], timeout: float | None = None) -> np.ndarray:
+        """The server's L2-normalised embeddings, shape (len(texts), dimension)."""
+
+        def decode(response: pb.EmbedResponse) -> np.ndarray:
+            import numpy as np
+
+            return np.array([e.values for e in response.embeddings], dtype=np.float32).reshape(
+                len(texts), response.dimension
+            )
+
+        return self._invoke("Embed", pb.EmbedRequest(texts=list(texts)), decode, timeout)
+
     def explain(
         self,
         query: str,
@@ -268,6 +337,7 @@ class SearchClient:
         rrf_k: int = 0,
         top_k: int = 0,
         filter: Mapping[str, str] | None = None,
+        where: FilterLike | None = None,
     ) -> ExplainResult:
         """Why `query` matches a stored document (`doc_id`) or any text (`doc_text`).
 
@@ -295,33 +365,10 @@ class SearchClient:
             request.doc_id = doc_id
         else:
             request.doc_text = doc_text
-        r = self._call(self.stub.Explain, request, timeout)
-
-        def segments(items) -> list[Segment]:
-            return [Segment(s.text, s.start, s.end, s.contribution, s.special) for s in items]
-
-        import numpy as np
-
-        shape = (r.rows, r.cols)
-        return ExplainResult(
-            score=r.score,
-            query_segments=segments(r.query_segments),
-            doc_segments=segments(r.doc_segments),
-            pair_contributions=np.asarray(r.pair_contributions, dtype=np.float64).reshape(shape),
-            cross_attention=np.asarray(r.cross_attention, dtype=np.float64).reshape(shape),
-            query_self_attention=_matrix(r.query_self_attention, r.query_self_attention_size),
-            doc_self_attention=_matrix(r.doc_self_attention, r.doc_self_attention_size),
-            attention_layer=r.attention_layer,
-            attention_head=r.attention_head,
-            query_truncated=r.query_truncated,
-            doc_truncated=r.doc_truncated,
-            index_score=r.index_score,
-            notes=list(r.notes),
-            ranking=_ranking(r, top_k) if doc_id is not None else None,
-        )
+        _set_where(request, where)
+        return self._invoke("Explain", request, lambda r: _explain_result(r, doc_id is not None, top_k), timeout)
 
     # -- collections and the server ------------------------------------------------------------------
-    @_translate_errors
     def create_collection(
         self,
         name: str,
@@ -362,34 +409,89 @@ class SearchClient:
             ),
             default_mode=_mode(default_mode),
         )
-        return self._call(self.stub.CreateCollection, request, timeout).collection
+        return self._invoke("CreateCollection", request, lambda r: r.collection, timeout)
 
-    @_translate_errors
     def list_collections(self, timeout: float | None = None) -> list[pb.CollectionInfo]:
-        return list(self._call(self.stub.ListCollections, pb.ListCollectionsRequest(), timeout).collections)
+        return self._invoke("ListCollections", pb.ListCollectionsRequest(), lambda r: list(r.collections), timeout)
 
-    @_translate_errors
     def delete_collection(self, name: str, timeout: float | None = None) -> None:
-        self._call(self.stub.DeleteCollection, pb.DeleteCollectionRequest(name=name), timeout)
+        return self._invoke("DeleteCollection", pb.DeleteCollectionRequest(name=name), lambda r: None, timeout)
 
-    @_translate_errors
     def reindex(self, collection: str = "", timeout: float | None = None) -> int:
-        return self._call(self.stub.Reindex, pb.ReindexRequest(collection=collection), timeout).reindexed_count
+        request = pb.ReindexRequest(collection=collection)
+        return self._invoke("Reindex", request, lambda r: r.reindexed_count, timeout)
 
-    @_translate_errors
     def info(self, timeout: float | None = None) -> pb.GetInfoResponse:
-        return self._call(self.stub.GetInfo, pb.GetInfoRequest(), timeout)
+        return self._invoke("GetInfo", pb.GetInfoRequest(), lambda r: r, timeout)
 
-    @_translate_errors
     def health(self, service: str = _HEALTH_SERVICE, timeout: float | None = None) -> str:
         """The standard health service's status for `service`: SERVING, NOT_SERVING, ..."""
-        from grpc_health.v1 import health_pb2, health_pb2_grpc
+        from grpc_health.v1 import health_pb2
 
-        stub = health_pb2_grpc.HealthStub(self.channel)
-        response = stub.Check(
-            health_pb2.HealthCheckRequest(service=service), timeout=self.timeout if timeout is None else timeout
-        )
-        return health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
+        request = health_pb2.HealthCheckRequest(service=service)
+        name = health_pb2.HealthCheckResponse.ServingStatus.Name
+        return self._invoke("Health/Check", request, lambda r: name(r.status), timeout)
+
+
+def _explain_result(r: pb.ExplainResponse, stored: bool, top_k: int) -> ExplainResult:
+    def segments(items) -> list[Segment]:
+        return [Segment(s.text, s.start, s.end, s.contribution, s.special) for s in items]
+
+    import numpy as np
+
+    shape = (r.rows, r.cols)
+    return ExplainResult(
+        score=r.score,
+        query_segments=segments(r.query_segments),
+        doc_segments=segments(r.doc_segments),
+        pair_contributions=np.asarray(r.pair_contributions, dtype=np.float64).reshape(shape),
+        cross_attention=np.asarray(r.cross_attention, dtype=np.float64).reshape(shape),
+        query_self_attention=_matrix(r.query_self_attention, r.query_self_attention_size),
+        doc_self_attention=_matrix(r.doc_self_attention, r.doc_self_attention_size),
+        attention_layer=r.attention_layer,
+        attention_head=r.attention_head,
+        query_truncated=r.query_truncated,
+        doc_truncated=r.doc_truncated,
+        index_score=r.index_score,
+        notes=list(r.notes),
+        ranking=_ranking(r, top_k) if stored else None,
+    )
+
+
+class SearchClient(SearchApi):
+    """A connection to a semsearch server (blocking calls; semsearch.AsyncSearchClient is the asyncio twin).
+
+    Args:
+        address: host:port (default ``SEMSEARCH_ADDRESS`` or localhost:50051).
+        timeout: default deadline in seconds for every call (each method takes ``timeout=`` to override).
+        api_key: sent as ``authorization: Bearer <key>`` (default ``SEMSEARCH_API_KEY``).
+        tls_ca: PEM file of the CA that signed the server's certificate; turns TLS on.
+        tls: use TLS with the system's roots.
+        tls_cert, tls_key: client certificate and key for mTLS.
+        options: extra gRPC channel options.
+
+    The raw stub stays reachable as ``client.stub``. Use as a context manager to close the channel.
+    """
+
+    _channels = grpc
+
+    def __enter__(self) -> SearchClient:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.channel.close()
+
+    def _invoke(self, method: str, request, decode: Callable[[Any], T], timeout: float | None) -> T:
+        try:
+            response = self._rpc(method)(
+                request, timeout=self.timeout if timeout is None else timeout, metadata=self._metadata
+            )
+        except grpc.RpcError as exc:
+            raise from_rpc_error(exc) from None
+        return decode(response)
 
 
 def _read(path: str | None) -> bytes | None:
@@ -420,4 +522,5 @@ def _ranking(r: pb.ExplainResponse, top_k: int) -> Ranking:
         rrf_k=r.rrf_k,
         dense_rank=r.dense_rank,
         lexical_rank=r.lexical_rank,
+        excluded_by=r.excluded_by,
     )

@@ -48,7 +48,9 @@ def render_ranking(result: ExplainResult, width: int = 30) -> str:
     if r is None:
         return ""
     score_name = {"dense": "cosine", "lexical": "BM25", "hybrid": "fused score"}[r.mode]
-    if r.top_k == 0:
+    if r.excluded_by:
+        head = f"Excluded by the filter ({r.mode}): {r.excluded_by}"
+    elif r.top_k == 0:
         head = f"Score {result.score:.4f} ({score_name}, {r.mode}); give top_k for the rank"
     elif r.rank == 0:
         head = f"Not among the documents this filter keeps ({r.mode})."

@@ -94,6 +94,17 @@ def add_index_arguments(parser: argparse.ArgumentParser) -> None:
         "--id-prefix",
         help="plain text ids are PREFIX<line number> (default: '<file name>:')",
     )
+    fields.add_argument(
+        "--timestamp-fields",
+        type=lambda s: frozenset(f.strip() for f in s.split(",") if f.strip()),
+        default=frozenset(),
+        help="comma-separated fields holding timestamps (RFC 3339, e.g. 2024-01-31T12:00:00Z), stored as timestamps",
+    )
+    fields.add_argument(
+        "--string-metadata",
+        action="store_true",
+        help="store every metadata value as a string (JSON numbers, booleans and lists keep their kinds otherwise)",
+    )
     sending = parser.add_argument_group("sending")
     sending.add_argument(
         "--batch-size",
@@ -407,7 +418,15 @@ class ChunkBuilder:
     def _spec(self, source: Source) -> DocumentSpec:
         a = self.args
         prefix = a.id_prefix if a.id_prefix is not None else f"{source.name}:"
-        return DocumentSpec(a.id_field, a.text_field, a.text_template, a.metadata_fields, prefix)
+        return DocumentSpec(
+            a.id_field,
+            a.text_field,
+            a.text_template,
+            a.metadata_fields,
+            prefix,
+            typed=not getattr(a, "string_metadata", False),
+            timestamp_fields=getattr(a, "timestamp_fields", frozenset()),
+        )
 
     def _source_chunks(self, index: int, source: Source, spec: DocumentSpec, rows: Iterator[Row]) -> Iterator[Chunk]:
         size, per_stream = self.args.batch_size, self.args.stream_batches

@@ -17,6 +17,7 @@ import sys
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
@@ -58,6 +59,10 @@ class DocumentSpec:
         text_template: e.g. ``"{title} {text}"``; replaces text_field when set.
         metadata_fields: fields kept as metadata; None means every field not used for id or text.
         id_prefix: plain text ids are ``<id_prefix><line number>``.
+        typed: JSON's kinds become the attributes' kinds (a number stays a number, a list a list); False
+            turns every value into a string, as before attributes had kinds. CSV and TSV fields are strings.
+        timestamp_fields: fields that hold timestamps (RFC 3339 strings, such as 2024-01-31T12:00:00Z, or a
+            date such as 2024-01-31; naive ones are UTC), stored as timestamps.
     """
 
     id_field: str = "id"
@@ -65,6 +70,8 @@ class DocumentSpec:
     text_template: str | None = None
     metadata_fields: tuple[str, ...] | None = None
     id_prefix: str = ""
+    typed: bool = True
+    timestamp_fields: frozenset[str] = frozenset()
     _template_fields: frozenset[str] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -93,10 +100,46 @@ class DocumentSpec:
         names = self.metadata_fields if self.metadata_fields is not None else [k for k in values if k not in used]
         metadata = {}
         for name in names:
-            value = _string(values, name)
+            if name in self.timestamp_fields:
+                value = _timestamp(values, name)
+            elif self.typed:
+                value = _typed(values, name)
+            else:
+                value = _string(values, name)
             if value is not None:
                 metadata[name] = value
         return _checked(Document(doc_id, text, metadata))
+
+
+def _typed(values: dict[str, Any], name: str) -> Any:
+    """A field with its JSON kind: string, integer, double, boolean, or a list of those; null/absent as None."""
+    value = values.get(name)
+    if value is None or isinstance(value, str | bool | int | float):
+        return value
+    if isinstance(value, list):
+        for i, element in enumerate(value):
+            if element is None or not isinstance(element, str | bool | int | float):
+                raise BadRecord(
+                    f"field {name!r}[{i}] is {'null' if element is None else 'a ' + type(element).__name__}; "
+                    "a list may hold strings, numbers and booleans only"
+                )
+        return value
+    raise BadRecord(f"field {name!r} is a {type(value).__name__}; only strings, numbers, booleans and lists of them")
+
+
+def _timestamp(values: dict[str, Any], name: str) -> datetime | None:
+    value = values.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise BadRecord(f"field {name!r} is a timestamp field but holds {value!r}; write it as 2024-01-31T12:00:00Z")
+    try:
+        parsed = datetime.fromisoformat(value.strip())
+    except ValueError:
+        raise BadRecord(
+            f"field {name!r}: {value!r} is not a timestamp; write RFC 3339, such as 2024-01-31T12:00:00Z or 2024-01-31"
+        ) from None
+    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
 
 
 def _string(values: dict[str, Any], name: str, required: bool = False) -> str | None:

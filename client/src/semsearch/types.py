@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import numpy as np
@@ -12,11 +12,19 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class Document:
-    """A text with an id and optional string metadata."""
+    """A text with an id and optional metadata: typed attributes (str, int, float, bool, datetime, lists)."""
 
     id: str
     text: str
-    metadata: Mapping[str, str] = field(default_factory=dict)
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Page:
+    """One page of a Scroll: documents in ascending id order, and the cursor of the next page ('' at the end)."""
+
+    documents: list[Document]
+    next_cursor: str
 
 
 @dataclass(frozen=True)
@@ -42,7 +50,7 @@ class Hit:
     id: str
     score: float
     text: str
-    metadata: Mapping[str, str] = field(default_factory=dict)
+    metadata: Mapping[str, Any] = field(default_factory=dict)
     dense_score: float = 0.0
     lexical_score: float = 0.0
     passage: Passage | None = None
@@ -93,6 +101,8 @@ class Ranking:
     rrf_k: int = 0
     dense_rank: int = 0
     lexical_rank: int = 0
+    # Set when the filter excludes the document (rank is 0): the condition it fails and its value.
+    excluded_by: str = ""
 
 
 @dataclass(frozen=True)
