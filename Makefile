@@ -15,7 +15,7 @@ TORCH_INDEX_ARGS := $(if $(TORCH_INDEX_URL),--extra-index-url $(TORCH_INDEX_URL)
 # The slowest tests, printed after every `make test`, so that a test growing slow is seen.
 TEST_DURATIONS := --durations=15
 
-.PHONY: run test test-fast fuzz install lock lock-upgrade bench lint proto clean
+.PHONY: run test test-fast fuzz long install lock lock-upgrade bench lint proto clean
 
 # Every install takes its versions from requirements.lock (constraints: the same versions on every machine);
 # `make lock` regenerates it after a pyproject.toml changes, `make lock-upgrade` moves every pin to the newest.
@@ -69,6 +69,14 @@ test-fast: $(TEST_STAMP)
 # prints each RPC's status codes; fails on UNKNOWN/INTERNAL, a crash or a change by a refused request.
 FUZZ_REQUESTS ?= 100000
 fuzz: $(TEST_STAMP)
+	$(BIN)/python tests/fuzz_long.py --requests $(FUZZ_REQUESTS)
+
+# The long versions of make test's bounded loops: the 20-kill durability loop, 5 HNSW kills, 30 disk fill/free
+# cycles, then the 100k-request fuzz run (make test: 6 kills, 1 HNSW kill, 10 cycles, a bounded fuzz profile).
+LONG_KILLS ?= 20
+long: $(TEST_STAMP)
+	SEMSEARCH_TEST_KILLS=$(LONG_KILLS) SEMSEARCH_TEST_HNSW_KILLS=5 SEMSEARCH_TEST_DISK_CYCLES=30 \
+		$(BIN)/python -m pytest -q $(TEST_DURATIONS) tests/test_durability.py tests/test_disk_full.py
 	$(BIN)/python tests/fuzz_long.py --requests $(FUZZ_REQUESTS)
 
 # Every benchmark with its defaults (scale.py alone takes about an hour at 1M vectors on 2 cores).

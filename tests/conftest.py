@@ -32,6 +32,17 @@ def shared_model_cache(tmp_path_factory) -> Path:
     return cache
 
 
+@pytest.fixture(scope="session", autouse=True)
+def milvus_lite_in_process_servers_stopped() -> Iterator[None]:
+    """Milvus Lite's in-process servers (pymilvus starts one per .db file) are stopped at the end of the
+    session, while logging still works: its own atexit hook logs each stop after pytest has closed the
+    streams, which printed a "--- Logging error ---" traceback per server at the end of every run."""
+    yield
+    manager = sys.modules.get("milvus_lite.server_manager")
+    if manager is not None:
+        manager.server_manager_instance.release_all()
+
+
 @pytest.fixture(scope="session")
 def embedder():
     from semsearch_server.embedding.sentence_transformer import SentenceTransformerEmbedder, default_model_path
