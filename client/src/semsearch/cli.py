@@ -54,7 +54,7 @@ def _metadata_suffix(metadata) -> str:
 
 
 def _hit_dict(hit: Hit) -> dict:
-    out = {"id": hit.id, "score": round(hit.score, 6), "text": hit.text, "metadata": dict(hit.metadata)}
+    out = {"id": hit.id, "score": round(hit.score, 6), "text": hit.text, "metadata": dict(sorted(hit.metadata.items()))}
     out |= {"dense_score": round(hit.dense_score, 6), "lexical_score": round(hit.lexical_score, 6)}
     if hit.passage is not None:
         out["passage"] = {"index": hit.passage.index, "start": hit.passage.start, "end": hit.passage.end}
@@ -86,7 +86,7 @@ def _print_hits(hits: list[Hit]) -> None:
 
 
 def _doc_dict(doc: Document) -> dict:
-    return {"id": doc.id, "text": doc.text, "metadata": dict(doc.metadata)}
+    return {"id": doc.id, "text": doc.text, "metadata": dict(sorted(doc.metadata.items()))}
 
 
 # -- commands ------------------------------------------------------------------------------------------
