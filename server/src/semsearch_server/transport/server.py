@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Sequence
 from concurrent import futures
 
@@ -55,10 +56,36 @@ def create_server(
     )
     address = f"{config.host}:{config.port}"
     credentials = server_credentials(config)
-    port = server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
+    taken = OSError(
+        f"cannot listen on {address}: the port is in use (another semsearch-server?) or not allowed; "
+        "stop the other process or choose another port with --port (SEMSEARCH_PORT)"
+    )
+    # Asked first, so that a taken port is said in that one line, not also in a line of gRPC's core.
+    if config.port and not _can_bind(config.host, config.port):
+        raise taken
+    try:
+        port = server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
+    except RuntimeError:  # grpc's "Failed to bind to address": taken since the check above
+        port = 0
     if port == 0:
-        raise OSError(f"cannot listen on {address}")
+        raise taken
     return server, port
+
+
+def _can_bind(host: str, port: int) -> bool:
+    """Whether a listening socket could be bound at host:port now (as gRPC binds it: SO_REUSEADDR)."""
+    try:
+        infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except OSError:
+        return True  # let gRPC say what is wrong with the address
+    for family, kind, proto, _, sockaddr in infos[:1]:
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(sockaddr)
+            except OSError:
+                return False
+    return True
 
 
 def set_health(health_servicer: health.HealthServicer, serving: bool) -> None:
