@@ -6,7 +6,7 @@ import re
 from pathlib import Path
 
 import pytest
-from semsearch_server.testing import ServerProcess
+from semsearch_server.testing import ServerProcess, unexpected_log_lines
 
 QUERY = "I drink water with wine"
 
@@ -33,6 +33,8 @@ def test_a_first_start_serves_on_torch_then_switches_and_a_restart_needs_no_torc
             log = first.output()
             assert re.search(r"first start: switched to openvino \(batches\) \+ onnx", log), log
             assert "the torch model is released" in log
+            # A first start prints nothing that is not about the user's situation (no third-party chatter).
+            assert not unexpected_log_lines(log), unexpected_log_lines(log)
             assert "onnx" in client.info().backend
             # The demo was embedded by torch; the fast engines agree with it (cosine >= 0.9999).
             switched = client.search(QUERY, collection="demo", top_k=5)

@@ -7,6 +7,9 @@ import socket
 import subprocess
 import sys
 
+import pytest
+from semsearch_server.testing import ServerProcess, unexpected_log_lines
+
 
 def _start(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
     env = dict(os.environ, HF_HUB_OFFLINE="1")
@@ -38,3 +41,20 @@ def test_a_bad_option_is_one_line(tmp_path):
     assert done.returncode == 2
     assert "Traceback" not in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1 and "port" in done.stderr, done.stderr
+
+
+def test_a_milvus_lite_run_prints_nothing_but_its_own_progress(tmp_path):
+    pytest.importorskip("pymilvus")
+    server = ServerProcess(
+        tmp_path / "data", "--backend", "torch", "--store", "milvus", "--milvus-uri", str(tmp_path / "lite.db")
+    ).start()
+    try:
+        with server.client() as client:
+            client.create_collection("quiet")
+            assert client.upsert([("a", "the night train to Vienna")], collection="quiet") == 1
+            assert client.search("railway", collection="quiet", top_k=1)[0].id == "a"
+            assert client.count(collection="quiet") == 1
+        assert server.terminate() == 0
+        assert not unexpected_log_lines(server.output()), unexpected_log_lines(server.output())
+    finally:
+        server.stop()

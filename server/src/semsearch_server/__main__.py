@@ -11,6 +11,7 @@ import threading
 from collections.abc import Sequence
 
 from semsearch_server.config import ConfigError, ServerConfig, load_config
+from semsearch_server.logs import quiet_third_parties
 
 
 def configure_logging(config: ServerConfig) -> None:
@@ -20,8 +21,7 @@ def configure_logging(config: ServerConfig) -> None:
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.basicConfig(level=config.log_level, handlers=[handler], force=True)
-    # faiss announces every CPU-feature probe at INFO.
-    logging.getLogger("faiss.loader").setLevel(logging.WARNING)
+    quiet_third_parties()
 
 
 class _JsonFormatter(logging.Formatter):

@@ -25,6 +25,7 @@ from semsearch_server.domain import ModelFingerprint
 from semsearch_server.errors import FailedPrecondition, NotFound, SemsearchError
 from semsearch_server.index.base import CollectionBroken, EmbeddedDocument, IndexStore, ModelMismatch, StoreProvider
 from semsearch_server.index.faiss_store import LocalStoreProvider, read_manifest
+from semsearch_server.logs import quiet_third_parties
 
 log = logging.getLogger("semsearch_server.migrate")
 
@@ -116,6 +117,7 @@ def _parse(argv: Sequence[str]) -> tuple[list[str], ServerConfig]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
+    quiet_third_parties()
     argv = sys.argv[1:] if argv is None else argv
     try:
         names, config = _parse(argv)

@@ -117,3 +117,19 @@ class ServerProcess:
             self.proc.wait(30)
         if getattr(self, "log", None):
             self.log.close()
+
+
+def unexpected_log_lines(log: str) -> list[str]:
+    """Lines of a server's output that a successful run should not print: warnings, errors, tracebacks,
+    anything that is not a log line, and the INFO narration of the third parties logs.py keeps quiet."""
+    from semsearch_server.logs import CHATTY_AT_INFO
+
+    out = []
+    for line in log.splitlines():
+        match = _LOG_LINE.match(line)
+        if line.strip() and (match is None or match["level"] != "INFO" or match["logger"] in CHATTY_AT_INFO):
+            out.append(line)
+    return out
+
+
+_LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\d [\d:,]+ (?P<level>[A-Z]+) (?P<logger>[\w.]+): ")

@@ -1004,9 +1004,14 @@ class MilvusStoreProvider:
         call(
             "create collection",
             lambda: self._client.create_collection(
-                full, schema=schema, index_params=index, consistency_level="Strong", properties=properties
+                full, schema=schema, consistency_level="Strong", properties=properties
             ),
         )
+        # Indexes without pymilvus's wait for them (sync=False): the wait starts with an AllocTimestamp
+        # call, which Milvus Lite does not implement (it logged a NotImplementedError traceback for each
+        # index of every new collection); an index of an empty collection is ready at once, and loading
+        # the collection below waits for it on a standalone Milvus.
+        call("create index", lambda: self._client.create_index(full, index, sync=False))
         call("create partition", lambda: self._client.create_partition(full, META))
         call("load", lambda: self._client.load_collection(full))
         return MilvusIndexStore(self._client, full, name, settings, fingerprint)

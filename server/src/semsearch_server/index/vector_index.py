@@ -390,10 +390,10 @@ class VectorIndex:
         selector._keepalive = bits  # the selector reads the array, it does not own it
         params = self._params(selector)
         if self.spec.kind is IndexKind.HNSW:
-            # The walk keeps only allowed nodes: widen it as they get rarer (every node it visits is one of
-            # n / allowed that it may keep), up to a bound past which exact scoring is cheaper anyway.
+            # The walk keeps only allowed nodes but explores all: to bring back k of them it must reach about
+            # the k / share nearest nodes, so its breadth grows as they get rarer (twice that, for margin).
             share = len(allowed) / max(1, int(self._index.ntotal))
-            params.efSearch = int(min(_HNSW_FILTER_EF_MAX, max(self.spec.hnsw_ef_search, k) / share))
+            params.efSearch = int(min(_HNSW_FILTER_EF_MAX, max(self.spec.hnsw_ef_search, 2 * k / share)))
         k_eff = max(1, min(k, len(allowed)))
         with openmp_threads(1) if len(queries) == 1 else nullcontext():
             scores, ids = self._index.search(queries, k_eff, params=params)
@@ -402,8 +402,9 @@ class VectorIndex:
     def _search_subset(self, queries: np.ndarray, k: int, allowed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         faiss_ids = self._to_faiss_ids(allowed)
         if (faiss_ids >= 0).all():
+            matrix = self._gather(faiss_ids)
             try:  # every label present (the usual case): one call, no Python loop per vector
-                matrix = self._index.reconstruct_batch(faiss_ids)
+                matrix = self._index.reconstruct_batch(faiss_ids) if matrix is None else matrix
             except RuntimeError:
                 pass
             else:
@@ -427,6 +428,23 @@ class VectorIndex:
         order = np.argsort(-scores_all, axis=1, kind="stable")[:, :k]
         scores = np.take_along_axis(scores_all, order, axis=1).astype(np.float32)
         return _pad_to(k, scores, np.asarray(found, dtype=np.int64)[order])
+
+    def _gather(self, faiss_ids: np.ndarray) -> np.ndarray | None:
+        """These ids' vectors read from the index's own array in one numpy gather (reconstruct_batch asks
+        FAISS's id map for each: 13 ms for 2,000 HNSW vectors against under 1 ms), or None where the layout
+        does not say where an id is (IVF's lists, or ids FAISS does not hold in this order)."""
+        n = int(self._index.ntotal)
+        if not isinstance(self._index, faiss.IndexIDMap2) or n == 0 or len(faiss_ids) == 0:
+            return None
+        ids = _borrow(faiss.rev_swig_ptr(self._index.id_map.data(), n), self._index)
+        # HNSW's ids are slots, given in the order vectors were added; flat's are labels, added ascending.
+        positions = faiss_ids if self.spec.kind is IndexKind.HNSW else np.searchsorted(ids, faiss_ids)
+        if positions.max() >= n or positions.min() < 0 or not np.array_equal(ids[positions], faiss_ids):
+            return None
+        inner = faiss.downcast_index(self._index.index)
+        storage = faiss.downcast_index(inner.storage) if isinstance(inner, faiss.IndexHNSW) else inner
+        flat = _borrow(faiss.rev_swig_ptr(storage.get_xb(), n * self.dimension), self._index)
+        return flat.reshape(n, self.dimension)[positions]
 
     def _to_faiss_ids(self, labels: np.ndarray) -> np.ndarray:
         """Labels -> ids stored in FAISS: slots for HNSW (-1 for labels not in it), the labels otherwise."""
