@@ -243,6 +243,8 @@ def test_key_file_lines_with_roles_patterns_and_hashes(tmp_path):
         (f"sha256:{digest.upper()}", Role.READ, ("docs-*",)),
     ]
     interceptor = ApiKeyInterceptor(parse_key_file(path))
+    # The pattern '*' is every collection, as no pattern is: snapshots by name too.
+    assert call(interceptor, "DeleteSnapshot", "a", [SimpleNamespace(name="snap-1")])[0] == "served"
     assert call(interceptor, "Get", "hashed-secret", [pb.GetRequest(collection="docs-1")])[0] == "served"
     with pytest.raises(Aborted) as info:  # the hash itself is not a key
         call(interceptor, "Get", f"sha256:{digest.upper()}", [pb.GetRequest(collection="docs-1")])

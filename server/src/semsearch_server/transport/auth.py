@@ -211,9 +211,7 @@ class KeyTable:
     """The keys of one key file, looked up in constant time."""
 
     def __init__(self, entries: Sequence[tuple[str, Role] | tuple[str, Role, tuple[str, ...]]]) -> None:
-        self._keys = [
-            (_key_digest(entry[0]), Grant(entry[1], tuple(entry[2]) if len(entry) > 2 else ())) for entry in entries
-        ]
+        self._keys = [(_key_digest(entry[0]), _grant(*entry[1:])) for entry in entries]
 
     def __len__(self) -> int:
         return len(self._keys)
@@ -228,6 +226,11 @@ class KeyTable:
             if hmac.compare_digest(digest, key_digest) and found is None:
                 found = grant
         return found
+
+
+def _grant(role: Role, patterns: Sequence[str] = ()) -> Grant:
+    """The grant of a key file line; the pattern '*' alone covers everything, as no pattern does."""
+    return Grant(role, () if "*" in patterns else tuple(patterns))
 
 
 def parse_key_file(path: Path) -> list[KeyEntry]:
