@@ -67,8 +67,11 @@ class Application:
     def reload_api_keys(self) -> bool:
         """Reads the API key file again (SIGHUP): the new table replaces the old one at once, connections and
         calls in flight are untouched; a bad file keeps the old table and logs why. False when nothing changed."""
-        if self.auth is None or self.config.api_key_file is None:
+        if self.config.api_key_file is None:
             log.warning("SIGHUP: no API key file is configured (api_key_file), so there are no keys to reload")
+            return False
+        if self.auth is None:
+            log.warning("SIGHUP before the server started: the key file is read as it starts")
             return False
         return self.auth.reload(self.config.api_key_file)
 
