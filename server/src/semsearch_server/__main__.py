@@ -1,4 +1,4 @@
-"""semsearch-server: read config, wire the parts, serve until SIGTERM/SIGINT, drain, exit 0."""
+"""semsearch-server: read config, wire the parts, serve until SIGTERM/SIGINT, drain, exit 0 (SIGHUP: reload keys)."""
 
 from __future__ import annotations
 
@@ -67,6 +67,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
+    # SIGHUP re-reads the API key file; in a thread of its own, so the handler never waits on a lock
+    # (the log's) that the interrupted main thread might hold.
+    signal.signal(
+        signal.SIGHUP,
+        lambda *_: threading.Thread(target=app.reload_api_keys, name="reload-api-keys", daemon=True).start(),
+    )
     try:
         app.start()
     except ConfigError as exc:

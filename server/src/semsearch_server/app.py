@@ -11,6 +11,7 @@ from grpc_health.v1 import health
 
 from semsearch_server.config import ServerConfig
 from semsearch_server.core.service import SearchService
+from semsearch_server.transport.auth import ApiKeyInterceptor, build_auth_interceptor
 from semsearch_server.transport.observability import (
     MeteredEmbedder,
     Metrics,
@@ -43,6 +44,7 @@ class Application:
         self.port = 0
         self.metrics = Metrics()
         self._metrics_endpoint: MetricsEndpoint | None = None
+        self.auth: ApiKeyInterceptor | None = None
 
     def start(self) -> int:
         """Starts listening; every SearchService call answers UNAVAILABLE until load() finishes.
@@ -52,7 +54,8 @@ class Application:
             ConfigError: an unusable API key file.
         """
         set_health(self.health, serving=False)
-        interceptors = build_interceptors(self.config, self.metrics)
+        self.auth = build_auth_interceptor(self.config.api_key_file)
+        interceptors = build_interceptors(self.config, self.metrics, self.auth)
         self.server, self.port = create_server(self.config, self.servicer, self.health, interceptors)
         self.server.start()
         log.info("listening on %s:%d (health NOT_SERVING while loading)", self.config.host, self.port)
@@ -60,6 +63,17 @@ class Application:
         if self._metrics_endpoint is not None:
             log.info("metrics at http://%s:%d/metrics", self.config.host, self._metrics_endpoint.port)
         return self.port
+
+    def reload_api_keys(self) -> bool:
+        """Reads the API key file again (SIGHUP): the new table replaces the old one at once, connections and
+        calls in flight are untouched; a bad file keeps the old table and logs why. False when nothing changed."""
+        if self.config.api_key_file is None:
+            log.warning("SIGHUP: no API key file is configured (api_key_file), so there are no keys to reload")
+            return False
+        if self.auth is None:
+            log.warning("SIGHUP before the server started: the key file is read as it starts")
+            return False
+        return self.auth.reload(self.config.api_key_file)
 
     def load(self) -> SearchService:
         """Loads the model and recovers every collection, then reports SERVING."""

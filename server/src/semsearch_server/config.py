@@ -198,7 +198,12 @@ _OPTIONS: tuple[_Option, ...] = (
     ),
     _Option("batch_max_size", _positive_int, "most texts the micro-batcher groups into one model call"),
     _Option("batch_max_wait_ms", _non_negative_float, "longest a request waits for others to join its batch"),
-    _Option("api_key_file", Path, "file of API keys, one per line: KEY or KEY read-only"),
+    _Option(
+        "api_key_file",
+        Path,
+        "file of API keys, one per line: KEY, KEY read-only or KEY read|write|admin [PATTERN ...] "
+        "(docs/operations-keys.md); re-read on SIGHUP",
+    ),
     _Option("tls_cert", Path, "PEM certificate chain for TLS"),
     _Option("tls_key", Path, "PEM private key for TLS"),
     _Option("tls_client_ca", Path, "PEM CA bundle: require client certificates signed by it (mTLS)"),

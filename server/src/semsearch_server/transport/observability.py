@@ -23,7 +23,12 @@ from prometheus_client.registry import Collector
 from semsearch_server.config import ServerConfig
 from semsearch_server.domain import CollectionStatus
 from semsearch_server.embedding.base import Embedder, EmbedderWrapper
-from semsearch_server.transport.auth import HEALTH_PREFIX, build_auth_interceptor, handler_with_behavior
+from semsearch_server.transport.auth import (
+    HEALTH_PREFIX,
+    ApiKeyInterceptor,
+    build_auth_interceptor,
+    handler_with_behavior,
+)
 from semsearch_server.transport.deadlines import DeadlineInterceptor
 
 access_log = logging.getLogger("semsearch_server.access")
@@ -221,14 +226,21 @@ class AccessInterceptor(grpc.ServerInterceptor):
         access_log.log(level, " ".join(f"{k}={v}" for k, v in fields.items()), extra={"fields": fields})
 
 
-def build_interceptors(config: ServerConfig, metrics: Metrics) -> list[grpc.ServerInterceptor]:
+def build_interceptors(
+    config: ServerConfig, metrics: Metrics, auth: ApiKeyInterceptor | None = None
+) -> list[grpc.ServerInterceptor]:
     """Access log and metrics outermost (refused calls are logged and counted), then the API-key check, then
     the deadline handed to the code below (the embedding batcher).
+
+    Args:
+        auth: the API-key check to use (the application keeps it to reload the keys); built from the
+            config's key file when None.
 
     Raises:
         ConfigError: an unusable API key file.
     """
-    auth = build_auth_interceptor(config.api_key_file)
+    if auth is None:
+        auth = build_auth_interceptor(config.api_key_file)
     return [AccessInterceptor(metrics), *([auth] if auth is not None else []), DeadlineInterceptor()]
 
 
