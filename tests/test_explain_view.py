@@ -83,8 +83,22 @@ def test_render_text_shows_score_words_bars_and_pairs() -> None:
     negative_line = next(line for line in text.splitlines() if line.strip().startswith("a "))
     assert "-0.0400" in negative_line and "█" not in negative_line
     assert "Top 3 word pairs" in text and "bread ↔ loaf" in text
-    assert "add up to the score" in text
+    total = sum(seg.contribution for seg in make_result().query_segments)
+    assert f"add up to the score {total:.4f}." in text  # the sum of what is shown, named
     assert "served from collection 'recipes'" in text
+
+
+def test_a_hybrid_legend_names_the_sum_its_numbers_add_up_to() -> None:
+    from dataclasses import replace
+
+    from semsearch.types import Ranking
+
+    ranking = Ranking("hybrid", 1, 10, 0.05, 0.70, 3.1, [], None, "weighted", 0.6, 0.1, 0.8, 3.1)
+    result = replace(make_result(), score=0.0644, ranking=ranking)
+    text = render_text(result, QUERY, DOC)
+    total = sum(seg.contribution for seg in result.query_segments)
+    assert f"add up to the dense part's cosine {total:.4f} (the hybrid score, 0.0644, is explained above)" in text
+    assert "add up to the score" not in text
 
 
 def test_render_text_notes_truncation() -> None:

@@ -71,7 +71,7 @@ def _passage_view(hit: Hit, highlight: bool) -> str:
         passage = f"\033[1m{passage}\033[0m"
     before = "…" if hit.passage.start > 0 else ""
     after = "…" if hit.passage.end < len(hit.text) else ""
-    return f"{before}{passage}{after}  [passage {hit.passage.index + 1}, chars {hit.passage.start}-{hit.passage.end}]"
+    return f"{before}{passage}{after}  [passage {hit.passage.index}, chars {hit.passage.start}-{hit.passage.end}]"
 
 
 def _print_hits(hits: list[Hit]) -> None:

@@ -67,7 +67,7 @@ def render_ranking(result: ExplainResult, width: int = 30) -> str:
     if r.passage is not None and r.mode != "lexical":
         lines.append(
             f"  dense: cosine {r.dense_score:.4f} "
-            f"(passage {r.passage.index + 1}, chars {r.passage.start}-{r.passage.end})"
+            f"(passage {r.passage.index}, chars {r.passage.start}-{r.passage.end})"
         )
     if r.mode == "hybrid":
         if r.fusion == "rrf":
@@ -143,10 +143,20 @@ def render_text(result: ExplainResult, query: str, doc: str, top_pairs: int = 8,
         "",
         (
             f"Legend: █ adds to the score, {_NEGATIVE_CHAR} takes away; each side's contributions "
-            f"(and all pairs) add up to the score {result.score:.4f}."
+            f"(and all pairs) add up to {explained_sum(result)}."
         ),
     ]
     return "\n".join(lines) + "\n"
+
+
+def explained_sum(result: ExplainResult) -> str:
+    """What the word and pair contributions add up to, named: the score in dense mode; in lexical and hybrid
+    the dense part's cosine, which is what they decompose (BM25 has its own terms, the fusion its formula)."""
+    total = sum(s.contribution for s in result.query_segments)
+    r = result.ranking
+    if r is None or r.mode == "dense":
+        return f"the score {total:.4f}"
+    return f"the dense part's cosine {total:.4f} (the {r.mode} score, {result.score:.4f}, is explained above)"
 
 
 def render_attention(result: ExplainResult, side: Literal["query", "doc"], top: int = 3) -> str:
@@ -213,7 +223,7 @@ def write_png(result: ExplainResult, path: str | Path) -> None:
         axes.set_xlabel("document")
         axes.set_ylabel("query")
         axes.set_title(
-            f"score {result.score:.4f}: pair contributions\n(they add up to the score; blue adds, red takes away)",
+            f"pair contributions: they add up to {explained_sum(result)}\n(blue adds, red takes away)",
             fontsize=9,
         )
         figure.colorbar(image, ax=axes, label="contribution")

@@ -580,7 +580,7 @@ class SearchService:
             )
         if len(passages) > 1:
             notes.append(
-                f"the dense part explains passage {passage.index + 1} of {len(passages)} "
+                f"the dense part explains passage {passage.index} (of {len(passages)}, counted from 0) "
                 f"(characters {passage.start}-{passage.end}), the document's best for this query"
             )
         recomputed = explanation.score
