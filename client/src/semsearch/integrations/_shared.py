@@ -7,6 +7,10 @@ import logging
 
 from semsearch.aio import AsyncSearchClient
 from semsearch.client import SearchClient
+from semsearch.filters import any_of, not_
+
+# Every document: an empty `any` matches none, so its negation matches all (Delete needs a filter to delete all).
+MATCH_ALL = not_(any_of())
 
 
 class AsyncTwin:
@@ -64,3 +68,25 @@ async def scroll_all_async(client: AsyncSearchClient, collection: str, where=Non
         cursor = page.next_cursor
         if not cursor:
             return documents
+
+
+def ensure_collection(client: SearchClient, collection: str) -> None:
+    """Creates the collection unless it exists."""
+    from semsearch.errors import AlreadyExistsError
+
+    try:
+        client.create_collection(collection)
+    except AlreadyExistsError:
+        pass
+
+
+async def ensure_collection_async(client: AsyncSearchClient, collection: str) -> None:
+    from semsearch.errors import AlreadyExistsError
+
+    try:
+        await client.create_collection(collection)
+    except AlreadyExistsError:
+        pass
+
+
+MODES = ("dense", "lexical", "hybrid")

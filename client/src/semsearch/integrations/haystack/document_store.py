@@ -12,14 +12,21 @@ from haystack.document_stores.types import DuplicatePolicy
 from haystack.utils import Secret, deserialize_secrets_inplace
 
 from semsearch.client import SearchClient
-from semsearch.errors import AlreadyExistsError
-from semsearch.integrations._shared import AsyncTwin, WarnOnce, scroll_all, scroll_all_async
+from semsearch.integrations._shared import (
+    MATCH_ALL,
+    MODES,
+    AsyncTwin,
+    WarnOnce,
+    ensure_collection,
+    ensure_collection_async,
+    scroll_all,
+    scroll_all_async,
+)
 from semsearch.integrations.haystack.converters import from_semsearch, to_semsearch
-from semsearch.integrations.haystack.filters import MATCH_ALL, convert_filters
+from semsearch.integrations.haystack.filters import convert_filters
 
 logger = logging.getLogger(__name__)
 _BATCH = 256  # documents per Upsert: far below the message-size limit for texts of a few KiB
-_MODES = ("dense", "lexical", "hybrid")
 
 
 class SemsearchDocumentStore:
@@ -76,19 +83,13 @@ class SemsearchDocumentStore:
     # -- the collection ------------------------------------------------------------------------------------------
     def _ensure(self) -> None:
         if not self._ready:
-            try:
-                self.client.create_collection(self.collection)
-            except AlreadyExistsError:
-                pass
+            ensure_collection(self.client, self.collection)
             self._ready = True
 
     async def _ensure_async(self):
         client = self._async.get()
         if not self._ready:
-            try:
-                await client.create_collection(self.collection)
-            except AlreadyExistsError:
-                pass
+            await ensure_collection_async(client, self.collection)
             self._ready = True
         return client
 
@@ -261,6 +262,6 @@ def _meta(meta: dict[str, Any]) -> dict[str, Any]:
 
 
 def _mode(mode: str) -> str:
-    if mode not in _MODES:
-        raise ValueError(f"mode must be one of {', '.join(_MODES)}, not {mode!r}")
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
     return mode

@@ -26,7 +26,6 @@ from semsearch.filters import Field, Filter, all_of, any_of, exists, not_
 
 _ORDERING = {">": Field.__gt__, ">=": Field.__ge__, "<": Field.__lt__, "<=": Field.__le__}
 _LOGICAL = ("AND", "OR", "NOT")
-MATCH_ALL = not_(any_of())  # an empty `any` matches no document, its negation every one
 
 
 def convert_filters(filters: dict[str, Any] | None) -> Filter | None:
