@@ -210,3 +210,18 @@ async def test_async_paths(server, collection):
     assert len(await embedding.aget_query_embedding("wine")) == len(embedding.get_query_embedding("wine"))
     await store.adelete_nodes(node_ids=["x"])
     assert await store.aget_nodes(node_ids=["x"]) == []
+
+
+def test_get_and_delete_nodes_by_ids_and_filters(server, collection):
+    store = SemsearchVectorStore(client=server.client, collection=collection)
+    store.add([TextNode(id_=i, text=text, metadata=meta) for i, (text, meta) in CORPUS.items()])
+    english = MetadataFilters(filters=[MetadataFilter(key="lang", value="en")])
+    assert [n.node_id for n in store.get_nodes(node_ids=["n3", "n2", "n1"], filters=english)] == ["n3", "n1"]
+    store.delete_nodes(node_ids=["n1", "n2"], filters=english)  # only the listed ones the filters match
+    assert sorted(n.node_id for n in store.get_nodes()) == ["n2", "n3", "n4", "n5"]
+    store.delete_nodes(filters=english)
+    assert sorted(n.node_id for n in store.get_nodes()) == ["n2", "n4", "n5"]
+    with pytest.raises(ValueError, match="clear"):
+        store.delete_nodes()
+    store.clear()
+    assert store.get_nodes() == []

@@ -25,6 +25,8 @@ from semsearch.integrations._shared import (
     WarnOnce,
     ensure_collection,
     ensure_collection_async,
+    scroll_all,
+    scroll_all_async,
 )
 from semsearch.integrations.llama_index.filters import UnsupportedFilterError, convert_filters
 from semsearch.types import Document, Hit
@@ -133,25 +135,35 @@ class SemsearchVectorStore(BasePydanticVectorStore):
         self, node_ids: list[str] | None = None, filters: MetadataFilters | None = None, **kwargs: Any
     ) -> None:
         """Deletes these nodes, or those the filters match (both given: the listed ones the filters match)."""
+        where = self._delete_filter(node_ids, filters)
         self._ensure()
-        ids = self._node_ids_to_delete(node_ids, filters, self._client)
-        if ids is None:
-            self._client.delete(collection=self.collection, where=convert_filters(filters))
-        elif ids:
+        if node_ids is None:
+            self._client.delete(collection=self.collection, where=where)
+            return
+        ids = list(dict.fromkeys(node_ids))
+        if where is not None:
+            ids = [
+                d.id
+                for d in _among(
+                    self._client.get(ids, collection=self.collection), scroll_all(self._client, self.collection, where)
+                )
+            ]
+        if ids:
             self._client.delete(ids, collection=self.collection)
 
     async def adelete_nodes(
         self, node_ids: list[str] | None = None, filters: MetadataFilters | None = None, **kwargs: Any
     ) -> None:
+        where = self._delete_filter(node_ids, filters)
         client = await self._ensure_async()
-        if node_ids is not None and filters is not None:
-            found = await client.get(list(dict.fromkeys(node_ids)), collection=self.collection)
-            ids = [d.id for d in found if _matches_after(d, filters)]
-        else:
-            ids = self._node_ids_to_delete(node_ids, filters, None)
-        if ids is None:
-            await client.delete(collection=self.collection, where=convert_filters(filters))
-        elif ids:
+        if node_ids is None:
+            await client.delete(collection=self.collection, where=where)
+            return
+        ids = list(dict.fromkeys(node_ids))
+        if where is not None:
+            found = await client.get(ids, collection=self.collection)
+            ids = [d.id for d in _among(found, await scroll_all_async(client, self.collection, where))]
+        if ids:
             await client.delete(ids, collection=self.collection)
 
     def clear(self) -> None:
@@ -169,23 +181,23 @@ class SemsearchVectorStore(BasePydanticVectorStore):
     ) -> list[BaseNode]:
         """These nodes (in this order, unknown ones left out), or every node the filters match."""
         self._ensure()
-        if node_ids is not None:
-            found = self._client.get(list(dict.fromkeys(node_ids)), collection=self.collection)
-            return [_node(d) for d in found if filters is None or _matches_after(d, filters)]
-        from semsearch.integrations._shared import scroll_all
-
-        return [_node(d) for d in scroll_all(self._client, self.collection, convert_filters(filters))]
+        if node_ids is None:
+            return [_node(d) for d in scroll_all(self._client, self.collection, convert_filters(filters))]
+        found = self._client.get(list(dict.fromkeys(node_ids)), collection=self.collection)
+        if filters is not None:
+            found = _among(found, scroll_all(self._client, self.collection, convert_filters(filters)))
+        return [_node(d) for d in found]
 
     async def aget_nodes(
         self, node_ids: list[str] | None = None, filters: MetadataFilters | None = None, **kwargs: Any
     ) -> list[BaseNode]:
         client = await self._ensure_async()
-        if node_ids is not None:
-            found = await client.get(list(dict.fromkeys(node_ids)), collection=self.collection)
-            return [_node(d) for d in found if filters is None or _matches_after(d, filters)]
-        from semsearch.integrations._shared import scroll_all_async
-
-        return [_node(d) for d in await scroll_all_async(client, self.collection, convert_filters(filters))]
+        if node_ids is None:
+            return [_node(d) for d in await scroll_all_async(client, self.collection, convert_filters(filters))]
+        found = await client.get(list(dict.fromkeys(node_ids)), collection=self.collection)
+        if filters is not None:
+            found = _among(found, await scroll_all_async(client, self.collection, convert_filters(filters)))
+        return [_node(d) for d in found]
 
     # -- queries -----------------------------------------------------------------------------------------------
     def query(self, query: VectorStoreQuery, where: FilterLike | None = None, **kwargs: Any) -> VectorStoreQueryResult:
@@ -249,15 +261,12 @@ class SemsearchVectorStore(BasePydanticVectorStore):
         chosen = {n.node_id: _document(n) for n in nodes}  # the last node with an id wins, as an upsert would
         return list(chosen.values())
 
-    def _node_ids_to_delete(self, node_ids, filters, client: SearchClient | None) -> list[str] | None:
-        if node_ids is None and filters is None:
+    @staticmethod
+    def _delete_filter(node_ids: list[str] | None, filters: MetadataFilters | None):
+        where = convert_filters(filters)
+        if node_ids is None and where is None:
             raise ValueError("delete_nodes needs node_ids or filters: use clear() to delete every node")
-        if node_ids is None:
-            return None  # by filter
-        if filters is None:
-            return list(dict.fromkeys(node_ids))
-        found = client.get(list(dict.fromkeys(node_ids)), collection=self.collection)
-        return [d.id for d in found if _matches_after(d, filters)]
+        return where
 
     def _ensure(self) -> None:
         if not self._ready:
@@ -292,11 +301,10 @@ def _node(document: Document | Hit) -> TextNode:
     return node
 
 
-def _matches_after(document: Document, filters: MetadataFilters) -> bool:
-    """Whether a fetched document passes filters, by the same rules the server applies (local evaluation)."""
-    from llama_index.core.vector_stores.utils import build_metadata_filter_fn
-
-    return build_metadata_filter_fn(lambda _: document.metadata, filters)(document.id)
+def _among(documents: list[Document], matching: list[Document]) -> list[Document]:
+    """The documents (in their order) that are among those a filter matched: the server's filter semantics."""
+    ids = {d.id for d in matching}
+    return [d for d in documents if d.id in ids]
 
 
 def _result(hits: list[Hit]) -> VectorStoreQueryResult:
