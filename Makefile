@@ -37,7 +37,7 @@ $(SERVE_STAMP): $(LOCK) client/pyproject.toml server/pyproject.toml | $(BIN)/pyt
 	touch $@
 
 $(TEST_STAMP): $(LOCK) client/pyproject.toml server/pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet $(TORCH_INDEX_ARGS) -c $(LOCK) -e ./client -e './server[test,milvus,ray]'
+	$(BIN)/python -m pip install --quiet $(TORCH_INDEX_ARGS) -c $(LOCK) -e './client[langchain,llama-index,haystack,integrations-test]' -e './server[test,milvus,ray]'
 	touch $@ $(SERVE_STAMP)
 
 install: $(TEST_STAMP)
@@ -87,8 +87,8 @@ bench: $(TEST_STAMP)
 		$(BIN)/python benchmarks/$$name.py || status=1; done; exit $$status
 
 lint: $(TEST_STAMP)
-	$(BIN)/ruff check client/src server/src tests benchmarks
-	$(BIN)/ruff format --check client/src server/src tests benchmarks
+	$(BIN)/ruff check client/src server/src tests benchmarks examples
+	$(BIN)/ruff format --check client/src server/src tests benchmarks examples
 
 # Regenerates the committed stubs with the pinned grpcio-tools; tests/test_client_package.py fails if they differ from proto/.
 proto: $(TEST_STAMP)

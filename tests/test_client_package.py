@@ -188,3 +188,25 @@ def test_proto_has_every_name_of_the_contract():
         "GRANULARITY_WORD",
         "GRANULARITY_TOKEN",
     ]
+
+
+def test_adapters_import_their_framework_only_when_their_module_is():
+    code = (
+        "import sys, semsearch, semsearch.integrations, semsearch.integrations._shared\n"
+        "frameworks = ('langchain_core', 'llama_index', 'haystack')\n"
+        "print(','.join(m for m in frameworks if m in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == ""
+
+
+def test_adapter_extras_are_pinned_and_pull_no_heavy_dependency():
+    import tomllib
+
+    extras = tomllib.loads((REPO / "client" / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    for name in ("langchain", "llama-index", "haystack"):
+        (requirement,) = extras[name]
+        assert "==" in requirement, f"extra {name} is not pinned: {requirement}"
+    for name, requirements in extras.items():
+        names = {r.split("=")[0].split(">")[0].split("<")[0].strip().lower() for r in requirements}
+        assert not names & {"torch", "faiss-cpu", "faiss", "sentence-transformers", "transformers"}, name
