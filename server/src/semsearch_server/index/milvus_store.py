@@ -45,6 +45,13 @@ rankings agree closely. Tokenisation is Milvus's ``standard`` analyzer (Unicode 
 stemming or stopwords). BM25 is searched without a filter expression and the metadata filter
 applied to the hits (``_bm25``), so that, as in the local store, a filter decides which documents match and
 never their scores. A lexical hit's passage is the one with the most query words, as in the local store.
+
+Filters mean exactly what ``filtering.evaluate.matches`` says, as on the local store: Milvus is asked at most
+for a superset of the matching rows (``milvus_filters``) and each candidate row's ``meta`` is tested here.
+Count, Scroll and the writes by filter read the matching documents' passage-0 rows (``_matching``: O(rows the
+superset expression keeps) per request, every document's when nothing translates). Delete by filter and
+UpdateAttributes choose their documents under the write lock and write as ``delete`` and ``upsert`` do;
+UpdateAttributes writes a new version of each document with its stored passages and vectors.
 """
 
 from __future__ import annotations
@@ -884,8 +891,10 @@ class MilvusIndexStore:
                         + "; nothing was changed"
                     )
             else:
+                # as they are now (another replica may have written one since it matched)
+                keeps = matcher(where)
                 chosen = sorted(self._matching(where))
-                docs = {d.id: d for d in self.get(chosen)}
+                docs = {d.id: d for d in self.get(chosen) if keeps(attributes_to_json(d.attributes))}
                 chosen = [i for i in chosen if i in docs]
             if not chosen:
                 return 0
