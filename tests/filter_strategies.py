@@ -72,3 +72,25 @@ trees = st.recursive(
     ),
     max_leaves=8,
 )
+
+
+@st.composite
+def string_conditions(draw):
+    """EQ / IN on strings: the conditions a store may hand to its engine as an expression (the Milvus store's
+    superset translation), on keys that hold strings, lists of strings and other kinds alike."""
+    field = draw(st.sampled_from(KEYS))
+    strings = st.sampled_from(["a", "ab", "b", "", "ml"])
+    if draw(st.booleans()):
+        return Condition(field, Op.EQ, draw(strings))
+    return Condition(field, Op.IN, tuple(draw(st.lists(strings, min_size=1, max_size=3))))
+
+
+# Trees of those under all / any, now and then with any other condition beside them.
+translatable_trees = st.recursive(
+    st.one_of(string_conditions(), string_conditions(), conditions()),
+    lambda children: st.one_of(
+        st.lists(children, min_size=1, max_size=3).map(lambda c: All(tuple(c))),
+        st.lists(children, min_size=1, max_size=3).map(lambda c: AnyOf(tuple(c))),
+    ),
+    max_leaves=5,
+)

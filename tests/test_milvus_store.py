@@ -14,7 +14,9 @@ pytest.importorskip("pymilvus", reason="the Milvus store needs the `milvus` extr
 from conftest import MilvusLiteServer, free_port  # noqa: E402
 from semsearch_server.domain import CollectionSettings, Document  # noqa: E402
 from semsearch_server.errors import Unavailable  # noqa: E402
-from semsearch_server.index.milvus_store import MilvusStoreProvider, filter_expression  # noqa: E402
+from semsearch_server.filtering import All, Condition, Op  # noqa: E402
+from semsearch_server.index.milvus_filters import superset_expression  # noqa: E402
+from semsearch_server.index.milvus_store import MilvusStoreProvider  # noqa: E402
 from store_contract import FINGERPRINT, HOSTILE, StoreContract, embedded, unit  # noqa: E402
 
 
@@ -200,9 +202,34 @@ class TestMilvusServer(StoreContract):
         assert spy.filters and all(f.startswith("pk in [") for f in spy.filters), spy.filters
 
     def test_filter_expression_is_literal(self):
-        assert filter_expression({"k": '" or 1==1 or "'}) == 'meta["k"] == "\\" or 1==1 or \\""'
-        assert filter_expression({'a"b': "\\"}) == 'meta["a\\"b"] == "\\\\"'
+        evil = 'meta["k"] == "\\" or 1==1 or \\""'
+        assert (
+            superset_expression({"k": '" or 1==1 or "'})
+            == f'({evil} or json_contains(meta["k"], "\\" or 1==1 or \\""))'
+        )
+        assert superset_expression({'a"b': "\\"}).startswith('(meta["a\\"b"] == "\\\\" or ')
         assert len(HOSTILE) > 5
+
+    def test_the_superset_expression_keeps_exactly_the_hostile_value_it_names(self, store):
+        """What Milvus itself keeps for each expression (before the exact test): a quote, backslash or
+        newline in a key or value is a literal, so `" or 1==1 or "` keeps only the document holding it, as a
+        string or as a list element, and IN keeps the union."""
+        rng = np.random.default_rng(17)
+        docs = [embedded(f"h{i}", "t", unit(rng, 1), {"k": v, 'key"\\': [v, "other"]}) for i, v in enumerate(HOSTILE)]
+        docs.append(embedded("plain", "t", unit(rng, 1), {"k": 1, 'key"\\': True}))
+        store.upsert(docs)
+
+        def kept(tree) -> set[str]:
+            expr = f"passage_index == 0 and {superset_expression(tree)}"
+            return {r["doc_id"] for r in store._query(expr, ["doc_id"])}
+
+        for i, v in enumerate(HOSTILE):
+            for key in ("k", 'key"\\'):
+                assert kept(Condition(key, Op.EQ, v)) == {f"h{i}"}, (key, v)
+                assert store.count(Condition(key, Op.EQ, v)) == 1
+        assert kept(Condition("k", Op.IN, (HOSTILE[0], HOSTILE[1]))) == {"h0", "h1"}
+        assert kept(All((Condition("k", Op.EQ, HOSTILE[0]), Condition('key"\\', Op.EQ, "other")))) == {"h0"}
+        assert store.count(Condition("k", Op.EQ, 1)) == 1
 
     def test_unreachable_milvus_is_unavailable(self):
         with pytest.raises(Unavailable, match="unreachable"):

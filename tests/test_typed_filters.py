@@ -1,4 +1,4 @@
-"""Typed attributes and filters end to end: real model, real FAISS, a real gRPC channel.
+"""Typed attributes and filters end to end: real model, every store, a real gRPC channel.
 
 Every filtered answer is checked against the plain-Python reference semantics (filtering.evaluate) and
 brute-force cosine over the documents it matches, not against numbers copied from a run.
@@ -24,6 +24,10 @@ from semsearch import (
 )
 from semsearch.v1 import search_service_pb2 as pb
 from semsearch_server.filtering import matches, parse
+
+# Every test that uses the server runs on the local store, a Milvus Lite server and a Milvus Lite file; the
+# data directory from before attributes is the local store's own format, so that test runs on it alone.
+pytestmark = pytest.mark.both_stores(file=True)
 
 WINES = [
     Document("w1", "A red wine from Bordeaux, dry and full-bodied.", {"color": "red", "year": 2019, "price": 24.5}),

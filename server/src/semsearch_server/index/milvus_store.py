@@ -45,6 +45,13 @@ rankings agree closely. Tokenisation is Milvus's ``standard`` analyzer (Unicode 
 stemming or stopwords). BM25 is searched without a filter expression and the metadata filter
 applied to the hits (``_bm25``), so that, as in the local store, a filter decides which documents match and
 never their scores. A lexical hit's passage is the one with the most query words, as in the local store.
+
+Filters mean exactly what ``filtering.evaluate.matches`` says, as on the local store: Milvus is asked at most
+for a superset of the matching rows (``milvus_filters``) and each candidate row's ``meta`` is tested here.
+Count, Scroll and the writes by filter read the matching documents' passage-0 rows (``_matching``: O(rows the
+superset expression keeps) per request, every document's when nothing translates). Delete by filter and
+UpdateAttributes choose their documents under the write lock and write as ``delete`` and ``upsert`` do;
+UpdateAttributes writes a new version of each document with its stored passages and vectors.
 """
 
 from __future__ import annotations
@@ -76,13 +83,12 @@ from semsearch_server.domain import Passage as PassageT
 from semsearch_server.errors import (
     AlreadyExists,
     DeadlineExceeded,
-    FailedPrecondition,
     InvalidArgument,
     NotFound,
     SemsearchError,
     Unavailable,
 )
-from semsearch_server.filtering import All, Condition, Filter, Op, attributes_from_json, attributes_to_json
+from semsearch_server.filtering import Filter, as_filter, attributes_from_json, attributes_to_json
 from semsearch_server.index.base import (
     CollectionBroken,
     DenseMatch,
@@ -93,10 +99,9 @@ from semsearch_server.index.base import (
     ScoreTable,
     StoreFilter,
 )
+from semsearch_server.index.milvus_filters import matcher, quote, superset_expression
 
 log = logging.getLogger(__name__)
-# Count, Scroll and the writes by filter, which this store does not have yet.
-_NOT_YET = "with --store milvus; it needs the local store (--store local) for now"
 
 SETTINGS_KEY = "semsearch.settings"
 FINGERPRINT_KEY = "semsearch.fingerprint"
@@ -105,6 +110,9 @@ FORMAT_VERSION = "1"
 MAX_TEXT_BYTES = 65_535  # Milvus VARCHAR limit
 MAX_ID_BYTES = 1_024
 MAX_TOPK = 16_384  # Milvus's largest search limit
+# A filtered dense search scores at most this many matching documents exactly (their vectors read by
+# primary key), and searches Milvus's index for more.
+EXACT_DOCUMENTS = 2048
 STALE_SECONDS = 600
 # Rows written by one store between flushes (see upsert).
 FLUSH_ROWS = 2048
@@ -123,52 +131,6 @@ _WORD = re.compile(r"\w+", re.UNICODE)
 _ANALYZER = {"tokenizer": "standard", "filter": ["lowercase"]}
 
 T = TypeVar("T")
-
-
-def quote(value: str) -> str:
-    """A Milvus expression string literal that means exactly ``value`` (quotes, backslashes, newlines...)."""
-    out = ['"']
-    for ch in value:
-        if ch == "\\":
-            out.append("\\\\")
-        elif ch == '"':
-            out.append('\\"')
-        elif ch == "\n":
-            out.append("\\n")
-        elif ch == "\r":
-            out.append("\\r")
-        elif ch == "\t":
-            out.append("\\t")
-        else:
-            out.append(ch)
-    out.append('"')
-    return "".join(out)
-
-
-def filter_expression(filter: StoreFilter) -> str:
-    """The filter as a Milvus expression; values and keys are literals, never syntax."""
-    return " and ".join(f"meta[{quote(k)}] == {quote(v)}" for k, v in sorted(_string_map(filter).items()))
-
-
-def _string_map(filter: StoreFilter) -> dict[str, str]:
-    """The filters this store evaluates: every key with exactly this string (the old map, or the tree of it)."""
-    if filter is None or isinstance(filter, Mapping):
-        return dict(filter or {})
-    conditions = filter.children if isinstance(filter, All) else (filter,)
-    out: dict[str, str] = {}
-    for c in conditions:
-        if not (isinstance(c, Condition) and c.op is Op.EQ and isinstance(c.value, str) and c.field not in out):
-            raise FailedPrecondition(
-                f"{getattr(c, 'place', 'where')}: with --store milvus a filter may only require keys to equal "
-                'strings (key == "value" and ...); the other typed filters need the local store'
-            )
-        out[c.field] = c.value
-    return out
-
-
-def _keeps(meta: Mapping[str, Any], filter: StoreFilter) -> bool:
-    """Whether a row's metadata matches every key of the exact-match filter (as ``filter_expression``)."""
-    return all(k in meta and meta[k] == v for k, v in _string_map(filter).items())
 
 
 def _best_lexical_passage(text: str, spans: Sequence[PassageT], query: str) -> PassageT:
@@ -353,6 +315,22 @@ class MilvusIndexStore:
             newest[r["doc_id"]] = max(newest.get(r["doc_id"], 0), int(r["version"]))
         return [r for r in rows if int(r["version"]) == newest[r["doc_id"]]]
 
+    def _matching(self, filter: StoreFilter) -> dict[str, int]:
+        """{doc_id: version} of every document the filter matches, exactly (milvus_filters): the passage-0
+        rows of the superset expression, each document's newest committed version, tested with ``matches``.
+
+        With an expression, a document's newest committed row may be one the expression leaves out (its
+        current attributes fail) while a superseded row still in Milvus (before the write deleted it, or after
+        a crash) passes: so each found version is checked against the document's head, as ``get`` reads it."""
+        expr = superset_expression(filter)
+        keeps = matcher(filter)
+        rows = self._visible(self._query(_and("passage_index == 0", expr), ["doc_id", "version", "meta"]))
+        found = {r["doc_id"]: int(r["version"]) for r in rows if keeps(r["meta"])}
+        if expr and found:
+            current = self._current_versions(list(found))
+            found = {d: v for d, v in found.items() if d in current and current[d][0] == v}
+        return found
+
     def _search_params(self) -> dict:
         spec = self.settings.index
         if spec.kind is IndexKind.HNSW:
@@ -367,8 +345,15 @@ class MilvusIndexStore:
             return 0
         if still_wanted is not None and not still_wanted():
             raise DeadlineExceeded("the deadline passed before the write reached Milvus; nothing was stored")
-        rows = []
         version = self._new_version()
+        rows = self._passage_rows_of(docs, version)
+        with self._write_lock:
+            self._commit(docs, rows, version)
+        return len(docs)
+
+    def _passage_rows_of(self, docs: Sequence[EmbeddedDocument], version: int) -> list[dict]:
+        """The passage rows of a write of docs under version (checked against Milvus's limits)."""
+        rows = []
         for ed in docs:
             doc = ed.document
             if len(doc.id.encode()) > MAX_ID_BYTES:
@@ -394,48 +379,51 @@ class MilvusIndexStore:
                         "vector": np.asarray(vec, dtype=np.float32).tolist(),
                     }
                 )
-        with self._write_lock:
-            for i in range(0, len(rows), _INSERT_CHUNK):
-                chunk = rows[i : i + _INSERT_CHUNK]
-                self._call("insert", lambda chunk=chunk: self._client.insert(self._collection, chunk))
-            marker = {
-                "pk": f"{version}:marker",
-                "doc_id": "",
-                "version": version,
-                "passage_index": _MARKER,
-                "start": 0,
-                "end": 0,
-                "text": "",
-                "meta": {},
-                "vector": [0.0] * self.fingerprint.dimension,
-            }
-            # The heads first, naming the new version and the one readers use until its marker is written
-            # (see _Head): a crash before the marker leaves every reader on the previous version, a crash
-            # after it every reader on the new one, whether it reads by head (get) or by rows (search).
-            previous = self._heads(list(dict.fromkeys(ed.document.id for ed in docs)))
-            heads = {ed.document.id: self._head_row(ed, version, previous.get(ed.document.id)) for ed in docs}
-            head_rows = list(heads.values())
-            self._call("upsert (heads)", lambda: self._client.upsert(self._collection, head_rows, partition_name=META))
-            self._call(
-                "insert (commit marker)", lambda: self._client.insert(self._collection, [marker], partition_name=META)
-            )
-            self._versions.add(version)
-            # Superseded rows are found through the documents' old heads (a primary-key lookup), not by a
-            # doc_id expression, which Milvus evaluates by scanning: O(collection) per batch.
-            old_pks = [pk for head in previous.values() for pk in head.row_keys(before=version)]
-            for i in range(0, len(old_pks), 1000):
-                chunk = old_pks[i : i + 1000]
-                self._call("delete", lambda chunk=chunk: self._client.delete(self._collection, filter=_in("pk", chunk)))
-            self._unflushed_rows += len(rows) + len(heads) + 1
-            if self._unflushed_rows >= FLUSH_ROWS:
-                # Milvus Lite searches rows still in a growing segment by brute force, slowly: with 20k
-                # documents never flushed one search took 1.7-2.3 s, flushed every 8,192 rows 0.16-0.23 s,
-                # every 2,048 rows 0.04-0.06 s, ingest no slower (measured). A flush seals the rows into an
-                # indexed segment. Milvus standalone seals segments by size itself; the flush every
-                # FLUSH_ROWS rows only bounds how many stay growing there too.
-                self._call("flush", lambda: self._client.flush(self._collection))
-                self._unflushed_rows = 0
-        return len(docs)
+        return rows
+
+    def _commit(self, docs: Sequence[EmbeddedDocument], rows: list[dict], version: int) -> None:
+        """Writes the rows of version and makes them visible (the steps of the module docstring). The caller
+        holds the write lock, so that a write that chose its documents under it (by filter) stays atomic."""
+        for i in range(0, len(rows), _INSERT_CHUNK):
+            chunk = rows[i : i + _INSERT_CHUNK]
+            self._call("insert", lambda chunk=chunk: self._client.insert(self._collection, chunk))
+        marker = {
+            "pk": f"{version}:marker",
+            "doc_id": "",
+            "version": version,
+            "passage_index": _MARKER,
+            "start": 0,
+            "end": 0,
+            "text": "",
+            "meta": {},
+            "vector": [0.0] * self.fingerprint.dimension,
+        }
+        # The heads first, naming the new version and the one readers use until its marker is written
+        # (see _Head): a crash before the marker leaves every reader on the previous version, a crash
+        # after it every reader on the new one, whether it reads by head (get) or by rows (search).
+        previous = self._heads(list(dict.fromkeys(ed.document.id for ed in docs)))
+        heads = {ed.document.id: self._head_row(ed, version, previous.get(ed.document.id)) for ed in docs}
+        head_rows = list(heads.values())
+        self._call("upsert (heads)", lambda: self._client.upsert(self._collection, head_rows, partition_name=META))
+        self._call(
+            "insert (commit marker)", lambda: self._client.insert(self._collection, [marker], partition_name=META)
+        )
+        self._versions.add(version)
+        # Superseded rows are found through the documents' old heads (a primary-key lookup), not by a
+        # doc_id expression, which Milvus evaluates by scanning: O(collection) per batch.
+        old_pks = [pk for head in previous.values() for pk in head.row_keys(before=version)]
+        for i in range(0, len(old_pks), 1000):
+            chunk = old_pks[i : i + 1000]
+            self._call("delete", lambda chunk=chunk: self._client.delete(self._collection, filter=_in("pk", chunk)))
+        self._unflushed_rows += len(rows) + len(heads) + 1
+        if self._unflushed_rows >= FLUSH_ROWS:
+            # Milvus Lite searches rows still in a growing segment by brute force, slowly: with 20k
+            # documents never flushed one search took 1.7-2.3 s, flushed every 8,192 rows 0.16-0.23 s,
+            # every 2,048 rows 0.04-0.06 s, ingest no slower (measured). A flush seals the rows into an
+            # indexed segment. Milvus standalone seals segments by size itself; the flush every
+            # FLUSH_ROWS rows only bounds how many stay growing there too.
+            self._call("flush", lambda: self._client.flush(self._collection))
+            self._unflushed_rows = 0
 
     def _head_row(self, ed: EmbeddedDocument, version: int, previous: _Head | None) -> dict:
         """A document's head: the version being written and its passage count (in ``end``), and in ``meta``
@@ -494,19 +482,26 @@ class MilvusIndexStore:
         if still_wanted is not None and not still_wanted():
             raise DeadlineExceeded("the deadline passed before the delete reached Milvus; nothing was deleted")
         with self._write_lock:
-            existing = {d.id for d in self.get(ids)}
-            heads = self._heads(sorted(existing))
-            # Rows by primary key (every version the head names, passage 0 first), then the heads: a crash in
-            # between leaves heads whose rows are gone, which readers take as deleted (get finds no passage 0,
-            # search no rows). Deleting the heads first would leave rows that search sees and get does not.
-            keys = [pk for i in sorted(existing) if i in heads for pk in heads[i].row_keys()]
-            keys.sort(key=lambda k: k.split(":", 2)[1] != "0")
-            for begin in range(0, len(keys), _KEY_CHUNK):
-                chunk = keys[begin : begin + _KEY_CHUNK]
-                self._call("delete", lambda chunk=chunk: self._client.delete(self._collection, filter=_in("pk", chunk)))
-            if existing:
-                pks = [f"h:{i}" for i in sorted(existing)]
-                self._call("delete (heads)", lambda: self._client.delete(self._collection, filter=_in("pk", pks)))
+            return self._delete_locked(ids)
+
+    def _delete_locked(self, ids: Sequence[str]) -> int:
+        """Deletes these documents (the caller holds the write lock); returns how many existed."""
+        existing = {d.id for d in self.get(ids)}
+        heads = self._heads(sorted(existing))
+        # Rows by primary key (every version the head names, passage 0 first), then the heads: a crash in
+        # between leaves heads whose rows are gone, which readers take as deleted (get finds no passage 0,
+        # search no rows). Deleting the heads first would leave rows that search sees and get does not.
+        keys = [pk for i in sorted(existing) if i in heads for pk in heads[i].row_keys()]
+        keys.sort(key=lambda k: k.split(":", 2)[1] != "0")
+        for begin in range(0, len(keys), _KEY_CHUNK):
+            chunk = keys[begin : begin + _KEY_CHUNK]
+            self._call("delete", lambda chunk=chunk: self._client.delete(self._collection, filter=_in("pk", chunk)))
+        heads_keys = [f"h:{i}" for i in sorted(existing)]
+        for begin in range(0, len(heads_keys), _KEY_CHUNK):
+            chunk = heads_keys[begin : begin + _KEY_CHUNK]
+            self._call(
+                "delete (heads)", lambda chunk=chunk: self._client.delete(self._collection, filter=_in("pk", chunk))
+            )
         return len(existing)
 
     # -- reads -------------------------------------------------------------------------------------
@@ -581,52 +576,104 @@ class MilvusIndexStore:
     ) -> list[list[DenseMatch]]:
         """``documents``, when given, receives the document of each match whose hits included passage 0 of
         the matched version (text and metadata are output fields of the search: measured to cost nothing
-        with short texts, where a second request for them cost a round trip)."""
+        with short texts, where a second request for them cost a round trip).
+
+        Under a filter the matching documents are found exactly first (``_matching``). Few of them: their
+        passage vectors are read by primary key and scored here, exactly. Many: Milvus is searched without a
+        filter expression (its HNSW with one comes back short at low selectivity, measured) and the hits of
+        the matching documents' versions kept, widening until top_k are found; when even the widest search
+        has fewer, the matching documents are scored exactly. Either way never fewer than
+        min(top_k, matching documents)."""
         queries = np.asarray(queries, dtype=np.float32).reshape(-1, self.fingerprint.dimension)
-        expr = _and("passage_index >= 0", filter_expression(filter))
+        if as_filter(filter) is None:
+            return [self._ann(q, top_k, None, versions, documents) or [] for q in queries]
+        wanted = self._matching(filter)
+        if len(wanted) <= EXACT_DOCUMENTS:
+            return self._exact_dense(queries, top_k, wanted, versions)
+        results = []
+        for q in queries:
+            found = self._ann(q, top_k, wanted, versions, documents)
+            results.append(found if found is not None else self._exact_dense(q[None], top_k, wanted, versions)[0])
+        return results
+
+    def _ann(
+        self,
+        q: np.ndarray,
+        top_k: int,
+        wanted: Mapping[str, int] | None,
+        versions: dict[str, int] | None,
+        documents: dict[str, Document] | None,
+    ) -> list[DenseMatch] | None:
+        """The top_k documents by a Milvus search (among the ``wanted`` versions, if given); None when the
+        widest search found fewer than min(top_k, len(wanted)) of them."""
         fields = ["doc_id", "version", "passage_index", "start", "end"]
         if documents is not None:
             fields += ["text", "meta"]
-        results: list[list[DenseMatch]] = []
-        for q in queries:
-            # Over-fetch passages and keep each document's best; widen while passages crowd out documents.
-            limit = min(MAX_TOPK, max(top_k * 3, top_k + 16))
-            while True:
-                hits = self._call(
-                    "search",
-                    lambda limit=limit, q=q: self._client.search(
-                        self._collection,
-                        data=[q.tolist()],
-                        anns_field="vector",
-                        limit=limit,
-                        filter=expr,
-                        output_fields=fields,
-                        search_params=self._search_params(),
-                        consistency_level="Strong",
-                        partition_names=[PASSAGES],
-                    )[0],
-                )
-                rows = [{**h["entity"], "distance": h["distance"]} for h in hits]
-                best: dict[str, DenseMatch] = {}
-                visible = self._visible(rows)
-                for r in visible:
-                    if r["doc_id"] not in best:  # hits come best first
-                        if versions is not None:
-                            versions[r["doc_id"]] = int(r["version"])
-                        best[r["doc_id"]] = DenseMatch(
-                            r["doc_id"],
-                            float(r["distance"]),
-                            PassageT(int(r["passage_index"]), int(r["start"]), int(r["end"])),
-                        )
-                if len(best) >= top_k or len(hits) < limit or limit >= MAX_TOPK:
-                    break
-                limit = min(MAX_TOPK, limit * 4)
-            if documents is not None:
-                # _visible kept one version per document: its passage-0 row, if hit, is the document
-                for r in visible:
-                    if int(r["passage_index"]) == 0 and r["doc_id"] in best:
-                        documents[r["doc_id"]] = _document(r)
-            results.append(sorted(best.values(), key=lambda m: -m.score)[:top_k])
+        # Over-fetch passages and keep each document's best; widen while passages (or documents the filter
+        # leaves out) crowd out the documents wanted.
+        limit = min(MAX_TOPK, max(top_k * 3, top_k + 16))
+        while True:
+            hits = self._call(
+                "search",
+                lambda limit=limit: self._client.search(
+                    self._collection,
+                    data=[q.tolist()],
+                    anns_field="vector",
+                    limit=limit,
+                    filter="passage_index >= 0",
+                    output_fields=fields,
+                    search_params=self._search_params(),
+                    consistency_level="Strong",
+                    partition_names=[PASSAGES],
+                )[0],
+            )
+            rows = [{**h["entity"], "distance": h["distance"]} for h in hits]
+            visible = self._visible(rows)
+            if wanted is not None:
+                visible = [r for r in visible if wanted.get(r["doc_id"]) == int(r["version"])]
+            best: dict[str, DenseMatch] = {}
+            for r in visible:
+                if r["doc_id"] not in best:  # hits come best first
+                    best[r["doc_id"]] = DenseMatch(
+                        r["doc_id"],
+                        float(r["distance"]),
+                        PassageT(int(r["passage_index"]), int(r["start"]), int(r["end"])),
+                    )
+            if len(best) >= top_k or len(hits) < limit or limit >= MAX_TOPK:
+                break
+            limit = min(MAX_TOPK, limit * 4)
+        if wanted is not None and len(best) < min(top_k, len(wanted)):
+            return None
+        if versions is not None:
+            versions.update((r["doc_id"], int(r["version"])) for r in visible if r["doc_id"] in best)
+        if documents is not None:
+            # _visible kept one version per document: its passage-0 row, if hit, is the document
+            for r in visible:
+                if int(r["passage_index"]) == 0 and r["doc_id"] in best:
+                    documents[r["doc_id"]] = _document(r)
+        return sorted(best.values(), key=lambda m: -m.score)[:top_k]
+
+    def _exact_dense(
+        self, queries: np.ndarray, top_k: int, wanted: Mapping[str, int], versions: dict[str, int] | None
+    ) -> list[list[DenseMatch]]:
+        """The top_k of the ``wanted`` document versions by best-passage cosine, computed here from their
+        stored vectors (read by primary key through the heads; a document replaced since is left out)."""
+        rows = [r for r in self._passage_rows(list(wanted)) if wanted.get(r["doc_id"]) == int(r["version"])]
+        if not rows:
+            return [[] for _ in queries]
+        if versions is not None:
+            versions.update((r["doc_id"], int(r["version"])) for r in rows)
+        vectors = np.asarray([r["vector"] for r in rows], dtype=np.float32)
+        scores = vectors @ np.asarray(queries, dtype=np.float32).T  # (rows, queries)
+        results = []
+        for column in scores.T:
+            best: dict[str, DenseMatch] = {}
+            for i in np.argsort(-column, kind="stable").tolist():
+                r = rows[i]
+                if r["doc_id"] not in best:
+                    passage = PassageT(int(r["passage_index"]), int(r["start"]), int(r["end"]))
+                    best[r["doc_id"]] = DenseMatch(r["doc_id"], float(column[i]), passage)
+            results.append(list(best.values())[:top_k])
         return results
 
     def _bm25(
@@ -648,8 +695,9 @@ class MilvusIndexStore:
         if not _WORD.search(query):
             return []
         want = max(1, min(limit, MAX_TOPK))
-        fetch = min(MAX_TOPK, max(want * 4, want + 64)) if filter else want
-        fields = ["doc_id", "version"] + (["meta"] if filter else [])
+        keeps = matcher(filter) if as_filter(filter) is not None else None
+        fetch = min(MAX_TOPK, max(want * 4, want + 64)) if keeps else want
+        fields = ["doc_id", "version"] + (["meta"] if keeps else [])
         while True:
             hits = self._call(
                 "lexical search",
@@ -666,7 +714,7 @@ class MilvusIndexStore:
             )
             rows = [{**h["entity"], "distance": h["distance"]} for h in hits]
             # Milvus returns BM25 negated (smaller is better); the store's contract is BM25 > 0.
-            kept = [r for r in self._visible(rows) if r["distance"] < 0 and (not filter or _keeps(r["meta"], filter))]
+            kept = [r for r in self._visible(rows) if r["distance"] < 0 and (keeps is None or keeps(r["meta"]))]
             if len(kept) >= want or len(hits) < fetch or fetch >= MAX_TOPK:
                 if versions is not None:
                     versions.update((r["doc_id"], int(r["version"])) for r in kept[:want])
@@ -756,13 +804,21 @@ class MilvusIndexStore:
     def score_all(
         self, query: str, vector: np.ndarray | None, filter: StoreFilter, dense: bool, lexical: bool
     ) -> ScoreTable:
-        expr = _and("passage_index >= 0", filter_expression(filter))
-        fields = ["doc_id", "version"] + (["vector"] if dense and vector is not None else [])
-        rows = self._visible(self._query(expr, fields))
-        ids = sorted({r["doc_id"] for r in rows})
+        want_vectors = dense and vector is not None
+        if as_filter(filter) is None:
+            fields = ["doc_id", "version"] + (["vector"] if want_vectors else [])
+            rows = self._visible(self._query("passage_index >= 0", fields))
+            ids = sorted({r["doc_id"] for r in rows})
+        else:
+            # the matching documents exactly, then their passages' vectors by primary key
+            wanted = self._matching(filter)
+            ids = sorted(wanted)
+            rows = []
+            if want_vectors:
+                rows = [r for r in self._passage_rows(ids) if wanted.get(r["doc_id"]) == int(r["version"])]
         index = {d: i for i, d in enumerate(ids)}
         dense_arr = None
-        if dense and vector is not None:
+        if want_vectors:
             dense_arr = np.full(len(ids), -np.inf, dtype=np.float32)
             q = np.asarray(vector, dtype=np.float32).reshape(-1)
             for r in rows:
@@ -780,19 +836,86 @@ class MilvusIndexStore:
 
     # -- data management ---------------------------------------------------------------------------
     def count(self, where: Filter | None = None) -> int:
-        if where is not None:
-            raise FailedPrecondition(f"Count with a filter is not available {_NOT_YET}")
-        rows = self._query("passage_index == 0", ["doc_id", "version"])
-        return len({r["doc_id"] for r in self._visible(rows)})
+        """Exact: the filter is evaluated here on every candidate row's attributes (``_matching``)."""
+        if where is None:
+            rows = self._query("passage_index == 0", ["doc_id", "version"])
+            return len({r["doc_id"] for r in self._visible(rows)})
+        return len(self._matching(where))
 
     def scroll(self, where: Filter | None, after: str | None, limit: int) -> list[Document]:
-        raise FailedPrecondition(f"Scroll is not available {_NOT_YET}")
+        """The matching documents' ids in bytewise order after ``after``, then the page's documents by
+        primary key (the versions that matched)."""
+        wanted = self._matching(where)
+        start = None if after is None else after.encode()
+        ids = sorted((i for i in wanted if start is None or i.encode() > start), key=str.encode)[: max(limit, 0)]
+        rows = self._rows_by_key([f"{wanted[i]}:0:{i}" for i in ids], ["doc_id", "text", "meta"])
+        found = {r["doc_id"]: _document(r) for r in rows}
+        # A document replaced since it was found: read as Get reads (the newest version), if it still matches.
+        missing = [i for i in ids if i not in found]
+        if missing:
+            keeps = matcher(where)
+            found.update((d.id, d) for d in self.get(missing) if keeps(attributes_to_json(d.attributes)))
+        return [found[i] for i in ids if i in found]
 
     def delete_where(self, where: Filter, still_wanted: Callable[[], bool] | None = None) -> int:
-        raise FailedPrecondition(f"Delete by filter is not available {_NOT_YET}")
+        """Deletes the documents that match when the write lock is held, as ``delete`` deletes by id."""
+        with self._write_lock:
+            if still_wanted is not None and not still_wanted():
+                raise DeadlineExceeded("the deadline passed while waiting for the collection; nothing was deleted")
+            wanted = self._matching(where)
+            return self._delete_locked(sorted(wanted)) if wanted else 0
 
-    def update_attributes(self, ids, where, set, unset, limits, still_wanted=None) -> int:
-        raise FailedPrecondition(f"UpdateAttributes is not available {_NOT_YET}")
+    def update_attributes(
+        self,
+        ids: Sequence[str] | None,
+        where: Filter | None,
+        set: Mapping,
+        unset: Sequence[str],
+        limits,
+        still_wanted: Callable[[], bool] | None = None,
+    ) -> int:
+        """A new version of each chosen document with the new attributes and its stored text, passages and
+        vectors (nothing is re-embedded), written by the upsert path under the write lock: atomic, and
+        seen by every replica and after a crash exactly as an upsert is."""
+        with self._write_lock:
+            if still_wanted is not None and not still_wanted():
+                raise DeadlineExceeded("the deadline passed while waiting for the collection; nothing was changed")
+            if ids is not None:
+                chosen = list(dict.fromkeys(ids))
+                docs = {d.id: d for d in self.get(chosen)}
+                missing = [i for i in chosen if i not in docs]
+                if missing:
+                    raise NotFound(
+                        f"ids: no document {missing[0]!r} in collection {self.name!r}"
+                        + (f" ({len(missing)} ids are unknown)" if len(missing) > 1 else "")
+                        + "; nothing was changed"
+                    )
+            else:
+                # as they are now (another replica may have written one since it matched)
+                keeps = matcher(where)
+                chosen = sorted(self._matching(where))
+                docs = {d.id: d for d in self.get(chosen) if keeps(attributes_to_json(d.attributes))}
+                chosen = [i for i in chosen if i in docs]
+            if not chosen:
+                return 0
+            stored = self.get_passages(chosen)
+            changed = []
+            for doc_id in chosen:
+                attributes = dict(docs[doc_id].attributes)
+                for key in unset:
+                    attributes.pop(key, None)
+                attributes.update(set)
+                if len(attributes) > limits.max_metadata_entries:
+                    raise InvalidArgument(
+                        f"set: document {doc_id!r} would have {len(attributes)} attributes; at most "
+                        f"{limits.max_metadata_entries} allowed; nothing was changed"
+                    )
+                passages, vectors = stored[doc_id]
+                document = dataclasses.replace(docs[doc_id], attributes=attributes)
+                changed.append(EmbeddedDocument(document, passages, vectors))
+            version = self._new_version()
+            self._commit(changed, self._passage_rows_of(changed, version), version)
+        return len(changed)
 
     def status(self) -> CollectionStatus:
         return CollectionStatus(
