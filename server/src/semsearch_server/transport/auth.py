@@ -55,6 +55,13 @@ RPC_CLASSES: dict[str, RpcClass] = {
         "Count": RpcClass.READ,
         "Scroll": RpcClass.READ,
         "UpdateAttributes": RpcClass.WRITE,
+        "SetAlias": RpcClass.WRITE,
+        "DeleteAlias": RpcClass.WRITE,
+        "ListAliases": RpcClass.READ,
+        "CreateSnapshot": RpcClass.WRITE,
+        "ListSnapshots": RpcClass.READ,
+        "DeleteSnapshot": RpcClass.WRITE,
+        "RestoreSnapshot": RpcClass.WRITE,
     }.items()
 }
 WRITE_RPCS: frozenset[str] = frozenset(m for m, c in RPC_CLASSES.items() if c is RpcClass.WRITE)
