@@ -139,8 +139,10 @@ def test_searches_through_an_alias_see_one_collection_or_the_other_while_it_is_r
 
 
 def test_an_alias_points_where_its_last_acknowledged_set_alias_left_it_after_sigkill(tmp_path):
-    """A real server process: aliases are written to disk before SetAlias is acknowledged."""
-    proc = ServerProcess(tmp_path / "data").start()
+    """A real server process: aliases are on disk before SetAlias is acknowledged. The same process is
+    killed while it writes snapshots: no half-written file lists as a snapshot afterwards."""
+    data = tmp_path / "data"
+    proc = ServerProcess(data).start()
     try:
         with proc.client() as c:
             c.create_collection("docs_v1")
@@ -151,12 +153,33 @@ def test_an_alias_points_where_its_last_acknowledged_set_alias_left_it_after_sig
                 c.set_alias("docs", "docs_v2" if i % 2 == 0 else "docs_v1")
             c.set_alias("other", "docs_v1")
             assert c.list_aliases() == {"docs": "docs_v2", "other": "docs_v1"}  # i = 6 was the last
+
+            made: list[str] = []
+
+            def snapshot_forever() -> None:
+                with proc.client() as s:
+                    try:
+                        while True:
+                            made.append(s.create_snapshot("docs").name)
+                    except Exception:  # noqa: BLE001 - the kill ends the loop
+                        return
+
+            snapshots = threading.Thread(target=snapshot_forever)
+            snapshots.start()
+            while len(made) < 3:
+                time.sleep(0.01)
         proc.kill()
+        snapshots.join(30)
         proc.start()
         with proc.client() as c:
             assert c.list_aliases() == {"docs": "docs_v2", "other": "docs_v1"}
             assert {h.id for h in c.search("a document", collection="docs", top_k=20)} == {d for d, _ in GREEN}
             with pytest.raises(FailedPreconditionError, match="other"):
                 c.delete_collection("docs_v1")
+            listed = [s.name for s in c.list_snapshots()]
+            assert set(made) <= set(listed)  # every acknowledged snapshot survives
+            assert not [p.name for p in (data / "snapshots").iterdir() if p.name.startswith(".")]
+            for i, name in enumerate(listed):  # and every listed one, acknowledged or not, is whole
+                assert c.restore_snapshot(name, f"restored{i}").document_count == len(GREEN)
     finally:
         proc.stop()
