@@ -54,6 +54,9 @@ def test_every_rpc_of_the_service_is_classified_and_nothing_else():
     assert set(RPC_CLASSES) == methods
     assert WRITE_RPCS == {f"/{SERVICE_NAME}/{name}" for name in ("Upsert", "UpsertStream", "Delete")} | {
         f"/{SERVICE_NAME}/{name}" for name in ("UpdateAttributes", "CreateCollection", "DeleteCollection", "Reindex")
+    } | {
+        f"/{SERVICE_NAME}/{name}"
+        for name in ("SetAlias", "DeleteAlias", "CreateSnapshot", "DeleteSnapshot", "RestoreSnapshot")
     }
 
 

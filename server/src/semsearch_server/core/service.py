@@ -709,11 +709,9 @@ class SearchService:
 
     def list_snapshots(self, collection: str = "") -> list[SnapshotInfo]:
         """The snapshots of one collection (or alias), or every snapshot when collection is empty."""
+        name = self._resolve(collection) if collection else None
         snapshots = self.registry.list_snapshots()
-        if collection == "":
-            return snapshots
-        name = self._resolve(collection)
-        return [s for s in snapshots if s.collection == name]
+        return snapshots if name is None else [s for s in snapshots if s.collection == name]
 
     def delete_snapshot(self, name: str) -> None:
         self.registry.delete_snapshot(check_snapshot_name(name))
