@@ -66,6 +66,14 @@ DOCUMENTED_CODES: dict[str, set[grpc.StatusCode]] = {
     "Count": {_IA, _NF, _FP},
     "Scroll": {_IA, _NF, _FP},
     "UpdateAttributes": {_IA, _NF, _FP},
+    "SetAlias": {_IA, _NF, _AE, _FP},
+    "DeleteAlias": {_IA, _NF},
+    "ListAliases": set(),
+    # FAILED_PRECONDITION: the Milvus store leaves snapshots to milvus-backup.
+    "CreateSnapshot": {_IA, _NF, _FP},
+    "ListSnapshots": {_IA, _FP},
+    "DeleteSnapshot": {_IA, _NF, _FP},
+    "RestoreSnapshot": {_IA, _NF, _AE, _FP, grpc.StatusCode.DATA_LOSS},
 }
 DOCUMENTED_CODES = {rpc: codes | _EVERY_RPC for rpc, codes in DOCUMENTED_CODES.items()}
 # Bytes that do not decode as the RPC's request message: refused as malformed input.
@@ -94,7 +102,20 @@ SENTENCES = (
 )
 # RPCs that may change the state when accepted (after an accepted read, the state is not read again).
 WRITES = frozenset(
-    {"Upsert", "UpsertStream", "Delete", "UpdateAttributes", "CreateCollection", "DeleteCollection", "Reindex"}
+    {
+        "Upsert",
+        "UpsertStream",
+        "Delete",
+        "UpdateAttributes",
+        "CreateCollection",
+        "DeleteCollection",
+        "Reindex",
+        "SetAlias",
+        "DeleteAlias",
+        "CreateSnapshot",
+        "DeleteSnapshot",
+        "RestoreSnapshot",
+    }
 )
 # The canary's score is searched for (an embedding) after every call that names its collection, and
 # after every SCORE_EVERY-th call whatever it named.

@@ -63,7 +63,7 @@ def test_every_rpc_is_fuzzed():
     drawn = set()
 
     @settings(
-        max_examples=1000,
+        max_examples=2000,
         derandomize=True,
         database=None,
         phases=[Phase.generate],

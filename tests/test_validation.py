@@ -325,6 +325,53 @@ CASES = [
         "INVALID_ARGUMENT",
         "where: an empty filter",
     ),
+    ("set-alias-empty", "SetAlias", pb.SetAliasRequest(alias="", collection="validation"), "INVALID_ARGUMENT", "alias"),
+    (
+        "set-alias-path",
+        "SetAlias",
+        pb.SetAliasRequest(alias="a/b", collection="validation"),
+        "INVALID_ARGUMENT",
+        "alias",
+    ),
+    (
+        "set-alias-bad-collection",
+        "SetAlias",
+        pb.SetAliasRequest(alias="fine", collection="../up"),
+        "INVALID_ARGUMENT",
+        "collection",
+    ),
+    ("delete-alias-empty", "DeleteAlias", pb.DeleteAliasRequest(alias=""), "INVALID_ARGUMENT", "alias"),
+    ("delete-alias-long", "DeleteAlias", pb.DeleteAliasRequest(alias="a" * 65), "INVALID_ARGUMENT", "alias"),
+    (
+        "create-snapshot-bad-collection",
+        "CreateSnapshot",
+        pb.CreateSnapshotRequest(collection="a/b"),
+        "INVALID_ARGUMENT",
+        "collection",
+    ),
+    (
+        "list-snapshots-bad-collection",
+        "ListSnapshots",
+        pb.ListSnapshotsRequest(collection="../x"),
+        "INVALID_ARGUMENT",
+        "collection",
+    ),
+    ("delete-snapshot-empty", "DeleteSnapshot", pb.DeleteSnapshotRequest(name=""), "INVALID_ARGUMENT", "name"),
+    ("delete-snapshot-path", "DeleteSnapshot", pb.DeleteSnapshotRequest(name="../x"), "INVALID_ARGUMENT", "name"),
+    (
+        "restore-snapshot-hidden-name",
+        "RestoreSnapshot",
+        pb.RestoreSnapshotRequest(name=".partial", collection="fresh"),
+        "INVALID_ARGUMENT",
+        "name",
+    ),
+    (
+        "restore-snapshot-no-collection",
+        "RestoreSnapshot",
+        pb.RestoreSnapshotRequest(name="fine", collection=""),
+        "INVALID_ARGUMENT",
+        "collection",
+    ),
 ]
 
 

@@ -4,6 +4,7 @@ from semsearch.aio import AsyncSearchClient
 from semsearch.client import SearchClient
 from semsearch.errors import (
     AlreadyExistsError,
+    DataLossError,
     DeadlineExceededError,
     FailedPreconditionError,
     InvalidArgumentError,
@@ -20,6 +21,7 @@ from semsearch.types import Document, ExplainResult, Hit, LexicalTerm, Page, Pas
 __all__ = [
     "AlreadyExistsError",
     "AsyncSearchClient",
+    "DataLossError",
     "Field",
     "Filter",
     "Page",

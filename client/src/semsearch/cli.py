@@ -335,6 +335,70 @@ def cmd_collections(client: SearchClient, args) -> int:
     return 0
 
 
+def cmd_alias(client: SearchClient, args) -> int:
+    if args.action == "set":
+        previous = client.set_alias(args.alias, args.collection)
+        if args.json:
+            _print_json({"alias": args.alias, "collection": args.collection, "previous_collection": previous})
+        else:
+            was = f" (was {previous})" if previous else " (new)"
+            print(f"alias {args.alias} -> {args.collection or 'default'}{was}")
+        return 0
+    if args.action == "delete":
+        client.delete_alias(args.alias)
+        _print_json({"deleted": args.alias}) if args.json else print(f"deleted alias {args.alias}")
+        return 0
+    aliases = client.list_aliases()
+    if args.json:
+        _print_json({"aliases": [{"alias": a, "collection": c} for a, c in sorted(aliases.items())]})
+    else:
+        print(f"{'alias':<24} collection")
+        for alias, collection in sorted(aliases.items()):
+            print(f"{alias:<24} {collection}")
+    return 0
+
+
+def _snapshot_dict(s) -> dict:
+    return {
+        "name": s.name,
+        "collection": s.collection,
+        "created_at": s.created_at.ToJsonString(),
+        "size_bytes": s.size_bytes,
+        "document_count": s.document_count,
+        "model_id": s.model_id,
+    }
+
+
+def cmd_snapshot(client: SearchClient, args) -> int:
+    if args.action == "create":
+        snap = client.create_snapshot(args.collection)
+        if args.json:
+            _print_json(_snapshot_dict(snap))
+        else:
+            print(f"created snapshot {snap.name} ({snap.document_count} documents, {snap.size_bytes} bytes)")
+        return 0
+    if args.action == "restore":
+        info = client.restore_snapshot(args.name, args.collection)
+        if args.json:
+            _print_json(MessageToDict(info))
+        else:
+            print(f"restored snapshot {args.name} as collection {info.name} ({info.document_count} documents)")
+        return 0
+    if args.action == "delete":
+        client.delete_snapshot(args.name)
+        _print_json({"deleted": args.name}) if args.json else print(f"deleted snapshot {args.name}")
+        return 0
+    snapshots = client.list_snapshots(args.collection)
+    if args.json:
+        _print_json({"snapshots": [_snapshot_dict(s) for s in snapshots]})
+    else:
+        print(f"{'snapshot':<48} {'collection':<24} {'documents':>10} {'bytes':>12}  created")
+        for s in snapshots:
+            created = s.created_at.ToJsonString()
+            print(f"{s.name:<48} {s.collection:<24} {s.document_count:>10} {s.size_bytes:>12}  {created}")
+    return 0
+
+
 def cmd_info(client: SearchClient, args) -> int:
     info = client.info()
     if args.json:
@@ -511,6 +575,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ivf-nprobe", type=int, default=0)
     add_collection_arguments(p)
     p.set_defaults(func=cmd_collections)
+
+    p = sub.add_parser("alias", help="point a name at a collection (blue-green switches)")
+    actions = p.add_subparsers(dest="action", required=True)
+    a = actions.add_parser("set", parents=[common], help="create an alias, or repoint it atomically")
+    a.add_argument("alias")
+    a.add_argument("collection")
+    a = actions.add_parser("delete", parents=[common], help="delete an alias (its collection stays)")
+    a.add_argument("alias")
+    actions.add_parser("list", parents=[common], help="every alias and the collection it names")
+    p.set_defaults(func=cmd_alias)
+
+    p = sub.add_parser("snapshot", help="point-in-time copies of collections (local store)")
+    actions = p.add_subparsers(dest="action", required=True)
+    a = actions.add_parser("create", parents=[common], help="snapshot a collection (or alias)")
+    a.add_argument("collection")
+    a = actions.add_parser("list", parents=[common], help="snapshots, of one collection or all")
+    a.add_argument("collection", nargs="?", default="")
+    a = actions.add_parser("restore", parents=[common], help="build a new collection from a snapshot")
+    a.add_argument("name")
+    a.add_argument("collection", help="the new collection's name")
+    a = actions.add_parser("delete", parents=[common], help="delete a snapshot file")
+    a.add_argument("name")
+    p.set_defaults(func=cmd_snapshot)
 
     p = sub.add_parser("info", parents=[common], help="model, backend and collections")
     p.set_defaults(func=cmd_info)

@@ -421,6 +421,41 @@ class SearchApi:
         request = pb.ReindexRequest(collection=collection)
         return self._invoke("Reindex", request, lambda r: r.reindexed_count, timeout)
 
+    # -- aliases -------------------------------------------------------------------------------------
+    def set_alias(self, alias: str, collection: str, timeout: float | None = None) -> str:
+        """Points alias at collection (creates it, or repoints it atomically); every call that takes a
+        collection accepts the alias. Returns the collection it named before ('' when new)."""
+        request = pb.SetAliasRequest(alias=alias, collection=collection)
+        return self._invoke("SetAlias", request, lambda r: r.previous_collection, timeout)
+
+    def delete_alias(self, alias: str, timeout: float | None = None) -> None:
+        return self._invoke("DeleteAlias", pb.DeleteAliasRequest(alias=alias), lambda r: None, timeout)
+
+    def list_aliases(self, timeout: float | None = None) -> dict[str, str]:
+        """alias -> the collection it names."""
+        return self._invoke(
+            "ListAliases", pb.ListAliasesRequest(), lambda r: {a.alias: a.collection for a in r.aliases}, timeout
+        )
+
+    # -- snapshots (local store) --------------------------------------------------------------------
+    def create_snapshot(self, collection: str = "", timeout: float | None = None) -> pb.Snapshot:
+        """A consistent point-in-time copy of a collection, as one file in the server's snapshots folder."""
+        request = pb.CreateSnapshotRequest(collection=collection)
+        return self._invoke("CreateSnapshot", request, lambda r: r.snapshot, timeout)
+
+    def list_snapshots(self, collection: str = "", timeout: float | None = None) -> list[pb.Snapshot]:
+        """The snapshots of one collection (or alias), oldest first; every snapshot when collection is ''."""
+        request = pb.ListSnapshotsRequest(collection=collection)
+        return self._invoke("ListSnapshots", request, lambda r: list(r.snapshots), timeout)
+
+    def delete_snapshot(self, name: str, timeout: float | None = None) -> None:
+        return self._invoke("DeleteSnapshot", pb.DeleteSnapshotRequest(name=name), lambda r: None, timeout)
+
+    def restore_snapshot(self, name: str, collection: str, timeout: float | None = None) -> pb.CollectionInfo:
+        """Builds the new collection `collection` from snapshot `name`; returns its info."""
+        request = pb.RestoreSnapshotRequest(name=name, collection=collection)
+        return self._invoke("RestoreSnapshot", request, lambda r: r.collection, timeout)
+
     def info(self, timeout: float | None = None) -> pb.GetInfoResponse:
         return self._invoke("GetInfo", pb.GetInfoRequest(), lambda r: r, timeout)
 

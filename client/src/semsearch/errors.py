@@ -50,6 +50,10 @@ class PermissionDeniedError(SemsearchError):
     pass
 
 
+class DataLossError(SemsearchError):
+    """Stored data is damaged (a snapshot file whose checksum does not match); nothing was changed."""
+
+
 _ERROR_FOR_CODE: dict[grpc.StatusCode, type[SemsearchError]] = {
     grpc.StatusCode.INVALID_ARGUMENT: InvalidArgumentError,
     grpc.StatusCode.NOT_FOUND: NotFoundError,
@@ -60,6 +64,7 @@ _ERROR_FOR_CODE: dict[grpc.StatusCode, type[SemsearchError]] = {
     grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceededError,
     grpc.StatusCode.UNAUTHENTICATED: UnauthenticatedError,
     grpc.StatusCode.PERMISSION_DENIED: PermissionDeniedError,
+    grpc.StatusCode.DATA_LOSS: DataLossError,
 }
 
 

@@ -66,8 +66,7 @@ def render_ranking(result: ExplainResult, width: int = 30) -> str:
     lines = [head]
     if r.passage is not None and r.mode != "lexical":
         lines.append(
-            f"  dense: cosine {r.dense_score:.4f} "
-            f"(passage {r.passage.index}, chars {r.passage.start}-{r.passage.end})"
+            f"  dense: cosine {r.dense_score:.4f} (passage {r.passage.index}, chars {r.passage.start}-{r.passage.end})"
         )
     if r.mode == "hybrid":
         if r.fusion == "rrf":

@@ -167,6 +167,18 @@ class CollectionStatus:
 
 
 @dataclass(frozen=True)
+class SnapshotInfo:
+    """A snapshot file of a collection (local store): what ListSnapshots shows."""
+
+    name: str
+    collection: str
+    created_at: float  # seconds since the epoch (UTC)
+    size_bytes: int
+    document_count: int
+    model_id: str
+
+
+@dataclass(frozen=True)
 class ModelFingerprint:
     """Everything about a model that decides which vectors it produces.
 

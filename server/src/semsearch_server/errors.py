@@ -48,6 +48,10 @@ class StorageFailed(SemsearchError):
     does not, so carrying on would serve (and acknowledge) what may be lost."""
 
 
+class DataLoss(SemsearchError):
+    """Stored data is damaged (a snapshot file whose checksum does not match): refused, nothing changed."""
+
+
 class Unauthenticated(SemsearchError):
     """Missing or unknown credentials."""
 

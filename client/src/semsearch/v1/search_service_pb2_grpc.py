@@ -118,6 +118,41 @@ class SearchServiceStub:
                 request_serializer=semsearch_dot_v1_dot_search__service__pb2.UpdateAttributesRequest.SerializeToString,
                 response_deserializer=semsearch_dot_v1_dot_search__service__pb2.UpdateAttributesResponse.FromString,
                 _registered_method=True)
+        self.SetAlias = channel.unary_unary(
+                '/semsearch.v1.SearchService/SetAlias',
+                request_serializer=semsearch_dot_v1_dot_search__service__pb2.SetAliasRequest.SerializeToString,
+                response_deserializer=semsearch_dot_v1_dot_search__service__pb2.SetAliasResponse.FromString,
+                _registered_method=True)
+        self.DeleteAlias = channel.unary_unary(
+                '/semsearch.v1.SearchService/DeleteAlias',
+                request_serializer=semsearch_dot_v1_dot_search__service__pb2.DeleteAliasRequest.SerializeToString,
+                response_deserializer=semsearch_dot_v1_dot_search__service__pb2.DeleteAliasResponse.FromString,
+                _registered_method=True)
+        self.ListAliases = channel.unary_unary(
+                '/semsearch.v1.SearchService/ListAliases',
+                request_serializer=semsearch_dot_v1_dot_search__service__pb2.ListAliasesRequest.SerializeToString,
+                response_deserializer=semsearch_dot_v1_dot_search__service__pb2.ListAliasesResponse.FromString,
+                _registered_method=True)
+        self.CreateSnapshot = channel.unary_unary(
+                '/semsearch.v1.SearchService/CreateSnapshot',
+                request_serializer=semsearch_dot_v1_dot_search__service__pb2.CreateSnapshotRequest.SerializeToString,
+                response_deserializer=semsearch_dot_v1_dot_search__service__pb2.CreateSnapshotResponse.FromString,
+                _registered_method=True)
+        self.ListSnapshots = channel.unary_unary(
+                '/semsearch.v1.SearchService/ListSnapshots',
+                request_serializer=semsearch_dot_v1_dot_search__service__pb2.ListSnapshotsRequest.SerializeToString,
+                response_deserializer=semsearch_dot_v1_dot_search__service__pb2.ListSnapshotsResponse.FromString,
+                _registered_method=True)
+        self.DeleteSnapshot = channel.unary_unary(
+                '/semsearch.v1.SearchService/DeleteSnapshot',
+                request_serializer=semsearch_dot_v1_dot_search__service__pb2.DeleteSnapshotRequest.SerializeToString,
+                response_deserializer=semsearch_dot_v1_dot_search__service__pb2.DeleteSnapshotResponse.FromString,
+                _registered_method=True)
+        self.RestoreSnapshot = channel.unary_unary(
+                '/semsearch.v1.SearchService/RestoreSnapshot',
+                request_serializer=semsearch_dot_v1_dot_search__service__pb2.RestoreSnapshotRequest.SerializeToString,
+                response_deserializer=semsearch_dot_v1_dot_search__service__pb2.RestoreSnapshotResponse.FromString,
+                _registered_method=True)
 
 
 class SearchServiceServicer:
@@ -240,6 +275,55 @@ class SearchServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetAlias(self, request, context):
+        """Points an alias at a collection: creates it, or repoints it atomically (a Search running meanwhile
+        sees the old or the new collection). Every `collection` field accepts an alias; aliases and
+        collections share one namespace. Aliases persist.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteAlias(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListAliases(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateSnapshot(self, request, context):
+        """A consistent point-in-time copy of a collection (local store), as one file under
+        <data-dir>/snapshots/. With --store milvus: FAILED_PRECONDITION (use milvus-backup).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListSnapshots(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteSnapshot(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RestoreSnapshot(self, request, context):
+        """Builds a new collection from a snapshot file (also one copied from another server). A file made
+        with another model: FAILED_PRECONDITION; a damaged file: DATA_LOSS; either way nothing changes.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SearchServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -322,6 +406,41 @@ def add_SearchServiceServicer_to_server(servicer, server):
                     servicer.UpdateAttributes,
                     request_deserializer=semsearch_dot_v1_dot_search__service__pb2.UpdateAttributesRequest.FromString,
                     response_serializer=semsearch_dot_v1_dot_search__service__pb2.UpdateAttributesResponse.SerializeToString,
+            ),
+            'SetAlias': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetAlias,
+                    request_deserializer=semsearch_dot_v1_dot_search__service__pb2.SetAliasRequest.FromString,
+                    response_serializer=semsearch_dot_v1_dot_search__service__pb2.SetAliasResponse.SerializeToString,
+            ),
+            'DeleteAlias': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteAlias,
+                    request_deserializer=semsearch_dot_v1_dot_search__service__pb2.DeleteAliasRequest.FromString,
+                    response_serializer=semsearch_dot_v1_dot_search__service__pb2.DeleteAliasResponse.SerializeToString,
+            ),
+            'ListAliases': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAliases,
+                    request_deserializer=semsearch_dot_v1_dot_search__service__pb2.ListAliasesRequest.FromString,
+                    response_serializer=semsearch_dot_v1_dot_search__service__pb2.ListAliasesResponse.SerializeToString,
+            ),
+            'CreateSnapshot': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateSnapshot,
+                    request_deserializer=semsearch_dot_v1_dot_search__service__pb2.CreateSnapshotRequest.FromString,
+                    response_serializer=semsearch_dot_v1_dot_search__service__pb2.CreateSnapshotResponse.SerializeToString,
+            ),
+            'ListSnapshots': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListSnapshots,
+                    request_deserializer=semsearch_dot_v1_dot_search__service__pb2.ListSnapshotsRequest.FromString,
+                    response_serializer=semsearch_dot_v1_dot_search__service__pb2.ListSnapshotsResponse.SerializeToString,
+            ),
+            'DeleteSnapshot': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteSnapshot,
+                    request_deserializer=semsearch_dot_v1_dot_search__service__pb2.DeleteSnapshotRequest.FromString,
+                    response_serializer=semsearch_dot_v1_dot_search__service__pb2.DeleteSnapshotResponse.SerializeToString,
+            ),
+            'RestoreSnapshot': grpc.unary_unary_rpc_method_handler(
+                    servicer.RestoreSnapshot,
+                    request_deserializer=semsearch_dot_v1_dot_search__service__pb2.RestoreSnapshotRequest.FromString,
+                    response_serializer=semsearch_dot_v1_dot_search__service__pb2.RestoreSnapshotResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -760,6 +879,195 @@ class SearchService:
             '/semsearch.v1.SearchService/UpdateAttributes',
             semsearch_dot_v1_dot_search__service__pb2.UpdateAttributesRequest.SerializeToString,
             semsearch_dot_v1_dot_search__service__pb2.UpdateAttributesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetAlias(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/semsearch.v1.SearchService/SetAlias',
+            semsearch_dot_v1_dot_search__service__pb2.SetAliasRequest.SerializeToString,
+            semsearch_dot_v1_dot_search__service__pb2.SetAliasResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteAlias(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/semsearch.v1.SearchService/DeleteAlias',
+            semsearch_dot_v1_dot_search__service__pb2.DeleteAliasRequest.SerializeToString,
+            semsearch_dot_v1_dot_search__service__pb2.DeleteAliasResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAliases(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/semsearch.v1.SearchService/ListAliases',
+            semsearch_dot_v1_dot_search__service__pb2.ListAliasesRequest.SerializeToString,
+            semsearch_dot_v1_dot_search__service__pb2.ListAliasesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateSnapshot(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/semsearch.v1.SearchService/CreateSnapshot',
+            semsearch_dot_v1_dot_search__service__pb2.CreateSnapshotRequest.SerializeToString,
+            semsearch_dot_v1_dot_search__service__pb2.CreateSnapshotResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListSnapshots(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/semsearch.v1.SearchService/ListSnapshots',
+            semsearch_dot_v1_dot_search__service__pb2.ListSnapshotsRequest.SerializeToString,
+            semsearch_dot_v1_dot_search__service__pb2.ListSnapshotsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteSnapshot(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/semsearch.v1.SearchService/DeleteSnapshot',
+            semsearch_dot_v1_dot_search__service__pb2.DeleteSnapshotRequest.SerializeToString,
+            semsearch_dot_v1_dot_search__service__pb2.DeleteSnapshotResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RestoreSnapshot(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/semsearch.v1.SearchService/RestoreSnapshot',
+            semsearch_dot_v1_dot_search__service__pb2.RestoreSnapshotRequest.SerializeToString,
+            semsearch_dot_v1_dot_search__service__pb2.RestoreSnapshotResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -18,11 +19,23 @@ from semsearch_server.domain import (
     CollectionStatus,
     Document,
     ModelFingerprint,
+    SnapshotInfo,
 )
-from semsearch_server.errors import AlreadyExists, DiskFull, FailedPrecondition, NotFound, StorageFailed
+from semsearch_server.errors import (
+    AlreadyExists,
+    DiskFull,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    StorageFailed,
+)
 from semsearch_server.index.base import CollectionBroken, EmbeddedDocument, IndexStore, ModelMismatch, StoreProvider
 
 log = logging.getLogger(__name__)
+
+# A provider whose aliases other replicas may change (Milvus) is asked for them again after this long: a
+# SetAlias on one replica is seen by the others within it (on the replica that made it, at once).
+ALIAS_REFRESH_SECONDS = 1.0
 
 
 @dataclass(frozen=True)
@@ -57,9 +70,14 @@ class CollectionRegistry:
         self._stores: dict[str, IndexStore] = {}
         self._broken: dict[str, BrokenCollection] = {}
         self._reindexing: set[str] = set()
+        # alias -> collection. Replaced whole, never changed in place, so that resolve() reads it without
+        # the lock: a Search resolves through the old map or the new one.
+        self._aliases: dict[str, str] = {}
+        self._aliases_read_at = 0.0
 
     def load_all(self) -> None:
         """Opens (and recovers) every collection; creates `default` if it does not exist."""
+        self._read_aliases()
         for name in self.provider.names():
             self._open(name)
         if DEFAULT_COLLECTION not in self._stores and DEFAULT_COLLECTION not in self._broken:
@@ -125,10 +143,90 @@ class CollectionRegistry:
                     del self._broken[name]
                     self._open(name)
 
+    # -- aliases ------------------------------------------------------------------------------------
+    def _read_aliases(self) -> None:
+        self._aliases = self.provider.aliases()
+        self._aliases_read_at = time.monotonic()
+
+    def _current_aliases(self) -> dict[str, str]:
+        if getattr(self.provider, "shared", False) and time.monotonic() - self._aliases_read_at > ALIAS_REFRESH_SECONDS:
+            self._read_aliases()
+        return self._aliases
+
+    def resolve(self, name: str) -> str:
+        """The collection a name means: the one an alias names, or the name itself."""
+        return self._current_aliases().get(name, name)
+
+    def aliases(self) -> dict[str, str]:
+        return dict(self._current_aliases())
+
+    def _is_collection(self, name: str) -> bool:
+        return name in self._stores or name in self._broken or name in self.provider.names()
+
+    def set_alias(self, alias: str, collection: str) -> str:
+        """Points alias at collection (creating it, or repointing it atomically); returns the collection it
+        named before ('' when new)."""
+        with self._lock:
+            if self.provider_shared():
+                self._read_aliases()
+            aliases = self._aliases
+            if self._is_collection(alias):
+                raise AlreadyExists(f"alias: {alias!r} is a collection; aliases and collections share one namespace")
+            if collection in aliases:
+                raise InvalidArgument(
+                    f"collection: {collection!r} is an alias (of {aliases[collection]!r}); an alias names a collection"
+                )
+            if not self._is_collection(collection):
+                raise NotFound(f"collection {collection!r} does not exist")
+            previous = aliases.get(alias, "")
+            self.provider.set_alias(alias, collection, aliases)
+            self._aliases = {**aliases, alias: collection}
+            return previous
+
+    def delete_alias(self, alias: str) -> None:
+        with self._lock:
+            if self.provider_shared():
+                self._read_aliases()
+            aliases = self._aliases
+            if alias not in aliases:
+                raise NotFound(f"alias {alias!r} does not exist")
+            self.provider.delete_alias(alias, aliases)
+            self._aliases = {k: v for k, v in aliases.items() if k != alias}
+
+    def provider_shared(self) -> bool:
+        return bool(getattr(self.provider, "shared", False))
+
+    def _check_name_free(self, name: str) -> None:
+        if self.provider_shared():
+            self._read_aliases()
+        if name in self._aliases:
+            raise AlreadyExists(
+                f"{name!r} is an alias (of {self._aliases[name]!r}); aliases and collections share one namespace"
+            )
+        if self._is_collection(name):
+            raise AlreadyExists(f"collection {name!r} already exists")
+
+    # -- snapshots -----------------------------------------------------------------------------------
+    def create_snapshot(self, name: str) -> SnapshotInfo:
+        return self.provider.create_snapshot(self.get(name))
+
+    def list_snapshots(self) -> list[SnapshotInfo]:
+        return self.provider.list_snapshots()
+
+    def delete_snapshot(self, name: str) -> None:
+        self.provider.delete_snapshot(name)
+
+    def restore_snapshot(self, snapshot: str, collection: str) -> IndexStore:
+        """A new collection (neither a collection nor an alias yet) built from a snapshot."""
+        with self._lock:
+            self._check_name_free(collection)
+            store = self.provider.restore_snapshot(snapshot, collection, self.fingerprint)
+            self._stores[collection] = store
+            return store
+
     def create(self, name: str, settings: CollectionSettings) -> IndexStore:
         with self._lock:
-            if name in self._stores or name in self._broken or name in self.provider.names():
-                raise AlreadyExists(f"collection {name!r} already exists")
+            self._check_name_free(name)
             store = self.provider.create(name, settings, self.fingerprint)
             self._stores[name] = store
             return store
@@ -137,6 +235,19 @@ class CollectionRegistry:
         with self._lock:
             if name == DEFAULT_COLLECTION:
                 raise FailedPrecondition("the default collection cannot be deleted; delete its documents instead")
+            if self.provider_shared():
+                self._read_aliases()
+            if name in self._aliases:
+                raise FailedPrecondition(
+                    f"{name!r} is an alias (of {self._aliases[name]!r}), not a collection; delete it with DeleteAlias"
+                )
+            naming = sorted(alias for alias, target in self._aliases.items() if target == name)
+            if naming:
+                raise FailedPrecondition(
+                    f"collection {name!r} is named by alias{'es' if len(naming) > 1 else ''} "
+                    f"{', '.join(repr(a) for a in naming)}; repoint or delete "
+                    f"{'them' if len(naming) > 1 else 'it'} first (SetAlias / DeleteAlias)"
+                )
             store = self._stores.pop(name, None)
             broken = self._broken.pop(name, None)
             if store is None and broken is None:

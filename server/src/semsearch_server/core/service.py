@@ -29,6 +29,7 @@ from semsearch_server.domain import (
     Passage,
     PassageConfig,
     SearchMode,
+    SnapshotInfo,
 )
 from semsearch_server.embedding.base import Embedder
 from semsearch_server.embedding.passages import PassageSplitter, ResolvedPassages
@@ -41,6 +42,7 @@ from semsearch_server.errors import (
 )
 from semsearch_server.filtering import All, Filter, combine, conditions_of_string_map, excluded_by, validate_filter
 from semsearch_server.index.base import EmbeddedDocument, IndexStore, LexicalTermScore
+from semsearch_server.index.local_snapshots import check_snapshot_name
 
 # UpsertStream embeds consecutive messages together up to this many texts (see upsert_stream).
 STREAM_EMBED_GROUP = 1024
@@ -340,8 +342,7 @@ class SearchService:
     def scroll(self, collection: str, where: Filter | None, limit: int, cursor: str) -> tuple[list[Document], str]:
         """One page of the documents where matches, in ascending id order (bytewise), and the next page's
         cursor ('' after the last page). A cursor names its collection, and the last id it returned."""
-        name = self.validate.collection_name(collection)
-        store = self.registry.get(name)
+        store = self._store(collection)
         if where is not None:
             validate_filter(where)
         limit = self.validate.scroll_limit(limit)
@@ -674,7 +675,7 @@ class SearchService:
         return self.registry.statuses()
 
     def reindex(self, collection: str) -> int:
-        name = self.validate.collection_name(collection)
+        name = self._resolve(collection)
         return self.registry.reindex(name, self.embed_documents)
 
     def info(self) -> ServiceInfo:
@@ -688,8 +689,46 @@ class SearchService:
             collections=self.registry.statuses(),
         )
 
+    # -- aliases ----------------------------------------------------------------------------------------
+    def set_alias(self, alias: str, collection: str) -> str:
+        """Points alias at a collection (creates it, or repoints it atomically); returns the previous target."""
+        alias = self.validate.collection_name(alias, "alias", allow_empty=False)
+        collection = self.validate.collection_name(collection)
+        return self.registry.set_alias(alias, collection)
+
+    def delete_alias(self, alias: str) -> None:
+        self.registry.delete_alias(self.validate.collection_name(alias, "alias", allow_empty=False))
+
+    def list_aliases(self) -> list[tuple[str, str]]:
+        return sorted(self.registry.aliases().items())
+
+    # -- snapshots --------------------------------------------------------------------------------------
+    def create_snapshot(self, collection: str) -> SnapshotInfo:
+        """A consistent point-in-time copy of a collection: every write acknowledged before the call is in it."""
+        return self.registry.create_snapshot(self._resolve(collection))
+
+    def list_snapshots(self, collection: str = "") -> list[SnapshotInfo]:
+        """The snapshots of one collection (or alias), or every snapshot when collection is empty."""
+        name = self._resolve(collection) if collection else None
+        snapshots = self.registry.list_snapshots()
+        return snapshots if name is None else [s for s in snapshots if s.collection == name]
+
+    def delete_snapshot(self, name: str) -> None:
+        self.registry.delete_snapshot(check_snapshot_name(name))
+
+    def restore_snapshot(self, name: str, collection: str) -> CollectionStatus:
+        """A new collection built from a snapshot (its indexes rebuilt from the snapshot's database)."""
+        name = check_snapshot_name(name)
+        collection = self.validate.collection_name(collection, allow_empty=False)
+        return self.registry.restore_snapshot(name, collection).status()
+
+    def _resolve(self, collection: str) -> str:
+        """The collection a request's `collection` field means: '' is default, an alias the one it names.
+        Every RPC that takes a collection resolves it here."""
+        return self.registry.resolve(self.validate.collection_name(collection))
+
     def _store(self, collection: str):
-        return self.registry.get(self.validate.collection_name(collection))
+        return self.registry.get(self._resolve(collection))
 
     def close(self) -> None:
         """Flushes every collection, then stops the embedder's worker (if it has one)."""

@@ -21,6 +21,7 @@ from semsearch_server.domain import (
     Document,
     ModelFingerprint,
     Passage,
+    SnapshotInfo,
 )
 from semsearch_server.errors import FailedPrecondition
 from semsearch_server.filtering import Filter
@@ -212,6 +213,36 @@ class StoreProvider(Protocol):
 
     def cleanup(self) -> None:
         """Removes what interrupted creates and deletes left behind."""
+        ...
+
+    # -- aliases (the registry checks names and keeps the map; the provider persists it) -------------
+    shared: bool  # True when other processes may change the aliases (replicas of one Milvus)
+
+    def aliases(self) -> dict[str, str]:
+        """Every alias -> the collection it names, as persisted."""
+        ...
+
+    def set_alias(self, alias: str, collection: str, aliases: Mapping[str, str]) -> None:
+        """Persists alias -> collection atomically (aliases: the map before the change)."""
+        ...
+
+    def delete_alias(self, alias: str, aliases: Mapping[str, str]) -> None: ...
+
+    # -- snapshots (FailedPrecondition where the store's own tool does it) -------------------------
+    def create_snapshot(self, store: IndexStore) -> SnapshotInfo:
+        """A consistent point-in-time copy of the collection, as one file."""
+        ...
+
+    def list_snapshots(self) -> list[SnapshotInfo]: ...
+
+    def delete_snapshot(self, name: str) -> None: ...
+
+    def restore_snapshot(self, name: str, collection: str, running: ModelFingerprint) -> IndexStore:
+        """Builds and opens a new collection from a snapshot.
+
+        Raises:
+            DataLoss: the file is damaged. FailedPrecondition: another model. Either way nothing changed.
+        """
         ...
 
 

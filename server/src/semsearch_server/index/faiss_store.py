@@ -47,6 +47,7 @@ from semsearch_server.domain import (
     Passage,
     PassageConfig,
     SearchMode,
+    SnapshotInfo,
 )
 from semsearch_server.errors import (
     DeadlineExceeded,
@@ -57,7 +58,7 @@ from semsearch_server.errors import (
     SemsearchError,
     StorageFailed,
 )
-from semsearch_server.files import StagedFiles, atomic_write_json, sha256_file
+from semsearch_server.files import StagedFiles, atomic_write_json, fsync_path, sha256_file
 from semsearch_server.filtering import Filter, as_filter, attributes_from_json, decode_attributes, encode_attributes
 from semsearch_server.index.attribute_index import AttributeIndex
 from semsearch_server.index.base import (
@@ -70,6 +71,7 @@ from semsearch_server.index.base import (
     ScoreTable,
 )
 from semsearch_server.index.lexical import Analyzer, LexicalIndex
+from semsearch_server.index.local_snapshots import SnapshotFolder, backup_database
 from semsearch_server.index.rwlock import ReadWriteLock
 from semsearch_server.index.snapshot_policy import SnapshotPolicy
 from semsearch_server.index.storage_faults import disk_full_message, is_disk_full, is_io_failure
@@ -86,6 +88,7 @@ SNAPSHOT_META = "index.json"
 LEXICAL_SNAPSHOT = "lexical.bin"
 LEXICAL_META = "lexical.json"
 COLLECTIONS_DIR = "collections"
+ALIASES_FILE = "aliases.json"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS documents (
@@ -1695,6 +1698,12 @@ class FaissIndexStore:
 
     _ensure_writable = _ensure_readable
 
+    def backup_database(self, destination: Path) -> int:
+        """A consistent copy of the collection's database at this moment (every acknowledged write is in
+        it; writes go on meanwhile); returns its document count. CreateSnapshot's copy."""
+        self._ensure_readable()
+        return backup_database(self.directory / DATABASE, destination)
+
     def close(self, snapshot: bool = True) -> None:
         """Writes final snapshots (so the next start replays nothing) and closes the database.
 
@@ -1758,11 +1767,69 @@ def _upgrade_from_v1(db: sqlite3.Connection) -> None:
 
 
 class LocalStoreProvider:
-    """Collections as directories under ``<data_dir>/collections``, each a FaissIndexStore."""
+    """Collections as directories under ``<data_dir>/collections``, each a FaissIndexStore; aliases in
+    ``<data_dir>/aliases.json``; snapshots as files under ``<data_dir>/snapshots``."""
+
+    # Only this process changes the aliases: the registry's copy is the truth.
+    shared = False
 
     def __init__(self, data_dir: Path, snapshot_every: int = 5000) -> None:
         self.root = data_dir / COLLECTIONS_DIR
+        self._aliases_path = data_dir / ALIASES_FILE
+        self._snapshots = SnapshotFolder(data_dir)
         self._snapshot_every = snapshot_every
+
+    # -- aliases -------------------------------------------------------------------------------------
+    def aliases(self) -> dict[str, str]:
+        try:
+            data = json.loads(self._aliases_path.read_text())
+            return {str(k): str(v) for k, v in data["aliases"].items()}
+        except FileNotFoundError:
+            return {}
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise CollectionBroken(f"{self._aliases_path}: unreadable ({exc})") from None
+
+    def save_aliases(self, aliases: Mapping[str, str]) -> None:
+        """Writes every alias at once (temporary file, fsync, rename): a crash leaves the old or the new map."""
+        self._aliases_path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            atomic_write_json(self._aliases_path, {"aliases": dict(sorted(aliases.items()))})
+        except OSError as exc:
+            if is_disk_full(exc, self._aliases_path.parent):
+                raise DiskFull(disk_full_message(self._aliases_path.parent, "the alias was not changed")) from exc
+            raise
+
+    def set_alias(self, alias: str, collection: str, aliases: Mapping[str, str]) -> None:
+        self.save_aliases({**aliases, alias: collection})
+
+    def delete_alias(self, alias: str, aliases: Mapping[str, str]) -> None:
+        self.save_aliases({k: v for k, v in aliases.items() if k != alias})
+
+    # -- snapshots -----------------------------------------------------------------------------------
+    def create_snapshot(self, store: FaissIndexStore) -> SnapshotInfo:
+        return self._snapshots.create(store.name, read_manifest(store.directory), store.backup_database)
+
+    def list_snapshots(self) -> list[SnapshotInfo]:
+        return self._snapshots.list()
+
+    def delete_snapshot(self, name: str) -> None:
+        self._snapshots.delete(name)
+
+    def restore_snapshot(self, name: str, collection: str, running: ModelFingerprint) -> FaissIndexStore:
+        """A new collection from a snapshot: checked whole first, built under a hidden name, renamed into
+        place, then opened (the FAISS and BM25 indexes are rebuilt from its database)."""
+        staging = self.root / f".restoring-{collection}-{time.time_ns()}"
+        try:
+            manifest = self._snapshots.extract(name, running, staging)
+            stored = ModelFingerprint.from_dict(manifest["model"])
+            write_manifest(staging, collection, settings_from_manifest(manifest), stored)
+            fsync_path(staging)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        staging.rename(self.root / collection)
+        fsync_path(self.root)
+        return FaissIndexStore.open(self.root / collection, running, self._snapshot_every)
 
     def names(self) -> list[str]:
         self.root.mkdir(parents=True, exist_ok=True)
@@ -1804,5 +1871,6 @@ class LocalStoreProvider:
         return settings_from_manifest(read_manifest(self.root / name))
 
     def cleanup(self) -> None:
-        for leftover in self.root.glob(".*"):  # interrupted creates and deletes
+        for leftover in self.root.glob(".*"):  # interrupted creates, deletes and restores
             shutil.rmtree(leftover, ignore_errors=True)
+        self._snapshots.cleanup()

@@ -78,11 +78,13 @@ from semsearch_server.domain import (
     ModelFingerprint,
     PassageConfig,
     SearchMode,
+    SnapshotInfo,
 )
 from semsearch_server.domain import Passage as PassageT
 from semsearch_server.errors import (
     AlreadyExists,
     DeadlineExceeded,
+    FailedPrecondition,
     InvalidArgument,
     NotFound,
     SemsearchError,
@@ -1149,6 +1151,62 @@ class MilvusStoreProvider:
 
     def cleanup(self) -> None:
         """Nothing to do: a Milvus create or drop is one request; interrupted writes are repaired on open."""
+
+    # -- aliases: Milvus's own (``<prefix><alias>`` names ``<prefix><collection>``), so every replica reads
+    # the same ones, Milvus repoints atomically and refuses an alias named like a collection.
+    shared = True
+
+    def aliases(self) -> dict[str, str]:
+        listed = call("list aliases", lambda: self._client.list_aliases()).get("aliases") or []
+        out = {}
+        for full in listed:
+            if not full.startswith(self.prefix):
+                continue
+            try:
+                target = call("describe alias", lambda full=full: self._client.describe_alias(full))["collection_name"]
+            except CollectionBroken:
+                continue  # dropped since it was listed
+            if target.startswith(self.prefix):
+                out[full[len(self.prefix) :]] = target[len(self.prefix) :]
+        return out
+
+    def set_alias(self, alias: str, collection: str, aliases: Mapping[str, str]) -> None:
+        full, target = self._full(alias), self._full(collection)
+        try:
+            if alias in aliases:
+                call("alter alias", lambda: self._client.alter_alias(target, full))
+            else:
+                call("create alias", lambda: self._client.create_alias(target, full))
+        except CollectionBroken as exc:  # another replica made a collection or alias of that name meanwhile
+            if "exist" in str(exc) or "conflict" in str(exc):
+                raise AlreadyExists(f"alias {alias!r}: the name is taken ({exc})") from None
+            raise FailedPrecondition(f"alias {alias!r} was not set: {exc}") from None
+
+    def delete_alias(self, alias: str, aliases: Mapping[str, str]) -> None:
+        try:
+            call("drop alias", lambda: self._client.drop_alias(self._full(alias)))
+        except CollectionBroken as exc:
+            raise NotFound(f"alias {alias!r} was not deleted: {exc}") from None
+
+    # -- snapshots: not this store's job.
+    def _no_snapshots(self) -> FailedPrecondition:
+        return FailedPrecondition(
+            "snapshots are not taken by semsearch on the Milvus store (--store milvus): back up and restore its "
+            "collections with Milvus's own backup tool, milvus-backup (https://github.com/zilliztech/milvus-backup); "
+            f"this deployment's collections are the Milvus collections named {self.prefix}<collection>"
+        )
+
+    def create_snapshot(self, store: MilvusIndexStore) -> SnapshotInfo:
+        raise self._no_snapshots()
+
+    def list_snapshots(self) -> list[SnapshotInfo]:
+        raise self._no_snapshots()
+
+    def delete_snapshot(self, name: str) -> None:
+        raise self._no_snapshots()
+
+    def restore_snapshot(self, name: str, collection: str, running: ModelFingerprint) -> MilvusIndexStore:
+        raise self._no_snapshots()
 
     def close(self) -> None:
         call("close", self._client.close)

@@ -18,6 +18,7 @@ STATUS_FOR_ERROR: dict[type[errors.SemsearchError], grpc.StatusCode] = {
     errors.Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
     errors.PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
     errors.DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
+    errors.DataLoss: grpc.StatusCode.DATA_LOSS,
 }
 
 

@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterator
 
 import grpc
 import numpy as np
+from google.protobuf.timestamp_pb2 import Timestamp
 from semsearch.v1 import search_service_pb2 as pb
 from semsearch.v1 import search_service_pb2_grpc as pb_grpc
 
@@ -26,6 +27,7 @@ from semsearch_server.domain import (
     Passage,
     PassageConfig,
     SearchMode,
+    SnapshotInfo,
 )
 from semsearch_server.errors import InvalidArgument, SemsearchError, Unavailable
 from semsearch_server.transport.attributes import to_attributes, to_filter, to_pb_attributes, to_value
@@ -378,6 +380,52 @@ class SearchServicer(pb_grpc.SearchServiceServicer):
     @_rpc
     def Reindex(self, request: pb.ReindexRequest, context) -> pb.ReindexResponse:
         return pb.ReindexResponse(reindexed_count=self.service.reindex(request.collection))
+
+    @_rpc
+    def SetAlias(self, request: pb.SetAliasRequest, context) -> pb.SetAliasResponse:
+        return pb.SetAliasResponse(previous_collection=self.service.set_alias(request.alias, request.collection))
+
+    @_rpc
+    def DeleteAlias(self, request: pb.DeleteAliasRequest, context) -> pb.DeleteAliasResponse:
+        self.service.delete_alias(request.alias)
+        return pb.DeleteAliasResponse()
+
+    @_rpc
+    def ListAliases(self, request: pb.ListAliasesRequest, context) -> pb.ListAliasesResponse:
+        aliases = [pb.Alias(alias=a, collection=c) for a, c in self.service.list_aliases()]
+        return pb.ListAliasesResponse(aliases=aliases)
+
+    @_rpc
+    def CreateSnapshot(self, request: pb.CreateSnapshotRequest, context) -> pb.CreateSnapshotResponse:
+        return pb.CreateSnapshotResponse(snapshot=to_pb_snapshot(self.service.create_snapshot(request.collection)))
+
+    @_rpc
+    def ListSnapshots(self, request: pb.ListSnapshotsRequest, context) -> pb.ListSnapshotsResponse:
+        snapshots = self.service.list_snapshots(request.collection)
+        return pb.ListSnapshotsResponse(snapshots=[to_pb_snapshot(s) for s in snapshots])
+
+    @_rpc
+    def DeleteSnapshot(self, request: pb.DeleteSnapshotRequest, context) -> pb.DeleteSnapshotResponse:
+        self.service.delete_snapshot(request.name)
+        return pb.DeleteSnapshotResponse()
+
+    @_rpc
+    def RestoreSnapshot(self, request: pb.RestoreSnapshotRequest, context) -> pb.RestoreSnapshotResponse:
+        status = self.service.restore_snapshot(request.name, request.collection)
+        return pb.RestoreSnapshotResponse(collection=to_pb_collection(status))
+
+
+def to_pb_snapshot(snapshot: SnapshotInfo) -> pb.Snapshot:
+    created = Timestamp()
+    created.FromNanoseconds(int(snapshot.created_at * 1e9))
+    return pb.Snapshot(
+        name=snapshot.name,
+        collection=snapshot.collection,
+        created_at=created,
+        size_bytes=snapshot.size_bytes,
+        document_count=snapshot.document_count,
+        model_id=snapshot.model_id,
+    )
 
 
 def _text_fields(score: float) -> dict:
