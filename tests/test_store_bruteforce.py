@@ -159,9 +159,13 @@ def check(store: FaissIndexStore, model: Model, kind: IndexKind) -> None:
         for query, matches in zip(queries, results, strict=True):
             check_dense(matches, model.doc_scores(query, filter), kind)
     # The same filtered search through FAISS's selectors instead of exact scoring of the allowed subset.
-    with mock.patch.object(vector_index.VectorIndex, "_exact_filter_max", lambda self: 0):
-        results = store.search_dense(queries[:1], K, filters[1])
-        check_dense(results[0], model.doc_scores(queries[0], filters[1]), kind)
+    for post_filter_share in (0.0, 2.0):  # HNSW over-fetching and keeping, or a selector
+        with (
+            mock.patch.object(vector_index.VectorIndex, "_exact_filter_max", lambda self: 0),
+            mock.patch.object(vector_index, "_POST_FILTER_MIN_SHARE", post_filter_share),
+        ):
+            results = store.search_dense(queries[:1], K, filters[1])
+            check_dense(results[0], model.doc_scores(queries[0], filters[1]), kind)
 
     # dense_scores (Explain's): each named document's best passage, exactly.
     some = model.pick(5) + ["never-written"]

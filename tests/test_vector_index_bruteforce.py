@@ -119,8 +119,13 @@ def check(index: VectorIndex, model: Model, rng: np.random.Generator) -> None:
         allowed = rng.choice(live, size=max(1, len(live) // 3), replace=False)
         allowed = np.concatenate([allowed, [model.next_label + 5]])  # a label not in the index
         assert_searches_like_brute_force(index, model, queries, allowed)  # exact scoring of the subset
-        with mock.patch.object(VectorIndex, "_exact_filter_max", lambda self: 0):  # through FAISS's selectors
-            assert_searches_like_brute_force(index, model, queries, allowed)
+        with mock.patch.object(VectorIndex, "_exact_filter_max", lambda self: 0):
+            # HNSW: the walk without a selector, over-fetched and kept (falls back when short) ...
+            with mock.patch.object(vector_index, "_POST_FILTER_MIN_SHARE", 0.0):
+                assert_searches_like_brute_force(index, model, queries, allowed)
+            # ... and through FAISS's selectors (every kind).
+            with mock.patch.object(vector_index, "_POST_FILTER_MIN_SHARE", 2.0):
+                assert_searches_like_brute_force(index, model, queries, allowed)
 
 
 def snapshot_round_trip(index: VectorIndex, directory: Path) -> VectorIndex:

@@ -24,6 +24,8 @@ _EXACT_FILTER_MIN = 2_048
 _EXACT_FILTER_SHARE = 0.02
 # The widest walk a filtered HNSW search makes (efSearch).
 _HNSW_FILTER_EF_MAX = 2_048
+# From this share of the index allowed, HNSW walks without a selector, over-fetches and keeps the allowed.
+_POST_FILTER_MIN_SHARE = 0.05
 # IVF needs training data: until this many vectors per list exist it answers with exact search.
 _IVF_MIN_POINTS_PER_LIST = 39
 # faiss's OpenMP threads for the process (every core unless OMP_NUM_THREADS says otherwise).
@@ -342,10 +344,18 @@ class VectorIndex:
             return _empty_result(len(queries), k)
         if allowed is not None:
             allowed = np.asarray(allowed, dtype=np.int64)
+            if len(allowed) > 1 and (allowed[1:] < allowed[:-1]).any():
+                allowed = np.sort(allowed)
+            want = min(k, len(allowed))
             if len(allowed) <= self._exact_filter_max():
                 return self._search_subset(queries, k, allowed)
+            share = len(allowed) / max(1, self.ntotal)
+            if share >= _POST_FILTER_MIN_SHARE and self.spec.kind is IndexKind.HNSW:
+                # Most match: the plain walk, over-fetched by 2 / share, keeps enough of them (checked below).
+                scores, labels = self._search_then_keep(queries, k, allowed, share)
+                if not (labels[:, :want] < 0).any():
+                    return scores, labels
             scores, labels = self._search_selected(queries, k, allowed)
-            want = min(k, len(allowed))
             if (labels[:, :want] < 0).any():  # short: the walk did not reach enough of them
                 return self._search_subset(queries, k, allowed)
             return scores, labels
@@ -369,6 +379,27 @@ class VectorIndex:
         if self.spec.kind is IndexKind.HNSW or (self.spec.kind is IndexKind.IVF and self.trained):
             return max(_EXACT_FILTER_MIN, int(_EXACT_FILTER_SHARE * n))
         return max(_EXACT_FILTER_MIN, n // 15)
+
+    def _search_then_keep(
+        self, queries: np.ndarray, k: int, allowed: np.ndarray, share: float
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The unfiltered walk for 2k / share neighbours, keeping the allowed ones (sorted `allowed`): cheaper
+        than a selector when most vectors are allowed (no bitmap over the index, no check per visited node).
+        Rows with fewer than k allowed hits are padded with -1, for the caller to answer otherwise."""
+        fetch = int(min(self.ntotal, math.ceil(2 * k / share)))
+        params = self._params(self._selector(None))
+        params.efSearch = max(self.spec.hnsw_ef_search, fetch)
+        with openmp_threads(1) if len(queries) == 1 else nullcontext():
+            scores, ids = self._index.search(queries, max(1, fetch), params=params)
+        labels = self._to_labels(ids)
+        at = np.clip(np.searchsorted(allowed, labels), 0, len(allowed) - 1)
+        keep = (labels >= 0) & (allowed[at] == labels)
+        out_scores, out_labels = _empty_result(len(queries), k)
+        for row in range(len(queries)):
+            kept = np.flatnonzero(keep[row])[:k]
+            out_scores[row, : len(kept)] = scores[row, kept]
+            out_labels[row, : len(kept)] = labels[row, kept]
+        return out_scores, out_labels
 
     def _search_selected(self, queries: np.ndarray, k: int, allowed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """FAISS's own search restricted to the allowed labels by a bitmap over the ids it holds."""
