@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import random
 import threading
-import time
 
 import numpy as np
 import pytest
-from filter_strategies import FLOATS, INTS, STAMPS, STRINGS, T0, documents, labels, trees
+from filter_strategies import FLOATS, INTS, STAMPS, STRINGS, documents, labels, trees
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from semsearch_server.filtering import Condition, Op, matches, parse, validate_filter
@@ -156,55 +155,6 @@ def test_concurrent_evaluations_after_writes():
     for thread in threads:
         thread.join()
     assert not errors and len(results) == 8 and all(r == expected for r in results)
-
-
-@pytest.mark.slow
-def test_timing_one_million_documents(capsys):
-    """Not an assertion on speed: prints put_many and evaluate times (with -s) for the record."""
-    n = 1_000_000
-    rng = np.random.default_rng(0)
-    r = rng.integers(0, 1000, n).tolist()
-    year = rng.integers(1990, 2025, n).tolist()
-    score = rng.random(n).tolist()
-    lang = rng.choice(["en", "de", "fr", "es", "it"], n).tolist()
-    flag = (rng.random(n) < 0.5).tolist()
-    docs = [
-        (
-            i,
-            {
-                "r": r[i],
-                "year": year[i],
-                "score": score[i],
-                "lang": lang[i],
-                "flag": flag[i],
-                "id2": i,
-                "title": f"title {i % 5000}",
-                "t": T0,
-                "tags": ("a", "b"),
-                "n": 1.5,
-            },
-        )
-        for i in range(n)
-    ]
-    index = AttributeIndex()
-    start = time.perf_counter()
-    index.put_many(docs)
-    put_seconds = time.perf_counter() - start
-    start = time.perf_counter()
-    index.evaluate(parse("r < 1"))
-    first_seconds = time.perf_counter() - start
-    lines = [f"put_many 1M x 10: {put_seconds:.2f}s; first evaluate (freezes r): {first_seconds:.2f}s"]
-    for text, fraction in [("r < 1", 0.001), ("r < 100", 0.1), ("r < 900", 0.9), ('lang == "en"', 0.2)]:
-        tree = parse(text)
-        index.evaluate(tree)  # freezes the column
-        start = time.perf_counter()
-        for _ in range(5):
-            got = index.evaluate(tree)
-        seconds = (time.perf_counter() - start) / 5
-        lines.append(f"{text} (~{fraction:.1%}): {len(got)} matches, {seconds * 1000:.1f} ms")
-    with capsys.disabled():
-        print("\n" + "\n".join(lines))
-    assert len(index.evaluate(parse("r < 100"))) == sum(1 for x in r if x < 100)
 
 
 def test_sparse_keys_take_the_per_document_path():

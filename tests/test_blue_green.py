@@ -38,6 +38,12 @@ def _cli(*args: str, env: dict) -> str:
     return run.stdout
 
 
+def test_the_recipe_is_the_readmes():
+    text = (REPO / "README.md").read_text()
+    block = text[text.index("```bash\n", text.index("<!-- run: blue-green -->")) + len("```bash\n") :]
+    assert block[: block.index("```")] == RECIPE
+
+
 def test_the_blue_green_recipe_runs_verbatim(server, tmp_path):
     client = server.client
     client.create_collection("docs_v1")

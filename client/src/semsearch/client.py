@@ -383,6 +383,7 @@ class SearchApi:
         window_tokens: int = 0,
         overlap_tokens: int = 0,
         default_mode: str | None = None,
+        exist_ok: bool = False,
     ) -> pb.CollectionInfo:
         """Creates a collection; `index` is flat (exact), hnsw or ivf; 0 parameters mean server defaults.
 
@@ -391,6 +392,8 @@ class SearchApi:
                 scores as its best passage); False keeps one vector per document, truncated.
             window_tokens, overlap_tokens: the windows (0: the server's defaults).
             default_mode: the mode of a Search that names none ("dense" unless set).
+            exist_ok: get or create: an existing collection of this name is returned (with its own
+                settings) instead of AlreadyExistsError.
         """
         if index not in _INDEX_KINDS:
             raise ValueError(f"index must be one of {', '.join(_INDEX_KINDS)}")
@@ -408,6 +411,7 @@ class SearchApi:
                 overlap_tokens=overlap_tokens,
             ),
             default_mode=_mode(default_mode),
+            exist_ok=exist_ok,
         )
         return self._invoke("CreateCollection", request, lambda r: r.collection, timeout)
 

@@ -554,16 +554,18 @@ class CollectionInfo(_message.Message):
     def __init__(self, name: _Optional[str] = ..., document_count: _Optional[int] = ..., index: _Optional[_Union[IndexConfig, _Mapping]] = ..., state: _Optional[_Union[CollectionState, str]] = ..., status_message: _Optional[str] = ..., index_trained: _Optional[bool] = ..., passages: _Optional[_Union[PassageConfig, _Mapping]] = ..., default_mode: _Optional[_Union[SearchMode, str]] = ...) -> None: ...
 
 class CreateCollectionRequest(_message.Message):
-    __slots__ = ("name", "index", "passages", "default_mode")
+    __slots__ = ("name", "index", "passages", "default_mode", "exist_ok")
     NAME_FIELD_NUMBER: _ClassVar[int]
     INDEX_FIELD_NUMBER: _ClassVar[int]
     PASSAGES_FIELD_NUMBER: _ClassVar[int]
     DEFAULT_MODE_FIELD_NUMBER: _ClassVar[int]
+    EXIST_OK_FIELD_NUMBER: _ClassVar[int]
     name: str
     index: IndexConfig
     passages: PassageConfig
     default_mode: SearchMode
-    def __init__(self, name: _Optional[str] = ..., index: _Optional[_Union[IndexConfig, _Mapping]] = ..., passages: _Optional[_Union[PassageConfig, _Mapping]] = ..., default_mode: _Optional[_Union[SearchMode, str]] = ...) -> None: ...
+    exist_ok: bool
+    def __init__(self, name: _Optional[str] = ..., index: _Optional[_Union[IndexConfig, _Mapping]] = ..., passages: _Optional[_Union[PassageConfig, _Mapping]] = ..., default_mode: _Optional[_Union[SearchMode, str]] = ..., exist_ok: _Optional[bool] = ...) -> None: ...
 
 class CreateCollectionResponse(_message.Message):
     __slots__ = ("collection",)

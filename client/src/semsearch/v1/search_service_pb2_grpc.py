@@ -172,7 +172,7 @@ class SearchServiceServicer:
     def UpsertStream(self, request_iterator, context):
         """Client-streaming upsert; every message is applied all-or-nothing as it arrives (what a stream
         has sent is stored once it pauses), the response counts the whole stream. A cancelled stream
-        keeps exactly the messages stored before the cancel. Limits: README "Slow and abandoned streams".
+        keeps exactly the messages stored before the cancel. Limits: docs/api.md "Slow and abandoned streams".
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

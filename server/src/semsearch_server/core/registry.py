@@ -224,8 +224,12 @@ class CollectionRegistry:
             self._stores[collection] = store
             return store
 
-    def create(self, name: str, settings: CollectionSettings) -> IndexStore:
+    def create(self, name: str, settings: CollectionSettings, exist_ok: bool = False) -> IndexStore:
+        """Creates a collection; with exist_ok, an existing collection of that name is returned as it is
+        (its own settings kept: a second run of the same set-up script is not an error)."""
         with self._lock:
+            if exist_ok and name not in self._aliases and self._is_collection(name):
+                return self.get(name)
             self._check_name_free(name)
             store = self.provider.create(name, settings, self.fingerprint)
             self._stores[name] = store

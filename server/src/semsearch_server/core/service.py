@@ -656,10 +656,11 @@ class SearchService:
         )
 
     # -- collections ---------------------------------------------------------------------------------
-    def create_collection(self, name: str, settings: CollectionSettings) -> CollectionStatus:
+    def create_collection(self, name: str, settings: CollectionSettings, exist_ok: bool = False) -> CollectionStatus:
+        """Creates a collection (exist_ok: or returns the existing one of that name, with its own settings)."""
         name = self.validate.collection_name(name, "name", allow_empty=False)
         self.validate.index_spec(settings.index)
-        return self.registry.create(name, self.resolve_settings(settings)).status()
+        return self.registry.create(name, self.resolve_settings(settings), exist_ok).status()
 
     def resolve_settings(self, settings: CollectionSettings) -> CollectionSettings:
         """Fills in the passage defaults for the running model (kept with the collection)."""

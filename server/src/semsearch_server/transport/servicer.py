@@ -349,7 +349,7 @@ class SearchServicer(pb_grpc.SearchServiceServicer):
 
     @_rpc
     def CreateCollection(self, request: pb.CreateCollectionRequest, context) -> pb.CreateCollectionResponse:
-        status = self.service.create_collection(request.name, to_settings(request))
+        status = self.service.create_collection(request.name, to_settings(request), request.exist_ok)
         return pb.CreateCollectionResponse(collection=to_pb_collection(status))
 
     @_rpc
