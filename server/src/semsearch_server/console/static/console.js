@@ -140,7 +140,10 @@ function passageText(hit) {
   const p = hit.passage || {};
   const n = Array.from(text).length;
   const start = p.start || 0, end = p.end === undefined ? n : p.end;
-  return h("div", { class: "text" }, cut(text, 0, start), h("mark", { title: `best passage (${p.index || 0})` }, cut(text, start, end)), cut(text, end, n));
+  const whole = start === 0 && end >= n;
+  return h("div", { class: "text" }, cut(text, 0, start),
+    h("mark", { class: whole ? "whole" : null, title: whole ? "the whole text is one passage" : `best passage (${(p.index || 0) + 1})` }, cut(text, start, end)),
+    cut(text, end, n));
 }
 function hitCard(hit, rank, mode, extra) {
   const parts = [];
@@ -158,8 +161,8 @@ const search = (mode, topK) => api("Search", withWhere({ ...base(), query: state
 async function renderResults(view) {
   const data = await search(state.mode);
   const hits = data.hits || [];
-  view.replaceChildren(h("h2", {}, `${hits.length} hits, ${state.mode}`), ...hits.map((hit, i) => hitCard(hit, i + 1, state.mode)),
-    hits.length ? null : h("p", { class: "hint" }, "No document matches."));
+  view.replaceChildren(h("h2", {}, `${hits.length} hits, ${state.mode}`), ...hits.map((hit, i) => hitCard(hit, i + 1, state.mode)));
+  if (!hits.length) view.append(h("p", { class: "hint" }, "No document matches."));
 }
 
 async function renderCompare(view) {
@@ -258,7 +261,7 @@ async function renderWhyNot() {
   const inTop = e.rank > 0 && e.rank <= state.top_k;
   const pairs = [];
   const qs = e.querySegments || [], ds = e.docSegments || [], pc = e.pairContributions || [];
-  for (let i = 0; i < e.rows; i++) for (let j = 0; j < e.cols; j++) pairs.push([pc[i * e.cols + j] || 0, qs[i], ds[j]]);
+  for (let i = 0; i < e.rows; i++) for (let j = 0; j < e.cols; j++) if (!qs[i].special && !ds[j].special) pairs.push([pc[i * e.cols + j] || 0, qs[i], ds[j]]);
   pairs.sort((a, b) => Math.abs(b[0]) - Math.abs(a[0]));
   const verdict = e.excludedBy ? h("p", { class: "excluded", id: "excluded-by" }, `Excluded by the filter: ${e.excludedBy}`)
     : h("p", {}, inTop ? `In the top ${state.top_k} at rank ${e.rank}, ${fmt(gap, 4)} above the k-th score.`
@@ -266,7 +269,7 @@ async function renderWhyNot() {
   box.replaceChildren(h("div", { class: "panel", id: "why-not-result" }, h("h2", {}, `Why not ${state.why_not}?`), verdict,
     h("div", { class: "figures" }, fig(e.rank || "–", "rank"), fig(fmt(e.score, 4), "its score"), fig(fmt(e.kthScore, 4), "k-th score"), fig(fmt(gap, 4), "gap"),
       state.mode !== "lexical" ? fig(fmt(e.denseScore, 4), "dense part") : null, state.mode !== "dense" ? fig(fmt(e.lexicalScore, 4), "lexical part") : null),
-    h("h3", {}, "Largest word-pair shares of the dense score"),
+    h("h3", {}, "Largest word-pair shares of the dense score (words only; [CLS]/[SEP] take the rest)"),
     h("table", { class: "plain" }, ...pairs.slice(0, 5).map(([v, q, d]) => h("tr", {}, h("td", {}, `${q.text} × ${d.text}`), h("td", { class: "num" }, fmt(v, 4))))),
     (e.lexicalTerms || []).length ? h("p", { class: "hint" }, "BM25: " + e.lexicalTerms.map((t) => `${t.term} ${fmt(t.contribution)}`).join(", ")) : null));
 }
@@ -357,7 +360,10 @@ async function render() {
   const needsQuery = state.view !== "browse";
   const jobs = [];
   if (needsQuery && !state.q) view.replaceChildren(h("p", { class: "hint" }, "Type a query: try “I drink water with wine” on the demo collection."));
-  else jobs.push(renderers[state.view](view));
+  else jobs.push(renderers[state.view](view).catch((err) => {
+    view.replaceChildren(h("p", { class: "hint" }, "Nothing to show: the server refused the request (its message is above)."));
+    throw err;
+  }));
   jobs.push(renderExplain(), renderWhyNot());
   const results = await Promise.allSettled(jobs);
   for (const r of results) if (r.status === "rejected") showError(r.reason);
