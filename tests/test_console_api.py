@@ -159,3 +159,23 @@ def test_read_key_sees_and_searches_only_its_collections(keyed_console):
     assert refused.status_code == 403 and refused.json()["error"]["status"] == "PERMISSION_DENIED"
     # The key travels in the header only: one in the URL is not read.
     assert call(url, "ListCollections", {}, path_suffix=f"?key={READ_KEY}").status_code == 401
+
+
+def test_cli_map_writes_the_same_picture_from_a_terminal(console, tmp_path):
+    pytest.importorskip("matplotlib")
+    import numpy as np
+    from semsearch.cli import main
+    from semsearch.map_view import project
+
+    srv, _ = console
+    png = tmp_path / "map.png"
+    assert main(["map", QUERY, "--address", srv.address, "--collection", "demo", "--png", str(png)]) == 0
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    hits = srv.client.search(QUERY, collection="demo", top_k=5)
+    projection = project(srv.client.embed([QUERY, *(h.text for h in hits)]))
+    where = {h.id: projection.coords[i + 1] for i, h in enumerate(hits)}
+    query = projection.coords[0]
+    assert max(np.linalg.norm(where[d] - query) for d in ("c3", "c4", "c5")) < min(
+        np.linalg.norm(where[d] - query) for d in ("c1", "c2")
+    )
+    assert (query <= 0).all() and sum(projection.explained) <= 1 + 1e-9
