@@ -179,3 +179,16 @@ def test_cli_map_writes_the_same_picture_from_a_terminal(console, tmp_path):
         np.linalg.norm(where[d] - query) for d in ("c1", "c2")
     )
     assert (query <= 0).all() and sum(projection.explained) <= 1 + 1e-9
+
+
+def test_console_port_is_off_unless_set_by_flag_env_or_toml(tmp_path):
+    from semsearch_server.config import ConfigError, load_config
+
+    assert load_config([], {}).console_port is None
+    assert load_config(["--console-port", "8080"], {}).console_port == 8080
+    assert load_config([], {"SEMSEARCH_CONSOLE_PORT": "9090"}).console_port == 9090
+    toml = tmp_path / "server.toml"
+    toml.write_text("console_port = 7070\n")
+    assert load_config(["--config", str(toml)], {}).console_port == 7070
+    with pytest.raises(ConfigError, match="console_port"):
+        load_config(["--console-port", "70000"], {})
