@@ -4,6 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PORT ?= 50051
 DATA_DIR ?= index_data
+CONSOLE_PORT ?= 8080
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 # Where pip may also look for torch==2.13.0. Unset, only the default package index is used (enough where a
@@ -56,7 +57,8 @@ lock-upgrade: $(LOCK_VENV)/bin/pip-compile
 	$(PIP_COMPILE) --upgrade
 
 run: $(SERVE_STAMP)
-	$(BIN)/semsearch-server --port $(PORT) --data-dir $(DATA_DIR) --seed-demo true
+	@echo "console: http://localhost:$(CONSOLE_PORT)/?collection=demo&q=I%20drink%20water%20with%20wine"
+	$(BIN)/semsearch-server --port $(PORT) --data-dir $(DATA_DIR) --seed-demo true --console-port $(CONSOLE_PORT)
 
 test: $(TEST_STAMP) lint
 	$(BIN)/python -m pytest -q $(TEST_DURATIONS) tests

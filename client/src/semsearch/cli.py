@@ -114,6 +114,29 @@ def cmd_search(client: SearchClient, args) -> int:
     return 0
 
 
+def cmd_map(client: SearchClient, args) -> int:
+    from semsearch.map_view import project, write_map_png
+
+    hits = client.search(
+        args.query,
+        collection=args.collection,
+        top_k=args.top_k,
+        mode=args.mode,
+        fusion=args.fusion,
+        dense_weight=args.dense_weight,
+        rrf_k=args.rrf_k,
+        where=args.where,
+    )
+    if not hits:
+        print("semsearch: no hits to map", file=sys.stderr)
+        return EXIT_CALL_FAILED
+    # The same vectors the console maps: the Embed RPC's, of the query and of the hits' texts.
+    projection = project(client.embed([args.query, *(h.text for h in hits)]))
+    write_map_png(args.query, [h.id for h in hits], [h.score for h in hits], projection, args.png)
+    print(f"wrote {args.png}")
+    return 0
+
+
 def cmd_get(client: SearchClient, args) -> int:
     docs = client.get(args.ids, collection=args.collection)
     if args.json:
@@ -544,6 +567,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="VALUE in JSON (2020, true, [1, 2]) or text")
     p.add_argument("--unset", action="append", metavar="KEY", help="remove this attribute (repeatable)")
     p.set_defaults(func=cmd_update)
+
+    p = sub.add_parser("map", parents=[common, coll], help="2-D PCA map of a query and its hits, as a PNG")
+    p.add_argument("query")
+    p.add_argument("--png", required=True, help="the file to write (needs semsearch-client[plot])")
+    p.add_argument("--top-k", "-k", type=int, default=10)
+    add_where_argument(p)
+    add_mode_arguments(p)
+    p.set_defaults(func=cmd_map)
 
     p = sub.add_parser("explain", parents=[common, coll], help="why a query matches a document")
     p.add_argument("query")

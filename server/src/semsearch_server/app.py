@@ -45,6 +45,7 @@ class Application:
         self.metrics = Metrics()
         self._metrics_endpoint: MetricsEndpoint | None = None
         self.auth: ApiKeyInterceptor | None = None
+        self.console = None  # semsearch_server.console.web.ConsoleServer when console_port is set
 
     def start(self) -> int:
         """Starts listening; every SearchService call answers UNAVAILABLE until load() finishes.
@@ -62,6 +63,12 @@ class Application:
         self._metrics_endpoint = start_metrics(self.config, self.metrics)
         if self._metrics_endpoint is not None:
             log.info("metrics at http://%s:%d/metrics", self.config.host, self._metrics_endpoint.port)
+        if self.config.console_port is not None:
+            # Imported only when asked for: a server without a console does not load Starlette and uvicorn.
+            from semsearch_server.console.web import start_console
+
+            self.console = start_console(self.servicer, self.auth, self.config.host, self.config.console_port)
+            log.info("console at http://%s:%d/", _url_host(self.config.host), self.console.port)
         return self.port
 
     def reload_api_keys(self) -> bool:
@@ -101,6 +108,9 @@ class Application:
         set_health(self.health, serving=False)
         if self.server is not None:
             self.server.stop(grace).wait()
+        if self.console is not None:
+            self.console.stop()
+            self.console = None
         self.servicer.detach("the server is shutting down")
         self.metrics.watch_collections(None)
         if self._metrics_endpoint is not None:
@@ -110,3 +120,10 @@ class Application:
             self.service.close()
             self.service = None
         log.info("stopped")
+
+
+def _url_host(host: str) -> str:
+    """The host to print in a URL: a wildcard address is reached as localhost."""
+    if host in ("0.0.0.0", "::", ""):
+        return "localhost"
+    return f"[{host}]" if ":" in host else host

@@ -63,6 +63,8 @@ class ServerConfig:
     tls_key: Path | None = None
     tls_client_ca: Path | None = None
     metrics_port: int = 0
+    # The console's HTTP port (semsearch_server.console): None = off; 0 = any free port (tests).
+    console_port: int | None = None
     seed_demo: bool = False
     store: str = "local"
     milvus_uri: str = ""
@@ -208,6 +210,11 @@ _OPTIONS: tuple[_Option, ...] = (
     _Option("tls_key", Path, "PEM private key for TLS"),
     _Option("tls_client_ca", Path, "PEM CA bundle: require client certificates signed by it (mTLS)"),
     _Option("metrics_port", _non_negative_int, "Prometheus metrics HTTP port (0 = off)"),
+    _Option(
+        "console_port",
+        _port,
+        "HTTP port of the console (a web page and its JSON endpoints, same API keys as gRPC); off unless set",
+    ),
     _Option("seed_demo", _bool, "load the five-sentence demo into collection 'demo' when it is empty"),
     _Option(
         "store",

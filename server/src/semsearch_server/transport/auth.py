@@ -294,38 +294,56 @@ class ApiKeyInterceptor(grpc.ServerInterceptor):
         log.info("API keys reloaded from %s: %d keys", path, len(table))
         return True
 
+    def grant(self, authorization: str | None) -> Grant | None:
+        """The grant of the key in an ``authorization: Bearer <key>`` value (a header or gRPC metadata), or None.
+
+        The console's HTTP endpoints (semsearch_server.console) check their calls with this table and
+        call_refusal(), so that an HTTP call and a gRPC call with the same key are allowed the same things.
+        """
+        return self._table.grant(_bearer_token([("authorization", authorization)] if authorization else None))
+
     def intercept_service(self, continuation, handler_call_details: grpc.HandlerCallDetails):
         handler = continuation(handler_call_details)
         method = handler_call_details.method
         if handler is None or method.startswith(OPEN_PREFIXES):
             return handler
         grant = self._table.grant(_bearer_token(handler_call_details.invocation_metadata))
-        if grant is None:
-            return _refusing(handler, grpc.StatusCode.UNAUTHENTICATED, f"missing or unknown API key: {_EXPECTED}")
-        rule = RPC_RULES.get(method)
-        if rule is None:
-            return _refusing(
-                handler,
-                grpc.StatusCode.PERMISSION_DENIED,
-                f"{method} is not classified as a read, write or admin RPC, so no API key may call it",
-            )
-        rpc = method.rsplit("/", 1)[-1]
-        if rule.rpc_class not in ALLOWED[grant.role]:
-            return _refusing(
-                handler,
-                grpc.StatusCode.PERMISSION_DENIED,
-                f"{grant.describe()} may not call {rpc}: it needs {_NEEDS[rule.rpc_class]}",
-            )
+        refused = call_refusal(grant, method)
+        if refused is not None:
+            return _refusing(handler, *refused)
+        assert grant is not None  # call_refusal refuses a missing key
+        rule = RPC_RULES[method]
         if not grant.patterns:
             return handler  # every collection: nothing to check per request, nothing to filter
-        if rule.every_collection:
-            return _refusing(
-                handler,
-                grpc.StatusCode.PERMISSION_DENIED,
-                f"{grant.describe()} may not call {rpc}: it names no collection a key's patterns could cover, "
-                "so it needs a key on all collections",
-            )
-        return _scoped(handler, rpc, rule, grant)
+        return _scoped(handler, method.rsplit("/", 1)[-1], rule, grant)
+
+
+def call_refusal(grant: Grant | None, method: str) -> tuple[grpc.StatusCode, str] | None:
+    """Why a caller with `grant` (None: no or an unknown key) may not call `method` at all, or None.
+
+    What the request names is checked afterwards, by scope_refusal(), once it is decoded.
+    """
+    if grant is None:
+        return grpc.StatusCode.UNAUTHENTICATED, f"missing or unknown API key: {_EXPECTED}"
+    rule = RPC_RULES.get(method)
+    if rule is None:
+        return (
+            grpc.StatusCode.PERMISSION_DENIED,
+            f"{method} is not classified as a read, write or admin RPC, so no API key may call it",
+        )
+    rpc = method.rsplit("/", 1)[-1]
+    if rule.rpc_class not in ALLOWED[grant.role]:
+        return (
+            grpc.StatusCode.PERMISSION_DENIED,
+            f"{grant.describe()} may not call {rpc}: it needs {_NEEDS[rule.rpc_class]}",
+        )
+    if grant.patterns and rule.every_collection:
+        return (
+            grpc.StatusCode.PERMISSION_DENIED,
+            f"{grant.describe()} may not call {rpc}: it names no collection a key's patterns could cover, "
+            "so it needs a key on all collections",
+        )
+    return None
 
 
 def scope_refusal(grant: Grant, rpc: str, rule: RpcRule, request: Any) -> str | None:
