@@ -425,6 +425,12 @@ class VectorIndex:
             # the k / share nearest nodes, so its breadth grows as they get rarer (twice that, for margin).
             share = len(allowed) / max(1, int(self._index.ntotal))
             params.efSearch = int(min(_HNSW_FILTER_EF_MAX, max(self.spec.hnsw_ef_search, 2 * k / share)))
+        elif self.spec.kind is IndexKind.IVF and self.trained:
+            # The allowed vectors of the nprobe nearest lists are fewer by their share: probe more lists, as
+            # many as keep recall where it is unfiltered (1 / sqrt(share) times, measured), at most all.
+            share = len(allowed) / max(1, int(self._index.ntotal))
+            nlist = faiss.downcast_index(self._index).nlist
+            params.nprobe = int(min(nlist, math.ceil(self.spec.ivf_nprobe / math.sqrt(share))))
         k_eff = max(1, min(k, len(allowed)))
         with openmp_threads(1) if len(queries) == 1 else nullcontext():
             scores, ids = self._index.search(queries, k_eff, params=params)
