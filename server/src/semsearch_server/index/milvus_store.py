@@ -88,6 +88,7 @@ from semsearch_server.errors import (
     InvalidArgument,
     NotFound,
     SemsearchError,
+    StoreUnreachable,
     Unavailable,
 )
 from semsearch_server.filtering import Filter, as_filter, attributes_from_json, attributes_to_json
@@ -194,7 +195,7 @@ def call(what: str, fn: Callable[[], T]) -> T:
         raise
     except Exception as exc:  # pymilvus raises MilvusException and grpc errors alike
         if _is_unreachable(exc):
-            raise Unavailable(f"Milvus is unreachable ({what}): {exc}; retry when it is back") from exc
+            raise StoreUnreachable(f"Milvus is unreachable ({what}): {exc}; retry when it is back") from exc
         raise CollectionBroken(f"Milvus rejected {what}: {exc}") from exc
 
 
@@ -1017,6 +1018,10 @@ class MilvusStoreProvider:
 
     def _full(self, name: str) -> str:
         return self.prefix + name
+
+    def ping(self, timeout: float) -> None:
+        """One cheap request (list the collections) within `timeout`; raises StoreUnreachable if it fails."""
+        call("ping", lambda: self._client.list_collections(timeout=timeout))
 
     def names(self) -> list[str]:
         return sorted(
