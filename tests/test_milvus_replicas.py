@@ -118,7 +118,8 @@ def test_a_replica_killed_mid_upsert_stream_loses_no_acknowledged_write(milvus_s
 
 def test_milvus_lost_while_serving_is_unavailable_then_serves_again(tmp_path, embedder, explainer):
     """Milvus goes away under a serving replica: UNAVAILABLE with a message that says so (not INTERNAL),
-    reads and writes alike; when it is back on the same address, the same replica serves again."""
+    reads and writes alike, and health NOT_SERVING; when it is back on the same address, the same replica
+    serves again and health says SERVING."""
     milvus = MilvusLiteServer(tmp_path / "milvus").start()
     server = InProcessServer(tmp_path / "replica", embedder, explainer, store="milvus", milvus_uri=milvus.uri)
     try:
@@ -139,6 +140,8 @@ def test_milvus_lost_while_serving_is_unavailable_then_serves_again(tmp_path, em
                 rpc()
             assert time.monotonic() - started < 60, what
             assert "retry" in str(info.value), what
+        # The failed calls flipped health at once: a load balancer stops sending traffic here.
+        assert client.health() == "NOT_SERVING"
         milvus.start()
         deadline = time.monotonic() + 60
         while True:

@@ -14,6 +14,16 @@ Resuming: the checkpoint records, per input file, the line of the last record wh
 chunk before it were acknowledged. It is rewritten (temp file + rename) only after an
 acknowledgement, so a crash at any moment loses at most the chunks in flight, which ``--resume``
 sends again (upsert replaces by id, so sending twice is harmless).
+
+Retrying: a chunk whose stream fails with a transient status is sent again, whole, after a pause drawn
+with full jitter from [0, min(BACKOFF_CAP, BACKOFF_BASE * 2**attempt)], at most ``--retries`` times, so
+clients that failed together (an outage of the store under every replica) come back spread out rather
+than in step. Transient: UNAVAILABLE (the server is loading or draining, or its store is unreachable),
+DEADLINE_EXCEEDED, and RESOURCE_EXHAUSTED *for the stream limit* ("too many open UpsertStreams": another
+stream finishing frees a slot). Not retried: any other RESOURCE_EXHAUSTED (a message over the size limit,
+a full disk on the server: sending the same chunk again fails the same way until someone acts), nor any
+other code. Re-sending a chunk the server had partly stored is safe: each upsert replaces by id, so every
+document ends up stored once, and the checkpoint only moves past acknowledged chunks.
 """
 
 from __future__ import annotations
@@ -40,6 +50,7 @@ from semsearch.errors import (
     AlreadyExistsError,
     DeadlineExceededError,
     InvalidArgumentError,
+    ResourceExhaustedError,
     SemsearchError,
     UnavailableError,
 )
@@ -62,13 +73,17 @@ from semsearch.types import Document
 DEFAULT_BATCH_SIZE = 64
 DEFAULT_STREAM_BATCHES = 16
 DEFAULT_CONCURRENCY = 2
-DEFAULT_RETRIES = 5
+# With full jitter the pauses of 10 retries add up to about 33 s on average (at most 66 s): enough to ride
+# out a store restarting under the server.
+DEFAULT_RETRIES = 10
 # One stream carries stream_batches * batch_size documents: a CPU-only server needs seconds for that.
 DEFAULT_STREAM_TIMEOUT = 300.0
 BACKOFF_BASE, BACKOFF_CAP = 0.5, 10.0
 
 EXIT_OK, EXIT_FAILED, EXIT_UNAVAILABLE, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 3, 4, 130
 _RETRYABLE = (UnavailableError, DeadlineExceededError)
+# The stream gate's refusals (server transport/streams.py), server-wide and per client address.
+_STREAM_LIMIT = "too many open UpsertStreams"
 _CHECKPOINT_VERSION = 1
 
 
@@ -128,7 +143,8 @@ def add_index_arguments(parser: argparse.ArgumentParser) -> None:
         "--retries",
         type=int,
         default=DEFAULT_RETRIES,
-        help="retries of a stream on UNAVAILABLE/DEADLINE_EXCEEDED (default: %(default)s)",
+        help="retries of a stream on UNAVAILABLE, DEADLINE_EXCEEDED or the server's stream limit, with exponential "
+        "backoff and full jitter, 0.5 s doubling up to 10 s (default: %(default)s)",
     )
     sending.add_argument(
         "--rate-limit",
@@ -493,15 +509,30 @@ class ChunkBuilder:
 
 
 # -- sending -------------------------------------------------------------------------------------------
+def is_retryable(exc: SemsearchError) -> bool:
+    """Whether sending the same call again later may succeed (see the module docstring: which and why)."""
+    if isinstance(exc, _RETRYABLE):
+        return True
+    return isinstance(exc, ResourceExhaustedError) and _STREAM_LIMIT in exc.details
+
+
+def backoff_delay(attempt: int) -> float:
+    """The pause before retry `attempt` + 1: full jitter, uniform in [0, min(cap, base * 2**attempt)]."""
+    return random.uniform(0, min(BACKOFF_CAP, BACKOFF_BASE * 2**attempt))
+
+
 def with_retries(call, retries: int, what: str, note) -> Any:
-    """call() retried on UNAVAILABLE/DEADLINE_EXCEEDED with exponential backoff and jitter."""
+    """call() retried on a transient failure (`is_retryable`) with exponential backoff and full jitter."""
     for attempt in range(retries):
         try:
             return call()
-        except _RETRYABLE as exc:
-            delay = min(BACKOFF_CAP, BACKOFF_BASE * 2**attempt)
-            delay = delay / 2 + random.uniform(0, delay / 2)  # jitter: clients that failed together spread out
-            note(f"{what}: {exc.code.name}, retry {attempt + 1}/{retries} in {delay:.1f} s")
+        except SemsearchError as exc:
+            if not is_retryable(exc):
+                raise
+            delay = backoff_delay(attempt)
+            reason = "stream limit" if isinstance(exc, ResourceExhaustedError) else ""
+            code = f"{exc.code.name} ({reason})" if reason else exc.code.name
+            note(f"{what}: {code}, retry {attempt + 1}/{retries} in {delay:.1f} s")
             time.sleep(delay)
     return call()
 
@@ -596,7 +627,7 @@ class Pump:
                 f"{name}, {_rejected_at(chunk, exc.details)}: the server refused: {exc.details}",
                 EXIT_FAILED,
             )
-        if isinstance(exc, _RETRYABLE):
+        if is_retryable(exc):
             return StopRun(
                 f"{name}:{chunk.first_line}-{chunk.last_line}: gave up after {self.args.retries} retries: {exc}; "
                 "run again with --resume",

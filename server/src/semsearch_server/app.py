@@ -11,6 +11,7 @@ from grpc_health.v1 import health
 
 from semsearch_server.config import ServerConfig
 from semsearch_server.core.service import SearchService
+from semsearch_server.store_health import StoreHealth
 from semsearch_server.transport.auth import ApiKeyInterceptor, build_auth_interceptor
 from semsearch_server.transport.observability import (
     MeteredEmbedder,
@@ -46,6 +47,7 @@ class Application:
         self._metrics_endpoint: MetricsEndpoint | None = None
         self.auth: ApiKeyInterceptor | None = None
         self.console = None  # semsearch_server.console.web.ConsoleServer when console_port is set
+        self.store_health: StoreHealth | None = None
 
     def start(self) -> int:
         """Starts listening; every SearchService call answers UNAVAILABLE until load() finishes.
@@ -99,12 +101,20 @@ class Application:
         gc.freeze()
         self.servicer.attach(self.service)
         set_health(self.health, serving=True)
+        # From here on health also follows the store: NOT_SERVING while Milvus cannot be reached.
+        self.store_health = StoreHealth(
+            getattr(self.service.registry.provider, "ping", None), lambda up: set_health(self.health, serving=up)
+        )
+        self.servicer.on_store_unreachable = self.store_health.unreachable
+        self.store_health.start()
         log.info("serving after %.1fs of loading", time.monotonic() - started)
         return self.service
 
     def stop(self, grace: float | None = None) -> None:
         """Drains: NOT_SERVING, no new calls, in-flight calls finish, collections flushed."""
         grace = self.config.grace_seconds if grace is None else grace
+        if self.store_health is not None:
+            self.store_health.stop()  # it must not report SERVING again while draining
         set_health(self.health, serving=False)
         if self.server is not None:
             self.server.stop(grace).wait()

@@ -40,6 +40,13 @@ class Unavailable(SemsearchError):
     """The service is loading or draining; retry later."""
 
 
+class StoreUnreachable(Unavailable):
+    """The store the collections live on (a Milvus) cannot be reached or did not answer in time; retry later.
+
+    Unlike a loading or draining server, the replica itself is fine: it reports NOT_SERVING until its
+    store answers again (store_health.py), then serves on its own."""
+
+
 class StorageFailed(SemsearchError):
     """A collection's files could not be made durable (an fsync or write reported an I/O error).
 

@@ -29,7 +29,7 @@ from semsearch_server.domain import (
     SearchMode,
     SnapshotInfo,
 )
-from semsearch_server.errors import InvalidArgument, SemsearchError, Unavailable
+from semsearch_server.errors import InvalidArgument, SemsearchError, StoreUnreachable, Unavailable
 from semsearch_server.transport.attributes import to_attributes, to_filter, to_pb_attributes, to_value
 from semsearch_server.transport.errors import status_details, status_for
 from semsearch_server.transport.streams import StreamCancelled, StreamFeed, StreamGate, StreamLimits
@@ -59,6 +59,8 @@ def _rpc(method: Callable) -> Callable:
         try:
             return method(self, request, context)
         except SemsearchError as exc:
+            if isinstance(exc, StoreUnreachable) and self.on_store_unreachable is not None:
+                self.on_store_unreachable(exc)  # health goes NOT_SERVING now, not at the next probe
             context.abort(status_for(exc), status_details(exc))
         except Exception:
             log.exception("%s failed", method.__name__)
@@ -189,6 +191,8 @@ class SearchServicer(pb_grpc.SearchServiceServicer):
         self._service: SearchService | None = None
         self.streams = StreamGate(stream_limits or StreamLimits())
         self._unavailable = "the server is loading the model and collections; retry shortly"
+        # Told of every call that failed because the store is unreachable (store_health.py).
+        self.on_store_unreachable: Callable[[StoreUnreachable], None] | None = None
 
     def attach(self, service: SearchService) -> None:
         self._service = service
