@@ -26,8 +26,15 @@ class _Dropping(logging.Filter):
         return not str(record.msg).startswith(self.prefixes)
 
 
+# pymilvus logs a traceback of its own for every call that fails (27,000 lines for 10 s of a Milvus outage):
+# the store turns each failure into one of the service's errors, and logs a line when health changes.
+QUIET_BELOW_CRITICAL = ("pymilvus",)
+
+
 def quiet_third_parties() -> None:
     for name in CHATTY_AT_INFO:
         logging.getLogger(name).setLevel(logging.WARNING)
+    for name in QUIET_BELOW_CRITICAL:
+        logging.getLogger(name).setLevel(logging.CRITICAL)
     for name, prefixes in _NOT_ABOUT_THE_USER.items():
         logging.getLogger(name).addFilter(_Dropping(prefixes))
