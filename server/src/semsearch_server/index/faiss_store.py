@@ -45,8 +45,6 @@ from semsearch_server.domain import (
     IndexSpec,
     ModelFingerprint,
     Passage,
-    PassageConfig,
-    SearchMode,
     SnapshotInfo,
 )
 from semsearch_server.errors import (
@@ -71,6 +69,19 @@ from semsearch_server.index.base import (
     ScoreTable,
 )
 from semsearch_server.index.lexical import Analyzer, LexicalIndex
+from semsearch_server.index.local_manifest import (
+    ALIASES_FILE,
+    COLLECTIONS_DIR,
+    DATABASE,
+    FORMAT_VERSION,
+    LEXICAL_META,
+    LEXICAL_SNAPSHOT,
+    SNAPSHOT,
+    SNAPSHOT_META,
+    read_manifest,
+    settings_from_manifest,
+    write_manifest,
+)
 from semsearch_server.index.local_snapshots import SnapshotFolder, backup_database
 from semsearch_server.index.rwlock import ReadWriteLock
 from semsearch_server.index.snapshot_policy import SnapshotPolicy
@@ -79,16 +90,6 @@ from semsearch_server.index.vector_index import VectorIndex, all_cores_but_one, 
 
 log = logging.getLogger(__name__)
 
-# 2: passages in their own table, a BM25 index beside FAISS, settings for passages and search mode.
-FORMAT_VERSION = 2
-MANIFEST = "manifest.json"
-DATABASE = "documents.sqlite3"
-SNAPSHOT = "index.faiss"
-SNAPSHOT_META = "index.json"
-LEXICAL_SNAPSHOT = "lexical.bin"
-LEXICAL_META = "lexical.json"
-COLLECTIONS_DIR = "collections"
-ALIASES_FILE = "aliases.json"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS documents (
@@ -139,48 +140,6 @@ _REINDEX_CHUNK = 8192
 # the failure, doubling up to the maximum: the database holds every write meanwhile, a restart replays them.
 SNAPSHOT_RETRY_SECONDS = 2.0
 SNAPSHOT_RETRY_MAX_SECONDS = 60.0
-
-
-def write_manifest(directory: Path, name: str, settings: CollectionSettings, fingerprint: ModelFingerprint) -> None:
-    atomic_write_json(
-        directory / MANIFEST,
-        {
-            "format_version": FORMAT_VERSION,
-            "name": name,
-            "index": settings.index.to_dict(),
-            "passages": settings.passages.to_dict(),
-            "default_mode": settings.default_mode.value,
-            "model": fingerprint.to_dict(),
-            "written_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        },
-    )
-
-
-def read_manifest(directory: Path) -> dict:
-    path = directory / MANIFEST
-    try:
-        data = json.loads(path.read_text())
-        if not isinstance(data, dict):
-            raise ValueError("not a JSON object")
-        version = int(data["format_version"])
-        settings_from_manifest(data)
-        ModelFingerprint.from_dict(data["model"])
-    except FileNotFoundError:
-        raise CollectionBroken(f"{path}: missing") from None
-    except (ValueError, KeyError, TypeError) as exc:
-        raise CollectionBroken(f"{path}: unreadable manifest ({exc})") from None
-    if version > FORMAT_VERSION:
-        raise CollectionBroken(f"{path}: format version {version} is newer than this server's {FORMAT_VERSION}")
-    return data
-
-
-def settings_from_manifest(data: dict) -> CollectionSettings:
-    # A format-1 manifest has neither passages nor default_mode: one vector per document, DENSE.
-    return CollectionSettings(
-        index=IndexSpec.from_dict(data["index"]),
-        passages=PassageConfig.from_dict(data.get("passages")),
-        default_mode=SearchMode(data.get("default_mode", SearchMode.DENSE.value)),
-    )
 
 
 class _PassageMap:
