@@ -69,6 +69,7 @@ from semsearch_server.index.base import (
     ScoreTable,
 )
 from semsearch_server.index.lexical import Analyzer, LexicalIndex
+from semsearch_server.index.local_database import SQL_CHUNK, connect_database
 from semsearch_server.index.local_manifest import (
     ALIASES_FILE,
     COLLECTIONS_DIR,
@@ -91,46 +92,8 @@ from semsearch_server.index.vector_index import VectorIndex, all_cores_but_one, 
 log = logging.getLogger(__name__)
 
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS documents (
-    label    INTEGER PRIMARY KEY AUTOINCREMENT,
-    id       TEXT NOT NULL UNIQUE,
-    text     TEXT NOT NULL,
-    metadata TEXT NOT NULL,
-    seq      INTEGER NOT NULL
-);
-CREATE INDEX IF NOT EXISTS documents_seq ON documents(seq);
-CREATE TABLE IF NOT EXISTS metadata_kv (
-    label INTEGER NOT NULL,
-    key   TEXT NOT NULL,
-    value TEXT NOT NULL,
-    PRIMARY KEY (label, key)
-) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS metadata_kv_key_value ON metadata_kv(key, value);
-CREATE TABLE IF NOT EXISTS deletions (label INTEGER PRIMARY KEY, seq INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS state (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-INSERT OR IGNORE INTO state(key, value) VALUES ('seq', '0');
-"""
-# Added by format 2 (and by the upgrade of a format-1 database, in _upgrade_from_v1).
-_PASSAGE_SCHEMA = """
-CREATE TABLE IF NOT EXISTS passages (
-    label     INTEGER PRIMARY KEY AUTOINCREMENT,
-    doc_label INTEGER NOT NULL,
-    idx       INTEGER NOT NULL,
-    start     INTEGER NOT NULL,
-    end       INTEGER NOT NULL,
-    vector    BLOB NOT NULL,
-    seq       INTEGER NOT NULL
-);
-CREATE INDEX IF NOT EXISTS passages_doc ON passages(doc_label);
-CREATE INDEX IF NOT EXISTS passages_seq ON passages(seq);
-CREATE TABLE IF NOT EXISTS passage_deletions (label INTEGER PRIMARY KEY, seq INTEGER NOT NULL);
-"""
-
 # A Reindex catches up beside the live index until fewer writes than this remain for its exclusive section.
 _CATCH_UP_ENOUGH = 1024
-# Upserts are applied in slices of this many rows' SQL parameters (SQLite's variable limit).
-_SQL_CHUNK = 500
 # Scroll under a filter matching at most this many documents sorts their ids in memory; past it, it walks
 # the id index and skips what does not match (few rows skipped per page when most match).
 _SCROLL_SORT_MAX = 50_000
@@ -312,30 +275,7 @@ class FaissIndexStore:
         return store
 
     def _connect(self, new: bool) -> sqlite3.Connection:
-        path = self.directory / DATABASE
-        if not new and path.stat().st_size == 0:
-            # SQLite would happily treat an emptied file as a new, empty database: silent data loss.
-            raise sqlite3.DatabaseError("the file is empty")
-        db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
-        try:
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=FULL")
-            if new:
-                db.executescript(_SCHEMA + _PASSAGE_SCHEMA)
-        except sqlite3.Error:  # a full disk, most likely: no connection left open behind the error
-            db.close()
-            raise
-        if new:
-            return db
-        tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-        missing = {"documents", "metadata_kv", "deletions", "state"} - tables
-        if missing:
-            db.close()
-            raise sqlite3.DatabaseError(f"tables missing: {', '.join(sorted(missing))}")
-        columns = {r[1] for r in db.execute("PRAGMA table_info(documents)")}
-        self._legacy_vector_column = "vector" in columns
-        if "passages" not in tables:
-            _upgrade_from_v1(db)
+        db, self._legacy_vector_column = connect_database(self.directory / DATABASE, new)
         return db
 
     def _reader(self) -> sqlite3.Connection:
@@ -652,8 +592,8 @@ class FaissIndexStore:
             (label,) = db.execute(sql, (doc.id, doc.text, metadata, seq)).fetchone()
             labels.append(label)
         removed: list[int] = []
-        for start in range(0, len(labels), _SQL_CHUNK):
-            chunk = labels[start : start + _SQL_CHUNK]
+        for start in range(0, len(labels), SQL_CHUNK):
+            chunk = labels[start : start + SQL_CHUNK]
             marks = ",".join("?" * len(chunk))
             removed += [r[0] for r in db.execute(f"SELECT label FROM passages WHERE doc_label IN ({marks})", chunk)]
             db.execute(f"DELETE FROM passages WHERE doc_label IN ({marks})", chunk)
@@ -699,13 +639,13 @@ class FaissIndexStore:
     def _delete_rows(self, ids: Sequence[str], seq: int) -> tuple[list[int], np.ndarray]:
         db = self._db
         labels: list[int] = []
-        for start in range(0, len(ids), _SQL_CHUNK):
-            chunk = list(ids[start : start + _SQL_CHUNK])
+        for start in range(0, len(ids), SQL_CHUNK):
+            chunk = list(ids[start : start + SQL_CHUNK])
             marks = ",".join("?" * len(chunk))
             labels += [r[0] for r in db.execute(f"SELECT label FROM documents WHERE id IN ({marks})", chunk)]
         passages: list[int] = []
-        for start in range(0, len(labels), _SQL_CHUNK):
-            chunk = labels[start : start + _SQL_CHUNK]
+        for start in range(0, len(labels), SQL_CHUNK):
+            chunk = labels[start : start + SQL_CHUNK]
             marks = ",".join("?" * len(chunk))
             passages += [r[0] for r in db.execute(f"SELECT label FROM passages WHERE doc_label IN ({marks})", chunk)]
             db.execute(f"DELETE FROM documents WHERE label IN ({marks})", chunk)
@@ -775,8 +715,8 @@ class FaissIndexStore:
             kept = np.array([current.get(row[0]) == row[4] for row in rows], dtype=bool)
             kept_docs = [row[0] for row, keep in zip(rows, kept, strict=True) if keep]
             removed: list[int] = []
-            for start in range(0, len(kept_docs), _SQL_CHUNK):
-                chunk = kept_docs[start : start + _SQL_CHUNK]
+            for start in range(0, len(kept_docs), SQL_CHUNK):
+                chunk = kept_docs[start : start + SQL_CHUNK]
                 marks = ",".join("?" * len(chunk))
                 removed += [
                     r[0]
@@ -1091,8 +1031,8 @@ class FaissIndexStore:
         """(passage label, document id, index, start, end, vector) of these documents' passages, in order."""
         out: list[tuple] = []
         db = self._reader()
-        for start in range(0, len(ids), _SQL_CHUNK):
-            chunk = ids[start : start + _SQL_CHUNK]
+        for start in range(0, len(ids), SQL_CHUNK):
+            chunk = ids[start : start + SQL_CHUNK]
             marks = ",".join("?" * len(chunk))
             out += db.execute(
                 "SELECT p.label, d.id, p.idx, p.start, p.end, p.vector FROM passages p "
@@ -1105,8 +1045,8 @@ class FaissIndexStore:
         """{key: (id, text, metadata, label)} for documents whose column is in keys."""
         out: dict = {}
         db = self._reader()
-        for start in range(0, len(keys), _SQL_CHUNK):
-            chunk = keys[start : start + _SQL_CHUNK]
+        for start in range(0, len(keys), SQL_CHUNK):
+            chunk = keys[start : start + SQL_CHUNK]
             marks = ",".join("?" * len(chunk))
             # All matches in one row of JSON, not one row each: the sqlite3 module lets go of the
             # GIL at every step, and with many searches in flight each step's re-acquisition can wait
@@ -1157,8 +1097,8 @@ class FaissIndexStore:
         """(id, label) of the documents whose column is in keys, as one JSON row per chunk (see _fetch)."""
         out: list[tuple[str, int]] = []
         db = self._reader()
-        for start in range(0, len(keys), _SQL_CHUNK):
-            chunk = keys[start : start + _SQL_CHUNK]
+        for start in range(0, len(keys), SQL_CHUNK):
+            chunk = keys[start : start + SQL_CHUNK]
             marks = ",".join("?" * len(chunk))
             (pairs,) = db.execute(
                 f"SELECT json_group_array(json_array(id, label)) FROM documents WHERE {column} IN ({marks})", chunk
@@ -1260,8 +1200,8 @@ class FaissIndexStore:
     def _spans_of(self, doc_labels: list[int]) -> dict[int, list[Passage]]:
         out: dict[int, list[Passage]] = {}
         db = self._reader()
-        for start in range(0, len(doc_labels), _SQL_CHUNK):
-            chunk = doc_labels[start : start + _SQL_CHUNK]
+        for start in range(0, len(doc_labels), SQL_CHUNK):
+            chunk = doc_labels[start : start + SQL_CHUNK]
             marks = ",".join("?" * len(chunk))
             rows = db.execute(
                 f"SELECT doc_label, idx, start, end FROM passages WHERE doc_label IN ({marks}) ORDER BY doc_label, idx",
@@ -1457,8 +1397,8 @@ class FaissIndexStore:
             if not labels:
                 return 0
             rows = []
-            for start in range(0, len(labels), _SQL_CHUNK):
-                chunk = labels[start : start + _SQL_CHUNK]
+            for start in range(0, len(labels), SQL_CHUNK):
+                chunk = labels[start : start + SQL_CHUNK]
                 marks = ",".join("?" * len(chunk))
                 rows += self._db.execute(f"SELECT label, id, metadata FROM documents WHERE label IN ({marks})", chunk)
             changed = []
@@ -1700,29 +1640,6 @@ def _positions(sorted_labels: np.ndarray, labels: np.ndarray) -> tuple[np.ndarra
     position = np.searchsorted(sorted_labels, labels)
     inside = (position < len(sorted_labels)) & (sorted_labels[np.minimum(position, len(sorted_labels) - 1)] == labels)
     return position, inside
-
-
-def _upgrade_from_v1(db: sqlite3.Connection) -> None:
-    """Gives a format-1 database its passages table: each document becomes its one passage.
-
-    A passage keeps its document's label, so the FAISS snapshot (labelled by document) stays valid and
-    nothing is re-embedded; the documents' own vector column is emptied. One transaction.
-    """
-    db.execute("BEGIN IMMEDIATE")
-    try:
-        for statement in _PASSAGE_SCHEMA.strip().split(";"):
-            if statement.strip():
-                db.execute(statement)
-        db.execute(
-            "INSERT INTO passages(label, doc_label, idx, start, end, vector, seq) "
-            "SELECT label, label, 0, 0, length(text), vector, seq FROM documents"
-        )
-        db.execute("INSERT INTO passage_deletions(label, seq) SELECT label, seq FROM deletions")
-        db.execute("UPDATE documents SET vector = x''")
-        db.execute("COMMIT")
-    except BaseException:
-        db.execute("ROLLBACK")
-        raise
 
 
 class LocalStoreProvider:
