@@ -84,6 +84,7 @@ from semsearch_server.index.local_manifest import (
     write_manifest,
 )
 from semsearch_server.index.local_snapshots import SnapshotFolder, backup_database
+from semsearch_server.index.passage_map import PassageMap
 from semsearch_server.index.rwlock import ReadWriteLock
 from semsearch_server.index.snapshot_policy import SnapshotPolicy
 from semsearch_server.index.storage_faults import disk_full_message, is_disk_full, is_io_failure
@@ -103,54 +104,6 @@ _REINDEX_CHUNK = 8192
 # the failure, doubling up to the maximum: the database holds every write meanwhile, a restart replays them.
 SNAPSHOT_RETRY_SECONDS = 2.0
 SNAPSHOT_RETRY_MAX_SECONDS = 60.0
-
-
-class _PassageMap:
-    """Passage label -> (document label, index, start, end), in arrays grown as labels grow.
-
-    Searches map FAISS's passage labels to documents and offsets without a database read; 32 bytes a
-    passage (32 MB at 1M). A document label of -1 marks a removed passage.
-    """
-
-    def __init__(self) -> None:
-        self.values = np.full((1024, 4), -1, dtype=np.int64)
-
-    def set(self, rows: np.ndarray) -> None:
-        """rows: (n, 5) of passage label, document label, index, start, end."""
-        if len(rows) == 0:
-            return
-        top = int(rows[:, 0].max()) + 1
-        if top > len(self.values):
-            grown = np.full((max(top, 2 * len(self.values)), 4), -1, dtype=np.int64)
-            grown[: len(self.values)] = self.values
-            self.values = grown
-        self.values[rows[:, 0]] = rows[:, 1:]
-
-    def remove(self, labels: np.ndarray) -> None:
-        labels = labels[labels < len(self.values)]
-        self.values[labels, 0] = -1
-
-    def documents(self, labels: np.ndarray) -> np.ndarray:
-        inside = (labels >= 0) & (labels < len(self.values))
-        out = np.full(len(labels), -1, dtype=np.int64)
-        out[inside] = self.values[labels[inside], 0]
-        return out
-
-    def of_documents(self, doc_labels: np.ndarray) -> np.ndarray:
-        """The live passage labels of these documents, ascending (one vectorised pass over the map)."""
-        if len(doc_labels) == 0:
-            return np.empty(0, dtype=np.int64)
-        owners = self.values[:, 0]
-        wanted = np.zeros(max(int(doc_labels.max()), int(owners.max())) + 1, dtype=bool)
-        wanted[doc_labels] = True
-        live = owners >= 0
-        keep = np.zeros(len(owners), dtype=bool)
-        keep[live] = wanted[owners[live]]
-        return np.flatnonzero(keep).astype(np.int64)
-
-    def passage(self, label: int) -> Passage:
-        _, index, start, end = self.values[label].tolist()
-        return Passage(index, start, end)
 
 
 class FaissIndexStore:
@@ -182,7 +135,7 @@ class FaissIndexStore:
         self._index = VectorIndex(settings.index, fingerprint.dimension)
         self._analyzer = Analyzer()
         self._lexical = LexicalIndex(self._analyzer)
-        self._passages = _PassageMap()
+        self._passages = PassageMap()
         self._writes_since_snapshot = 0
         self._snapshot_seqs = (0, 0)  # (FAISS, lexical) as last written or loaded
         self._closed = False
@@ -388,7 +341,7 @@ class FaissIndexStore:
             return None
 
     def _load_passage_map(self) -> None:
-        self._passages = _PassageMap()
+        self._passages = PassageMap()
         cursor = self._db.execute("SELECT label, doc_label, idx, start, end FROM passages")
         while rows := cursor.fetchmany(100_000):
             self._passages.set(np.array(rows, dtype=np.int64))
