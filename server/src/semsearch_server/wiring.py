@@ -22,7 +22,7 @@ from semsearch_server.domain import CollectionSettings, Document, PassageConfig
 from semsearch_server.embedding.batching import MicroBatchingEmbedder
 from semsearch_server.embedding.passages import PassageSplitter
 from semsearch_server.errors import AlreadyExists, Unavailable
-from semsearch_server.index.faiss_store import LocalStoreProvider
+from semsearch_server.index.local_provider import LocalStoreProvider
 
 log = logging.getLogger(__name__)
 
