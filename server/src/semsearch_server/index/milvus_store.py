@@ -64,7 +64,7 @@ import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 
@@ -87,10 +87,9 @@ from semsearch_server.errors import (
     FailedPrecondition,
     InvalidArgument,
     NotFound,
-    SemsearchError,
     Unavailable,
 )
-from semsearch_server.filtering import Filter, as_filter, attributes_from_json, attributes_to_json
+from semsearch_server.filtering import Filter, as_filter, attributes_to_json
 from semsearch_server.index.base import (
     CollectionBroken,
     DenseMatch,
@@ -101,38 +100,38 @@ from semsearch_server.index.base import (
     ScoreTable,
     StoreFilter,
 )
+from semsearch_server.index.milvus_calls import (
+    ANALYZER,
+    FINGERPRINT_KEY,
+    FLUSH_ROWS,
+    FORMAT_KEY,
+    FORMAT_VERSION,
+    HEAD,
+    INSERT_CHUNK,
+    KEY_CHUNK,
+    MARKER,
+    MAX_ID_BYTES,
+    MAX_TEXT_BYTES,
+    MAX_TOPK,
+    META,
+    PASSAGES,
+    SETTINGS_KEY,
+    STALE_SECONDS,
+    WORD,
+    T,
+    and_,
+    call,
+    in_,
+    is_released,
+    row_document,
+)
 from semsearch_server.index.milvus_filters import matcher, quote, superset_expression
 
 log = logging.getLogger(__name__)
 
-SETTINGS_KEY = "semsearch.settings"
-FINGERPRINT_KEY = "semsearch.fingerprint"
-FORMAT_KEY = "semsearch.format"
-FORMAT_VERSION = "1"
-MAX_TEXT_BYTES = 65_535  # Milvus VARCHAR limit
-MAX_ID_BYTES = 1_024
-MAX_TOPK = 16_384  # Milvus's largest search limit
 # A filtered dense search scores at most this many matching documents exactly (their vectors read by
 # primary key), and searches Milvus's index for more.
 EXACT_DOCUMENTS = 2048
-STALE_SECONDS = 600
-# Rows written by one store between flushes (see upsert).
-FLUSH_ROWS = 2048
-# Primary keys per lookup expression.
-_KEY_CHUNK = 1000
-_INSERT_CHUNK = 256
-_MARKER = -1
-# Passage rows live in the default partition, heads and commit markers in META, so that a search, limited to
-# the passages' partition, never visits them: with one head per document they were half the collection's
-# rows and vectors (zero vectors), and a search over both took 1.5-1.9x as long (30k documents, measured).
-# Reads by primary key and expressions span both partitions.
-PASSAGES = "_default"
-META = "meta"
-_HEAD = -2
-_WORD = re.compile(r"\w+", re.UNICODE)
-_ANALYZER = {"tokenizer": "standard", "filter": ["lowercase"]}
-
-T = TypeVar("T")
 
 
 def _best_lexical_passage(text: str, spans: Sequence[PassageT], query: str) -> PassageT:
@@ -140,62 +139,10 @@ def _best_lexical_passage(text: str, spans: Sequence[PassageT], query: str) -> P
     terms are the analyzer's (words, lower-cased)."""
     if len(spans) <= 1:
         return spans[0] if spans else PassageT(0, 0, len(text))
-    terms = {w.lower() for w in _WORD.findall(query)}
-    positions = [m.start() for m in _WORD.finditer(text) if m.group().lower() in terms]
+    terms = {w.lower() for w in WORD.findall(query)}
+    positions = [m.start() for m in WORD.finditer(text) if m.group().lower() in terms]
     counts = [sum(1 for at in positions if p.start <= at < p.end) for p in spans]
     return spans[counts.index(max(counts))]
-
-
-def _in(field: str, values: Sequence[Any]) -> str:
-    items = ", ".join(quote(v) if isinstance(v, str) else str(int(v)) for v in values)
-    return f"{field} in [{items}]"
-
-
-def _document(row: Mapping[str, Any]) -> Document:
-    """The Document a passage-0 row holds (its text and metadata)."""
-    return Document(id=row["doc_id"], text=row["text"], attributes=attributes_from_json(row["meta"]))
-
-
-def _and(*parts: str) -> str:
-    return " and ".join(f"({p})" for p in parts if p)
-
-
-def _is_unreachable(exc: BaseException) -> bool:
-    """A Milvus that cannot be reached or did not answer in time (not one that rejected the request)."""
-    import grpc
-
-    for e in (exc, exc.__cause__):
-        if isinstance(e, grpc.RpcError) and e.code() in (
-            grpc.StatusCode.UNAVAILABLE,
-            grpc.StatusCode.DEADLINE_EXCEEDED,
-        ):
-            return True
-        if type(e).__name__ in ("MilvusUnavailableException", "ConnectionNotExistException"):
-            return True
-        if getattr(e, "code", None) == 2:  # pymilvus: "Fail connecting to server"
-            return True
-        text = str(e).lower()
-        if any(s in text for s in ("fail connecting", "unavailable", "deadline exceeded", "connection refused")):
-            return True
-    return False
-
-
-def _is_released(exc: BaseException | None) -> bool:
-    """A request refused because the collection is not loaded (Milvus released it, e.g. after a restart)."""
-    text = str(exc).lower()
-    return exc is not None and (getattr(exc, "code", None) == 101 or "released" in text or "not loaded" in text)
-
-
-def call(what: str, fn: Callable[[], T]) -> T:
-    """Runs one Milvus request; a Milvus that cannot be reached becomes the domain error Unavailable."""
-    try:
-        return fn()
-    except SemsearchError:
-        raise
-    except Exception as exc:  # pymilvus raises MilvusException and grpc errors alike
-        if _is_unreachable(exc):
-            raise Unavailable(f"Milvus is unreachable ({what}): {exc}; retry when it is back") from exc
-        raise CollectionBroken(f"Milvus rejected {what}: {exc}") from exc
 
 
 class _Versions:
@@ -211,7 +158,7 @@ class _Versions:
         if unknown:
             # markers by primary key: a key lookup, where an expression on version is a scan
             keys = [f"{v}:marker" for v in sorted(unknown)]
-            rows = store._query(_in("pk", keys), ["version"], limit=len(keys))
+            rows = store._query(in_("pk", keys), ["version"], limit=len(keys))
             with self._lock:
                 self._committed.update(int(r["version"]) for r in rows)
         with self._lock:
@@ -274,7 +221,7 @@ class MilvusIndexStore:
         try:
             return call(what, fn)
         except CollectionBroken as exc:
-            if not _is_released(exc.__cause__):
+            if not is_released(exc.__cause__):
                 raise
         log.warning("collection %r: Milvus had released it (restarted?); loading it again", self.name)
         call("load", lambda: self._client.load_collection(self._collection))
@@ -326,7 +273,7 @@ class MilvusIndexStore:
         a crash) passes: so each found version is checked against the document's head, as ``get`` reads it."""
         expr = superset_expression(filter)
         keeps = matcher(filter)
-        rows = self._visible(self._query(_and("passage_index == 0", expr), ["doc_id", "version", "meta"]))
+        rows = self._visible(self._query(and_("passage_index == 0", expr), ["doc_id", "version", "meta"]))
         found = {r["doc_id"]: int(r["version"]) for r in rows if keeps(r["meta"])}
         if expr and found:
             current = self._current_versions(list(found))
@@ -386,14 +333,14 @@ class MilvusIndexStore:
     def _commit(self, docs: Sequence[EmbeddedDocument], rows: list[dict], version: int) -> None:
         """Writes the rows of version and makes them visible (the steps of the module docstring). The caller
         holds the write lock, so that a write that chose its documents under it (by filter) stays atomic."""
-        for i in range(0, len(rows), _INSERT_CHUNK):
-            chunk = rows[i : i + _INSERT_CHUNK]
+        for i in range(0, len(rows), INSERT_CHUNK):
+            chunk = rows[i : i + INSERT_CHUNK]
             self._call("insert", lambda chunk=chunk: self._client.insert(self._collection, chunk))
         marker = {
             "pk": f"{version}:marker",
             "doc_id": "",
             "version": version,
-            "passage_index": _MARKER,
+            "passage_index": MARKER,
             "start": 0,
             "end": 0,
             "text": "",
@@ -416,7 +363,7 @@ class MilvusIndexStore:
         old_pks = [pk for head in previous.values() for pk in head.row_keys(before=version)]
         for i in range(0, len(old_pks), 1000):
             chunk = old_pks[i : i + 1000]
-            self._call("delete", lambda chunk=chunk: self._client.delete(self._collection, filter=_in("pk", chunk)))
+            self._call("delete", lambda chunk=chunk: self._client.delete(self._collection, filter=in_("pk", chunk)))
         self._unflushed_rows += len(rows) + len(heads) + 1
         if self._unflushed_rows >= FLUSH_ROWS:
             # Milvus Lite searches rows still in a growing segment by brute force, slowly: with 20k
@@ -439,7 +386,7 @@ class MilvusIndexStore:
             "pk": f"h:{ed.document.id}",
             "doc_id": ed.document.id,
             "version": version,
-            "passage_index": _HEAD,
+            "passage_index": HEAD,
             "start": 0,
             "end": len(ed.passages),
             "text": "",
@@ -453,13 +400,13 @@ class MilvusIndexStore:
         return {r["doc_id"]: _Head.of(r) for r in rows}
 
     def _rows_by_key(self, keys: Sequence[str], fields: Sequence[str]) -> list[dict]:
-        """The rows with these primary keys (those that exist), in chunks of _KEY_CHUNK keys."""
+        """The rows with these primary keys (those that exist), in chunks of KEY_CHUNK keys."""
         rows: list[dict] = []
-        for begin in range(0, len(keys), _KEY_CHUNK):
-            chunk = list(keys[begin : begin + _KEY_CHUNK])
+        for begin in range(0, len(keys), KEY_CHUNK):
+            chunk = list(keys[begin : begin + KEY_CHUNK])
             # An expression on the primary key (a key lookup), quoted by us: pymilvus's get(ids=...) does
             # not escape backslashes in string keys.
-            rows += self._query(_in("pk", chunk), list(fields), limit=len(chunk))
+            rows += self._query(in_("pk", chunk), list(fields), limit=len(chunk))
         return rows
 
     def _current(self, head: _Head) -> tuple[int, int] | None:
@@ -495,14 +442,14 @@ class MilvusIndexStore:
         # search no rows). Deleting the heads first would leave rows that search sees and get does not.
         keys = [pk for i in sorted(existing) if i in heads for pk in heads[i].row_keys()]
         keys.sort(key=lambda k: k.split(":", 2)[1] != "0")
-        for begin in range(0, len(keys), _KEY_CHUNK):
-            chunk = keys[begin : begin + _KEY_CHUNK]
-            self._call("delete", lambda chunk=chunk: self._client.delete(self._collection, filter=_in("pk", chunk)))
+        for begin in range(0, len(keys), KEY_CHUNK):
+            chunk = keys[begin : begin + KEY_CHUNK]
+            self._call("delete", lambda chunk=chunk: self._client.delete(self._collection, filter=in_("pk", chunk)))
         heads_keys = [f"h:{i}" for i in sorted(existing)]
-        for begin in range(0, len(heads_keys), _KEY_CHUNK):
-            chunk = heads_keys[begin : begin + _KEY_CHUNK]
+        for begin in range(0, len(heads_keys), KEY_CHUNK):
+            chunk = heads_keys[begin : begin + KEY_CHUNK]
             self._call(
-                "delete (heads)", lambda chunk=chunk: self._client.delete(self._collection, filter=_in("pk", chunk))
+                "delete (heads)", lambda chunk=chunk: self._client.delete(self._collection, filter=in_("pk", chunk))
             )
         return len(existing)
 
@@ -514,7 +461,7 @@ class MilvusIndexStore:
         if not ids:
             return []
         keys = [f"{v}:0:{d}" for d, (v, _) in self._current_versions(ids).items()]
-        found = {r["doc_id"]: _document(r) for r in self._rows_by_key(keys, ["doc_id", "text", "meta"])}
+        found = {r["doc_id"]: row_document(r) for r in self._rows_by_key(keys, ["doc_id", "text", "meta"])}
         return [found[i] for i in ids if i in found]
 
     def _passage_rows(self, ids: Sequence[str], fields: Sequence[str] = ("vector",)) -> list[dict]:
@@ -561,7 +508,7 @@ class MilvusIndexStore:
         ids = list(dict.fromkeys(m.doc_id for row in results for m in row))
         docs: dict[str, Document] = {i: known[i] for i in ids if known and i in known}
         keys = [f"{versions[i]}:0:{i}" for i in ids if i not in docs]
-        docs.update((r["doc_id"], _document(r)) for r in self._rows_by_key(keys, ["doc_id", "text", "meta"]))
+        docs.update((r["doc_id"], row_document(r)) for r in self._rows_by_key(keys, ["doc_id", "text", "meta"]))
         # Replaced or deleted since the search: read as Get reads (the newest version, or gone).
         missing = [i for i in ids if i not in docs]
         if missing:
@@ -652,7 +599,7 @@ class MilvusIndexStore:
             # _visible kept one version per document: its passage-0 row, if hit, is the document
             for r in visible:
                 if int(r["passage_index"]) == 0 and r["doc_id"] in best:
-                    documents[r["doc_id"]] = _document(r)
+                    documents[r["doc_id"]] = row_document(r)
         return sorted(best.values(), key=lambda m: -m.score)[:top_k]
 
     def _exact_dense(
@@ -694,7 +641,7 @@ class MilvusIndexStore:
         (passages after the first, markers, heads) hold no term, so no expression is needed to skip them.
         A filter that keeps few of the matching documents widens the search up to MAX_TOPK hits.
         """
-        if not _WORD.search(query):
+        if not WORD.search(query):
             return []
         want = max(1, min(limit, MAX_TOPK))
         keeps = matcher(filter) if as_filter(filter) is not None else None
@@ -787,9 +734,9 @@ class MilvusIndexStore:
         found = self.get([doc_id])
         if not found:
             raise NotFound(f"document {doc_id!r} not found in collection {self.name!r}")
-        doc_tokens = _WORD.findall(found[0].text.lower())
+        doc_tokens = WORD.findall(found[0].text.lower())
         out = []
-        for w in _WORD.findall(query):
+        for w in WORD.findall(query):
             term = w.lower()
             scores = self._bm25_unfiltered(term)
             out.append(
@@ -851,7 +798,7 @@ class MilvusIndexStore:
         start = None if after is None else after.encode()
         ids = sorted((i for i in wanted if start is None or i.encode() > start), key=str.encode)[: max(limit, 0)]
         rows = self._rows_by_key([f"{wanted[i]}:0:{i}" for i in ids], ["doc_id", "text", "meta"])
-        found = {r["doc_id"]: _document(r) for r in rows}
+        found = {r["doc_id"]: row_document(r) for r in rows}
         # A document replaced since it was found: read as Get reads (the newest version), if it still matches.
         missing = [i for i in ids if i not in found]
         if missing:
@@ -945,9 +892,9 @@ class MilvusIndexStore:
         old = sorted((d, v) for d, v in pairs if v < newest[d])
         if stale:
             log.warning("collection %r: removing rows of %d uncommitted writes", self.name, len(stale))
-            self._call("delete", lambda: self._client.delete(self._collection, filter=_in("version", stale)))
+            self._call("delete", lambda: self._client.delete(self._collection, filter=in_("version", stale)))
         for d, v in old:
-            expr = _and(f"doc_id == {quote(d)}", f"version == {v}")
+            expr = and_(f"doc_id == {quote(d)}", f"version == {v}")
             self._call("delete", lambda expr=expr: self._client.delete(self._collection, filter=expr))
 
     def _repair_heads(self, rows: list[dict], newest: Mapping[str, int]) -> None:
@@ -957,7 +904,7 @@ class MilvusIndexStore:
         naming a newer version than the rows read here belongs to a write still under way elsewhere."""
         heads = {
             r["doc_id"]: _Head.of(r)
-            for r in self._query(f"passage_index == {_HEAD}", ["doc_id", "version", "end", "meta"])
+            for r in self._query(f"passage_index == {HEAD}", ["doc_id", "version", "end", "meta"])
         }
         passages: dict[tuple[str, int], int] = defaultdict(int)
         for r in rows:
@@ -972,7 +919,7 @@ class MilvusIndexStore:
                     "pk": f"h:{doc_id}",
                     "doc_id": doc_id,
                     "version": version,
-                    "passage_index": _HEAD,
+                    "passage_index": HEAD,
                     "start": 0,
                     "end": passages[(doc_id, version)],
                     "text": "",
@@ -984,8 +931,8 @@ class MilvusIndexStore:
             log.warning(
                 "collection %r: %d document heads behind their committed version; repaired", self.name, len(fixed)
             )
-        for i in range(0, len(fixed), _INSERT_CHUNK):
-            chunk = fixed[i : i + _INSERT_CHUNK]
+        for i in range(0, len(fixed), INSERT_CHUNK):
+            chunk = fixed[i : i + INSERT_CHUNK]
             self._call(
                 "upsert (heads)", lambda chunk=chunk: self._client.upsert(self._collection, chunk, partition_name=META)
             )
@@ -1088,7 +1035,7 @@ class MilvusStoreProvider:
         schema.add_field("start", DataType.INT64)
         schema.add_field("end", DataType.INT64)
         schema.add_field(
-            "text", DataType.VARCHAR, max_length=MAX_TEXT_BYTES, enable_analyzer=True, analyzer_params=_ANALYZER
+            "text", DataType.VARCHAR, max_length=MAX_TEXT_BYTES, enable_analyzer=True, analyzer_params=ANALYZER
         )
         schema.add_field("meta", DataType.JSON)
         schema.add_field("vector", DataType.FLOAT_VECTOR, dim=fingerprint.dimension)
