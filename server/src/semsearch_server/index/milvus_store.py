@@ -126,6 +126,7 @@ from semsearch_server.index.milvus_calls import (
     row_document,
 )
 from semsearch_server.index.milvus_filters import matcher, quote, superset_expression
+from semsearch_server.index.milvus_versions import Head, Versions
 
 log = logging.getLogger(__name__)
 
@@ -145,53 +146,6 @@ def _best_lexical_passage(text: str, spans: Sequence[PassageT], query: str) -> P
     return spans[counts.index(max(counts))]
 
 
-class _Versions:
-    """Which write versions have a commit marker (a committed version stays committed: cached)."""
-
-    def __init__(self) -> None:
-        self._committed: set[int] = set()
-        self._lock = threading.Lock()
-
-    def committed(self, store: MilvusIndexStore, versions: set[int]) -> set[int]:
-        with self._lock:
-            unknown = versions - self._committed
-        if unknown:
-            # markers by primary key: a key lookup, where an expression on version is a scan
-            keys = [f"{v}:marker" for v in sorted(unknown)]
-            rows = store._query(in_("pk", keys), ["version"], limit=len(keys))
-            with self._lock:
-                self._committed.update(int(r["version"]) for r in rows)
-        with self._lock:
-            return versions & self._committed
-
-    def add(self, version: int) -> None:
-        with self._lock:
-            self._committed.add(version)
-
-
-@dataclasses.dataclass(frozen=True)
-class _Head:
-    """A document's head row: the version last written (``version``, ``end`` passages) and, in ``meta``, the
-    version readers used before it (written by the same upsert as the head, before the new version's commit
-    marker). Readers use the newest committed of the two, as search does among the document's rows. A head
-    written before the previous-version fields existed names one version only."""
-
-    doc_id: str
-    versions: tuple[tuple[int, int], ...]  # (version, passage count), newest first
-
-    @classmethod
-    def of(cls, row: Mapping[str, Any]) -> _Head:
-        versions = [(int(row["version"]), int(row["end"]))]
-        meta = row.get("meta") or {}
-        if "previous_version" in meta:
-            versions.append((int(meta["previous_version"]), int(meta["previous_passages"])))
-        return cls(row["doc_id"], tuple(versions))
-
-    def row_keys(self, before: int | None = None) -> list[str]:
-        """The primary keys of the passage rows of the versions named (older than ``before``, if given)."""
-        return [f"{v}:{i}:{self.doc_id}" for v, n in self.versions if before is None or v < before for i in range(n)]
-
-
 class MilvusIndexStore:
     """One semsearch collection in one Milvus collection (see the module docstring for the guarantees)."""
 
@@ -208,7 +162,7 @@ class MilvusIndexStore:
         self.name = name
         self.settings = settings
         self.fingerprint = fingerprint
-        self._versions = _Versions()
+        self._versions = Versions()
         self._unflushed_rows = 0
         self._last_version = 0
         self._version_lock = threading.Lock()
@@ -348,7 +302,7 @@ class MilvusIndexStore:
             "vector": [0.0] * self.fingerprint.dimension,
         }
         # The heads first, naming the new version and the one readers use until its marker is written
-        # (see _Head): a crash before the marker leaves every reader on the previous version, a crash
+        # (see Head): a crash before the marker leaves every reader on the previous version, a crash
         # after it every reader on the new one, whether it reads by head (get) or by rows (search).
         previous = self._heads(list(dict.fromkeys(ed.document.id for ed in docs)))
         heads = {ed.document.id: self._head_row(ed, version, previous.get(ed.document.id)) for ed in docs}
@@ -374,7 +328,7 @@ class MilvusIndexStore:
             self._call("flush", lambda: self._client.flush(self._collection))
             self._unflushed_rows = 0
 
-    def _head_row(self, ed: EmbeddedDocument, version: int, previous: _Head | None) -> dict:
+    def _head_row(self, ed: EmbeddedDocument, version: int, previous: Head | None) -> dict:
         """A document's head: the version being written and its passage count (in ``end``), and in ``meta``
         the version readers use until that one is committed (the newest committed one the old head named)."""
         meta: dict[str, int] = {}
@@ -394,10 +348,10 @@ class MilvusIndexStore:
             "vector": [0.0] * self.fingerprint.dimension,
         }
 
-    def _heads(self, ids: list[str]) -> dict[str, _Head]:
+    def _heads(self, ids: list[str]) -> dict[str, Head]:
         """The head rows of these documents (primary-key lookups), by document id."""
         rows = self._rows_by_key([f"h:{d}" for d in ids], ["doc_id", "version", "end", "meta"])
-        return {r["doc_id"]: _Head.of(r) for r in rows}
+        return {r["doc_id"]: Head.of(r) for r in rows}
 
     def _rows_by_key(self, keys: Sequence[str], fields: Sequence[str]) -> list[dict]:
         """The rows with these primary keys (those that exist), in chunks of KEY_CHUNK keys."""
@@ -409,7 +363,7 @@ class MilvusIndexStore:
             rows += self._query(in_("pk", chunk), list(fields), limit=len(chunk))
         return rows
 
-    def _current(self, head: _Head) -> tuple[int, int] | None:
+    def _current(self, head: Head) -> tuple[int, int] | None:
         """The (version, passage count) readers use for a head's document: the newest committed of the
         versions it names; None if neither is committed (a first write that has not reached its marker)."""
         committed = self._versions.committed(self, {v for v, _ in head.versions})
@@ -903,7 +857,7 @@ class MilvusIndexStore:
         is also created for committed rows that have none). Heads are only ever moved forward: a head
         naming a newer version than the rows read here belongs to a write still under way elsewhere."""
         heads = {
-            r["doc_id"]: _Head.of(r)
+            r["doc_id"]: Head.of(r)
             for r in self._query(f"passage_index == {HEAD}", ["doc_id", "version", "end", "meta"])
         }
         passages: dict[tuple[str, int], int] = defaultdict(int)
