@@ -100,7 +100,7 @@ def milvus(tmp_path_factory):
     seed=st.integers(0, 2**16),
 )
 def test_milvus_store_agrees_with_the_reference_semantics(milvus, monkeypatch, exact_path, corpus, filters, seed):
-    from semsearch_server.index import milvus_store
+    from semsearch_server.index import milvus_reads as milvus_store
 
     monkeypatch.setattr(milvus_store, "EXACT_DOCUMENTS", 2048 if exact_path else 0)
     name = f"oracle{next(_names)}"
