@@ -84,7 +84,7 @@ def test_store_agrees_with_the_reference_semantics(tmp_path_factory, kind, corpu
 @pytest.fixture(scope="module")
 def milvus(tmp_path_factory):
     pytest.importorskip("pymilvus", reason="the Milvus store needs the `milvus` extra")
-    from semsearch_server.index.milvus_store import MilvusStoreProvider
+    from semsearch_server.index.milvus_provider import MilvusStoreProvider
 
     provider = MilvusStoreProvider(str(tmp_path_factory.mktemp("oracle-milvus") / "oracle.db"))
     yield provider

@@ -131,7 +131,7 @@ def until_reachable(open_collections: Callable[[], CollectionRegistry], first_wa
 def build_store_provider(config: ServerConfig):
     """Where the collections live: the data directory, or a Milvus (pymilvus imported only then)."""
     if config.store == "milvus":
-        from semsearch_server.index.milvus_store import MilvusStoreProvider
+        from semsearch_server.index.milvus_provider import MilvusStoreProvider
 
         token = config.milvus_token
         if token.startswith("@"):
