@@ -52,6 +52,12 @@ Count, Scroll and the writes by filter read the matching documents' passage-0 ro
 superset expression keeps) per request, every document's when nothing translates). Delete by filter and
 UpdateAttributes choose their documents under the write lock and write as ``delete`` and ``upsert`` do;
 UpdateAttributes writes a new version of each document with its stored passages and vectors.
+
+This module holds the store's state, its low-level queries, status, repair and close; the other jobs are
+modules of their own: ``milvus_writes`` and ``milvus_reads`` (mixed into MilvusIndexStore),
+``milvus_versions`` (committed versions, document heads), ``milvus_calls`` (the layout's names and limits,
+expressions, Milvus's errors as the domain's), ``milvus_filters``; ``milvus_provider`` holds
+MilvusStoreProvider.
 """
 
 from __future__ import annotations
