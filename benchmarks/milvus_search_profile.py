@@ -43,7 +43,8 @@ from semsearch_server.domain import (  # noqa: E402
     Passage,
 )
 from semsearch_server.index.base import EmbeddedDocument  # noqa: E402
-from semsearch_server.index.milvus_store import PASSAGES, MilvusStoreProvider  # noqa: E402
+from semsearch_server.index.milvus_calls import PASSAGES  # noqa: E402
+from semsearch_server.index.milvus_provider import MilvusStoreProvider  # noqa: E402
 
 _FRAME = re.compile(r"\s*(.*?) \((.*?):\d+\)")
 

@@ -57,8 +57,8 @@ from semsearch.cli import main as cli  # noqa: E402
 from semsearch_server.core.service import embed_documents  # noqa: E402
 from semsearch_server.domain import CollectionSettings, Document, IndexKind, IndexSpec, PassageConfig  # noqa: E402
 from semsearch_server.errors import Unavailable  # noqa: E402
-from semsearch_server.index.faiss_store import LocalStoreProvider  # noqa: E402
-from semsearch_server.index.milvus_store import MilvusStoreProvider  # noqa: E402
+from semsearch_server.index.local_provider import LocalStoreProvider  # noqa: E402
+from semsearch_server.index.milvus_provider import MilvusStoreProvider  # noqa: E402
 from semsearch_server.testing import ServerProcess  # noqa: E402
 
 STS_FILES = ("sts-train.csv", "sts-dev.csv", "sts-test.csv")

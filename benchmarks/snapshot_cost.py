@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import numpy as np  # noqa: E402
 from common import percentile  # noqa: E402
 from semsearch_server.domain import CollectionSettings, PassageConfig  # noqa: E402
-from semsearch_server.index.faiss_store import LocalStoreProvider  # noqa: E402
+from semsearch_server.index.local_provider import LocalStoreProvider  # noqa: E402
 from store_scale import FINGERPRINT, batch_of, unit_vectors  # noqa: E402
 
 BATCH = 2000

@@ -43,7 +43,7 @@ def start_milvus(data: Path) -> tuple[subprocess.Popen, str]:
     )  # fmt: skip
     uri = f"http://127.0.0.1:{port}"
     from semsearch_server.errors import Unavailable
-    from semsearch_server.index.milvus_store import MilvusStoreProvider
+    from semsearch_server.index.milvus_provider import MilvusStoreProvider
 
     deadline = time.monotonic() + 60
     while True:

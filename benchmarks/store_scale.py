@@ -68,7 +68,8 @@ from semsearch_server.domain import (  # noqa: E402
     PassageConfig,
 )
 from semsearch_server.index.base import EmbeddedDocument  # noqa: E402
-from semsearch_server.index.faiss_store import LEXICAL_SNAPSHOT, SNAPSHOT, FaissIndexStore  # noqa: E402
+from semsearch_server.index.faiss_store import FaissIndexStore  # noqa: E402
+from semsearch_server.index.local_manifest import LEXICAL_SNAPSHOT, SNAPSHOT  # noqa: E402
 from semsearch_server.index.vector_index import VectorIndex  # noqa: E402
 
 DIM = 384

@@ -127,7 +127,7 @@ class MilvusLiteServer:
 
     def start(self, timeout: float = MILVUS_START_TIMEOUT) -> MilvusLiteServer:
         from semsearch_server.errors import Unavailable
-        from semsearch_server.index.milvus_store import MilvusStoreProvider
+        from semsearch_server.index.milvus_provider import MilvusStoreProvider
 
         exe = milvus_lite_exe()
         if exe is None:

@@ -22,7 +22,7 @@ pytest.importorskip("ray", reason="the Ray path needs the ray extra: pip install
 
 from semsearch.cli import main  # noqa: E402
 from semsearch_server.domain import CollectionSettings, ModelFingerprint  # noqa: E402
-from semsearch_server.index.milvus_store import MilvusStoreProvider  # noqa: E402
+from semsearch_server.index.milvus_provider import MilvusStoreProvider  # noqa: E402
 from semsearch_server.testing import ServerProcess  # noqa: E402
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"

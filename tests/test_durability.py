@@ -217,7 +217,8 @@ def _check_index_matches_database(directory) -> None:
     exactly the database's passages, vector for vector, with a slot map that names each once."""
     import numpy as np
     from semsearch_server.domain import ModelFingerprint
-    from semsearch_server.index.faiss_store import FaissIndexStore, read_manifest
+    from semsearch_server.index.faiss_store import FaissIndexStore
+    from semsearch_server.index.local_manifest import read_manifest
 
     fingerprint = ModelFingerprint.from_dict(read_manifest(directory)["model"])
     store = FaissIndexStore.open(directory, fingerprint)

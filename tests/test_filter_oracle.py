@@ -84,7 +84,7 @@ def test_store_agrees_with_the_reference_semantics(tmp_path_factory, kind, corpu
 @pytest.fixture(scope="module")
 def milvus(tmp_path_factory):
     pytest.importorskip("pymilvus", reason="the Milvus store needs the `milvus` extra")
-    from semsearch_server.index.milvus_store import MilvusStoreProvider
+    from semsearch_server.index.milvus_provider import MilvusStoreProvider
 
     provider = MilvusStoreProvider(str(tmp_path_factory.mktemp("oracle-milvus") / "oracle.db"))
     yield provider
@@ -100,7 +100,7 @@ def milvus(tmp_path_factory):
     seed=st.integers(0, 2**16),
 )
 def test_milvus_store_agrees_with_the_reference_semantics(milvus, monkeypatch, exact_path, corpus, filters, seed):
-    from semsearch_server.index import milvus_store
+    from semsearch_server.index import milvus_reads as milvus_store
 
     monkeypatch.setattr(milvus_store, "EXACT_DOCUMENTS", 2048 if exact_path else 0)
     name = f"oracle{next(_names)}"

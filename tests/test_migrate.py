@@ -14,8 +14,9 @@ pytest.importorskip("pymilvus", reason="the Milvus store needs the `milvus` extr
 from conftest import InProcessServer  # noqa: E402
 from semsearch import Document  # noqa: E402
 from semsearch_server.domain import CollectionSettings  # noqa: E402
-from semsearch_server.index.faiss_store import LocalStoreProvider, read_manifest  # noqa: E402
-from semsearch_server.index.milvus_store import MilvusStoreProvider  # noqa: E402
+from semsearch_server.index.local_manifest import read_manifest  # noqa: E402
+from semsearch_server.index.local_provider import LocalStoreProvider  # noqa: E402
+from semsearch_server.index.milvus_provider import MilvusStoreProvider  # noqa: E402
 from semsearch_server.migrate import main as migrate  # noqa: E402
 from store_contract import FINGERPRINT  # noqa: E402
 

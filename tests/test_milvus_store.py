@@ -16,7 +16,7 @@ from semsearch_server.domain import CollectionSettings, Document  # noqa: E402
 from semsearch_server.errors import Unavailable  # noqa: E402
 from semsearch_server.filtering import All, Condition, Op  # noqa: E402
 from semsearch_server.index.milvus_filters import superset_expression  # noqa: E402
-from semsearch_server.index.milvus_store import MilvusStoreProvider  # noqa: E402
+from semsearch_server.index.milvus_provider import MilvusStoreProvider  # noqa: E402
 from store_contract import FINGERPRINT, HOSTILE, StoreContract, embedded, unit  # noqa: E402
 
 

@@ -18,7 +18,8 @@ from semsearch_server.errors import DiskFull, StorageFailed
 from semsearch_server.files import StagedFiles, SyncFailed, atomic_write
 from semsearch_server.index import faiss_store
 from semsearch_server.index.base import EmbeddedDocument
-from semsearch_server.index.faiss_store import FaissIndexStore, LocalStoreProvider
+from semsearch_server.index.faiss_store import FaissIndexStore
+from semsearch_server.index.local_provider import LocalStoreProvider
 from semsearch_server.index.vector_index import VectorIndex
 
 FINGERPRINT = ModelFingerprint("fake", "0" * 64, 8, "mean", True, 16, "fake")

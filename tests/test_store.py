@@ -17,7 +17,7 @@ from semsearch_server.domain import (
     PassageConfig,
 )
 from semsearch_server.errors import DeadlineExceeded
-from semsearch_server.index import faiss_store as faiss_store_module
+from semsearch_server.index import local_reindex as faiss_store_module
 from semsearch_server.index.base import EmbeddedDocument
 from semsearch_server.index.faiss_store import FaissIndexStore
 

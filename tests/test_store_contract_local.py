@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from semsearch_server.index.faiss_store import LocalStoreProvider
+from semsearch_server.index.local_provider import LocalStoreProvider
 from store_contract import StoreContract
 
 

@@ -39,6 +39,7 @@ from collections.abc import Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field
+from importlib.metadata import entry_points
 from itertools import chain
 from pathlib import Path
 from typing import IO, Any
@@ -85,6 +86,8 @@ _RETRYABLE = (UnavailableError, DeadlineExceededError)
 # The stream gate's refusals (server transport/streams.py), server-wide and per client address.
 _STREAM_LIMIT = "too many open UpsertStreams"
 _CHECKPOINT_VERSION = 1
+# Where `--engine NAME` is looked up (semsearch-server registers "ray").
+ENGINES_GROUP = "semsearch.engines"
 
 
 # -- arguments -----------------------------------------------------------------------------------------
@@ -197,7 +200,7 @@ def add_index_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
-    """`--engine ray`: embed on Ray Data and write straight into Milvus (semsearch_server.bulk, not this package)."""
+    """`--engine ray`: embed on Ray Data and write straight into Milvus (an installed engine, not this package)."""
     ray = parser.add_argument_group(
         "engine",
         "--engine ray reads and embeds on Ray Data and writes into the collection's Milvus collection, without "
@@ -230,14 +233,20 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_ray_engine(args: argparse.Namespace) -> int:
-    """`semsearch index --engine ray`: hands over to the server package's Ray Data bulk path.
+    """`semsearch index --engine ray`: hands over to the engine a package registers as "ray" in the
+    `semsearch.engines` entry-point group (semsearch-server[ray]: its Ray Data bulk path).
 
-    The client distribution stays free of torch, faiss and ray: the implementation is imported only here.
+    The client distribution stays free of torch, faiss and ray, and depends on no server package: the
+    engine is found by its entry point and imported only here.
     """
+    needs = "semsearch-server with its ray extra: pip install 'semsearch-server[ray]'"
+    found = entry_points(group=ENGINES_GROUP, name="ray")
+    if not found:
+        print(f"semsearch index --engine ray: no ray engine is installed; it needs {needs}", file=sys.stderr)
+        return EXIT_FAILED
     try:
-        from semsearch_server.bulk import run_bulk_index
+        run_bulk_index = next(iter(found)).load()
     except ModuleNotFoundError as exc:
-        needs = "semsearch-server with its ray extra: pip install 'semsearch-server[ray]'"
         print(f"semsearch index --engine ray: {exc.name} is not installed; it needs {needs}", file=sys.stderr)
         return EXIT_FAILED
     return run_bulk_index(args)

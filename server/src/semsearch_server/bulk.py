@@ -291,7 +291,7 @@ def open_collection(args: argparse.Namespace, collection: str):
     """The collection's Milvus store, opened with the fingerprint check against the model the actors will run."""
     from semsearch_server.embedding.reference import ModelReference
     from semsearch_server.embedding.sentence_transformer import default_model_path
-    from semsearch_server.index.milvus_store import MilvusStoreProvider
+    from semsearch_server.index.milvus_provider import MilvusStoreProvider
 
     running = ModelReference(args.model or default_model_path(), _cache_dir(args)).fingerprint
     for attempt in range(WRITE_RETRIES + 1):  # a Milvus busy sealing segments can miss the connect deadline

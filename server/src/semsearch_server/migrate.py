@@ -24,7 +24,8 @@ from semsearch_server.config import ConfigError, ServerConfig, load_config
 from semsearch_server.domain import ModelFingerprint
 from semsearch_server.errors import FailedPrecondition, NotFound, SemsearchError
 from semsearch_server.index.base import CollectionBroken, EmbeddedDocument, IndexStore, ModelMismatch, StoreProvider
-from semsearch_server.index.faiss_store import LocalStoreProvider, read_manifest
+from semsearch_server.index.local_manifest import read_manifest
+from semsearch_server.index.local_provider import LocalStoreProvider
 from semsearch_server.logs import quiet_third_parties
 
 log = logging.getLogger("semsearch_server.migrate")

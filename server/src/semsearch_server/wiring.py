@@ -22,7 +22,7 @@ from semsearch_server.domain import CollectionSettings, Document, PassageConfig
 from semsearch_server.embedding.batching import MicroBatchingEmbedder
 from semsearch_server.embedding.passages import PassageSplitter
 from semsearch_server.errors import AlreadyExists, Unavailable
-from semsearch_server.index.faiss_store import LocalStoreProvider
+from semsearch_server.index.local_provider import LocalStoreProvider
 
 log = logging.getLogger(__name__)
 
@@ -131,7 +131,7 @@ def until_reachable(open_collections: Callable[[], CollectionRegistry], first_wa
 def build_store_provider(config: ServerConfig):
     """Where the collections live: the data directory, or a Milvus (pymilvus imported only then)."""
     if config.store == "milvus":
-        from semsearch_server.index.milvus_store import MilvusStoreProvider
+        from semsearch_server.index.milvus_provider import MilvusStoreProvider
 
         token = config.milvus_token
         if token.startswith("@"):

@@ -52,204 +52,46 @@ Count, Scroll and the writes by filter read the matching documents' passage-0 ro
 superset expression keeps) per request, every document's when nothing translates). Delete by filter and
 UpdateAttributes choose their documents under the write lock and write as ``delete`` and ``upsert`` do;
 UpdateAttributes writes a new version of each document with its stored passages and vectors.
+
+This module holds the store's state, its low-level queries, status, repair and close; the other jobs are
+modules of their own: ``milvus_writes`` and ``milvus_reads`` (mixed into MilvusIndexStore),
+``milvus_versions`` (committed versions, document heads), ``milvus_calls`` (the layout's names and limits,
+expressions, Milvus's errors as the domain's), ``milvus_filters``; ``milvus_provider`` holds
+MilvusStoreProvider.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import logging
-import re
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any, TypeVar
+from collections.abc import Callable, Mapping
+from typing import Any
 
-import numpy as np
-
-from semsearch_server.domain import (
-    CollectionSettings,
-    CollectionState,
-    CollectionStatus,
-    Document,
-    IndexKind,
-    IndexSpec,
-    ModelFingerprint,
-    PassageConfig,
-    SearchMode,
-    SnapshotInfo,
-)
-from semsearch_server.domain import Passage as PassageT
-from semsearch_server.errors import (
-    AlreadyExists,
-    DeadlineExceeded,
-    FailedPrecondition,
-    InvalidArgument,
-    NotFound,
-    SemsearchError,
-    StoreUnreachable,
-    Unavailable,
-)
-from semsearch_server.filtering import Filter, as_filter, attributes_from_json, attributes_to_json
-from semsearch_server.index.base import (
-    CollectionBroken,
-    DenseMatch,
-    EmbeddedDocument,
-    LexicalMatch,
-    LexicalTermScore,
-    ModelMismatch,
-    ScoreTable,
-    StoreFilter,
+from semsearch_server.domain import CollectionSettings, CollectionState, CollectionStatus, IndexKind, ModelFingerprint
+from semsearch_server.index.base import CollectionBroken, StoreFilter
+from semsearch_server.index.milvus_calls import (
+    HEAD,
+    INSERT_CHUNK,
+    MAX_TOPK,
+    META,
+    STALE_SECONDS,
+    T,
+    and_,
+    call,
+    in_,
+    is_released,
 )
 from semsearch_server.index.milvus_filters import matcher, quote, superset_expression
+from semsearch_server.index.milvus_reads import MilvusReads
+from semsearch_server.index.milvus_versions import Head, Versions
+from semsearch_server.index.milvus_writes import MilvusWrites
 
 log = logging.getLogger(__name__)
 
-SETTINGS_KEY = "semsearch.settings"
-FINGERPRINT_KEY = "semsearch.fingerprint"
-FORMAT_KEY = "semsearch.format"
-FORMAT_VERSION = "1"
-MAX_TEXT_BYTES = 65_535  # Milvus VARCHAR limit
-MAX_ID_BYTES = 1_024
-MAX_TOPK = 16_384  # Milvus's largest search limit
-# A filtered dense search scores at most this many matching documents exactly (their vectors read by
-# primary key), and searches Milvus's index for more.
-EXACT_DOCUMENTS = 2048
-STALE_SECONDS = 600
-# Rows written by one store between flushes (see upsert).
-FLUSH_ROWS = 2048
-# Primary keys per lookup expression.
-_KEY_CHUNK = 1000
-_INSERT_CHUNK = 256
-_MARKER = -1
-# Passage rows live in the default partition, heads and commit markers in META, so that a search, limited to
-# the passages' partition, never visits them: with one head per document they were half the collection's
-# rows and vectors (zero vectors), and a search over both took 1.5-1.9x as long (30k documents, measured).
-# Reads by primary key and expressions span both partitions.
-PASSAGES = "_default"
-META = "meta"
-_HEAD = -2
-_WORD = re.compile(r"\w+", re.UNICODE)
-_ANALYZER = {"tokenizer": "standard", "filter": ["lowercase"]}
-# gRPC waits up to 120 s between attempts to reach a server that went away (1 s doubling by 1.6): a Milvus
-# back after a 10 s outage was reached 3.8 s after it started, 1.3 s with attempts at most 1 s apart.
-_GRPC_OPTIONS = {"grpc.initial_reconnect_backoff_ms": 200, "grpc.max_reconnect_backoff_ms": 1000}
 
-T = TypeVar("T")
-
-
-def _best_lexical_passage(text: str, spans: Sequence[PassageT], query: str) -> PassageT:
-    """The passage with the most occurrences of query terms (the first of equals), as the local store picks it;
-    terms are the analyzer's (words, lower-cased)."""
-    if len(spans) <= 1:
-        return spans[0] if spans else PassageT(0, 0, len(text))
-    terms = {w.lower() for w in _WORD.findall(query)}
-    positions = [m.start() for m in _WORD.finditer(text) if m.group().lower() in terms]
-    counts = [sum(1 for at in positions if p.start <= at < p.end) for p in spans]
-    return spans[counts.index(max(counts))]
-
-
-def _in(field: str, values: Sequence[Any]) -> str:
-    items = ", ".join(quote(v) if isinstance(v, str) else str(int(v)) for v in values)
-    return f"{field} in [{items}]"
-
-
-def _document(row: Mapping[str, Any]) -> Document:
-    """The Document a passage-0 row holds (its text and metadata)."""
-    return Document(id=row["doc_id"], text=row["text"], attributes=attributes_from_json(row["meta"]))
-
-
-def _and(*parts: str) -> str:
-    return " and ".join(f"({p})" for p in parts if p)
-
-
-def _is_unreachable(exc: BaseException) -> bool:
-    """A Milvus that cannot be reached or did not answer in time (not one that rejected the request)."""
-    import grpc
-
-    for e in (exc, exc.__cause__):
-        if isinstance(e, grpc.RpcError) and e.code() in (
-            grpc.StatusCode.UNAVAILABLE,
-            grpc.StatusCode.DEADLINE_EXCEEDED,
-        ):
-            return True
-        if type(e).__name__ in ("MilvusUnavailableException", "ConnectionNotExistException"):
-            return True
-        if getattr(e, "code", None) == 2:  # pymilvus: "Fail connecting to server"
-            return True
-        text = str(e).lower()
-        if any(s in text for s in ("fail connecting", "unavailable", "deadline exceeded", "connection refused")):
-            return True
-    return False
-
-
-def _is_released(exc: BaseException | None) -> bool:
-    """A request refused because the collection is not loaded (Milvus released it, e.g. after a restart)."""
-    text = str(exc).lower()
-    return exc is not None and (getattr(exc, "code", None) == 101 or "released" in text or "not loaded" in text)
-
-
-def call(what: str, fn: Callable[[], T]) -> T:
-    """Runs one Milvus request; a Milvus that cannot be reached becomes the domain error Unavailable."""
-    try:
-        return fn()
-    except SemsearchError:
-        raise
-    except Exception as exc:  # pymilvus raises MilvusException and grpc errors alike
-        if _is_unreachable(exc):
-            raise StoreUnreachable(f"Milvus is unreachable ({what}): {exc}; retry when it is back") from exc
-        raise CollectionBroken(f"Milvus rejected {what}: {exc}") from exc
-
-
-class _Versions:
-    """Which write versions have a commit marker (a committed version stays committed: cached)."""
-
-    def __init__(self) -> None:
-        self._committed: set[int] = set()
-        self._lock = threading.Lock()
-
-    def committed(self, store: MilvusIndexStore, versions: set[int]) -> set[int]:
-        with self._lock:
-            unknown = versions - self._committed
-        if unknown:
-            # markers by primary key: a key lookup, where an expression on version is a scan
-            keys = [f"{v}:marker" for v in sorted(unknown)]
-            rows = store._query(_in("pk", keys), ["version"], limit=len(keys))
-            with self._lock:
-                self._committed.update(int(r["version"]) for r in rows)
-        with self._lock:
-            return versions & self._committed
-
-    def add(self, version: int) -> None:
-        with self._lock:
-            self._committed.add(version)
-
-
-@dataclasses.dataclass(frozen=True)
-class _Head:
-    """A document's head row: the version last written (``version``, ``end`` passages) and, in ``meta``, the
-    version readers used before it (written by the same upsert as the head, before the new version's commit
-    marker). Readers use the newest committed of the two, as search does among the document's rows. A head
-    written before the previous-version fields existed names one version only."""
-
-    doc_id: str
-    versions: tuple[tuple[int, int], ...]  # (version, passage count), newest first
-
-    @classmethod
-    def of(cls, row: Mapping[str, Any]) -> _Head:
-        versions = [(int(row["version"]), int(row["end"]))]
-        meta = row.get("meta") or {}
-        if "previous_version" in meta:
-            versions.append((int(meta["previous_version"]), int(meta["previous_passages"])))
-        return cls(row["doc_id"], tuple(versions))
-
-    def row_keys(self, before: int | None = None) -> list[str]:
-        """The primary keys of the passage rows of the versions named (older than ``before``, if given)."""
-        return [f"{v}:{i}:{self.doc_id}" for v, n in self.versions if before is None or v < before for i in range(n)]
-
-
-class MilvusIndexStore:
+class MilvusIndexStore(MilvusReads, MilvusWrites):
     """One semsearch collection in one Milvus collection (see the module docstring for the guarantees)."""
 
     def __init__(
@@ -265,7 +107,7 @@ class MilvusIndexStore:
         self.name = name
         self.settings = settings
         self.fingerprint = fingerprint
-        self._versions = _Versions()
+        self._versions = Versions()
         self._unflushed_rows = 0
         self._last_version = 0
         self._version_lock = threading.Lock()
@@ -278,7 +120,7 @@ class MilvusIndexStore:
         try:
             return call(what, fn)
         except CollectionBroken as exc:
-            if not _is_released(exc.__cause__):
+            if not is_released(exc.__cause__):
                 raise
         log.warning("collection %r: Milvus had released it (restarted?); loading it again", self.name)
         call("load", lambda: self._client.load_collection(self._collection))
@@ -330,7 +172,7 @@ class MilvusIndexStore:
         a crash) passes: so each found version is checked against the document's head, as ``get`` reads it."""
         expr = superset_expression(filter)
         keeps = matcher(filter)
-        rows = self._visible(self._query(_and("passage_index == 0", expr), ["doc_id", "version", "meta"]))
+        rows = self._visible(self._query(and_("passage_index == 0", expr), ["doc_id", "version", "meta"]))
         found = {r["doc_id"]: int(r["version"]) for r in rows if keeps(r["meta"])}
         if expr and found:
             current = self._current_versions(list(found))
@@ -344,584 +186,6 @@ class MilvusIndexStore:
         if spec.kind is IndexKind.IVF:
             return {"metric_type": "IP", "params": {"nprobe": max(spec.ivf_nprobe, 1)}}
         return {"metric_type": "IP", "params": {}}
-
-    # -- writes ------------------------------------------------------------------------------------
-    def upsert(self, docs: Sequence[EmbeddedDocument], still_wanted: Callable[[], bool] | None = None) -> int:
-        if not docs:
-            return 0
-        if still_wanted is not None and not still_wanted():
-            raise DeadlineExceeded("the deadline passed before the write reached Milvus; nothing was stored")
-        version = self._new_version()
-        rows = self._passage_rows_of(docs, version)
-        with self._write_lock:
-            self._commit(docs, rows, version)
-        return len(docs)
-
-    def _passage_rows_of(self, docs: Sequence[EmbeddedDocument], version: int) -> list[dict]:
-        """The passage rows of a write of docs under version (checked against Milvus's limits)."""
-        rows = []
-        for ed in docs:
-            doc = ed.document
-            if len(doc.id.encode()) > MAX_ID_BYTES:
-                raise InvalidArgument(f"document id {doc.id[:40]!r}...: longer than {MAX_ID_BYTES} bytes")
-            if len(doc.text.encode()) > MAX_TEXT_BYTES:
-                raise InvalidArgument(
-                    f"document {doc.id!r}: text of {len(doc.text.encode())} UTF-8 bytes; the Milvus store "
-                    f"holds at most {MAX_TEXT_BYTES}"
-                )
-            if len(ed.passages) != len(ed.vectors) or not ed.passages:
-                raise InvalidArgument(f"document {doc.id!r}: {len(ed.passages)} passages, {len(ed.vectors)} vectors")
-            for p, vec in zip(ed.passages, ed.vectors, strict=True):
-                rows.append(
-                    {
-                        "pk": f"{version}:{p.index}:{doc.id}",
-                        "doc_id": doc.id,
-                        "version": version,
-                        "passage_index": p.index,
-                        "start": p.start,
-                        "end": p.end,
-                        "text": doc.text if p.index == 0 else "",
-                        "meta": attributes_to_json(doc.attributes),
-                        "vector": np.asarray(vec, dtype=np.float32).tolist(),
-                    }
-                )
-        return rows
-
-    def _commit(self, docs: Sequence[EmbeddedDocument], rows: list[dict], version: int) -> None:
-        """Writes the rows of version and makes them visible (the steps of the module docstring). The caller
-        holds the write lock, so that a write that chose its documents under it (by filter) stays atomic."""
-        for i in range(0, len(rows), _INSERT_CHUNK):
-            chunk = rows[i : i + _INSERT_CHUNK]
-            self._call("insert", lambda chunk=chunk: self._client.insert(self._collection, chunk))
-        marker = {
-            "pk": f"{version}:marker",
-            "doc_id": "",
-            "version": version,
-            "passage_index": _MARKER,
-            "start": 0,
-            "end": 0,
-            "text": "",
-            "meta": {},
-            "vector": [0.0] * self.fingerprint.dimension,
-        }
-        # The heads first, naming the new version and the one readers use until its marker is written
-        # (see _Head): a crash before the marker leaves every reader on the previous version, a crash
-        # after it every reader on the new one, whether it reads by head (get) or by rows (search).
-        previous = self._heads(list(dict.fromkeys(ed.document.id for ed in docs)))
-        heads = {ed.document.id: self._head_row(ed, version, previous.get(ed.document.id)) for ed in docs}
-        head_rows = list(heads.values())
-        self._call("upsert (heads)", lambda: self._client.upsert(self._collection, head_rows, partition_name=META))
-        self._call(
-            "insert (commit marker)", lambda: self._client.insert(self._collection, [marker], partition_name=META)
-        )
-        self._versions.add(version)
-        # Superseded rows are found through the documents' old heads (a primary-key lookup), not by a
-        # doc_id expression, which Milvus evaluates by scanning: O(collection) per batch.
-        old_pks = [pk for head in previous.values() for pk in head.row_keys(before=version)]
-        for i in range(0, len(old_pks), 1000):
-            chunk = old_pks[i : i + 1000]
-            self._call("delete", lambda chunk=chunk: self._client.delete(self._collection, filter=_in("pk", chunk)))
-        self._unflushed_rows += len(rows) + len(heads) + 1
-        if self._unflushed_rows >= FLUSH_ROWS:
-            # Milvus Lite searches rows still in a growing segment by brute force, slowly: with 20k
-            # documents never flushed one search took 1.7-2.3 s, flushed every 8,192 rows 0.16-0.23 s,
-            # every 2,048 rows 0.04-0.06 s, ingest no slower (measured). A flush seals the rows into an
-            # indexed segment. Milvus standalone seals segments by size itself; the flush every
-            # FLUSH_ROWS rows only bounds how many stay growing there too.
-            self._call("flush", lambda: self._client.flush(self._collection))
-            self._unflushed_rows = 0
-
-    def _head_row(self, ed: EmbeddedDocument, version: int, previous: _Head | None) -> dict:
-        """A document's head: the version being written and its passage count (in ``end``), and in ``meta``
-        the version readers use until that one is committed (the newest committed one the old head named)."""
-        meta: dict[str, int] = {}
-        if previous is not None:
-            keep = self._current(previous)
-            if keep is not None and keep[0] < version:
-                meta = {"previous_version": keep[0], "previous_passages": keep[1]}
-        return {
-            "pk": f"h:{ed.document.id}",
-            "doc_id": ed.document.id,
-            "version": version,
-            "passage_index": _HEAD,
-            "start": 0,
-            "end": len(ed.passages),
-            "text": "",
-            "meta": meta,
-            "vector": [0.0] * self.fingerprint.dimension,
-        }
-
-    def _heads(self, ids: list[str]) -> dict[str, _Head]:
-        """The head rows of these documents (primary-key lookups), by document id."""
-        rows = self._rows_by_key([f"h:{d}" for d in ids], ["doc_id", "version", "end", "meta"])
-        return {r["doc_id"]: _Head.of(r) for r in rows}
-
-    def _rows_by_key(self, keys: Sequence[str], fields: Sequence[str]) -> list[dict]:
-        """The rows with these primary keys (those that exist), in chunks of _KEY_CHUNK keys."""
-        rows: list[dict] = []
-        for begin in range(0, len(keys), _KEY_CHUNK):
-            chunk = list(keys[begin : begin + _KEY_CHUNK])
-            # An expression on the primary key (a key lookup), quoted by us: pymilvus's get(ids=...) does
-            # not escape backslashes in string keys.
-            rows += self._query(_in("pk", chunk), list(fields), limit=len(chunk))
-        return rows
-
-    def _current(self, head: _Head) -> tuple[int, int] | None:
-        """The (version, passage count) readers use for a head's document: the newest committed of the
-        versions it names; None if neither is committed (a first write that has not reached its marker)."""
-        committed = self._versions.committed(self, {v for v, _ in head.versions})
-        return max(((v, n) for v, n in head.versions if v in committed), default=None)
-
-    def _current_versions(self, ids: Sequence[str]) -> dict[str, tuple[int, int]]:
-        """{doc_id: (version, passage count)} that readers use, through the heads; documents absent or not
-        yet committed are left out."""
-        out = {}
-        for doc_id, head in self._heads(list(dict.fromkeys(ids))).items():
-            current = self._current(head)
-            if current is not None:
-                out[doc_id] = current
-        return out
-
-    def delete(self, ids: Sequence[str], still_wanted: Callable[[], bool] | None = None) -> int:
-        if not ids:
-            return 0
-        if still_wanted is not None and not still_wanted():
-            raise DeadlineExceeded("the deadline passed before the delete reached Milvus; nothing was deleted")
-        with self._write_lock:
-            return self._delete_locked(ids)
-
-    def _delete_locked(self, ids: Sequence[str]) -> int:
-        """Deletes these documents (the caller holds the write lock); returns how many existed."""
-        existing = {d.id for d in self.get(ids)}
-        heads = self._heads(sorted(existing))
-        # Rows by primary key (every version the head names, passage 0 first), then the heads: a crash in
-        # between leaves heads whose rows are gone, which readers take as deleted (get finds no passage 0,
-        # search no rows). Deleting the heads first would leave rows that search sees and get does not.
-        keys = [pk for i in sorted(existing) if i in heads for pk in heads[i].row_keys()]
-        keys.sort(key=lambda k: k.split(":", 2)[1] != "0")
-        for begin in range(0, len(keys), _KEY_CHUNK):
-            chunk = keys[begin : begin + _KEY_CHUNK]
-            self._call("delete", lambda chunk=chunk: self._client.delete(self._collection, filter=_in("pk", chunk)))
-        heads_keys = [f"h:{i}" for i in sorted(existing)]
-        for begin in range(0, len(heads_keys), _KEY_CHUNK):
-            chunk = heads_keys[begin : begin + _KEY_CHUNK]
-            self._call(
-                "delete (heads)", lambda chunk=chunk: self._client.delete(self._collection, filter=_in("pk", chunk))
-            )
-        return len(existing)
-
-    # -- reads -------------------------------------------------------------------------------------
-    def get(self, ids: Sequence[str]) -> list[Document]:
-        """Documents by id through their heads: two primary-key lookups (the heads, then the passage-0 rows of
-        the versions they make current), where a ``doc_id`` expression is a scan of the collection in Milvus
-        Lite (100+ ms at 30k documents, measured; a scalar index on doc_id did not change that)."""
-        if not ids:
-            return []
-        keys = [f"{v}:0:{d}" for d, (v, _) in self._current_versions(ids).items()]
-        found = {r["doc_id"]: _document(r) for r in self._rows_by_key(keys, ["doc_id", "text", "meta"])}
-        return [found[i] for i in ids if i in found]
-
-    def _passage_rows(self, ids: Sequence[str], fields: Sequence[str] = ("vector",)) -> list[dict]:
-        """The passage rows of these documents' current versions, as `get` reads them: through the heads,
-        then by primary key (``<version>:<index>:<doc_id>`` for each of the version's passages), where a
-        ``doc_id`` expression is a scan of the collection in Milvus Lite."""
-        if not ids:
-            return []
-        current = self._current_versions(ids)
-        keys = [f"{version}:{i}:{doc_id}" for doc_id, (version, n) in current.items() for i in range(n)]
-        return self._rows_by_key(keys, ["doc_id", "version", "passage_index", "start", "end", *fields])
-
-    def get_passages(self, ids: Sequence[str]) -> dict[str, tuple[tuple[PassageT, ...], np.ndarray]]:
-        per: dict[str, list[dict]] = defaultdict(list)
-        for r in self._passage_rows(ids):
-            per[r["doc_id"]].append(r)
-        out = {}
-        for doc_id, rows in per.items():
-            rows.sort(key=lambda r: int(r["passage_index"]))
-            passages = tuple(PassageT(int(r["passage_index"]), int(r["start"]), int(r["end"])) for r in rows)
-            out[doc_id] = (passages, np.asarray([r["vector"] for r in rows], dtype=np.float32))
-        return out
-
-    def search_dense(
-        self, queries: np.ndarray, top_k: int, filter: StoreFilter, documents: bool = False
-    ) -> list[list[DenseMatch]]:
-        versions: dict[str, int] = {}
-        found: dict[str, Document] | None = {} if documents else None
-        results = self._search_dense(queries, top_k, filter, versions, found)
-        return self._with_documents(results, versions, found) if documents else results
-
-    def _with_documents(
-        self, results: list[list], versions: Mapping[str, int], known: Mapping[str, Document] | None = None
-    ) -> list[list]:
-        """The matches with their documents (a match whose document went since is dropped).
-
-        ``known``: documents the search hits already carried (a hit on passage 0 of the version the score
-        came from holds its text and metadata), so a collection of one-passage documents is searched in one
-        Milvus request. For the others, the hits' rows named the committed version each document was found
-        in, so its text and metadata are on one row whose primary key is known (``<version>:0:<doc_id>``): a
-        key lookup, where reading by ``doc_id`` is a scan of the collection in Milvus Lite (seconds per
-        Search at 20k rows, measured), and the document is the very version the score came from.
-        """
-        ids = list(dict.fromkeys(m.doc_id for row in results for m in row))
-        docs: dict[str, Document] = {i: known[i] for i in ids if known and i in known}
-        keys = [f"{versions[i]}:0:{i}" for i in ids if i not in docs]
-        docs.update((r["doc_id"], _document(r)) for r in self._rows_by_key(keys, ["doc_id", "text", "meta"]))
-        # Replaced or deleted since the search: read as Get reads (the newest version, or gone).
-        missing = [i for i in ids if i not in docs]
-        if missing:
-            docs.update((d.id, d) for d in self.get(missing))
-        return [[dataclasses.replace(m, document=docs[m.doc_id]) for m in row if m.doc_id in docs] for row in results]
-
-    def _search_dense(
-        self,
-        queries: np.ndarray,
-        top_k: int,
-        filter: StoreFilter,
-        versions: dict[str, int] | None = None,
-        documents: dict[str, Document] | None = None,
-    ) -> list[list[DenseMatch]]:
-        """``documents``, when given, receives the document of each match whose hits included passage 0 of
-        the matched version (text and metadata are output fields of the search: measured to cost nothing
-        with short texts, where a second request for them cost a round trip).
-
-        Under a filter the matching documents are found exactly first (``_matching``). Few of them: their
-        passage vectors are read by primary key and scored here, exactly. Many: Milvus is searched without a
-        filter expression (its HNSW with one comes back short at low selectivity, measured) and the hits of
-        the matching documents' versions kept, widening until top_k are found; when even the widest search
-        has fewer, the matching documents are scored exactly. Either way never fewer than
-        min(top_k, matching documents)."""
-        queries = np.asarray(queries, dtype=np.float32).reshape(-1, self.fingerprint.dimension)
-        if as_filter(filter) is None:
-            return [self._ann(q, top_k, None, versions, documents) or [] for q in queries]
-        wanted = self._matching(filter)
-        if len(wanted) <= EXACT_DOCUMENTS:
-            return self._exact_dense(queries, top_k, wanted, versions)
-        results = []
-        for q in queries:
-            found = self._ann(q, top_k, wanted, versions, documents)
-            results.append(found if found is not None else self._exact_dense(q[None], top_k, wanted, versions)[0])
-        return results
-
-    def _ann(
-        self,
-        q: np.ndarray,
-        top_k: int,
-        wanted: Mapping[str, int] | None,
-        versions: dict[str, int] | None,
-        documents: dict[str, Document] | None,
-    ) -> list[DenseMatch] | None:
-        """The top_k documents by a Milvus search (among the ``wanted`` versions, if given); None when the
-        widest search found fewer than min(top_k, len(wanted)) of them."""
-        fields = ["doc_id", "version", "passage_index", "start", "end"]
-        if documents is not None:
-            fields += ["text", "meta"]
-        # Over-fetch passages and keep each document's best; widen while passages (or documents the filter
-        # leaves out) crowd out the documents wanted.
-        limit = min(MAX_TOPK, max(top_k * 3, top_k + 16))
-        while True:
-            hits = self._call(
-                "search",
-                lambda limit=limit: self._client.search(
-                    self._collection,
-                    data=[q.tolist()],
-                    anns_field="vector",
-                    limit=limit,
-                    filter="passage_index >= 0",
-                    output_fields=fields,
-                    search_params=self._search_params(),
-                    consistency_level="Strong",
-                    partition_names=[PASSAGES],
-                )[0],
-            )
-            rows = [{**h["entity"], "distance": h["distance"]} for h in hits]
-            visible = self._visible(rows)
-            if wanted is not None:
-                visible = [r for r in visible if wanted.get(r["doc_id"]) == int(r["version"])]
-            best: dict[str, DenseMatch] = {}
-            for r in visible:
-                if r["doc_id"] not in best:  # hits come best first
-                    best[r["doc_id"]] = DenseMatch(
-                        r["doc_id"],
-                        float(r["distance"]),
-                        PassageT(int(r["passage_index"]), int(r["start"]), int(r["end"])),
-                    )
-            if len(best) >= top_k or len(hits) < limit or limit >= MAX_TOPK:
-                break
-            limit = min(MAX_TOPK, limit * 4)
-        if wanted is not None and len(best) < min(top_k, len(wanted)):
-            return None
-        if versions is not None:
-            versions.update((r["doc_id"], int(r["version"])) for r in visible if r["doc_id"] in best)
-        if documents is not None:
-            # _visible kept one version per document: its passage-0 row, if hit, is the document
-            for r in visible:
-                if int(r["passage_index"]) == 0 and r["doc_id"] in best:
-                    documents[r["doc_id"]] = _document(r)
-        return sorted(best.values(), key=lambda m: -m.score)[:top_k]
-
-    def _exact_dense(
-        self, queries: np.ndarray, top_k: int, wanted: Mapping[str, int], versions: dict[str, int] | None
-    ) -> list[list[DenseMatch]]:
-        """The top_k of the ``wanted`` document versions by best-passage cosine, computed here from their
-        stored vectors (read by primary key through the heads; a document replaced since is left out)."""
-        rows = [r for r in self._passage_rows(list(wanted)) if wanted.get(r["doc_id"]) == int(r["version"])]
-        if not rows:
-            return [[] for _ in queries]
-        if versions is not None:
-            versions.update((r["doc_id"], int(r["version"])) for r in rows)
-        vectors = np.asarray([r["vector"] for r in rows], dtype=np.float32)
-        scores = vectors @ np.asarray(queries, dtype=np.float32).T  # (rows, queries)
-        results = []
-        for column in scores.T:
-            best: dict[str, DenseMatch] = {}
-            for i in np.argsort(-column, kind="stable").tolist():
-                r = rows[i]
-                if r["doc_id"] not in best:
-                    passage = PassageT(int(r["passage_index"]), int(r["start"]), int(r["end"]))
-                    best[r["doc_id"]] = DenseMatch(r["doc_id"], float(column[i]), passage)
-            results.append(list(best.values())[:top_k])
-        return results
-
-    def _bm25(
-        self,
-        query: str,
-        limit: int,
-        filter: StoreFilter = None,
-        versions: dict[str, int] | None = None,
-    ) -> list[LexicalMatch]:
-        """The top ``limit`` documents by BM25 among those the filter keeps, best first.
-
-        Milvus is searched without a filter expression and the metadata filter is applied here: Milvus Lite
-        computes BM25 statistics over the rows an expression keeps while they sit in a growing segment
-        (measured), so a filtered search would score a document differently from an unfiltered one. This way a
-        document's score is the collection's whatever the filter, as in the local store. Rows without text
-        (passages after the first, markers, heads) hold no term, so no expression is needed to skip them.
-        A filter that keeps few of the matching documents widens the search up to MAX_TOPK hits.
-        """
-        if not _WORD.search(query):
-            return []
-        want = max(1, min(limit, MAX_TOPK))
-        keeps = matcher(filter) if as_filter(filter) is not None else None
-        fetch = min(MAX_TOPK, max(want * 4, want + 64)) if keeps else want
-        fields = ["doc_id", "version"] + (["meta"] if keeps else [])
-        while True:
-            hits = self._call(
-                "lexical search",
-                lambda fetch=fetch: self._client.search(
-                    self._collection,
-                    data=[query],
-                    anns_field="sparse",
-                    limit=fetch,
-                    output_fields=fields,
-                    search_params={"metric_type": "BM25"},
-                    consistency_level="Strong",
-                    partition_names=[PASSAGES],
-                )[0],
-            )
-            rows = [{**h["entity"], "distance": h["distance"]} for h in hits]
-            # Milvus returns BM25 negated (smaller is better); the store's contract is BM25 > 0.
-            kept = [r for r in self._visible(rows) if r["distance"] < 0 and (keeps is None or keeps(r["meta"]))]
-            if len(kept) >= want or len(hits) < fetch or fetch >= MAX_TOPK:
-                if versions is not None:
-                    versions.update((r["doc_id"], int(r["version"])) for r in kept[:want])
-                return [LexicalMatch(r["doc_id"], -float(r["distance"])) for r in kept[:want]]
-            fetch = min(MAX_TOPK, fetch * 4)
-
-    def search_lexical(
-        self, queries: Sequence[str], top_k: int, filter: StoreFilter, documents: bool = False
-    ) -> list[list[LexicalMatch]]:
-        versions: dict[str, int] = {}
-        results = [self._bm25(q, top_k, filter, versions) for q in queries]
-        if not documents:
-            return results
-        results = self._with_documents(results, versions)
-        spans = self._spans_of(list(dict.fromkeys(m.doc_id for row in results for m in row)))
-        return [
-            [
-                dataclasses.replace(m, passage=_best_lexical_passage(m.document.text, spans.get(m.doc_id, ()), q))
-                for m in row
-            ]
-            for q, row in zip(queries, results, strict=True)
-        ]
-
-    def _spans_of(self, ids: list[str]) -> dict[str, list[PassageT]]:
-        """Each document's passages (offsets only), in order."""
-        if not ids:
-            return {}
-        rows = self._passage_rows(ids, fields=())
-        out: dict[str, list[PassageT]] = defaultdict(list)
-        for r in sorted(rows, key=lambda r: int(r["passage_index"])):
-            out[r["doc_id"]].append(PassageT(int(r["passage_index"]), int(r["start"]), int(r["end"])))
-        return out
-
-    def dense_scores(self, query: np.ndarray, ids: Sequence[str]) -> dict[str, DenseMatch]:
-        q = np.asarray(query, dtype=np.float32).reshape(-1)
-        out: dict[str, DenseMatch] = {}
-        for r in self._passage_rows(ids):
-            score = float(np.dot(np.asarray(r["vector"], dtype=np.float32), q))
-            cur = out.get(r["doc_id"])
-            if cur is None or score > cur.score:
-                out[r["doc_id"]] = DenseMatch(
-                    r["doc_id"], score, PassageT(int(r["passage_index"]), int(r["start"]), int(r["end"]))
-                )
-        return out
-
-    def _bm25_unfiltered(self, query: str) -> dict[str, float]:
-        """Every document's BM25 for the query (up to MAX_TOPK documents), from the collection's ranking.
-
-        Scores for a few ids are taken from that ranking, never from a search restricted to those ids by an
-        expression (see ``_bm25``): then they equal what ``search_lexical`` returns, with or without a filter.
-        """
-        return {m.doc_id: m.score for m in self._bm25(query, MAX_TOPK)}
-
-    def lexical_scores(self, query: str, ids: Sequence[str]) -> dict[str, float]:
-        existing = [d.id for d in self.get(ids)]
-        if not existing:
-            return {}
-        scores = self._bm25_unfiltered(query)
-        return {i: scores.get(i, 0.0) for i in existing}
-
-    def explain_lexical(self, query: str, doc_id: str) -> list[LexicalTermScore]:
-        """Per query word, its BM25 for the document (the word searched alone, unfiltered).
-
-        BM25 is a sum over query tokens, and Milvus's is too (measured: a multi-word score equals the sum of
-        its words' scores to float precision), so the contributions add up to ``lexical_scores``.
-        ``document_frequency`` counts the documents the word alone matches.
-        """
-        found = self.get([doc_id])
-        if not found:
-            raise NotFound(f"document {doc_id!r} not found in collection {self.name!r}")
-        doc_tokens = _WORD.findall(found[0].text.lower())
-        out = []
-        for w in _WORD.findall(query):
-            term = w.lower()
-            scores = self._bm25_unfiltered(term)
-            out.append(
-                LexicalTermScore(
-                    term=term,
-                    query_text=w,
-                    contribution=scores.get(doc_id, 0.0),
-                    term_frequency=doc_tokens.count(term),
-                    document_frequency=len(scores),
-                )
-            )
-        return out
-
-    def score_all(
-        self, query: str, vector: np.ndarray | None, filter: StoreFilter, dense: bool, lexical: bool
-    ) -> ScoreTable:
-        want_vectors = dense and vector is not None
-        if as_filter(filter) is None:
-            fields = ["doc_id", "version"] + (["vector"] if want_vectors else [])
-            rows = self._visible(self._query("passage_index >= 0", fields))
-            ids = sorted({r["doc_id"] for r in rows})
-        else:
-            # the matching documents exactly, then their passages' vectors by primary key
-            wanted = self._matching(filter)
-            ids = sorted(wanted)
-            rows = []
-            if want_vectors:
-                rows = [r for r in self._passage_rows(ids) if wanted.get(r["doc_id"]) == int(r["version"])]
-        index = {d: i for i, d in enumerate(ids)}
-        dense_arr = None
-        if want_vectors:
-            dense_arr = np.full(len(ids), -np.inf, dtype=np.float32)
-            q = np.asarray(vector, dtype=np.float32).reshape(-1)
-            for r in rows:
-                s = float(np.dot(np.asarray(r["vector"], dtype=np.float32), q))
-                i = index[r["doc_id"]]
-                dense_arr[i] = max(dense_arr[i], s)
-        lex_arr = None
-        if lexical:
-            lex_arr = np.zeros(len(ids), dtype=np.float32)
-            # the same scores as search_lexical's (a document's BM25 does not depend on the filter)
-            for m in self._bm25(query, MAX_TOPK):
-                if m.doc_id in index:
-                    lex_arr[index[m.doc_id]] = m.score
-        return ScoreTable(ids, dense_arr, lex_arr)
-
-    # -- data management ---------------------------------------------------------------------------
-    def count(self, where: Filter | None = None) -> int:
-        """Exact: the filter is evaluated here on every candidate row's attributes (``_matching``)."""
-        if where is None:
-            rows = self._query("passage_index == 0", ["doc_id", "version"])
-            return len({r["doc_id"] for r in self._visible(rows)})
-        return len(self._matching(where))
-
-    def scroll(self, where: Filter | None, after: str | None, limit: int) -> list[Document]:
-        """The matching documents' ids in bytewise order after ``after``, then the page's documents by
-        primary key (the versions that matched)."""
-        wanted = self._matching(where)
-        start = None if after is None else after.encode()
-        ids = sorted((i for i in wanted if start is None or i.encode() > start), key=str.encode)[: max(limit, 0)]
-        rows = self._rows_by_key([f"{wanted[i]}:0:{i}" for i in ids], ["doc_id", "text", "meta"])
-        found = {r["doc_id"]: _document(r) for r in rows}
-        # A document replaced since it was found: read as Get reads (the newest version), if it still matches.
-        missing = [i for i in ids if i not in found]
-        if missing:
-            keeps = matcher(where)
-            found.update((d.id, d) for d in self.get(missing) if keeps(attributes_to_json(d.attributes)))
-        return [found[i] for i in ids if i in found]
-
-    def delete_where(self, where: Filter, still_wanted: Callable[[], bool] | None = None) -> int:
-        """Deletes the documents that match when the write lock is held, as ``delete`` deletes by id."""
-        with self._write_lock:
-            if still_wanted is not None and not still_wanted():
-                raise DeadlineExceeded("the deadline passed while waiting for the collection; nothing was deleted")
-            wanted = self._matching(where)
-            return self._delete_locked(sorted(wanted)) if wanted else 0
-
-    def update_attributes(
-        self,
-        ids: Sequence[str] | None,
-        where: Filter | None,
-        set: Mapping,
-        unset: Sequence[str],
-        limits,
-        still_wanted: Callable[[], bool] | None = None,
-    ) -> int:
-        """A new version of each chosen document with the new attributes and its stored text, passages and
-        vectors (nothing is re-embedded), written by the upsert path under the write lock: atomic, and
-        seen by every replica and after a crash exactly as an upsert is."""
-        with self._write_lock:
-            if still_wanted is not None and not still_wanted():
-                raise DeadlineExceeded("the deadline passed while waiting for the collection; nothing was changed")
-            if ids is not None:
-                chosen = list(dict.fromkeys(ids))
-                docs = {d.id: d for d in self.get(chosen)}
-                missing = [i for i in chosen if i not in docs]
-                if missing:
-                    raise NotFound(
-                        f"ids: no document {missing[0]!r} in collection {self.name!r}"
-                        + (f" ({len(missing)} ids are unknown)" if len(missing) > 1 else "")
-                        + "; nothing was changed"
-                    )
-            else:
-                # as they are now (another replica may have written one since it matched)
-                keeps = matcher(where)
-                chosen = sorted(self._matching(where))
-                docs = {d.id: d for d in self.get(chosen) if keeps(attributes_to_json(d.attributes))}
-                chosen = [i for i in chosen if i in docs]
-            if not chosen:
-                return 0
-            stored = self.get_passages(chosen)
-            changed = []
-            for doc_id in chosen:
-                attributes = dict(docs[doc_id].attributes)
-                for key in unset:
-                    attributes.pop(key, None)
-                attributes.update(set)
-                if len(attributes) > limits.max_metadata_entries:
-                    raise InvalidArgument(
-                        f"set: document {doc_id!r} would have {len(attributes)} attributes; at most "
-                        f"{limits.max_metadata_entries} allowed; nothing was changed"
-                    )
-                passages, vectors = stored[doc_id]
-                document = dataclasses.replace(docs[doc_id], attributes=attributes)
-                changed.append(EmbeddedDocument(document, passages, vectors))
-            version = self._new_version()
-            self._commit(changed, self._passage_rows_of(changed, version), version)
-        return len(changed)
 
     def status(self) -> CollectionStatus:
         return CollectionStatus(
@@ -949,9 +213,9 @@ class MilvusIndexStore:
         old = sorted((d, v) for d, v in pairs if v < newest[d])
         if stale:
             log.warning("collection %r: removing rows of %d uncommitted writes", self.name, len(stale))
-            self._call("delete", lambda: self._client.delete(self._collection, filter=_in("version", stale)))
+            self._call("delete", lambda: self._client.delete(self._collection, filter=in_("version", stale)))
         for d, v in old:
-            expr = _and(f"doc_id == {quote(d)}", f"version == {v}")
+            expr = and_(f"doc_id == {quote(d)}", f"version == {v}")
             self._call("delete", lambda expr=expr: self._client.delete(self._collection, filter=expr))
 
     def _repair_heads(self, rows: list[dict], newest: Mapping[str, int]) -> None:
@@ -960,8 +224,8 @@ class MilvusIndexStore:
         is also created for committed rows that have none). Heads are only ever moved forward: a head
         naming a newer version than the rows read here belongs to a write still under way elsewhere."""
         heads = {
-            r["doc_id"]: _Head.of(r)
-            for r in self._query(f"passage_index == {_HEAD}", ["doc_id", "version", "end", "meta"])
+            r["doc_id"]: Head.of(r)
+            for r in self._query(f"passage_index == {HEAD}", ["doc_id", "version", "end", "meta"])
         }
         passages: dict[tuple[str, int], int] = defaultdict(int)
         for r in rows:
@@ -976,7 +240,7 @@ class MilvusIndexStore:
                     "pk": f"h:{doc_id}",
                     "doc_id": doc_id,
                     "version": version,
-                    "passage_index": _HEAD,
+                    "passage_index": HEAD,
                     "start": 0,
                     "end": passages[(doc_id, version)],
                     "text": "",
@@ -988,8 +252,8 @@ class MilvusIndexStore:
             log.warning(
                 "collection %r: %d document heads behind their committed version; repaired", self.name, len(fixed)
             )
-        for i in range(0, len(fixed), _INSERT_CHUNK):
-            chunk = fixed[i : i + _INSERT_CHUNK]
+        for i in range(0, len(fixed), INSERT_CHUNK):
+            chunk = fixed[i : i + INSERT_CHUNK]
             self._call(
                 "upsert (heads)", lambda chunk=chunk: self._client.upsert(self._collection, chunk, partition_name=META)
             )
@@ -999,223 +263,3 @@ class MilvusIndexStore:
 
     def close(self, snapshot: bool = True) -> None:
         """Nothing to persist: Milvus holds the collection; the client is the provider's."""
-
-
-class MilvusStoreProvider:
-    """The collections of a deployment on one Milvus (``uri``: ``http://host:port`` or a Lite ``*.db`` file)."""
-
-    def __init__(self, uri: str, token: str = "", prefix: str = "semsearch_", timeout: float = 10.0) -> None:
-        from pymilvus import MilvusClient
-
-        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", prefix):
-            raise InvalidArgument(f"--milvus-prefix {prefix!r}: letters, digits and _ only, not starting with a digit")
-        self.uri = uri
-        self.prefix = prefix
-        options = {"uri": uri, "token": token or "", "timeout": timeout, "grpc_options": _GRPC_OPTIONS}
-        try:
-            self._client = call("connect", lambda: MilvusClient(**options))
-        except Unavailable:
-            # Once more: a server may drop a connection it found too chatty (GOAWAY "too_many_pings", seen
-            # with `milvus-lite server` and pymilvus's 10 s keepalive) just as it is reused for a new client.
-            time.sleep(0.5)
-            self._client = call("connect", lambda: MilvusClient(**options))
-
-    def _full(self, name: str) -> str:
-        return self.prefix + name
-
-    def ping(self, timeout: float) -> None:
-        """One cheap request (list the collections) within `timeout`; raises StoreUnreachable if it fails."""
-        call("ping", lambda: self._client.list_collections(timeout=timeout))
-
-    def names(self) -> list[str]:
-        return sorted(
-            c[len(self.prefix) :] for c in call("list", self._client.list_collections) if c.startswith(self.prefix)
-        )
-
-    def _properties(self, name: str) -> dict:
-        if not call("describe", lambda: self._client.has_collection(self._full(name))):
-            raise NotFound(f"collection {name!r} not found")
-        desc = call("describe", lambda: self._client.describe_collection(self._full(name)))
-        return dict(desc.get("properties") or {})
-
-    def settings_of(self, name: str) -> CollectionSettings:
-        props = self._properties(name)
-        try:
-            data = json.loads(props[SETTINGS_KEY])
-            return CollectionSettings(
-                index=IndexSpec.from_dict(data["index"]),
-                passages=PassageConfig.from_dict(data.get("passages")),
-                default_mode=SearchMode(data.get("default_mode", "dense")),
-            )
-        except (KeyError, ValueError, TypeError) as exc:
-            raise CollectionBroken(
-                f"Milvus collection {self._full(name)!r}: property {SETTINGS_KEY} missing or unreadable ({exc})"
-            ) from exc
-
-    def _fingerprint_of(self, name: str) -> ModelFingerprint:
-        props = self._properties(name)
-        try:
-            return ModelFingerprint.from_dict(json.loads(props[FINGERPRINT_KEY]))
-        except (KeyError, ValueError, TypeError) as exc:
-            raise CollectionBroken(
-                f"Milvus collection {self._full(name)!r}: property {FINGERPRINT_KEY} missing or unreadable ({exc})"
-            ) from exc
-
-    def _load(self, name: str, fingerprint: ModelFingerprint) -> MilvusIndexStore:
-        settings = self.settings_of(name)
-        full = self._full(name)
-        if not call("describe", lambda: self._client.has_partition(full, META)):
-            # a collection created before heads and markers had a partition of their own: theirs stay in
-            # the passages' partition (filtered out by passage_index, as before); new ones go to META. A
-            # partition can be added to a loaded collection (measured on Milvus Lite): no replica is disturbed.
-            call("create partition", lambda: self._client.create_partition(full, META))
-        call("load", lambda: self._client.load_collection(full))
-        store = MilvusIndexStore(self._client, self._full(name), name, settings, fingerprint)
-        store.repair()
-        return store
-
-    def open(self, name: str, running: ModelFingerprint) -> MilvusIndexStore:
-        stored = self._fingerprint_of(name)
-        if not stored.is_compatible(running):
-            raise ModelMismatch(name, stored, running)
-        return self._load(name, stored)
-
-    def open_for_reindex(self, name: str, running: ModelFingerprint) -> MilvusIndexStore:
-        return self._load(name, self._fingerprint_of(name))
-
-    def create(self, name: str, settings: CollectionSettings, fingerprint: ModelFingerprint) -> MilvusIndexStore:
-        from pymilvus import DataType, Function, FunctionType, MilvusClient
-
-        full = self._full(name)
-        if call("describe", lambda: self._client.has_collection(full)):
-            raise AlreadyExists(f"collection {name!r} already exists")
-        schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
-        schema.add_field("pk", DataType.VARCHAR, max_length=MAX_ID_BYTES + 64, is_primary=True)
-        schema.add_field("doc_id", DataType.VARCHAR, max_length=MAX_ID_BYTES)
-        schema.add_field("version", DataType.INT64)
-        schema.add_field("passage_index", DataType.INT64)
-        schema.add_field("start", DataType.INT64)
-        schema.add_field("end", DataType.INT64)
-        schema.add_field(
-            "text", DataType.VARCHAR, max_length=MAX_TEXT_BYTES, enable_analyzer=True, analyzer_params=_ANALYZER
-        )
-        schema.add_field("meta", DataType.JSON)
-        schema.add_field("vector", DataType.FLOAT_VECTOR, dim=fingerprint.dimension)
-        schema.add_field("sparse", DataType.SPARSE_FLOAT_VECTOR)
-        schema.add_function(
-            Function(
-                name="text_bm25",
-                function_type=FunctionType.BM25,
-                input_field_names=["text"],
-                output_field_names=["sparse"],
-            )
-        )
-        spec = settings.index
-        index = self._client.prepare_index_params()
-        if spec.kind is IndexKind.HNSW:
-            index.add_index(
-                "vector",
-                index_type="HNSW",
-                metric_type="IP",
-                params={"M": spec.hnsw_m, "efConstruction": spec.hnsw_ef_construction},
-            )
-        elif spec.kind is IndexKind.IVF:
-            index.add_index("vector", index_type="IVF_FLAT", metric_type="IP", params={"nlist": spec.ivf_nlist or 128})
-        else:
-            index.add_index("vector", index_type="FLAT", metric_type="IP")
-        index.add_index("sparse", index_type="SPARSE_INVERTED_INDEX", metric_type="BM25")
-        properties = {
-            FORMAT_KEY: FORMAT_VERSION,
-            SETTINGS_KEY: json.dumps(
-                {
-                    "index": spec.to_dict(),
-                    "passages": settings.passages.to_dict(),
-                    "default_mode": settings.default_mode.value,
-                }
-            ),
-            FINGERPRINT_KEY: json.dumps(fingerprint.to_dict()),
-        }
-        call(
-            "create collection",
-            lambda: self._client.create_collection(
-                full, schema=schema, consistency_level="Strong", properties=properties
-            ),
-        )
-        # Indexes without pymilvus's wait for them (sync=False): the wait starts with an AllocTimestamp
-        # call, which Milvus Lite does not implement (it logged a NotImplementedError traceback for each
-        # index of every new collection); an index of an empty collection is ready at once, and loading
-        # the collection below waits for it on a standalone Milvus.
-        call("create index", lambda: self._client.create_index(full, index, sync=False))
-        call("create partition", lambda: self._client.create_partition(full, META))
-        call("load", lambda: self._client.load_collection(full))
-        return MilvusIndexStore(self._client, full, name, settings, fingerprint)
-
-    def delete(self, name: str, store: MilvusIndexStore | None) -> None:
-        if store is not None:
-            store.close(snapshot=False)
-        full = self._full(name)
-        if not call("describe", lambda: self._client.has_collection(full)):
-            raise NotFound(f"collection {name!r} not found")
-        call("drop collection", lambda: self._client.drop_collection(full))
-
-    def cleanup(self) -> None:
-        """Nothing to do: a Milvus create or drop is one request; interrupted writes are repaired on open."""
-
-    # -- aliases: Milvus's own (``<prefix><alias>`` names ``<prefix><collection>``), so every replica reads
-    # the same ones, Milvus repoints atomically and refuses an alias named like a collection.
-    shared = True
-
-    def aliases(self) -> dict[str, str]:
-        listed = call("list aliases", lambda: self._client.list_aliases()).get("aliases") or []
-        out = {}
-        for full in listed:
-            if not full.startswith(self.prefix):
-                continue
-            try:
-                target = call("describe alias", lambda full=full: self._client.describe_alias(full))["collection_name"]
-            except CollectionBroken:
-                continue  # dropped since it was listed
-            if target.startswith(self.prefix):
-                out[full[len(self.prefix) :]] = target[len(self.prefix) :]
-        return out
-
-    def set_alias(self, alias: str, collection: str, aliases: Mapping[str, str]) -> None:
-        full, target = self._full(alias), self._full(collection)
-        try:
-            if alias in aliases:
-                call("alter alias", lambda: self._client.alter_alias(target, full))
-            else:
-                call("create alias", lambda: self._client.create_alias(target, full))
-        except CollectionBroken as exc:  # another replica made a collection or alias of that name meanwhile
-            if "exist" in str(exc) or "conflict" in str(exc):
-                raise AlreadyExists(f"alias {alias!r}: the name is taken ({exc})") from None
-            raise FailedPrecondition(f"alias {alias!r} was not set: {exc}") from None
-
-    def delete_alias(self, alias: str, aliases: Mapping[str, str]) -> None:
-        try:
-            call("drop alias", lambda: self._client.drop_alias(self._full(alias)))
-        except CollectionBroken as exc:
-            raise NotFound(f"alias {alias!r} was not deleted: {exc}") from None
-
-    # -- snapshots: not this store's job.
-    def _no_snapshots(self) -> FailedPrecondition:
-        return FailedPrecondition(
-            "snapshots are not taken by semsearch on the Milvus store (--store milvus): back up and restore its "
-            "collections with Milvus's own backup tool, milvus-backup (https://github.com/zilliztech/milvus-backup); "
-            f"this deployment's collections are the Milvus collections named {self.prefix}<collection>"
-        )
-
-    def create_snapshot(self, store: MilvusIndexStore) -> SnapshotInfo:
-        raise self._no_snapshots()
-
-    def list_snapshots(self) -> list[SnapshotInfo]:
-        raise self._no_snapshots()
-
-    def delete_snapshot(self, name: str) -> None:
-        raise self._no_snapshots()
-
-    def restore_snapshot(self, name: str, collection: str, running: ModelFingerprint) -> MilvusIndexStore:
-        raise self._no_snapshots()
-
-    def close(self) -> None:
-        call("close", self._client.close)
