@@ -113,20 +113,25 @@ class StoreWrites:
             self._ensure_writable()
             if still_wanted is not None and not still_wanted():
                 raise DeadlineExceeded("the deadline passed while waiting for the collection; nothing was deleted")
-            labels, passages = self._write_transaction(lambda seq: self._delete_rows(ids, seq))
-
-            def apply() -> None:
-                self._index.remove(passages)
-                self._passages.remove(passages)
-                self._lexical.remove(labels)
-                if self._attributes is not None:
-                    self._attributes.remove_many(labels)
-
-            self._after_commit(apply)
-            snapshot_due = self._after_write(len(labels))
+            count, snapshot_due = self._delete_locked(ids)
         if snapshot_due:
             self._snapshot_or_defer()
-        return len(labels)
+        return count
+
+    def _delete_locked(self, ids: Sequence[str]) -> tuple[int, bool]:
+        """Deletes these ids in one transaction and from the in-memory indexes, the write lock held; returns how
+        many existed and whether a snapshot is due (for the caller to write once it lets go of the lock)."""
+        labels, passages = self._write_transaction(lambda seq: self._delete_rows(ids, seq))
+
+        def apply() -> None:
+            self._index.remove(passages)
+            self._passages.remove(passages)
+            self._lexical.remove(labels)
+            if self._attributes is not None:
+                self._attributes.remove_many(labels)
+
+        self._after_commit(apply)
+        return len(labels), self._after_write(len(labels))
 
     def _delete_rows(self, ids: Sequence[str], seq: int) -> tuple[list[int], np.ndarray]:
         db = self._db
@@ -267,20 +272,10 @@ class StoreWrites:
             if not len(doc_labels):
                 return 0
             ids = [doc_id for doc_id, _ in self._id_label_pairs("label", doc_labels.tolist())]
-            labels, passages = self._write_transaction(lambda seq: self._delete_rows(ids, seq))
-
-            def apply() -> None:
-                self._index.remove(passages)
-                self._passages.remove(passages)
-                self._lexical.remove(labels)
-                if self._attributes is not None:
-                    self._attributes.remove_many(labels)
-
-            self._after_commit(apply)
-            snapshot_due = self._after_write(len(labels))
+            count, snapshot_due = self._delete_locked(ids)
         if snapshot_due:
             self._snapshot_or_defer()
-        return len(labels)
+        return count
 
     def update_attributes(
         self,
