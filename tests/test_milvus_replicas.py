@@ -155,7 +155,11 @@ def test_milvus_lost_while_serving_is_unavailable_then_serves_again(tmp_path, em
         assert client.search("a train to Austria", collection="outage")[0].id == "kept"
         assert client.get(["kept", "lost"], collection="outage") == [Document("kept", "the night train to Vienna", {})]
         assert client.upsert([Document("new", "written after the outage")], collection="outage") == 1
-        assert client.health() == "SERVING"
+        # Health follows the store's probe (once a second), which may not have run since Milvus came back.
+        deadline = time.monotonic() + 5
+        while client.health() != "SERVING":
+            assert time.monotonic() < deadline, "health did not say SERVING again within 5 s of Milvus's return"
+            time.sleep(0.1)
     finally:
         server.stop()
         milvus.kill()

@@ -276,13 +276,7 @@ class SearchService:
     ) -> int:
         """Deletes by id, or every document where matches (atomically); returns how many were deleted."""
         store = self._store(collection)
-        if where is not None:
-            if ids:
-                raise InvalidArgument("ids and where: give one of them; a delete is by ids or by filter, not both")
-            self._non_empty_where(where, "delete")
-            validate_filter(where)
-        else:
-            self.validate.ids(ids)
+        self._chosen_by(ids, where, "delete")
         if not still_wanted():
             raise DeadlineExceeded("the deadline passed before the delete; nothing was deleted")
         if where is not None:
@@ -301,13 +295,7 @@ class SearchService:
         """Sets and removes attributes of the documents chosen by ids or where, atomically (nothing is
         re-embedded); an unknown id is NOT_FOUND with nothing changed. Returns how many documents changed."""
         store = self._store(collection)
-        if where is not None:
-            if ids:
-                raise InvalidArgument("ids and where: give one of them; documents are chosen by ids or by filter")
-            self._non_empty_where(where, "update")
-            validate_filter(where)
-        else:
-            self.validate.ids(ids)
+        self._chosen_by(ids, where, "update")
         if not set and not unset:
             raise InvalidArgument("set and unset: both are empty; give at least one attribute to set or a key to unset")
         self.validate.attributes(set, "set")
@@ -323,13 +311,19 @@ class SearchService:
             list(ids) if where is None else None, where, dict(set), list(unset), self.validate.limits, still_wanted
         )
 
-    @staticmethod
-    def _non_empty_where(where: Filter, verb: str) -> None:
+    def _chosen_by(self, ids: Sequence[str], where: Filter | None, verb: str) -> None:
+        """Validates how a write by ids or by filter chooses its documents: one way, and a filter that is one."""
+        if where is None:
+            self.validate.ids(ids)
+            return
+        if ids:
+            raise InvalidArgument(f"ids and where: give one of them; a {verb} is by ids or by filter, not both")
         if isinstance(where, All) and not where.children:
             raise InvalidArgument(
                 f"where: an empty filter matches every document; {verb} by filter needs a condition "
                 "(to empty a collection, delete it)"
             )
+        validate_filter(where)
 
     # -- data management ------------------------------------------------------------------------------
     def count(self, collection: str, where: Filter | None = None) -> int:
