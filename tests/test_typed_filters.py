@@ -27,7 +27,7 @@ from semsearch_server.filtering import matches, parse
 
 # Every test that uses the server runs on the local store, a Milvus Lite server and a Milvus Lite file; the
 # data directory from before attributes is the local store's own format, so that test runs on it alone.
-pytestmark = pytest.mark.both_stores(file=True)
+pytestmark = pytest.mark.both_stores
 
 WINES = [
     Document("w1", "A red wine from Bordeaux, dry and full-bodied.", {"color": "red", "year": 2019, "price": 24.5}),
