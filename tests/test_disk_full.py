@@ -29,7 +29,7 @@ from semsearch.v1 import search_service_pb2 as pb
 
 pytestmark = pytest.mark.slow
 
-CYCLES = int(os.environ.get("SEMSEARCH_TEST_DISK_CYCLES", "6"))
+CYCLES = int(os.environ.get("SEMSEARCH_TEST_DISK_CYCLES", "4"))
 # Room for the model-free parts of the server's files, the cycles' documents and a ballast, little more.
 DISK_SIZE = "32m"
 SHORT_CHARS = 300

@@ -13,8 +13,8 @@ from semsearch import Document, SemsearchError
 
 pytestmark = pytest.mark.slow
 
-# `make test` kills 4 times; `make long` runs the 20-kill loop.
-KILLS = int(os.environ.get("SEMSEARCH_TEST_KILLS", "4"))
+# `make test` kills 3 times; `make long` runs the 20-kill loop.
+KILLS = int(os.environ.get("SEMSEARCH_TEST_KILLS", "3"))
 BATCH = 8
 
 

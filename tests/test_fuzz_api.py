@@ -11,7 +11,9 @@ import os
 import grpc
 import pytest
 from fuzz_api import (
+    DOCUMENTED_CODES,
     FUZZ_LIMITS,
+    RPCS,
     SERVICE,
     ApiFuzzer,
     Call,
@@ -20,6 +22,7 @@ from fuzz_api import (
     call_strategy,
     length_delimited,
     malformed_bytes,
+    request_strategy,
 )
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
@@ -59,24 +62,28 @@ def test_random_requests_never_break_the_server(fuzzer, call):
 
 
 def test_every_rpc_is_fuzzed():
-    """The strategy reaches every RPC of the service (a new RPC is covered without editing the fuzzer)."""
-    drawn = set()
+    """The strategy reaches every RPC of the service, a new one included without editing the fuzzer: raw and
+    oversized calls draw their RPC from RPCS, requests are built for each method of the service's descriptor,
+    and each method's request strategy yields its request type (one draw each: drawing the whole strategy
+    until every RPC had come up took 2,000 examples and 16 s)."""
+    assert list(RPCS) == [m.name for m in SERVICE.methods]
+    assert set(DOCUMENTED_CODES) == set(RPCS), "every RPC needs the status codes it may answer"
+    limits = ServerLimits.from_config(FUZZ_LIMITS)
 
     @settings(
-        max_examples=2000,
+        max_examples=3,
         derandomize=True,
         database=None,
         phases=[Phase.generate],
         suppress_health_check=list(HealthCheck),
     )
-    @given(call_strategy(ServerLimits.from_config(FUZZ_LIMITS)))
-    def collect(call):
-        drawn.add((type(call), call.rpc))
+    @given(st.data())
+    def draw_each(data):
+        for method in SERVICE.methods:
+            drawn = data.draw(request_strategy(method.input_type, limits), label=method.name)
+            assert drawn.DESCRIPTOR is method.input_type, method.name
 
-    collect()
-    rpcs = {m.name for m in SERVICE.methods}
-    assert {rpc for kind, rpc in drawn if kind is Call} == rpcs
-    assert {rpc for kind, rpc in drawn if kind is RawCall} == rpcs
+    draw_each()
 
 
 # -- what the fuzzer found, kept ------------------------------------------------------------------------
