@@ -23,7 +23,7 @@ from semsearch_server.domain import (
     Passage,
     SnapshotInfo,
 )
-from semsearch_server.errors import FailedPrecondition
+from semsearch_server.errors import FailedPrecondition, InvalidArgument
 from semsearch_server.filtering import Filter
 
 # A filter as a store takes it: the tree, or the old string map (every key with exactly this value), or
@@ -261,3 +261,18 @@ class ModelMismatch(FailedPrecondition):
         )
         self.stored = stored
         self.running = running
+
+
+def updated_attributes(doc_id: str, attributes: Mapping, set: Mapping, unset: Sequence[str], max_keys: int) -> dict:
+    """A document's attributes after UpdateAttributes: `unset` removed, then `set` added or replaced. Refused
+    (InvalidArgument, for the whole request) when the document would hold more than max_keys."""
+    out = dict(attributes)
+    for key in unset:
+        out.pop(key, None)
+    out.update(set)
+    if len(out) > max_keys:
+        raise InvalidArgument(
+            f"set: document {doc_id!r} would have {len(out)} attributes; at most {max_keys} allowed; "
+            "nothing was changed"
+        )
+    return out

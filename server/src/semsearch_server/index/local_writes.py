@@ -10,9 +10,9 @@ from collections.abc import Callable, Mapping, Sequence
 import numpy as np
 
 from semsearch_server.domain import Document
-from semsearch_server.errors import DeadlineExceeded, DiskFull, InvalidArgument, NotFound, SemsearchError, StorageFailed
+from semsearch_server.errors import DeadlineExceeded, DiskFull, NotFound, SemsearchError, StorageFailed
 from semsearch_server.filtering import Filter, decode_attributes, encode_attributes
-from semsearch_server.index.base import EmbeddedDocument
+from semsearch_server.index.base import EmbeddedDocument, updated_attributes
 from semsearch_server.index.local_database import SQL_CHUNK
 from semsearch_server.index.local_manifest import DATABASE
 from semsearch_server.index.storage_faults import disk_full_message, is_disk_full, is_io_failure
@@ -314,15 +314,9 @@ class StoreWrites:
                 rows += self._db.execute(f"SELECT label, id, metadata FROM documents WHERE label IN ({marks})", chunk)
             changed = []
             for label, doc_id, metadata in rows:
-                attributes = decode_attributes(metadata)
-                for key in unset:
-                    attributes.pop(key, None)
-                attributes.update(set)
-                if len(attributes) > limits.max_metadata_entries:
-                    raise InvalidArgument(
-                        f"set: document {doc_id!r} would have {len(attributes)} attributes; at most "
-                        f"{limits.max_metadata_entries} allowed; nothing was changed"
-                    )
+                attributes = updated_attributes(
+                    doc_id, decode_attributes(metadata), set, unset, limits.max_metadata_entries
+                )
                 changed.append((label, attributes))
 
             def rewrite(seq: int) -> None:

@@ -10,7 +10,7 @@ import numpy as np
 
 from semsearch_server.errors import DeadlineExceeded, InvalidArgument, NotFound
 from semsearch_server.filtering import Filter, attributes_to_json
-from semsearch_server.index.base import EmbeddedDocument
+from semsearch_server.index.base import EmbeddedDocument, updated_attributes
 from semsearch_server.index.milvus_calls import (
     FLUSH_ROWS,
     HEAD,
@@ -240,15 +240,9 @@ class MilvusWrites:
             stored = self.get_passages(chosen)
             changed = []
             for doc_id in chosen:
-                attributes = dict(docs[doc_id].attributes)
-                for key in unset:
-                    attributes.pop(key, None)
-                attributes.update(set)
-                if len(attributes) > limits.max_metadata_entries:
-                    raise InvalidArgument(
-                        f"set: document {doc_id!r} would have {len(attributes)} attributes; at most "
-                        f"{limits.max_metadata_entries} allowed; nothing was changed"
-                    )
+                attributes = updated_attributes(
+                    doc_id, docs[doc_id].attributes, set, unset, limits.max_metadata_entries
+                )
                 passages, vectors = stored[doc_id]
                 document = dataclasses.replace(docs[doc_id], attributes=attributes)
                 changed.append(EmbeddedDocument(document, passages, vectors))
