@@ -301,3 +301,11 @@ def test_a_data_directory_from_before_attributes_reads_back_the_same(tmp_path, e
             assert client.count(collection="wines", where='country == "fr"') == 2
     finally:
         server.stop()
+
+
+def test_update_attributes_past_the_key_limit_changes_no_document(client, wines):
+    before = {d.id: d.metadata for d in client.get(["w1", "w2"], collection=wines)}
+    many = {f"k{i}": i for i in range(62)}  # w1 and w2 hold 3 keys each: 65 after the update, past 64
+    with pytest.raises(InvalidArgumentError, match="document 'w[12]' would have 65 attributes; at most 64"):
+        client.update_attributes(["w2", "w1"], set=many, collection=wines)
+    assert {d.id: d.metadata for d in client.get(["w1", "w2"], collection=wines)} == before
