@@ -11,6 +11,9 @@ CHATTY_AT_INFO = ("faiss.loader", "fusion_base", "onnx_model", "onnx_model_bert"
 _NOT_ABOUT_THE_USER = {
     # transformers warns for every model whose config carries loss_type=None (ours does): no training here.
     "transformers.modeling_utils": ("`loss_type=None` was set in the config but it is unrecognized",),
+    # Milvus Lite answers a query without the session timestamp a query iterator asks for; pymilvus then
+    # uses the client's clock, which is what a single Lite process needs.
+    "pymilvus.client.iterator.query_iterator": ("failed to get mvccTs from milvus server",),
 }
 
 
@@ -24,8 +27,7 @@ class _Dropping(logging.Filter):
 
 
 # pymilvus logs a traceback of its own for every call that fails (27,000 lines for 10 s of a Milvus outage):
-# the store turns each failure into one of the service's errors, and logs a line when health changes. (Its
-# warning that Milvus Lite's query iterators fall back to the client's clock goes with them.)
+# the store turns each failure into one of the service's errors, and logs a line when health changes.
 QUIET_BELOW_CRITICAL = ("pymilvus",)
 
 
