@@ -15,6 +15,10 @@ TORCH_INDEX_URL ?=
 TORCH_INDEX_ARGS := $(if $(TORCH_INDEX_URL),--extra-index-url $(TORCH_INDEX_URL))
 # The slowest tests, printed after every `make test`, so that a test growing slow is seen.
 TEST_DURATIONS := --durations=15
+# make test runs the test files on this many worker processes (pytest-xdist), each file whole on one worker
+# (module fixtures start one server per file); the files with slow tests are handed out first (tests/conftest.py).
+TEST_WORKERS ?= 2
+TEST_PARALLEL := -n $(TEST_WORKERS) --dist loadfile
 
 .PHONY: run test test-fast fuzz long install lock lock-upgrade bench lint proto clean
 
@@ -61,11 +65,11 @@ run: $(SERVE_STAMP)
 	$(BIN)/semsearch-server --port $(PORT) --data-dir $(DATA_DIR) --seed-demo true --console-port $(CONSOLE_PORT)
 
 test: $(TEST_STAMP) lint
-	$(BIN)/python -m pytest -q $(TEST_DURATIONS) tests
+	$(BIN)/python -m pytest -q $(TEST_PARALLEL) $(TEST_DURATIONS) tests
 
 # The fast subset: no process kills, no docker-compose or load checks.
 test-fast: $(TEST_STAMP)
-	$(BIN)/python -m pytest -q $(TEST_DURATIONS) -m "not slow" tests
+	$(BIN)/python -m pytest -q $(TEST_PARALLEL) $(TEST_DURATIONS) -m "not slow" tests
 
 # The long fuzz run against a real server process (a bounded profile of it is part of `make test`):
 # prints each RPC's status codes; fails on UNKNOWN/INTERNAL, a crash or a change by a refused request.

@@ -97,6 +97,16 @@ def pytest_configure(config) -> None:
     )
 
 
+def pytest_collection_modifyitems(session, config, items) -> None:
+    """Runs the files with slow tests first (in their own order), the quick ones after.
+
+    make test spreads whole files over its workers (pytest-xdist, --dist loadfile): a slow file handed out
+    last leaves one worker busy while the other has nothing left, so the slow ones go out first.
+    """
+    slow_files = {item.path for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.path not in slow_files)  # stable: each file keeps its order
+
+
 def pytest_generate_tests(metafunc) -> None:
     marker = metafunc.definition.get_closest_marker("both_stores")
     if marker is None or "server" not in metafunc.fixturenames:
