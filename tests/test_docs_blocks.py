@@ -1,0 +1,135 @@
+"""The blocks of docs/*.md run as written, and none of a runnable kind goes unmarked.
+
+Console blocks marked `<!-- run: NAME -->` are found and run here (tests/doc_blocks.py: each command through the
+CLI against the session's server, its output compared by shape with the block's) without a change to this
+file; a block that reads a file of the reader's gets a stand-in from INPUTS. Blocks of another kind marked run
+have a check of their own below (CHECKED). Blocks marked `<!-- not-run: REASON -->` have their semsearch
+commands parsed by the real parsers, so an option that no longer exists fails here too.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from conftest import REPO, InProcessServer
+from doc_blocks import DOCS, RUNNABLE, Block, block, blocks, console_steps, parse_command, run_cli, run_console
+
+ALL = [b for doc in DOCS for b in blocks(doc)]
+RUN = [b for b in ALL if b.marker == "run"]
+CONSOLE = [b for b in RUN if b.language == "console"]
+# Blocks marked run that are not console blocks, each checked by a test of its own below.
+CHECKED = {("docs/durability.md", "layout"), ("docs/operations-keys.md", "key-file")}
+
+# Stand-ins for the reader's own files that a block names: SciFact-like abstracts, one longer than a passage.
+ABSTRACTS = [
+    {"_id": "4983", "title": "Vitamin D and fractures", "text": "Low vitamin D was associated with hip fractures."},
+    {"_id": "5836", "title": "Bone density", "text": " ".join(["Bone mineral density fell with age."] * 40)},
+    {"_id": "7912", "title": "Sleep", "text": "Short sleep predicted weight gain in adolescents."},
+]
+INPUTS: dict[tuple[str, str], Callable[[Path], None]] = {
+    ("docs/indexing.md", "sts"): lambda cwd: shutil.copy(REPO / "examples" / "sts-sample.jsonl", cwd / "sts.jsonl"),
+    ("docs/search.md", "passages"): lambda cwd: (cwd / "abstracts.jsonl").write_text(
+        "".join(json.dumps(a) + "\n" for a in ABSTRACTS)
+    ),
+}
+# Exit codes other than 0, by the command's place in its block.
+EXITS = {("docs/indexing.md", "sts"): {0: 4}}  # line 43 is broken: bad input
+
+
+def test_every_docs_block_says_whether_it_runs():
+    problems = []
+    for b in ALL:
+        if not b.language:
+            problems.append(f"{b.where}: a fence without a language (console, python, text, ...)")
+        elif b.language in RUNNABLE and b.marker is None:
+            problems.append(
+                f"{b.where}: a {b.language} block marked neither <!-- run: NAME --> nor <!-- not-run: WHY -->"
+            )
+        if b.marker and not b.label.strip():
+            problems.append(f"{b.where}: a {b.marker} marker without a {'name' if b.marker == 'run' else 'reason'}")
+    assert not problems, "\n".join(problems)
+
+
+def test_every_block_marked_run_is_run_here():
+    names = [(b.doc, b.label) for b in RUN]
+    assert len(names) == len(set(names)), "two blocks of one file have the same name"
+    assert {(b.doc, b.label) for b in RUN if b.language != "console"} == CHECKED
+    assert set(INPUTS) | set(EXITS) <= {(b.doc, b.label) for b in CONSOLE}
+
+
+@pytest.fixture
+def in_a_copy(server, tmp_path, monkeypatch):
+    """A working directory with the repository's examples/, the CLI pointed at the session's server, and the
+    collections a block creates removed after it."""
+    shutil.copytree(REPO / "examples", tmp_path / "examples")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("SEMSEARCH_ADDRESS", server.address)
+    before = {c.name for c in server.client.list_collections()}
+    yield tmp_path
+    for c in server.client.list_collections():
+        if c.name not in before:
+            server.client.delete_collection(c.name)
+
+
+@pytest.mark.parametrize("found", CONSOLE, ids=lambda b: f"{Path(b.doc).stem}:{b.label}")
+def test_a_console_block_runs_as_written(found: Block, in_a_copy, server):
+    key = (found.doc, found.label)
+    if key in INPUTS:
+        INPUTS[key](in_a_copy)
+    run_console(found, EXITS.get(key))
+    if key == ("docs/search.md", "passages"):  # what its options say they do
+        papers = server.client.get([a["_id"] for a in ABSTRACTS], collection="papers")
+        assert [d.text for d in papers] == [f"{a['title']} {a['text']}" for a in ABSTRACTS]
+
+
+def _commands(found: Block) -> list[list[str]]:
+    if found.language == "console":
+        return [step.argv for step in console_steps(found.text)]
+    return [s.argv for line in found.text.splitlines() if line.strip() for s in console_steps(f"$ {line}")]
+
+
+def test_the_commands_of_blocks_not_run_here_parse():
+    not_run = [b for b in ALL if b.marker == "not-run" and b.language in RUNNABLE - {"python", "py"}]
+    assert not_run
+    for found in not_run:
+        for argv in _commands(found):
+            if argv and argv[0].startswith("semsearch"):
+                parse_command(argv)
+
+
+def test_the_data_directory_layout_is_what_a_collection_holds(server, collection):
+    layout = block("docs/durability.md", "layout").text
+    documented = re.findall(r"^  (\S+)\s", layout, re.MULTILINE)
+    server.client.upsert([("d1", "a document on disk")], collection=collection)
+    folder = server.config.data_dir / "collections" / collection
+    on_disk = [p.name for p in folder.iterdir() if not p.name.endswith(("-wal", "-shm"))]  # SQLite's own
+    assert sorted(documented) == sorted(on_disk)
+
+
+def test_the_example_key_file_gives_each_key_what_its_comment_says(tmp_path, embedder, explainer, monkeypatch):
+    doc = (REPO / "docs" / "operations-keys.md").read_text()
+    keys = tmp_path / "keys"
+    keys.write_text(block("docs/operations-keys.md", "key-file").text + "\n")
+    srv = InProcessServer(tmp_path / "data", embedder, explainer, seed_demo=True, api_key_file=keys)
+    monkeypatch.setenv("SEMSEARCH_ADDRESS", srv.address)
+    try:
+        dashboards, ingest = "3f1c9a0e77d2", "9b2e6d41c0aa"
+        code, out = run_cli(["search", "I drink water", "-c", "demo", "-k", "1", "--api-key", dashboards])
+        assert code == 0 and "c4" in out[0], out  # read everything
+        code, out = run_cli(["upsert", "d1", "a text", "-c", "demo", "--api-key", dashboards])
+        assert code == 1 and "this key (role read, all collections) may not call Upsert" in out[0], out
+        assert out[0].split(") may not call Upsert", 1)[1] in doc  # as the refusals the doc quotes say
+        code, out = run_cli(["upsert", "d1", "a text", "-c", "other", "--api-key", ingest])
+        quoted = "this key (role write, collections docs-* faq) may not call Upsert on collection 'other'"
+        assert code == 1 and quoted in out[0] and quoted in doc, out
+        code, out = run_cli(["upsert", "d1", "a text", "-c", "faq", "--api-key", ingest])
+        assert code == 1 and "NOT_FOUND" in out[0], out  # inside its patterns, a missing collection
+        code, out = run_cli(["upsert", "d1", "a text", "-c", "demo"])
+        assert code == 1 and "UNAUTHENTICATED" in out[0], out
+    finally:
+        srv.stop()
