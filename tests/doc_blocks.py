@@ -254,3 +254,29 @@ def _parse_server(argv: list[str]) -> object:
         return load_config(argv, environ={})
     except ConfigError as exc:
         raise AssertionError(f"`semsearch-server {shlex.join(argv)}` is refused: {exc}") from None
+
+
+def inline_code(doc: str | Path) -> list[str]:
+    """The inline code spans of doc's prose (outside fenced blocks), each on one line."""
+    path = doc if isinstance(doc, Path) else REPO / doc
+    prose = re.sub(r"^```.*?^```", "", path.read_text(), flags=re.MULTILINE | re.DOTALL)
+    return [" ".join(span.split()) for span in re.findall(r"`([^`]+)`", prose)]
+
+
+def options_of(argv: list[str]) -> set[str]:
+    """The long options the command that argv starts with takes (`semsearch SUB...`, `semsearch-server`,
+    `semsearch-server migrate`), its subcommands followed as far as argv names them."""
+    if argv[0] == "semsearch":
+        from semsearch.cli import build_parser
+
+        parser = build_parser()
+        for word in argv[1:]:
+            subparsers = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+            if subparsers and word in subparsers[0].choices:
+                parser = subparsers[0].choices[word]
+        return {o for action in parser._actions for o in action.option_strings if o.startswith("--")}
+    assert argv[0] == "semsearch-server", argv
+    from semsearch_server.config import build_parser as server_parser
+
+    options = {o for action in server_parser()._actions for o in action.option_strings if o.startswith("--")}
+    return options | ({"--collection", "--to-store"} if argv[1:2] == ["migrate"] else set())

