@@ -4,7 +4,8 @@ Console blocks marked `<!-- run: NAME -->` are found and run here (tests/doc_blo
 CLI against the session's server, its output compared by shape with the block's) without a change to this
 file; a block that reads a file of the reader's gets a stand-in from INPUTS. Blocks of another kind marked run
 have a check of their own below (CHECKED). Blocks marked `<!-- not-run: REASON -->` have their semsearch
-commands parsed by the real parsers, so an option that no longer exists fails here too.
+commands parsed by the real parsers, so an option that no longer exists fails here too, and so do the
+commands that README.md and the docs name in passing, in their prose.
 """
 
 from __future__ import annotations
@@ -214,9 +215,11 @@ def test_the_commands_the_docs_name_in_passing_exist_with_the_options_they_show(
     problems = []
     services = None
     targets = set(re.findall(r"^([\w-]+):", (REPO / "Makefile").read_text(), re.MULTILINE))
-    for doc in DOCS:
+    for doc in [REPO / "README.md", *DOCS]:
         for span in inline_code(doc):
             words = _words(span)
+            if not words:
+                continue
             if words[:3] == ["python", "-m", "semsearch_server"]:
                 words = ["semsearch-server", *words[3:]]
             where = f"{doc.name}: `{span}`"
