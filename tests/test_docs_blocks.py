@@ -17,6 +17,7 @@ import shlex
 import shutil
 import subprocess
 import tomllib
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
@@ -128,35 +129,59 @@ def test_the_data_directory_layout_is_what_a_collection_holds(server, collection
     assert sorted(documented) == sorted(on_disk)
 
 
-def test_the_example_key_file_gives_each_key_what_its_comment_says(tmp_path, embedder, explainer, monkeypatch):
-    doc = (REPO / "docs" / "operations-keys.md").read_text()
-    keys = tmp_path / "keys"
-    # ...and a key stored as its hash, made as the doc says: printf %s "$KEY" | sha256sum
+@pytest.fixture(scope="module")
+def keyed(tmp_path_factory, embedder, explainer):
+    """A server with the demo, the console, and operations-keys.md's example key file, plus a key stored as its
+    hash, made as the doc says: printf %s "$KEY" | sha256sum. Yields the server and that key."""
+    data = tmp_path_factory.mktemp("docs-keys")
     operator = "an operator's key"
     digest = subprocess.run(
         ["bash", "-c", 'printf %s "$KEY" | sha256sum'], env={"KEY": operator}, capture_output=True, text=True
     ).stdout.split()[0]
+    keys = data / "keys"
     keys.write_text(block("docs/operations-keys.md", "key-file").text + f"\nsha256:{digest} admin\n")
-    srv = InProcessServer(tmp_path / "data", embedder, explainer, seed_demo=True, api_key_file=keys)
+    srv = InProcessServer(data / "data", embedder, explainer, seed_demo=True, api_key_file=keys, console_port=0)
+    yield srv, operator
+    srv.stop()
+
+
+DASHBOARDS, INGEST = "3f1c9a0e77d2", "9b2e6d41c0aa"  # the example file's plain keys
+
+
+def test_the_example_key_file_gives_each_key_what_its_comment_says(keyed, monkeypatch):
+    srv, operator = keyed
+    doc = (REPO / "docs" / "operations-keys.md").read_text()
     monkeypatch.setenv("SEMSEARCH_ADDRESS", srv.address)
-    try:
-        dashboards, ingest = "3f1c9a0e77d2", "9b2e6d41c0aa"
-        code, out = run_cli(["search", "I drink water", "-c", "demo", "-k", "1", "--api-key", dashboards])
-        assert code == 0 and "c4" in out[0], out  # read everything
-        code, out = run_cli(["upsert", "d1", "a text", "-c", "demo", "--api-key", dashboards])
-        assert code == 1 and "this key (role read, all collections) may not call Upsert" in out[0], out
-        assert out[0].split(") may not call Upsert", 1)[1] in doc  # as the refusals the doc quotes say
-        code, out = run_cli(["upsert", "d1", "a text", "-c", "other", "--api-key", ingest])
-        quoted = "this key (role write, collections docs-* faq) may not call Upsert on collection 'other'"
-        assert code == 1 and quoted in out[0] and quoted in doc, out
-        code, out = run_cli(["upsert", "d1", "a text", "-c", "faq", "--api-key", ingest])
-        assert code == 1 and "NOT_FOUND" in out[0], out  # inside its patterns, a missing collection
-        code, out = run_cli(["upsert", "d1", "a text", "-c", "demo"])
-        assert code == 1 and "UNAUTHENTICATED" in out[0], out
-        code, out = run_cli(["collections", "create", "by-hash", "--api-key", operator])
-        assert code == 0, out
-    finally:
-        srv.stop()
+    code, out = run_cli(["search", "I drink water", "-c", "demo", "-k", "1", "--api-key", DASHBOARDS])
+    assert code == 0 and "c4" in out[0], out  # read everything
+    code, out = run_cli(["upsert", "d1", "a text", "-c", "demo", "--api-key", DASHBOARDS])
+    assert code == 1 and "this key (role read, all collections) may not call Upsert" in out[0], out
+    assert out[0].split(") may not call Upsert", 1)[1] in doc  # as the refusals the doc quotes say
+    code, out = run_cli(["upsert", "d1", "a text", "-c", "other", "--api-key", INGEST])
+    quoted = "this key (role write, collections docs-* faq) may not call Upsert on collection 'other'"
+    assert code == 1 and quoted in out[0] and quoted in doc, out
+    code, out = run_cli(["upsert", "d1", "a text", "-c", "faq", "--api-key", INGEST])
+    assert code == 1 and "NOT_FOUND" in out[0], out  # inside its patterns, a missing collection
+    code, out = run_cli(["upsert", "d1", "a text", "-c", "demo"])
+    assert code == 1 and "UNAUTHENTICATED" in out[0], out
+    code, out = run_cli(["collections", "create", "by-hash", "--api-key", operator])
+    assert code == 0, out
+
+
+def test_the_consoles_example_request_and_link_are_answered(keyed):
+    srv, _ = keyed
+    spans = inline_code(REPO / "docs" / "console.md")
+    [body] = [s for s in spans if s.startswith("{")]
+    [link] = [s for s in spans if s.startswith("/?")]
+    base = f"http://127.0.0.1:{srv.app.console.port}"
+    request = urllib.request.Request(
+        f"{base}/api/v1/Search", data=body.encode(), headers={"Authorization": f"Bearer {DASHBOARDS}"}
+    )
+    with urllib.request.urlopen(request, timeout=60) as answer:
+        hits = json.loads(answer.read())["hits"]
+    assert 0 < len(hits) <= json.loads(body)["topK"] and all(h["id"].startswith("c") for h in hits)
+    with urllib.request.urlopen(base + link, timeout=60) as page:
+        assert page.status == 200 and page.headers["Content-Type"].startswith("text/html")
 
 
 # -- Commands named in passing ---------------------------------------------------------------------------------
@@ -256,4 +281,51 @@ def test_the_commands_the_docs_name_in_passing_exist_with_the_options_they_show(
                         problems.append(f"{where}: {package} has no extra {sorted(missing)}")
             elif words[0] == "make" and len(words) > 1 and words[1] not in targets:
                 problems.append(f"{where}: the Makefile has no target {words[1]}")
+    assert not problems, "\n".join(problems)
+
+
+# -- The adapters' calls ---------------------------------------------------------------------------------------
+
+
+def _callables(source: Path) -> dict[str, set[str] | None]:
+    """The classes (by their __init__) and methods defined under source, each with its keyword parameters
+    (None: it takes **kwargs), read from the source: the frameworks take seconds to import."""
+    found: dict[str, set[str] | None] = {}
+    files = sorted(source.rglob("*.py")) if source.is_dir() else [source]
+    for tree in (ast.parse(f.read_text()) for f in files):
+        for cls in (n for n in ast.walk(tree) if isinstance(n, ast.ClassDef)):
+            found.setdefault(cls.name, set())
+            for fn in (n for n in cls.body if isinstance(n, ast.FunctionDef)):
+                args = fn.args
+                params = None if args.kwarg else {a.arg for a in [*args.args, *args.kwonlyargs]} - {"self", "cls"}
+                found[cls.name if fn.name == "__init__" else fn.name] = params
+    return found
+
+
+def test_the_adapters_calls_in_the_docs_name_real_classes_methods_and_parameters():
+    problems = []
+    rows = [
+        line for line in (REPO / "docs" / "adapters.md").read_text().splitlines() if "semsearch.integrations." in line
+    ]
+    assert len(rows) == 3
+    for row in rows:
+        [module] = re.findall(r"`semsearch\.integrations\.(\w+)`", row)
+        source = REPO / "client" / "src" / "semsearch" / "integrations" / module
+        defined = _callables(source if source.is_dir() else source.with_suffix(".py"))
+        calls = 0
+        for span in re.findall(r"`([^`]+)`", row):
+            try:
+                call = ast.parse(span, mode="eval").body
+            except SyntaxError:
+                continue
+            if not isinstance(call, ast.Call) or not isinstance(call.func, ast.Name):
+                continue
+            calls += 1
+            name = call.func.id
+            if name not in defined:
+                problems.append(f"`{span}`: semsearch.integrations.{module} defines no {name}")
+            elif defined[name] is not None and not {k.arg for k in call.keywords} <= defined[name]:
+                unknown = {k.arg for k in call.keywords} - defined[name]
+                problems.append(f"`{span}`: {name} takes no {sorted(unknown)}")
+        assert calls, row
     assert not problems, "\n".join(problems)
