@@ -1,11 +1,12 @@
 """The blocks of docs/*.md run as written, and none of a runnable kind goes unmarked.
 
-Console blocks marked `<!-- run: NAME -->` are found and run here (tests/doc_blocks.py: each command through the
-CLI against the session's server, its output compared by shape with the block's) without a change to this
-file; a block that reads a file of the reader's gets a stand-in from INPUTS. Blocks of another kind marked run
-have a check of their own below (CHECKED). Blocks marked `<!-- not-run: REASON -->` have their semsearch
-commands parsed by the real parsers, so an option that no longer exists fails here too, and so do the
-commands that README.md and the docs name in passing, in their prose.
+Console and python blocks marked `<!-- run: NAME -->` are found and run here without a change to this file
+(tests/doc_blocks.py: each command through the CLI against the session's server, its output compared by shape
+with the block's; python twice, and it must print); a block that reads a file of the reader's gets a stand-in
+from INPUTS. Blocks of another kind marked run have a check of their own below (CHECKED). Blocks marked
+`<!-- not-run: REASON -->` have their semsearch commands parsed by the real parsers, so an option that no
+longer exists fails here too, and so do the commands that README.md and the docs name in passing, in their
+prose.
 """
 
 from __future__ import annotations
@@ -35,12 +36,14 @@ from doc_blocks import (
     parse_command,
     run_cli,
     run_console,
+    run_python,
 )
 
 ALL = [b for doc in DOCS for b in blocks(doc)]
 RUN = [b for b in ALL if b.marker == "run"]
-CONSOLE = [b for b in RUN if b.language == "console"]
-# Blocks marked run that are not console blocks, each checked by a test of its own below.
+# Console and python blocks marked run are run by test_a_block_runs_as_written; the others marked run are each
+# checked by a test of their own below.
+RUN_HERE = [b for b in RUN if b.language in ("console", "python")]
 CHECKED = {("docs/durability.md", "layout"), ("docs/operations-keys.md", "key-file")}
 
 # Stand-ins for the reader's own files that a block names: SciFact-like abstracts, one longer than a passage.
@@ -76,8 +79,8 @@ def test_every_docs_block_says_whether_it_runs():
 def test_every_block_marked_run_is_run_here():
     names = [(b.doc, b.label) for b in RUN]
     assert len(names) == len(set(names)), "two blocks of one file have the same name"
-    assert {(b.doc, b.label) for b in RUN if b.language != "console"} == CHECKED
-    assert set(INPUTS) | set(EXITS) <= {(b.doc, b.label) for b in CONSOLE}
+    assert {(b.doc, b.label) for b in RUN if b not in RUN_HERE} == CHECKED
+    assert set(INPUTS) | set(EXITS) <= {(b.doc, b.label) for b in RUN_HERE}
 
 
 @pytest.fixture
@@ -94,12 +97,15 @@ def in_a_copy(server, tmp_path, monkeypatch):
             server.client.delete_collection(c.name)
 
 
-@pytest.mark.parametrize("found", CONSOLE, ids=lambda b: f"{Path(b.doc).stem}:{b.label}")
-def test_a_console_block_runs_as_written(found: Block, in_a_copy, server):
+@pytest.mark.parametrize("found", RUN_HERE, ids=lambda b: f"{Path(b.doc).stem}:{b.label}")
+def test_a_block_runs_as_written(found: Block, in_a_copy, server):
     key = (found.doc, found.label)
     if key in INPUTS:
         INPUTS[key](in_a_copy)
-    run_console(found, EXITS.get(key))
+    if found.language == "python":
+        run_python(found)  # twice, and it must print
+    else:
+        run_console(found, EXITS.get(key))
     if key == ("docs/search.md", "passages"):  # what its options say they do
         papers = server.client.get([a["_id"] for a in ABSTRACTS], collection="papers")
         assert [d.text for d in papers] == [f"{a['title']} {a['text']}" for a in ABSTRACTS]
