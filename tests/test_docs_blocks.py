@@ -335,3 +335,39 @@ def test_the_adapters_calls_in_the_docs_name_real_classes_methods_and_parameters
                 problems.append(f"`{span}`: {name} takes no {sorted(unknown)}")
         assert calls, row
     assert not problems, "\n".join(problems)
+
+
+# -- Messages the API reference quotes ------------------------------------------------------------------------
+
+
+def _quoted(doc: str, start: str) -> str:
+    [span] = [s for s in inline_code(REPO / doc) if s.startswith(start)]
+    return span
+
+
+def test_the_messages_the_api_reference_quotes_are_the_services(client, collection):
+    from semsearch import InvalidArgumentError, field
+    from semsearch.v1 import search_service_pb2 as pb
+
+    client.upsert([("d1", "a wine from 2019", {"year": 2019})], collection=collection)
+    excluded = _quoted("docs/api.md", "where.all[1].condition")
+    why = client.explain(
+        "wine", doc_id="d1", collection=collection, where=(field("year") > 2000) & (field("year") >= 2020)
+    )
+    assert why.ranking.excluded_by == excluded  # the document fails the second condition
+    with pytest.raises(InvalidArgumentError) as error:
+        client.upsert([(f"d{i}", "   " if i == 3 else "a text") for i in range(4)], collection=collection)
+    assert _quoted("docs/api.md", "documents[3].text") in error.value.details
+    scalar_in = pb.Condition(field="year", op=pb.OPERATOR_IN, value=pb.Value(int_value=2019))
+    two_that_pass = [pb.Filter(condition=pb.Condition(field="year", op=pb.OPERATOR_EXISTS)) for _ in range(2)]
+    with pytest.raises(InvalidArgumentError) as error:
+        client.search(
+            "wine",
+            collection=collection,
+            where=pb.Filter(all=pb.FilterList(filters=[*two_that_pass, pb.Filter(condition=scalar_in)])),
+        )
+    assert _quoted("docs/api.md", "where.all[2].condition") in error.value.details
+    with pytest.raises(InvalidArgumentError) as error:
+        client.search("wine", collection=collection, where="year >= 2020 )")
+    start, end = _quoted("docs/api.md", "where.expression").split(" ... ")
+    assert error.value.details.startswith(start) and f"{end};" in error.value.details, error.value.details
