@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from doc_blocks import block
+
 REPO = Path(__file__).resolve().parents[1]
 
 # The README's recipe (docs -> docs_v1 is live; docs_v2.jsonl holds the new build's documents).
@@ -39,9 +41,8 @@ def _cli(*args: str, env: dict) -> str:
 
 
 def test_the_recipe_is_the_readmes():
-    text = (REPO / "README.md").read_text()
-    block = text[text.index("```bash\n", text.index("<!-- run: blue-green -->")) + len("```bash\n") :]
-    assert block[: block.index("```")] == RECIPE
+    found = block("README.md", "blue-green")
+    assert found.language == "bash" and found.text + "\n" == RECIPE
 
 
 def test_the_blue_green_recipe_runs_verbatim(server, tmp_path):
