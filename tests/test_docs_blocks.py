@@ -64,7 +64,7 @@ EXITS = {("docs/indexing.md", "sts"): {0: 4}}  # line 43 is broken: bad input
 
 def test_every_docs_block_says_whether_it_runs():
     problems = []
-    for b in ALL:
+    for b in [*ALL, *blocks(REPO / "README.md")]:  # the README's marked blocks are run by test_readme_tour.py
         if not b.language:
             problems.append(f"{b.where}: a fence without a language (console, python, text, ...)")
         elif b.language in RUNNABLE and b.marker is None:
