@@ -423,3 +423,22 @@ def test_while_a_first_start_builds_a_query_runs_beside_an_upsert_on_torch(make_
     np.testing.assert_array_equal(upsert_out[0], np.stack([vector(t) for t in upsert]))
     batcher.encode(["idle again"])  # torch idle: the query takes the usual path
     assert torch.beside == [1]
+
+
+def test_a_large_request_during_a_first_start_moves_to_the_new_engine_at_the_switch():
+    """An UpsertStream's group of 1,024 texts that started on torch must not run on torch to its end
+    once OpenVINO has taken over: while the engines are built, large requests run in chunks."""
+    from semsearch_server.embedding.switching import Interim, SwitchingEmbedder
+
+    torch, fast = BulkGatedEmbedder(bulk_over=8), FakeEmbedder()
+    switching = SwitchingEmbedder(Interim(torch, torch))
+    texts = [f"abstract {i}" for i in range(200)]
+    thread, out = in_thread(lambda: switching.encode(texts))
+    assert torch.bulk_started.wait(5)  # the first chunk runs on torch
+    switching.switch_to(fast)
+    torch.release.set()
+    thread.join(5)
+    assert torch.calls == [64] and fast.calls == [64, 64, 8]
+    np.testing.assert_array_equal(out[0], np.stack([vector(t) for t in texts]))  # rows in input order
+    switching.encode(texts)  # switched: one call, as the engines built for batches want
+    assert fast.calls[-1] == 200

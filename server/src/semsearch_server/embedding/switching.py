@@ -10,7 +10,8 @@ it cached and start on the fast engines directly.
 
 Until the single-query engine is built, small requests (a search's query) do not wait for the bulk
 request running on torch or OpenVINO: torch embeds them beside it (`Interim`), as a plain
-sentence-transformers loop serving a query while it embeds a batch would.
+sentence-transformers loop serving a query while it embeds a batch would; and a large request runs in
+chunks, so that the engine switched to takes over the rest of it.
 
 Vectors from torch and from the engine that replaces it agree to cosine >= 0.9999 (the agreement
 check is what allows the switch), so documents written before the switch are searched like those
@@ -48,7 +49,12 @@ class SwitchingEmbedder(EmbedderWrapper):
         self.switched.set()
 
     def encode(self, texts: list[str]) -> np.ndarray:
-        return self.inner.encode(texts)
+        chunk = getattr(self.inner, "chunk_texts", 0)
+        if not chunk or len(texts) <= chunk:
+            return self.inner.encode(texts)
+        # A large request while the engines are being built: in chunks, each on the engine serving when
+        # it starts, so that a switch takes effect within one chunk rather than after the whole request.
+        return np.concatenate([self.inner.encode(texts[i : i + chunk]) for i in range(0, len(texts), chunk)])
 
     @property
     def serves_small_calls_while_busy(self) -> bool:
@@ -117,6 +123,9 @@ class Interim(SizeRoutedEmbedder):
     # Any request larger than one the latency engine would take runs in MicroBatchingEmbedder's bulk
     # lane: grouped with a search's query, a torch upsert of 16 abstracts kept it waiting 3-8 s under load.
     bulk_above_texts = SMALL_REQUEST_TEXTS
+    # SwitchingEmbedder cuts larger requests into chunks of this many texts: an UpsertStream's group of
+    # 1,024 abstracts on torch, once started, would run on torch for minutes after OpenVINO took over.
+    chunk_texts = 64
 
     @property
     def fingerprint(self) -> ModelFingerprint:
