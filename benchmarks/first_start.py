@@ -28,6 +28,7 @@ import json
 import os
 import re
 import statistics
+import sys
 import tempfile
 import threading
 import time
@@ -227,7 +228,7 @@ def second_start(claims, cache: Path, data_dir: Path) -> dict:
     }
 
 
-def main() -> None:
+def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=DEFAULT_SCIFACT, help="BEIR SciFact folder (corpus, queries)")
     parser.add_argument("--batch", type=int, default=16, help="documents per Upsert call (and per loop batch)")
@@ -262,34 +263,40 @@ def main() -> None:
     print(f"first start: SERVING {cold['to_serving']:.1f} s after launch; built {', '.join(built) or 'nothing'}")
     for line in timings:
         print(f"  log: {line}")
+    passes: list[bool] = []
     print()
     print("| measure | result | target | |")
     print("| --- | --- | --- | --- |")
     for label, key in (("first fast engine", "switch"), ("every engine (single queries on ONNX Runtime)", "built")):
         at = cold[key]
         ok = at is not None and at <= SWITCH_TARGET_S and not cold["stayed_on_torch"]
+        passes.append(ok)
         shown = f"{at:.1f} s" if at is not None else f"none in {args.timeout:.0f} s"
         print(f"| SERVING to the switch to the {label}, under the import | {shown} | <= {SWITCH_TARGET_S:.0f} s "
               f"| {verdict(ok)} |")  # fmt: skip
     for window, name in (("SERVING to the first switch", "torch"), ("SERVING to the last switch", "build")):
         rate, docs, seconds = cold[f"{name}_ingest"]
         ratio = rate / loop_rate
+        passes.append(ratio >= 1.0)
         print(f"| ingest, {window}, vs the plain loop | {rate:.1f} / {loop_rate:.1f} docs/s: {ratio:.2f}x "
               f"({docs} docs in {seconds:.1f} s) | >= 1.0x | {verdict(ratio >= 1.0)} |")  # fmt: skip
         p50, count = cold[f"{name}_search"]
         speed = loop_p50 / p50 if count else float("nan")
+        passes.append(speed >= 1.0)
         print(f"| one-client Search, {window}, vs the loop's one-claim encode (speed) | p50 {p50 * 1e3:.1f} / "
               f"{loop_p50 * 1e3:.1f} ms: {speed:.2f}x ({count} searches) | >= 1.0x "
               f"| {verdict(speed >= 1.0)} |")  # fmt: skip
     no_build = not second["built"] and not second["first_start"] and not second["torch_loaded"]
     fast = "torch" not in second["backend"]
+    passes.append(no_build and fast)
     built = "a first start again" if second["first_start"] else ", ".join(second["built"]) or "nothing"
     print(f"| second data dir, same engine cache: built / first fast-engine Search after launch | "
           f"{built} / {second['first_search']:.1f} s ({second['backend']}) "
           f"| nothing built, fast engine from the first request | {verdict(no_build and fast)} |")  # fmt: skip
     load = os.getloadavg()
     print(f"load average after: {load[0]:.2f} {load[1]:.2f} (2 cores; other work on the machine shows here)")
+    return 0 if all(passes) else 1
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
