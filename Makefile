@@ -87,7 +87,7 @@ long: $(TEST_STAMP)
 
 # Every benchmark with its defaults (scale.py alone takes about an hour at 1M vectors on 2 cores).
 # Each prints PASS/MISS; a MISS is reported, not hidden, and does not stop the others.
-BENCHMARKS := service_speed embed_backends explain_faithfulness indexer_throughput load footprint scale retrieval_quality fusion_sweep stalled_streams
+BENCHMARKS := service_speed embed_backends explain_faithfulness indexer_throughput load footprint first_start scale retrieval_quality fusion_sweep stalled_streams
 bench: $(TEST_STAMP)
 	status=0; for name in $(BENCHMARKS); do echo "== benchmarks/$$name.py"; \
 		$(BIN)/python benchmarks/$$name.py || status=1; done; exit $$status

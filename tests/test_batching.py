@@ -391,3 +391,54 @@ def test_an_engine_of_another_dimension_is_refused():
     with pytest.raises(ValueError, match="dimension 8 -> 16"):
         switching.switch_to(other)
     assert not switching.switched.is_set()
+
+
+def test_while_a_first_start_builds_a_query_runs_beside_an_upsert_on_torch(make_batcher):
+    """A first start's interim engine (switching.Interim): an upsert of 16 texts, fewer than a group, still
+    takes the bulk lane, and a query arriving meanwhile is embedded by torch beside it, not after it."""
+    from semsearch_server.embedding.switching import Interim, SwitchingEmbedder
+
+    class FakeTorch(BulkGatedEmbedder):
+        def __init__(self) -> None:
+            super().__init__(bulk_over=1)
+            self.beside: list[int] = []
+
+        def encode_beside(self, texts: list[str]) -> np.ndarray:
+            self.beside.append(len(texts))
+            return FakeEmbedder.encode(self, texts)
+
+    torch = FakeTorch()
+    batcher = make_batcher(SwitchingEmbedder(Interim(torch, torch)), max_batch=32, bulk_lane=None)
+    assert batcher.bulk_lane and batcher.fingerprint == torch.fingerprint  # described as torch alone
+    upsert = [f"abstract {i}" for i in range(16)]
+    upsert_thread, upsert_out = in_thread(lambda: batcher.encode(upsert))
+    assert torch.bulk_started.wait(5)
+    query_thread, query_out = in_thread(lambda: batcher.encode(["a query"]))
+    query_thread.join(5)
+    assert query_out, "the query waited for the upsert"
+    np.testing.assert_array_equal(query_out[0], vector("a query")[None, :])
+    assert upsert_thread.is_alive() and torch.beside == [1]
+    torch.release.set()
+    upsert_thread.join(5)
+    np.testing.assert_array_equal(upsert_out[0], np.stack([vector(t) for t in upsert]))
+    batcher.encode(["idle again"])  # torch idle: the query takes the usual path
+    assert torch.beside == [1]
+
+
+def test_a_large_request_during_a_first_start_moves_to_the_new_engine_at_the_switch():
+    """An UpsertStream's group of 1,024 texts that started on torch must not run on torch to its end
+    once OpenVINO has taken over: while the engines are built, large requests run in chunks."""
+    from semsearch_server.embedding.switching import Interim, SwitchingEmbedder
+
+    torch, fast = BulkGatedEmbedder(bulk_over=8), FakeEmbedder()
+    switching = SwitchingEmbedder(Interim(torch, torch))
+    texts = [f"abstract {i}" for i in range(200)]
+    thread, out = in_thread(lambda: switching.encode(texts))
+    assert torch.bulk_started.wait(5)  # the first chunk runs on torch
+    switching.switch_to(fast)
+    torch.release.set()
+    thread.join(5)
+    assert torch.calls == [64] and fast.calls == [64, 64, 8]
+    np.testing.assert_array_equal(out[0], np.stack([vector(t) for t in texts]))  # rows in input order
+    switching.encode(texts)  # switched: one call, as the engines built for batches want
+    assert fast.calls[-1] == 200

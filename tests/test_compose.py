@@ -74,8 +74,10 @@ def test_server_service(compose):
     assert server["build"]["dockerfile"] == "server/Dockerfile"
     assert Path(server["build"]["context"]) == REPO
     assert {(p["target"], p["published"]) for p in server["ports"]} == {(50051, "50051"), (9090, "9090")}
-    [volume] = server["volumes"]
-    assert (Path(volume["source"]), volume["target"]) == (REPO / "index_data", "/data")
+    data, cache = server["volumes"]
+    assert (Path(data["source"]), data["target"]) == (REPO / "index_data", "/data")
+    # The built engines outlive the container, in a volume the image's user owns (see the Dockerfile).
+    assert (cache["type"], cache["source"], cache["target"]) == ("volume", "engine_cache", "/cache")
     env = server["environment"]
     assert env["SEMSEARCH_DATA_DIR"] == "/data" and env["SEMSEARCH_METRICS_PORT"] == "9090"
     test = server["healthcheck"]["test"]
@@ -107,7 +109,9 @@ def test_profiles_hide_indexer_and_prometheus_by_default(compose):
     assert command[command.index("--state-dir") + 1] == "/state"
     state = next(v for v in indexer["volumes"] if v["target"] == "/state")
     assert state["type"] == "volume" and not state.get("read_only")
-    assert "mkdir -p /data /state && chown semsearch /data /state" in (REPO / "server" / "Dockerfile").read_text()
+    dockerfile = (REPO / "server" / "Dockerfile").read_text()
+    assert "mkdir -p /data /state /cache && chown semsearch /data /state /cache" in dockerfile
+    assert "SEMSEARCH_CACHE_DIR=/cache" in dockerfile
     prometheus = services["prometheus"]
     assert any(Path(v["source"]) == REPO / "server" / "prometheus.yml" for v in prometheus["volumes"])
 
@@ -137,3 +141,5 @@ def test_cluster_profile_runs_two_milvus_replicas(compose):
         assert replica["depends_on"]["milvus"]["condition"] == "service_healthy"
         assert "semsearch" in replica["networks"]["default"]["aliases"]
         assert not any(v.get("target") == "/data" for v in replica.get("volumes", []))  # stateless
+        # ...but the engines are shared: a replica's start reuses what the first start built.
+        assert {(v["source"], v["target"]) for v in replica["volumes"]} == {("engine_cache", "/cache")}

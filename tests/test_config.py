@@ -104,3 +104,16 @@ def test_the_milvus_store_needs_its_uri_and_never_logs_its_token(tmp_path):
     assert "s3cret" not in repr(config.describe())
     with pytest.raises(ConfigError, match="milvus_token: file"):
         load_config(["--store", "milvus", "--milvus-uri", "x.db", "--milvus-token", f"@{tmp_path / 'none'}"], {})
+
+
+def test_the_engine_cache_is_one_per_user_whatever_the_data_directory(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    one = load_config(["--data-dir", str(tmp_path / "a")], {})
+    other = load_config(["--data-dir", str(tmp_path / "b")], {})
+    assert one.model_cache_dir == other.model_cache_dir == tmp_path / "xdg" / "semsearch" / "engines"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    assert one.model_cache_dir == Path.home() / ".cache" / "semsearch" / "engines"
+    # Moved by a flag, a variable or the file, like every option.
+    toml = write_toml(tmp_path, f'cache_dir = "{tmp_path / "file"}"\n')
+    assert load_config(["--config", str(toml)], {}).model_cache_dir == tmp_path / "file"
+    assert load_config([], {"SEMSEARCH_CACHE_DIR": str(tmp_path / "env")}).model_cache_dir == tmp_path / "env"

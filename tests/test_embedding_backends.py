@@ -167,9 +167,9 @@ def test_a_failed_fusion_falls_back_to_the_plain_export(
     monkeypatch.setattr(onnx_backend, "_export_fused", failing_fusion)
     with caplog.at_level(logging.WARNING, logger=onnx_backend.__name__):
         plain = onnx_backend.OnnxEmbedder(reference, cache)
-    assert plain.model_dir == cache / "onnx" / reference.fingerprint.weights_sha256
+    assert plain.model_dir == onnx_backend.artifact_dir(cache, "onnx", reference.fingerprint)
     assert "no fusion today" in caplog.text
-    assert not (cache / "onnx-fused" / reference.fingerprint.weights_sha256).exists()
+    assert not (onnx_backend.artifact_dir(cache, "onnx-fused", reference.fingerprint)).exists()
     assert _cosines(plain.encode(STS_LIKE), reference.encode(STS_LIKE)).min() >= MIN_COSINE
 
 
@@ -190,7 +190,7 @@ def test_a_fused_graph_that_disagrees_is_not_cached(
     assert len(differences) == 1
     assert plain.model_dir.parent.name == "onnx"
     assert "differs from the traced one" in caplog.text
-    assert not (cache / "onnx-fused" / reference.fingerprint.weights_sha256).exists()
+    assert not (onnx_backend.artifact_dir(cache, "onnx-fused", reference.fingerprint)).exists()
 
 
 def test_the_fused_graph_matches_the_traced_one(onnx_embedder, plain_onnx_dir, reference, tmp_path):
@@ -230,7 +230,7 @@ def test_second_build_reuses_the_cache(onnx_embedder, reference, cache_dir, monk
 def test_corrupt_onnx_cache_is_rebuilt(onnx_embedder, reference, tmp_path, monkeypatch):
     cache = tmp_path / "cache"
     shutil.copytree(onnx_embedder.model_dir.parent.parent, cache)
-    copied = cache / "onnx-fused" / reference.fingerprint.weights_sha256 / onnx_backend.ONNX_FILE
+    copied = onnx_backend.artifact_dir(cache, "onnx-fused", reference.fingerprint) / onnx_backend.ONNX_FILE
     with open(copied, "r+b") as fh:  # flip bytes in the middle of the weights
         fh.seek(copied.stat().st_size // 2)
         fh.write(b"\x00garbage\x00" * 16)
@@ -347,7 +347,7 @@ def test_corrupt_openvino_cache_is_rebuilt(openvino_embedder, reference, tmp_pat
 
     cache = tmp_path / "cache"
     shutil.copytree(openvino_embedder.model_dir.parent.parent, cache)
-    weights = cache / "openvino" / reference.fingerprint.weights_sha256 / "model.bin"
+    weights = onnx_backend.artifact_dir(cache, "openvino", reference.fingerprint) / "model.bin"
     weights.write_bytes(weights.read_bytes()[:1000])  # truncated
     rebuilt = OpenVinoEmbedder(reference, cache)
     assert weights.stat().st_size == (openvino_embedder.model_dir / "model.bin").stat().st_size
@@ -374,7 +374,7 @@ def test_an_openvino_cache_from_the_onnx_route_of_older_versions_is_rebuilt(open
 
     cache = tmp_path / "cache"
     shutil.copytree(openvino_embedder.model_dir.parent.parent, cache)
-    manifest_file = cache / "openvino" / reference.fingerprint.weights_sha256 / onnx_backend.MANIFEST_FILE
+    manifest_file = onnx_backend.artifact_dir(cache, "openvino", reference.fingerprint) / onnx_backend.MANIFEST_FILE
     manifest = json.loads(manifest_file.read_text())
     del manifest["recipe"]  # as written before the recipe was recorded
     manifest_file.write_text(json.dumps(manifest))
@@ -610,3 +610,77 @@ def test_a_cached_disagreement_is_reported_like_a_fresh_one(reference, cache_dir
             embedder = factory.build_embedder(default_model_path(), "auto", cache_dir=cache_dir, reference=reference)
         assert embedder is reference
         assert any("disagrees with torch" in r.getMessage() for r in caplog.records)
+
+
+# The engine cache is machine-wide: shared by every server and data directory, so builds race.
+FAKE_MODEL = ModelFingerprint("fake", "f" * 64, 2, "mean", True, 8, "torch")
+
+
+def _slow_build(builds: list, inside: threading.Event, content: bytes = b"engine"):
+    def build(tmp: Path) -> dict:
+        builds.append(tmp)
+        inside.set()
+        (tmp / "engine.bin").write_bytes(content)
+        threading.Event().wait(0.5)  # long enough for a second builder to arrive meanwhile
+        return {"recipe": "test"}
+
+    return build
+
+
+def test_two_builds_of_one_cache_entry_at_once_build_it_once(tmp_path, caplog):
+    builds: list = []
+    inside = threading.Event()
+    results: dict = {}
+
+    def first() -> None:
+        results["first"] = onnx_backend.cached_artifact(
+            tmp_path, "fake", FAKE_MODEL, ("engine.bin",), _slow_build(builds, inside)
+        )
+
+    with caplog.at_level(logging.INFO, logger=onnx_backend.__name__):
+        thread = threading.Thread(target=first)
+        thread.start()
+        assert inside.wait(30)
+        second = onnx_backend.cached_artifact(
+            tmp_path, "fake", FAKE_MODEL, ("engine.bin",), _slow_build(builds, threading.Event(), b"other")
+        )
+        thread.join(30)
+    assert len(builds) == 1, "the second builder built again instead of waiting for the first"
+    assert second == results["first"] == onnx_backend.artifact_dir(tmp_path, "fake", FAKE_MODEL)
+    assert (second / "engine.bin").read_bytes() == b"engine"
+    assert "waiting for another process's build" in caplog.text
+    assert "built by another process meanwhile" in caplog.text
+    # Nothing but the entry and its lock is left in the kind's folder (no temporary build directory).
+    assert sorted(p.name for p in second.parent.iterdir()) == sorted([second.name, f".{second.name}.lock"])
+
+
+@pytest.mark.parametrize("damage", ["no manifest", "truncated file", "other weights"])
+def test_a_partial_or_foreign_cache_entry_is_rebuilt_never_served(tmp_path, damage, caplog):
+    entry = onnx_backend.cached_artifact(
+        tmp_path, "fake", FAKE_MODEL, ("engine.bin",), _slow_build([], threading.Event(), b"good engine")
+    )
+    manifest = entry / onnx_backend.MANIFEST_FILE
+    if damage == "no manifest":  # as a copy interrupted before its last file
+        manifest.unlink()
+    elif damage == "truncated file":
+        (entry / "engine.bin").write_bytes(b"good")
+    else:
+        manifest.write_text(json.dumps({**json.loads(manifest.read_text()), "weights_sha256": "0" * 64}))
+    builds: list = []
+    with caplog.at_level(logging.WARNING, logger=onnx_backend.__name__):
+        again = onnx_backend.cached_artifact(
+            tmp_path, "fake", FAKE_MODEL, ("engine.bin",), _slow_build(builds, threading.Event(), b"rebuilt")
+        )
+    assert len(builds) == 1 and again == entry
+    assert (again / "engine.bin").read_bytes() == b"rebuilt"
+    assert "is unusable" in caplog.text
+
+
+def test_the_cache_entry_is_named_by_the_weights_and_the_library_versions(monkeypatch):
+    name = onnx_backend.artifact_key(FAKE_MODEL)
+    assert name.startswith(FAKE_MODEL.weights_sha256 + "-")
+    real = onnx_backend.metadata.version
+    monkeypatch.setattr(
+        onnx_backend.metadata, "version", lambda package: "0.0-other" if package == "openvino" else real(package)
+    )
+    assert onnx_backend.artifact_key(FAKE_MODEL) != name

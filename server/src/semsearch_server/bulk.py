@@ -68,7 +68,7 @@ from semsearch.indexer import (
 )
 from semsearch.readers import BadRecord, DocumentSpec
 
-from semsearch_server.config import Limits
+from semsearch_server.config import Limits, default_cache_dir
 from semsearch_server.domain import Document, ModelFingerprint, Passage, PassageConfig
 from semsearch_server.errors import FailedPrecondition, InvalidArgument, NotFound, SemsearchError, Unavailable
 from semsearch_server.index.base import EmbeddedDocument, ModelMismatch
@@ -284,7 +284,7 @@ def _milvus_token(token: str) -> str:
 
 
 def _cache_dir(args: argparse.Namespace) -> str:
-    return args.cache_dir or os.environ.get("SEMSEARCH_CACHE_DIR") or str(Path("index_data") / "cache")
+    return args.cache_dir or os.environ.get("SEMSEARCH_CACHE_DIR") or str(default_cache_dir())
 
 
 def open_collection(args: argparse.Namespace, collection: str):

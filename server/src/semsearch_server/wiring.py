@@ -45,7 +45,7 @@ def build_embedder(config: ServerConfig):
     from semsearch_server.embedding.factory import build_embedder as build_backend
     from semsearch_server.embedding.reference import ModelReference
     from semsearch_server.embedding.sentence_transformer import default_model_path
-    from semsearch_server.embedding.switching import SwitchingEmbedder
+    from semsearch_server.embedding.switching import Interim, SwitchingEmbedder
 
     model_path = config.model or default_model_path()
     with start_up_phase("model description"):
@@ -55,7 +55,7 @@ def build_embedder(config: ServerConfig):
         log.info("first start: serving on torch while the fast engines are built in the background")
         torch_engine = build_backend(model_path, "torch", cache_dir=config.model_cache_dir,
                                      threads=config.threads or None, reference=reference)  # fmt: skip
-        return SwitchingEmbedder(torch_engine), reference
+        return SwitchingEmbedder(Interim(torch_engine, torch_engine, config.batch_max_size)), reference
     with start_up_phase("embedding backends"):
         embedder = build_backend(
             model_path,
@@ -150,8 +150,27 @@ def build_splitter(config: ServerConfig, embedder) -> PassageSplitter:
 
 def _first_start_finisher(switching, explainer, reference, config: ServerConfig) -> Callable[[], None]:
     """What a first start does after SERVING: builds and checks the fast engines (exports, agreement
-    with torch), switches the embedder and the explainer to them, then settles (`_settle`)."""
+    with torch), switches the embedder and the explainer to them, then settles (`_settle`).
+
+    The first engine that agrees is switched to at once; when it is OpenVINO, ONNX Runtime (the
+    engine for single queries, whose fused export takes as long again) is built after that, while
+    OpenVINO serves, and joins it in a second switch (benchmarks/first_start.py: under a SciFact import
+    on the shared 2-core machine, the one switch there was came 42 s after SERVING; OpenVINO alone now
+    comes 7-12 s after it). Until then torch answers small requests beside the bulk ones (`Interim`).
+    """
     from semsearch_server.embedding.factory import build_embedder as build_backend
+    from semsearch_server.embedding.factory import with_latency_engine
+    from semsearch_server.embedding.switching import Interim
+
+    def switch(engine, started: float) -> None:
+        serving_explainer = _serving_explainer(engine, reference, config)
+        switching.switch_to(engine)
+        explainer.switch_to(serving_explainer)
+        log.info(
+            "first start: switched to %s after %.2fs in the background",
+            engine.fingerprint.backend,
+            time.monotonic() - started,
+        )
 
     def finish() -> None:
         started = time.monotonic()
@@ -163,6 +182,7 @@ def _first_start_finisher(switching, explainer, reference, config: ServerConfig)
                 threads=config.threads or None,
                 reference=reference,
                 small_max_texts_while_busy=config.batch_max_size,
+                latency_engine=False,
             )
         except Exception as exc:  # noqa: BLE001 - torch keeps serving, exactly
             log.warning("first start: staying on torch: the fast engines failed (%s: %s)", type(exc).__name__, exc)
@@ -170,14 +190,13 @@ def _first_start_finisher(switching, explainer, reference, config: ServerConfig)
         if engine is reference.torch:
             log.warning("first start: staying on torch (no faster engine agrees with it)")
             return
-        serving_explainer = _serving_explainer(engine, reference, config)
-        switching.switch_to(engine)
-        explainer.switch_to(serving_explainer)
-        log.info(
-            "first start: switched to %s after %.2fs in the background",
-            engine.fingerprint.backend,
-            time.monotonic() - started,
-        )
+        if engine.fingerprint.backend == "openvino":
+            # Batches on OpenVINO now; small requests beside them on torch until ONNX Runtime takes them.
+            switch(Interim(engine, reference.torch, config.batch_max_size), started)
+            engine = with_latency_engine(
+                engine, reference, config.model_cache_dir, config.threads or None, config.batch_max_size
+            )
+        switch(engine, started)
         _settle(reference, config)
 
     return finish

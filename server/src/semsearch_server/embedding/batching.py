@@ -39,11 +39,11 @@ class MicroBatchingEmbedder(EmbedderWrapper):
     whose deadline passes leaves the queue (or, already in a running group, its rows are dropped) and
     the caller gets DeadlineExceeded; so does a bulk request still waiting for the bulk lane.
 
-    With `bulk_lane`, a request of more than `max_batch` texts (an upsert, say) does not take the
-    model from the others: it runs in its caller's thread beside the grouped calls, one bulk request
-    at a time. Only for an inner embedder that can serve both at once without one waiting for the
-    other (two engines, routing.py); otherwise a search that arrives during a 1,024-text upsert waits
-    for all of it (~0.8 s here).
+    With `bulk_lane`, a request of more than `max_batch` texts (an upsert, say; or more than the inner
+    embedder's `bulk_above_texts`, if lower) does not take the model from the others: it runs in its
+    caller's thread beside the grouped calls, one bulk request at a time. Only for an inner embedder
+    that can serve both at once without one waiting for the other (two engines, routing.py); otherwise
+    a search that arrives during a 1,024-text upsert waits for all of it (~0.8 s here).
 
     Args:
         inner: the embedder doing the work.
@@ -77,7 +77,7 @@ class MicroBatchingEmbedder(EmbedderWrapper):
         if not texts:
             return np.zeros((0, self.dimension), dtype=np.float32)
         timeout = remaining()
-        if len(texts) > self._max_batch and self.bulk_lane:
+        if len(texts) > self._bulk_above() and self.bulk_lane:
             if not self._bulk_lock.acquire(timeout=-1 if timeout is None else max(timeout, 0.0)):
                 raise DeadlineExceeded("the deadline passed while waiting for the model; nothing was embedded")
             try:
@@ -109,6 +109,11 @@ class MicroBatchingEmbedder(EmbedderWrapper):
         if request.error is not None:
             raise request.error
         return request.result
+
+    def _bulk_above(self) -> int:
+        # An engine that is slow per batch (torch, while a first start builds) asks for a lower bar, so
+        # that a search's query never waits in the group queue behind an upsert's texts.
+        return min(self._max_batch, getattr(self.inner, "bulk_above_texts", self._max_batch))
 
     @property
     def bulk_lane(self) -> bool:

@@ -15,6 +15,7 @@ import os
 import re
 import tempfile
 import time
+import weakref
 from collections.abc import Callable, Iterator
 from importlib import metadata
 from pathlib import Path
@@ -91,6 +92,7 @@ def build_embedder(
     reference: SentenceTransformerEmbedder | ModelReference | None = None,
     openvino_precision: str | None = None,
     small_max_texts_while_busy: int = SMALL_REQUEST_TEXTS_WHILE_BUSY,
+    latency_engine: bool = True,
 ) -> Embedder:
     """Builds the embedder for `backend` ("auto", "torch", "onnx" or "openvino").
 
@@ -117,6 +119,8 @@ def build_embedder(
             check here (cosine >= 0.99997) but swaps ~0.5% of top-10 results among near-ties.
         small_max_texts_while_busy: with two engines, the largest request ONNX Runtime takes while
             OpenVINO is busy (routing.py); the server passes its largest micro-batch group.
+        latency_engine: False returns the OpenVINO engine "auto" picked alone; `with_latency_engine`
+            adds ONNX Runtime later (a first start switches to the first fast engine sooner so).
 
     Returns:
         The embedder; `torch_reference(embedder)` gives the torch embedder behind it.
@@ -146,9 +150,9 @@ def build_embedder(
                 raise BackendUnavailable(f"embedding backend {name} {problem}") from exc
         if problem is None:
             log.info("embedding backend: %s (%s)", name, embedder.fingerprint.short())
-            if backend == "auto" and runtime == "openvino":
-                return _with_latency_engine(
-                    embedder, reference, cache_dir, threads, expected, small_max_texts_while_busy
+            if backend == "auto" and runtime == "openvino" and latency_engine:
+                return with_latency_engine(
+                    embedder, reference, cache_dir, threads, small_max_texts_while_busy, expected
                 )
             return embedder
         if backend != "auto":
@@ -265,18 +269,24 @@ def _cpu_description() -> str:
 
 
 class _ReferenceVectors:
-    """torch's vectors of CHECK_SENTENCES, computed (loading torch) on the first call only."""
+    """torch's vectors of CHECK_SENTENCES, computed (loading torch) on the first call only.
+
+    Kept per reference for as long as it lives, so that a first start's two switches (OpenVINO, then
+    ONNX Runtime beside it) encode the check sentences with torch once.
+    """
+
+    _computed: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
     def __init__(self, reference: SentenceTransformerEmbedder | ModelReference) -> None:
         self._reference = reference
-        self._vectors: np.ndarray | None = None
 
     def __call__(self) -> np.ndarray:
-        if self._vectors is None:
+        vectors = self._computed.get(self._reference)
+        if vectors is None:
             started = time.monotonic()
-            self._vectors = _reference_vectors(_torch_of(self._reference))
+            vectors = self._computed[self._reference] = _reference_vectors(_torch_of(self._reference))
             log.info("start-up: torch vectors of the check sentences in %.2fs", time.monotonic() - started)
-        return self._vectors
+        return vectors
 
 
 def _torch_of(reference: SentenceTransformerEmbedder | ModelReference) -> SentenceTransformerEmbedder:
@@ -293,7 +303,7 @@ def _reference_vectors(reference: SentenceTransformerEmbedder) -> np.ndarray:
     expected = np.zeros((len(CHECK_SENTENCES), reference.dimension), dtype=np.float32)
     lengths = [min(n, reference.max_seq_length) for n in reference.token_counts(list(CHECK_SENTENCES))]
     for rows in length_batches(lengths, batch_size=32):
-        expected[rows] = reference.encode([CHECK_SENTENCES[i] for i in rows])
+        expected[rows] = reference.encode_beside([CHECK_SENTENCES[i] for i in rows])
     return expected
 
 
@@ -328,17 +338,24 @@ def _candidates(
         yield "onnx", "onnx", onnx
 
 
-def _with_latency_engine(
+def with_latency_engine(
     bulk: Embedder,
     reference: SentenceTransformerEmbedder | ModelReference,
     cache_dir: str | Path,
     threads: int | None,
-    expected: Callable[[], np.ndarray],
-    small_max_texts_while_busy: int,
+    small_max_texts_while_busy: int = SMALL_REQUEST_TEXTS_WHILE_BUSY,
+    expected: Callable[[], np.ndarray] | None = None,
 ) -> Embedder:
-    """`bulk` with ONNX Runtime answering single queries, if it loads and agrees with torch."""
+    """`bulk` with ONNX Runtime answering single queries, if it loads and agrees with torch; else `bulk`.
+
+    `expected` (torch's vectors of CHECK_SENTENCES, computed on first call) is shared with the check
+    of `bulk` when given, so that torch encodes them once.
+    """
     from semsearch_server.embedding.onnx_backend import OnnxEmbedder
     from semsearch_server.embedding.routing import SizeRoutedEmbedder
+
+    if expected is None:
+        expected = _ReferenceVectors(reference)
 
     try:
         started = time.monotonic()

@@ -2,13 +2,16 @@
 
 Both run the model's transformer exported to ONNX, tokenise with the fast `tokenizers` tokenizer and
 mean-pool in numpy. The export is made offline from the local torch model the first time and cached
-under `cache_dir/onnx/<weights sha256>/`; every later start reuses it after checking its hash.
+under `cache_dir/onnx/<weights sha256>-<versions>/` (`artifact_dir`); every later start, of this server
+or of another on the same machine and cache, reuses it after checking its hash.
 torch is needed only to make the export (the torch reference embedder is loaded anyway).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import hashlib
 import inspect
 import json
 import logging
@@ -16,7 +19,9 @@ import os
 import shutil
 import tempfile
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +48,8 @@ MANIFEST_FILE = "manifest.json"
 ATTENTION_FILE = "attention.onnx"
 # Largest difference in an attention probability allowed between the export and torch's eager model.
 ATTENTION_TOLERANCE = 1e-4
+# Packages whose versions change what an export or conversion writes (part of each cache entry's name).
+_ARTIFACT_PACKAGES = ("torch", "transformers", "onnx", "onnxruntime", "openvino")
 
 
 def mean_pool_normalize(hidden: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
@@ -114,6 +121,28 @@ def balanced_batches(lengths: list[int], parts: int) -> list[list[int]]:
     return [order[start:end] for start, end in reversed(cuts(low))]
 
 
+def artifact_key(fingerprint: ModelFingerprint) -> str:
+    """The name of an engine's cache entry: the model's weights and the versions of what builds and runs it.
+
+    `<weights sha256>-<12 hex digits over EXPORT_FORMAT and the exporting/running packages' versions>`,
+    so that servers of other versions sharing one machine-wide cache keep entries of their own instead
+    of rebuilding each other's.
+    """
+    versions = {"format": EXPORT_FORMAT}
+    for package in _ARTIFACT_PACKAGES:
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = None
+    digest = hashlib.sha256(json.dumps(versions, sort_keys=True).encode()).hexdigest()[:12]
+    return f"{fingerprint.weights_sha256}-{digest}"
+
+
+def artifact_dir(cache_dir: str | Path, kind: str, fingerprint: ModelFingerprint) -> Path:
+    """Where `cached_artifact` keeps the `kind` engine files of the model `fingerprint` describes."""
+    return Path(cache_dir) / kind / artifact_key(fingerprint)
+
+
 def cached_artifact(
     cache_dir: str | Path,
     kind: str,
@@ -122,43 +151,93 @@ def cached_artifact(
     build: Callable[[Path], dict],
     recipes: tuple[str, ...] = (),
 ) -> Path:
-    """The directory `cache_dir/kind/<weights sha256>` holding `files`, built by `build` if missing or corrupt.
+    """`artifact_dir(cache_dir, kind, fingerprint)`, holding `files`, built by `build` if missing or corrupt.
 
     `build(tmp_dir)` writes `files` into tmp_dir and returns extra manifest fields. The manifest
-    records each file's sha256; a directory whose files no longer match is rebuilt. With `recipes`,
-    `build` must record one of them as the manifest's "recipe", and a directory made another way
-    (an older version's conversion) is rebuilt too. A new directory is built beside the final one
-    and renamed into place, so a crash or a concurrent start never leaves a half-written cache behind.
+    records each file's sha256; a directory whose files no longer match is rebuilt, never used. With
+    `recipes`, `build` must record one of them as the manifest's "recipe", and a directory made another
+    way (an older version's conversion) is rebuilt too. A new directory is built beside the final one
+    and renamed into place, so a crash never leaves a half-written entry behind. The cache is meant to
+    be shared by every server of the machine: one build of an entry runs at a time (a file lock beside
+    it), and a server that waited for another's build uses its result.
     """
-    root = Path(cache_dir) / kind
-    final = root / fingerprint.weights_sha256
-    if final.is_dir():
-        problem = _cache_problem(final, fingerprint, files, recipes)
-        if problem is None:
-            return final
-        log.warning("%s cache %s is unusable (%s); rebuilding it", kind, final, problem)
-        _remove_dir(final)
+    final = artifact_dir(cache_dir, kind, fingerprint)
+    root = final.parent
+    if _usable(final, kind, fingerprint, files, recipes):
+        log.info("engine cache: reused %s %s", kind, final)
+        return final
     root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".build-", dir=root))
-    try:
-        extra = build(tmp)
-        manifest = {
-            "format": EXPORT_FORMAT,
-            "weights_sha256": fingerprint.weights_sha256,
-            "files": {name: sha256_file(tmp / name) for name in files},
-            **extra,
-        }
-        (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2))
+    with _build_lock(root / f".{final.name}.lock", f"{kind} {final}") as waited:
+        if waited and _usable(final, kind, fingerprint, files, recipes):
+            log.info("engine cache: reused %s %s (built by another process meanwhile)", kind, final)
+            return final
+        _remove_dir(final)
+        started = time.monotonic()
+        tmp = Path(tempfile.mkdtemp(prefix=".build-", dir=root))
         try:
-            os.rename(tmp, final)
-        except OSError:
-            # Another process finished the same build first: use its copy if it is sound.
-            if _cache_problem(final, fingerprint, files, recipes) is not None:
-                raise
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+            extra = build(tmp)
+            manifest = {
+                "format": EXPORT_FORMAT,
+                "weights_sha256": fingerprint.weights_sha256,
+                "files": {name: sha256_file(tmp / name) for name in files},
+                **extra,
+            }
+            (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2))
+            _fsync_tree(tmp)
+            try:
+                os.rename(tmp, final)
+            except OSError:
+                # Another process (one without the lock: an older version) finished first: use its copy if sound.
+                if _cache_problem(final, fingerprint, files, recipes) is not None:
+                    raise
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+    log.info("engine cache: built %s %s in %.2fs", kind, final, time.monotonic() - started)
     return final
+
+
+def _usable(final: Path, kind: str, fingerprint: ModelFingerprint, files: tuple[str, ...], recipes) -> bool:
+    if not final.is_dir():
+        return False
+    problem = _cache_problem(final, fingerprint, files, recipes)
+    if problem is not None:
+        log.warning("%s cache %s is unusable (%s); rebuilding it", kind, final, problem)
+    return problem is None
+
+
+@contextlib.contextmanager
+def _build_lock(path: Path, what: str) -> Iterator[bool]:
+    """An exclusive lock on `path` (flock: released by the kernel if the holder dies); yields whether it had to wait."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: concurrent builds stay safe (rename, loser discards), only redundant
+        yield False
+        return
+    with open(path, "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            waited = False
+        except BlockingIOError:
+            log.info("engine cache: waiting for another process's build of %s", what)
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            waited = True
+        try:
+            yield waited
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _fsync_tree(directory: Path) -> None:
+    """Makes a finished build durable before it is renamed into place (a crash then leaves it whole or absent)."""
+    for file in directory.iterdir():
+        with open(file, "rb") as handle:
+            os.fsync(handle.fileno())
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _cache_problem(

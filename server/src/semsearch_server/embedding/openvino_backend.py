@@ -51,8 +51,8 @@ def default_precision() -> str:
 class OpenVinoEmbedder(RuntimeEmbedder):
     """Embeds with the OpenVINO runtime on the CPU.
 
-    The IR is cached under `cache_dir/openvino/<weights sha256>/`, converted from the torch model
-    (`_convert`).
+    The IR is cached under `cache_dir/openvino/<weights sha256>-<versions>/` (`artifact_dir`), converted
+    from the torch model (`_convert`).
 
     Args:
         reference: the torch embedder of the same model (kept as `.reference`).

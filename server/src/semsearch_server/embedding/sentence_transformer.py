@@ -116,9 +116,18 @@ class SentenceTransformerEmbedder(FingerprintDescribed):
         return self.model.tokenizer.backend_tokenizer.to_str()
 
     def encode(self, texts: list[str]) -> np.ndarray:
+        with self._lock:
+            return self.encode_beside(texts)
+
+    def encode_beside(self, texts: list[str]) -> np.ndarray:
+        """`encode` without waiting for a call in progress: it runs beside it.
+
+        For a first start's agreement check, which must not queue behind the bulk requests torch
+        serves meanwhile: under an import, waiting for the lock took 17.8 of the check's 18.4 s.
+        """
         if not texts:
             return np.zeros((0, self.dimension), dtype=np.float32)
-        with self._lock, self._torch.inference_mode():
+        with self._torch.inference_mode():
             vectors = self.model.encode(
                 list(texts),
                 batch_size=self._batch_size,
