@@ -277,7 +277,7 @@ def test_the_commands_the_docs_name_in_passing_exist_with_the_options_they_show(
                 problems.append(f"{where}: no such script")
             elif words[:2] == ["docker", "compose"]:
                 services = services if services is not None else _compose_services()
-                if not words[-1].startswith("-") and words[-1] not in services:
+                if len(words) > 2 and not words[-1].startswith("-") and words[-1] not in services:
                     problems.append(f"{where}: docker-compose.yml has no service {words[-1]!r} ({sorted(services)})")
             elif words[:2] == ["pip", "install"]:
                 for requirement in words[2:]:
