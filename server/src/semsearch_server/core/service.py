@@ -246,6 +246,8 @@ class SearchService:
                     raise type(exc)(f"after {stored} documents of the stream were stored: {exc}") from None
                 stored += count
 
+        # Set when the stream fails: the helper stops waiting for a group's vectors (it is waited for on exit).
+        abandoned = threading.Event()
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="stream-embed") as helper:
 
             def start_embedding() -> None:
@@ -253,7 +255,7 @@ class SearchService:
                 if group:
                     passages = [p for store, docs in group for p in self._split(store, docs)]
                     texts = _passage_texts([d for _, docs in group for d in docs], passages)
-                    vectors = helper.submit(_encode_while_room, self.embedder, texts, group_claims)
+                    vectors = helper.submit(_encode_while_room, self.embedder, texts, group_claims, abandoned)
                     embedding.append((group, passages, vectors, group_claims))
                     group, group_claims, group_texts, group_size = [], [], 0, 0
 
@@ -301,6 +303,7 @@ class SearchService:
                 store_everything()
             finally:
                 # After a failure, groups not yet embedded are dropped (the helper is waited for on exit).
+                abandoned.set()
                 for _, _, vectors_future, claims in embedding:
                     vectors_future.cancel()
                     _release(claims)
@@ -836,10 +839,15 @@ def _passage_texts(documents: Sequence[Document], passages: Sequence[tuple[Passa
     return [d.text[p.start : p.end] for d, ps in zip(documents, passages, strict=True) for p in ps]
 
 
-def _encode_while_room(embedder: Embedder, texts: list[str], claims: Sequence[SpaceClaim]) -> np.ndarray:
-    """Embeds texts for a write; the wait for the model ends with DiskFull if the disk fills meanwhile."""
+def _encode_while_room(
+    embedder: Embedder, texts: list[str], claims: Sequence[SpaceClaim], abandoned: threading.Event | None = None
+) -> np.ndarray:
+    """Embeds texts for a write; the wait for the model ends with DiskFull if the disk fills meanwhile, or at
+    once once `abandoned` is set (a stream that failed: nobody will store these vectors)."""
 
     def check() -> None:
+        if abandoned is not None and abandoned.is_set():
+            raise DeadlineExceeded("the stream failed before this group was embedded; it is not stored")
         for claim in claims:
             claim.check()
 
