@@ -78,10 +78,12 @@ fuzz: $(TEST_STAMP)
 	$(BIN)/python tests/fuzz_long.py --requests $(FUZZ_REQUESTS)
 
 # The long versions of make test's bounded loops: the 20-kill durability loop, 5 HNSW kills, 30 disk fill/free
-# cycles, then the 100k-request fuzz run (make test: 3 kills, 1 HNSW kill, 4 cycles, a bounded fuzz profile).
+# cycles mid-ingest and 10 under 4 writers and 4 readers, then the 100k-request fuzz run (make test: 3 kills,
+# 1 HNSW kill, 4 and 3 cycles, a bounded fuzz profile).
 LONG_KILLS ?= 20
 long: $(TEST_STAMP)
 	SEMSEARCH_TEST_KILLS=$(LONG_KILLS) SEMSEARCH_TEST_HNSW_KILLS=5 SEMSEARCH_TEST_DISK_CYCLES=30 \
+		SEMSEARCH_TEST_DISK_LOAD_CYCLES=10 \
 		$(BIN)/python -m pytest -q $(TEST_DURATIONS) tests/test_durability.py tests/test_disk_full.py
 	$(BIN)/python tests/fuzz_long.py --requests $(FUZZ_REQUESTS)
 

@@ -13,11 +13,11 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from semsearch_server.deadlines import caller_deadline, remaining
+from semsearch_server.deadlines import caller_deadline, give_up_if, remaining
 from semsearch_server.embedding.base import ModelFingerprint
 from semsearch_server.embedding.batching import MicroBatchingEmbedder
 from semsearch_server.embedding.onnx_backend import balanced_batches
-from semsearch_server.errors import DeadlineExceeded
+from semsearch_server.errors import DeadlineExceeded, DiskFull
 
 DIM = 8
 
@@ -267,6 +267,58 @@ def test_a_bulk_request_leaves_the_bulk_lane_queue_at_its_deadline(make_batcher)
     inner.release.set()
     bulk_thread.join(5)
     assert inner.calls == [len(BULK)]
+
+
+def test_a_queued_request_leaves_as_soon_as_its_caller_gives_up(make_batcher):
+    # A write whose disk filled while it waited for the model: its caller's check raises, the wait ends at once
+    # (not at the deadline a minute away) with the check's error, and its texts are never embedded.
+    inner = BulkGatedEmbedder(bulk_over=8)
+    batcher = make_batcher(inner, max_batch=8)
+    bulk_thread, _ = in_thread(lambda: batcher.encode(BULK))
+    assert inner.bulk_started.wait(5)
+    disk_full = threading.Event()
+    out: list = []
+
+    def check() -> None:
+        if disk_full.is_set():
+            raise DiskFull("disk full")
+
+    def call() -> None:
+        with caller_deadline(60), give_up_if(check):
+            try:
+                out.append(batcher.encode(["a write"]))
+            except DiskFull as exc:
+                out.append(exc)
+        out.append(time.monotonic())
+
+    waiting = threading.Thread(target=call, daemon=True)
+    waiting.start()
+    time.sleep(0.2)
+    assert not out, "the caller gave up before its check raised"
+    disk_full.set()
+    given_up = time.monotonic()
+    waiting.join(3)
+    assert isinstance(out[0], DiskFull) and out[1] - given_up < 1.0
+    inner.release.set()
+    bulk_thread.join(5)
+    assert inner.calls == [len(BULK)]  # "a write" never reached the model
+
+
+def test_a_caller_who_may_give_up_is_queued_not_served_in_its_own_thread(make_batcher):
+    inner = FakeEmbedder()
+    batcher = make_batcher(inner, max_batch=8)
+    callers: list[str] = []
+    real_encode = inner.encode
+
+    def encode(texts: list[str]) -> np.ndarray:
+        callers.append(threading.current_thread().name)
+        return real_encode(texts)
+
+    inner.encode = encode
+    with give_up_if(lambda: None):
+        np.testing.assert_array_equal(batcher.encode(["x"]), vector("x")[None])
+    np.testing.assert_array_equal(batcher.encode(["y"]), vector("y")[None])
+    assert callers == ["embedding-batcher", threading.current_thread().name]
 
 
 def test_a_deadline_far_away_changes_nothing(make_batcher):

@@ -17,6 +17,7 @@ import sqlite3
 import subprocess
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
@@ -30,6 +31,10 @@ from semsearch.v1 import search_service_pb2 as pb
 pytestmark = pytest.mark.slow
 
 CYCLES = int(os.environ.get("SEMSEARCH_TEST_DISK_CYCLES", "4"))
+# The disk filled and freed under steady load (make long: 10).
+LOAD_CYCLES = int(os.environ.get("SEMSEARCH_TEST_DISK_LOAD_CYCLES", "3"))
+# Every write refused for space is answered within this, whatever else runs (the requirement itself).
+REFUSAL_BOUND_SECONDS = 2.0
 # Room for the model-free parts of the server's files, the cycles' documents and a ballast, little more.
 DISK_SIZE = "32m"
 SHORT_CHARS = 300
@@ -271,8 +276,8 @@ def test_full_disk_mid_ingest_loses_nothing_over_fill_free_cycles(small_disk, tm
                     # What the message says was stored is a prefix of whole messages, and nothing after it.
                     assert stored % 2 == 0
                     for collection in (A, B):
-                        ids = [d.id for c, d in sent if c == collection]
-                        found = {d.id for d in client.get(ids, collection=collection)}
+                        ids = [d.id for c, d in sent if c == collection]  # none: refused at the first message
+                        found = {d.id for d in client.get(ids, collection=collection)} if ids else set()
                         want = {d.id for c, d in sent[:stored] if c == collection}
                         assert found == want, f"cycle {cycle}: {collection} holds {len(found)}, expected {len(want)}"
                     for collection, d in sent[:stored]:
@@ -402,6 +407,222 @@ def test_start_up_and_create_on_a_full_disk(small_disk):
             assert {c.name: c.state for c in client.list_collections()}[A] == 1
     finally:
         server.stop()
+
+
+# -- under load ----------------------------------------------------------------------------------------
+@dataclass
+class WriteOutcome:
+    kind: str  # "upsert", "stream" or "delete"
+    started: float  # time.monotonic()
+    latency: float
+    code: str  # "OK" or the status code's name
+    details: str = ""
+
+
+class LoadWriter:
+    """Upserts, UpsertStreams and deletes of its own ids, in its own thread and channel, until stopped; records
+    every call's latency and code, and what the server acknowledged, refused, or neither."""
+
+    def __init__(self, server: ServerProcess, number: int) -> None:
+        self.server = server
+        self.prefix = f"w{number}"
+        self.number = number
+        self.acked: dict[str, dict[str, int]] = {A: {}, B: {}}  # collection -> {id: text length}
+        self.refused: dict[str, set[str]] = {A: set(), B: set()}  # never stored (ids are never sent again)
+        self.outcomes: list[WriteOutcome] = []
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        with self.server.client(timeout=60) as client:
+            for n in range(1_000_000):
+                if self.stop.is_set():
+                    return
+                collection = (A, B)[(n + self.number) % 2]
+                kind = ("upsert", "stream", "delete")[n % 3]
+                if kind == "delete" and collection == A:
+                    kind = "upsert"
+                docs = [doc(f"{self.prefix}-{n}-{j}", SHORT_CHARS * (1 + j)) for j in range(4)]
+                started = time.monotonic()
+                try:
+                    if kind == "upsert":
+                        client.upsert(docs, collection=collection)
+                    elif kind == "stream":
+                        client.upsert_stream([docs[:2], docs[2:]], collection=collection)
+                    else:
+                        doomed = sorted(self.acked[B])[:2]
+                        if not doomed:
+                            continue
+                        client.delete(doomed, collection=B)
+                except SemsearchError as exc:
+                    self._refused(kind, collection, docs, exc, time.monotonic() - started)
+                    continue
+                self.outcomes.append(WriteOutcome(kind, started, time.monotonic() - started, "OK"))
+                if kind == "delete":
+                    for doc_id in doomed:
+                        del self.acked[B][doc_id]
+                else:
+                    self.acked[collection].update((d.id, len(d.text)) for d in docs)
+                time.sleep(0.02)
+
+    def _refused(self, kind: str, collection: str, docs: list[Document], exc: SemsearchError, latency: float) -> None:
+        self.outcomes.append(WriteOutcome(kind, time.monotonic() - latency, latency, exc.code.name, exc.details))
+        if kind == "delete":
+            return  # nothing deleted: the ids stay acknowledged (checked at the end)
+        stored = 0
+        if kind == "stream":
+            found = re.search(r"after (\d+) documents of the stream were stored", exc.details)
+            stored = int(found.group(1)) if found else 0
+        self.acked[collection].update((d.id, len(d.text)) for d in docs[:stored])
+        self.refused[collection].update(d.id for d in docs[stored:])
+        time.sleep(0.1)  # a client backs off a little before it tries again
+
+
+class LoadReader:
+    """Searches (dense and lexical), gets and counts in its own thread and channel; records every failure."""
+
+    def __init__(self, server: ServerProcess, probe_ids: list[str]) -> None:
+        self.server = server
+        self.probe_ids = probe_ids
+        self.served = 0
+        self.failures: list[str] = []
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        with self.server.client(timeout=60) as client:
+            for n in range(1_000_000):
+                if self.stop.is_set():
+                    return
+                try:
+                    if n % 3 == 0:
+                        assert client.search("rain on the farm", collection=A, top_k=3), "no hits"
+                    elif n % 3 == 1:
+                        probe = self.probe_ids[n % len(self.probe_ids)]
+                        assert client.search(_tag(probe), collection=A, top_k=1, mode="lexical")[0].id == probe
+                    else:
+                        assert len(client.get(self.probe_ids, collection=A)) == len(self.probe_ids)
+                        assert client.count(collection=B) >= 0
+                    self.served += 1
+                except (SemsearchError, AssertionError, IndexError) as exc:
+                    self.failures.append(f"{type(exc).__name__}: {exc}")
+                time.sleep(0.02)
+
+
+def test_a_full_disk_under_load_is_said_at_once_every_time(small_disk):
+    """4 writers (Upsert, UpsertStream, Delete) and 4 readers while the disk fills and is freed LOAD_CYCLES times:
+    every refusal is RESOURCE_EXHAUSTED "disk full" within REFUSAL_BOUND_SECONDS (of the request, or of the disk
+    filling for a write already on its way then), none while there is room, reads never fail, and after a
+    SIGKILL every acknowledged write is there and no refused one."""
+    # Snapshots due every 8 writes and an HNSW collection whose deletes make rebuilds due: background work
+    # that needs room of its own while the disk is full and freed.
+    server = start_server(small_disk, "--snapshot-every", "8")
+    seed = [doc(f"seed-{j}", SHORT_CHARS) for j in range(6)]
+    writers = [LoadWriter(server, i) for i in range(4)]
+    readers = [LoadReader(server, [d.id for d in seed]) for _ in range(4)]
+    try:
+        server.start()
+        with server.client(timeout=120) as client:
+            client.create_collection(A, passages=False)
+            client.create_collection(B, index="hnsw")
+            client.upsert(seed, collection=A)
+        for worker in (*writers, *readers):
+            worker.thread.start()
+        started = time.monotonic()
+        full: list[tuple[float, float, float]] = []  # (the ballast starts, the disk is full, it is freed)
+        for _ in range(LOAD_CYCLES):
+            time.sleep(2.0)  # writes with space
+            filling = time.monotonic()
+            ballast = fill(small_disk)
+            filled = time.monotonic()
+            time.sleep(1.5)  # writes into the full disk
+            ballast.unlink()
+            full.append((filling, filled, time.monotonic()))
+        # With space again: every writer has a write acknowledged after the last full disk.
+        resumed = time.monotonic() + 60
+        while time.monotonic() < resumed and not all(
+            any(o.code == "OK" and o.started > full[-1][2] for o in w.outcomes) for w in writers
+        ):
+            time.sleep(0.1)
+        for worker in (*writers, *readers):
+            worker.stop.set()
+        for worker in (*writers, *readers):
+            worker.thread.join(120)
+            assert not worker.thread.is_alive(), "a worker is stuck"
+        elapsed = time.monotonic() - started
+
+        outcomes = [o for w in writers for o in w.outcomes]
+        for writer in writers:
+            assert any(o.code == "OK" and o.started > full[-1][2] for o in writer.outcomes), f"{writer.prefix} stuck"
+        refusals = [o for o in outcomes if o.code != "OK"]
+        wrong = [o for o in refusals if o.code != "RESOURCE_EXHAUSTED" or "disk full" not in o.details]
+        assert not wrong, f"{len(wrong)} writes failed otherwise than refused for space: {wrong[:3]}"
+        # Each refusal overlaps a full disk (none while there was room), and is answered within the bound of
+        # its request or, for a write sent before the disk filled, of the disk being full.
+        sent_full, in_flight = [], []
+        for o in refusals:
+            # The full disk it was refused by: the last one to start before the answer.
+            window = next((w for w in reversed(full) if w[0] <= o.started + o.latency), None)
+            assert window is not None and o.started <= window[2], f"refused while there was room: {o}"
+            if o.started >= window[1]:
+                sent_full.append(o.latency)
+            else:
+                in_flight.append((o.started + o.latency - window[1], o))
+        assert len(sent_full) >= LOAD_CYCLES, f"only {len(sent_full)} writes sent to {LOAD_CYCLES} full disks"
+        sent_full.sort()
+        in_flight.sort(key=lambda late: late[0])
+        latest = in_flight[-1] if in_flight else (0.0, None)
+        acked = sorted(o.latency for o in outcomes if o.code == "OK")
+        figures = (
+            f"{len(sent_full)} writes sent to a full disk refused in p50 {_quantile(sent_full, 0.5):.3f}s, "
+            f"p99 {_quantile(sent_full, 0.99):.3f}s, max {sent_full[-1]:.3f}s; {len(in_flight)} on their way when "
+            f"it filled refused at most {latest[0]:.3f}s after (max from their request "
+            f"{max((o.latency for o in refusals), default=0.0):.3f}s); {len(acked)} acknowledged writes took "
+            f"p50 {_quantile(acked, 0.5):.3f}s, max {acked[-1]:.3f}s"
+        )
+        assert sent_full[-1] <= REFUSAL_BOUND_SECONDS, f"a refusal for space took too long: {figures}"
+        assert latest[0] <= REFUSAL_BOUND_SECONDS, f"a full disk was said too late: {figures}; {latest[1]}"
+        failures = [f for r in readers for f in r.failures]
+        assert not failures, f"{len(failures)} reads failed: {failures[:3]}"
+        assert all(r.served > 0 for r in readers), [r.served for r in readers]
+        log = server.output()
+        background = {what: log.count(what) for what in ("snapshot not written", "rebuilt beside", "not rebuilt")}
+
+        # A crash at the end: every acknowledged write is there, nothing refused is.
+        server.kill()
+        server.start()
+        with server.client(timeout=120) as client:
+            for collection in (A, B):
+                expected = {i: n for w in writers for i, n in w.acked[collection].items()}
+                if collection == A:
+                    expected.update((d.id, len(d.text)) for d in seed)
+                ids = sorted(expected)
+                found = {d.id: d.text for d in _get_all(client, ids, collection)}
+                lost = [i for i in ids if i not in found]
+                assert not lost, f"acknowledged documents lost from {collection}: {lost[:5]}"
+                assert all(found[i] == text_of(i, expected[i]) for i in ids), f"a document of {collection} changed"
+                assert client.count(collection=collection) == len(expected), collection
+                refused = sorted(i for w in writers for i in w.refused[collection])
+                stored = [d.id for d in _get_all(client, refused, collection)]
+                assert not stored, f"refused writes stored in {collection}: {stored[:5]}"
+        print(
+            f"{LOAD_CYCLES} fill/free cycles under 4 writers and 4 readers in {elapsed:.0f}s: {len(outcomes)} writes; "
+            f"{figures}; every refusal RESOURCE_EXHAUSTED; reads served {sum(r.served for r in readers)} times, "
+            f"0 failures; background work in the log: {background}; "
+            f"{sum(len(w.acked[c]) for w in writers for c in (A, B))} acknowledged documents all there after a SIGKILL"
+        )
+    finally:
+        for worker in (*writers, *readers):
+            worker.stop.set()
+        server.stop()
+
+
+def _get_all(client, ids: list[str], collection: str) -> list[Document]:
+    return [d for start in range(0, len(ids), 100) for d in client.get(ids[start : start + 100], collection=collection)]
+
+
+def _quantile(ordered: list[float], q: float) -> float:
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 def _unique_words(seed: int, chars: int) -> str:

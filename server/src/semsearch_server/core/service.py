@@ -7,6 +7,7 @@ import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
@@ -18,6 +19,7 @@ from semsearch_server.core.cursors import decode_cursor, encode_cursor
 from semsearch_server.core.ranking import HYBRID_CANDIDATES, Candidate, FusionContext, fuse
 from semsearch_server.core.registry import CollectionRegistry
 from semsearch_server.core.validation import DEFAULT_TOP_K, Validator
+from semsearch_server.deadlines import GIVE_UP_POLL_SECONDS, give_up_if
 from semsearch_server.domain import (
     CollectionSettings,
     CollectionStatus,
@@ -35,6 +37,7 @@ from semsearch_server.embedding.base import Embedder
 from semsearch_server.embedding.passages import PassageSplitter, ResolvedPassages
 from semsearch_server.errors import (
     DeadlineExceeded,
+    DiskFull,
     FailedPrecondition,
     InvalidArgument,
     NotFound,
@@ -42,6 +45,7 @@ from semsearch_server.errors import (
 )
 from semsearch_server.filtering import All, Filter, combine, conditions_of_string_map, excluded_by, validate_filter
 from semsearch_server.index.base import EmbeddedDocument, IndexStore, LexicalTermScore
+from semsearch_server.index.disk_space import SpaceClaim
 from semsearch_server.index.local_snapshots import check_snapshot_name
 
 # UpsertStream embeds consecutive messages together up to this many texts (see upsert_stream).
@@ -141,14 +145,21 @@ class SearchService:
         Args:
             still_wanted: asked after embedding, before committing; False (the caller's deadline
                 passed or it cancelled) abandons the write, so a call reported failed changed nothing.
+
+        Raises:
+            DiskFull: at once if the collection's disk has not room for the write (claimed before it is
+                embedded: ``index/disk_space.py``), or as soon as the disk fills while it waits for its vectors.
         """
         store = self._store(collection)
         self.validate.documents(documents)
-        passages = self._split(store, documents)
-        vectors = self.embedder.encode(_passage_texts(documents, passages))
-        if not still_wanted():
-            raise DeadlineExceeded("the deadline passed while embedding; nothing was stored")
-        return store.upsert(_embedded(documents, passages, vectors), still_wanted)
+        # Room on the disk first: a full disk is said at once, not after the model's queue and the embedding
+        # (seconds under load), and a disk that fills meanwhile ends the wait for the vectors.
+        with store.claim_space(documents) as room:
+            passages = self._split(store, documents)
+            vectors = _encode_while_room(self.embedder, _passage_texts(documents, passages), [room])
+            if not still_wanted():
+                raise DeadlineExceeded("the deadline passed while embedding; nothing was stored")
+            return store.upsert(_embedded(documents, passages, vectors), still_wanted)
 
     def _split(self, store: IndexStore, documents: Sequence[Document]) -> list[tuple[Passage, ...]]:
         return self._split_as(store.settings.passages, documents)
@@ -185,21 +196,41 @@ class SearchService:
         exception (the client cancelled) stores nothing more: the stream keeps exactly what was stored
         before it.
 
+        Each message claims room on its collection's disk as it arrives (as an Upsert does): on a full disk the
+        stream is refused at that message, after the messages before it are stored, without waiting for the
+        model; a disk that fills while a group is embedded refuses that group as soon as it fills.
+
         A group is embedded in a helper thread while this one reads and validates the next group's
         messages and stores the group before, so the model is not left idle waiting for either
         (the service ingested at 0.94x the engine's in-process rate without this).
         """
         stored = 0
         group: list[tuple[IndexStore, Sequence[Document]]] = []
+        group_claims: list[SpaceClaim] = []  # each message's room on its collection's disk (see upsert)
         group_texts = 0
         group_size = 0
-        # Groups handed to the helper, oldest first: (messages, their passages, future of their vectors).
-        embedding: deque[tuple[list[tuple[IndexStore, Sequence[Document]]], list, Future]] = deque()
+        # Groups handed to the helper, oldest first: (messages, their passages, future of their vectors, their
+        # room on the disk).
+        embedding: deque[tuple[list[tuple[IndexStore, Sequence[Document]]], list, Future, list[SpaceClaim]]] = deque()
 
         def store_oldest() -> None:
+            messages, passages, vectors_future, claims = embedding.popleft()
+            try:
+                store_group(messages, passages, vectors_future, claims)
+            finally:
+                _release(claims)
+
+        def store_group(
+            messages: list[tuple[IndexStore, Sequence[Document]]],
+            passages: list,
+            vectors_future: Future,
+            claims: list[SpaceClaim],
+        ) -> None:
             nonlocal stored
-            messages, passages, vectors_future = embedding.popleft()
-            vectors = vectors_future.result()
+            try:
+                vectors = _result_while_room(vectors_future, claims)
+            except DiskFull as exc:
+                raise DiskFull(f"after {stored} documents of the stream were stored: {exc}") from None
             if not still_wanted():
                 raise DeadlineExceeded(f"the deadline passed while embedding; {stored} documents were stored")
             embedded = _embedded([d for _, docs in messages for d in docs], passages, vectors)
@@ -215,15 +246,18 @@ class SearchService:
                     raise type(exc)(f"after {stored} documents of the stream were stored: {exc}") from None
                 stored += count
 
+        # Set when the stream fails: the helper stops waiting for a group's vectors (it is waited for on exit).
+        abandoned = threading.Event()
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="stream-embed") as helper:
 
             def start_embedding() -> None:
-                nonlocal group, group_texts, group_size
+                nonlocal group, group_claims, group_texts, group_size
                 if group:
                     passages = [p for store, docs in group for p in self._split(store, docs)]
                     texts = _passage_texts([d for _, docs in group for d in docs], passages)
-                    embedding.append((group, passages, helper.submit(self.embedder.encode, texts)))
-                    group, group_texts, group_size = [], 0, 0
+                    vectors = helper.submit(_encode_while_room, self.embedder, texts, group_claims, abandoned)
+                    embedding.append((group, passages, vectors, group_claims))
+                    group, group_claims, group_texts, group_size = [], [], 0, 0
 
             def store_everything() -> None:
                 start_embedding()
@@ -251,8 +285,14 @@ class SearchService:
                     except SemsearchError as exc:
                         store_everything()
                         raise type(exc)(f"stream message {i} (after {stored} documents were stored): {exc}") from None
+                    try:
+                        room = store.claim_space(documents)
+                    except DiskFull as exc:  # at once, before this message waits for anything
+                        store_everything()
+                        raise DiskFull(f"after {stored} documents of the stream were stored: {exc}") from None
                     i += 1
                     group.append((store, documents))
+                    group_claims.append(room)
                     group_texts += len(documents)
                     group_size += sum(_document_bytes(d) for d in documents)
                     if group_texts >= STREAM_EMBED_GROUP or group_size >= group_bytes:
@@ -263,8 +303,11 @@ class SearchService:
                 store_everything()
             finally:
                 # After a failure, groups not yet embedded are dropped (the helper is waited for on exit).
-                for _, _, vectors_future in embedding:
+                abandoned.set()
+                for _, _, vectors_future, claims in embedding:
                     vectors_future.cancel()
+                    _release(claims)
+                _release(group_claims)
         return stored
 
     def delete(
@@ -794,6 +837,37 @@ def embed_documents(
 
 def _passage_texts(documents: Sequence[Document], passages: Sequence[tuple[Passage, ...]]) -> list[str]:
     return [d.text[p.start : p.end] for d, ps in zip(documents, passages, strict=True) for p in ps]
+
+
+def _encode_while_room(
+    embedder: Embedder, texts: list[str], claims: Sequence[SpaceClaim], abandoned: threading.Event | None = None
+) -> np.ndarray:
+    """Embeds texts for a write; the wait for the model ends with DiskFull if the disk fills meanwhile, or at
+    once once `abandoned` is set (a stream that failed: nobody will store these vectors)."""
+
+    def check() -> None:
+        if abandoned is not None and abandoned.is_set():
+            raise DeadlineExceeded("the stream failed before this group was embedded; it is not stored")
+        for claim in claims:
+            claim.check()
+
+    with give_up_if(check):
+        return embedder.encode(texts)
+
+
+def _result_while_room(vectors: Future, claims: Sequence[SpaceClaim]) -> np.ndarray:
+    """A stream group's vectors from the helper; DiskFull as soon as the disk fills meanwhile."""
+    while True:
+        try:
+            return vectors.result(timeout=GIVE_UP_POLL_SECONDS)
+        except FutureTimeout:
+            for claim in claims:
+                claim.check()
+
+
+def _release(claims: Iterable[SpaceClaim]) -> None:
+    for claim in claims:
+        claim.release()
 
 
 def _embedded(

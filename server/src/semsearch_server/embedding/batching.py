@@ -5,10 +5,11 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 
 import numpy as np
 
-from semsearch_server.deadlines import remaining
+from semsearch_server.deadlines import GIVE_UP_POLL_SECONDS, can_give_up, check_give_up, remaining
 from semsearch_server.embedding.base import Embedder, EmbedderWrapper
 from semsearch_server.errors import DeadlineExceeded
 
@@ -21,6 +22,22 @@ class _Request:
         self.done = threading.Event()
         self.result: np.ndarray | None = None
         self.error: BaseException | None = None
+
+
+def _wait_for(attempt: Callable[[float | None], bool], timeout: float | None, interruptible: bool) -> bool:
+    """Calls attempt(seconds) (None: no limit) until it succeeds, or until the deadline passes (False); with
+    `interruptible`, in steps of GIVE_UP_POLL_SECONDS, asking the call's give-up check between them (which
+    raises to end the wait)."""
+    if not interruptible:
+        return attempt(None if timeout is None else max(timeout, 0.0))
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        check_give_up()
+        step = GIVE_UP_POLL_SECONDS if deadline is None else min(GIVE_UP_POLL_SECONDS, deadline - time.monotonic())
+        if attempt(max(step, 0.0)):
+            return True
+        if deadline is not None and time.monotonic() >= deadline:
+            return False
 
 
 class MicroBatchingEmbedder(EmbedderWrapper):
@@ -37,7 +54,10 @@ class MicroBatchingEmbedder(EmbedderWrapper):
 
     A caller with a deadline (``semsearch_server.deadlines``) is not held past it: a queued request
     whose deadline passes leaves the queue (or, already in a running group, its rows are dropped) and
-    the caller gets DeadlineExceeded; so does a bulk request still waiting for the bulk lane.
+    the caller gets DeadlineExceeded; so does a bulk request still waiting for the bulk lane. A caller with a
+    give-up check (``deadlines.give_up_if``: a write whose disk filled meanwhile) is never served directly in
+    its own thread, so that its wait can end: it is queued, and leaves the queue (or the group's result) with
+    the check's error as soon as the check raises.
 
     With `bulk_lane`, a request of more than `max_batch` texts (an upsert, say; or more than the inner
     embedder's `bulk_above_texts`, if lower) does not take the model from the others: it runs in its
@@ -77,8 +97,10 @@ class MicroBatchingEmbedder(EmbedderWrapper):
         if not texts:
             return np.zeros((0, self.dimension), dtype=np.float32)
         timeout = remaining()
+        interruptible = can_give_up()
         if len(texts) > self._bulk_above() and self.bulk_lane:
-            if not self._bulk_lock.acquire(timeout=-1 if timeout is None else max(timeout, 0.0)):
+            # The bulk request itself runs in this thread: only its wait for the lane can end early.
+            if not self._acquire_bulk_lane(timeout, interruptible):
                 raise DeadlineExceeded("the deadline passed while waiting for the model; nothing was embedded")
             try:
                 if self._closed:
@@ -90,7 +112,7 @@ class MicroBatchingEmbedder(EmbedderWrapper):
         with self._cond:
             if self._closed:
                 raise RuntimeError("the embedder is closed")
-            direct = not self._busy and not self._queue
+            direct = not self._busy and not self._queue and not interruptible
             if direct:
                 self._busy = True
             else:
@@ -101,10 +123,13 @@ class MicroBatchingEmbedder(EmbedderWrapper):
                 return self.inner.encode(texts)
             finally:
                 self._release()
-        if not request.done.wait(None if timeout is None else max(timeout, 0.0)):
-            with self._cond:
-                if request in self._queue:
-                    self._queue.remove(request)
+        try:
+            done = self._wait(request, timeout, interruptible)
+        except BaseException:  # the caller gave up: its texts need not be embedded
+            self._withdraw(request)
+            raise
+        if not done:
+            self._withdraw(request)
             raise DeadlineExceeded("the deadline passed while waiting for the model; nothing was embedded")
         if request.error is not None:
             raise request.error
@@ -114,6 +139,22 @@ class MicroBatchingEmbedder(EmbedderWrapper):
         # An engine that is slow per batch (torch, while a first start builds) asks for a lower bar, so
         # that a search's query never waits in the group queue behind an upsert's texts.
         return min(self._max_batch, getattr(self.inner, "bulk_above_texts", self._max_batch))
+
+    @staticmethod
+    def _wait(request: _Request, timeout: float | None, interruptible: bool) -> bool:
+        return _wait_for(request.done.wait, timeout, interruptible)
+
+    def _acquire_bulk_lane(self, timeout: float | None, interruptible: bool) -> bool:
+        def acquire(seconds: float | None) -> bool:
+            return self._bulk_lock.acquire(timeout=-1 if seconds is None else seconds)
+
+        return _wait_for(acquire, timeout, interruptible)
+
+    def _withdraw(self, request: _Request) -> None:
+        """Takes a request nobody waits for out of the queue (one already in a running group is left to it)."""
+        with self._cond:
+            if request in self._queue:
+                self._queue.remove(request)
 
     @property
     def bulk_lane(self) -> bool:

@@ -25,6 +25,7 @@ from semsearch_server.domain import (
 )
 from semsearch_server.errors import FailedPrecondition, InvalidArgument
 from semsearch_server.filtering import Filter
+from semsearch_server.index.disk_space import SpaceClaim
 
 # A filter as a store takes it: the tree, or the old string map (every key with exactly this value), or
 # None/empty for none. Every store gives it the same meaning (filtering.evaluate is the definition).
@@ -85,6 +86,12 @@ class IndexStore(Protocol):
     fingerprint: ModelFingerprint
 
     # -- writes ------------------------------------------------------------------------------------
+    def claim_space(self, docs: Sequence[Document]) -> SpaceClaim:
+        """Room for an upsert of these documents, claimed before they are embedded, so that a full disk is said
+        at once (DiskFull); the claim's check() raises if the disk filled since. Release it (a context
+        manager) once the write is done. A store whose disk is not the server's claims nothing."""
+        ...
+
     def upsert(self, docs: Sequence[EmbeddedDocument], still_wanted: Callable[[], bool] | None = None) -> int:
         """Inserts or replaces (by id) all of docs, atomically; ids are distinct. Returns len(docs).
 

@@ -29,6 +29,7 @@ other job is a module of its own, mixed into FaissIndexStore: ``local_reads`` (s
 
 from __future__ import annotations
 
+import json
 import logging
 import sqlite3
 import threading
@@ -41,6 +42,7 @@ from semsearch_server.errors import DiskFull, FailedPrecondition, SemsearchError
 from semsearch_server.files import StagedFiles, sha256_file
 from semsearch_server.index.attribute_index import AttributeIndex
 from semsearch_server.index.base import CollectionBroken, ModelMismatch
+from semsearch_server.index.disk_space import CLAIMS
 from semsearch_server.index.lexical import Analyzer, LexicalIndex
 from semsearch_server.index.local_database import connect_database
 from semsearch_server.index.local_manifest import (
@@ -270,8 +272,14 @@ class FaissIndexStore(StoreReads, StoreWrites, StoreReindex, StoreRecovery):
             self._write_snapshots(index, lexical, documents, seq, writes=writes)
 
     def _write_vector_snapshot(self, index: VectorIndex, seq: int) -> None:
-        """Writes `index` as the FAISS snapshot at `seq`, staged with its checksum. Called with _snapshot_files held."""
-        with StagedFiles() as staged:
+        """Writes `index` as the FAISS snapshot at `seq`, staged with its checksum. Called with _snapshot_files held.
+
+        Raises:
+            NoRoom: at once, before anything is written, if the disk has not room for the files (see
+                `_snapshot_bound`); writes are not made to fail by a snapshot filling the disk.
+        """
+        room = self._snapshot_bound(SNAPSHOT, SNAPSHOT_META, index.ntotal, 4 * self.fingerprint.dimension)
+        with CLAIMS.claim(self.directory, room), StagedFiles() as staged:
             index_tmp = staged.write(self.directory / SNAPSHOT, index.write)
             meta = {"seq": seq, "sha256": sha256_file(index_tmp), "count": index.ntotal}
             if self.spec.kind.value == "hnsw":
@@ -296,7 +304,8 @@ class FaissIndexStore(StoreReads, StoreWrites, StoreReindex, StoreRecovery):
             writes: the writes counted since the last snapshot when the copies were taken (None: all).
         """
         self._write_vector_snapshot(index, seq)
-        with StagedFiles() as staged:
+        room = self._snapshot_bound(LEXICAL_SNAPSHOT, LEXICAL_META, documents, 64)
+        with CLAIMS.claim(self.directory, room), StagedFiles() as staged:
             lexical_tmp = staged.write(self.directory / LEXICAL_SNAPSHOT, write_lexical)
             staged.write_json(
                 self.directory / LEXICAL_META,
@@ -309,6 +318,18 @@ class FaissIndexStore(StoreReads, StoreWrites, StoreReindex, StoreRecovery):
         with self._lock.write():  # the writer's connection and counters are the writers'
             if not self._closed:
                 self._after_snapshot(seq, index.ntotal, writes)
+
+    def _snapshot_bound(self, data: str, meta: str, count: int, least_per_item: int) -> int:
+        """The room to claim for a snapshot file of `count` items (vectors or documents) and its metadata: the
+        last snapshot's bytes per item (at least `least_per_item`), times `count`, with a quarter and 64 KiB
+        to spare (a snapshot file is written beside the previous one, which stays until the rename)."""
+        try:
+            size = (self.directory / data).stat().st_size
+            before = int(json.loads((self.directory / meta).read_text())["count"])
+        except (OSError, ValueError, KeyError, TypeError):
+            size, before = 0, 0
+        per_item = max(size / before if before else 0.0, least_per_item)
+        return int(1.25 * max(size, per_item * count)) + (64 << 10)
 
     def _after_snapshot(self, seq: int, size: int, writes: int | None) -> None:
         self._snapshot_seqs = (seq, seq)

@@ -17,6 +17,7 @@ from semsearch_server.index.base import CollectionBroken
 from semsearch_server.index.lexical import LexicalIndex
 from semsearch_server.index.local_manifest import DATABASE, LEXICAL_META, LEXICAL_SNAPSHOT, SNAPSHOT, SNAPSHOT_META
 from semsearch_server.index.passage_map import PassageMap
+from semsearch_server.index.storage_faults import disk_full_message, is_disk_full
 from semsearch_server.index.vector_index import VectorIndex, all_cores_but_one
 
 # The local store logs as one logger, whichever of its modules a line comes from.
@@ -223,8 +224,18 @@ class StoreRecovery:
                 replayed,
                 time.monotonic() - started,
             )
-        except Exception:  # noqa: BLE001 - the live index keeps serving; the next write tries again
-            log.exception("collection %s: rebuilding the vector index failed; the live index keeps serving", self.name)
+        except Exception as exc:  # noqa: BLE001 - the live index keeps serving; the next write tries again
+            if is_disk_full(exc, self.directory):  # its snapshot has no room: nothing wrong with the index
+                log.warning(
+                    "collection %s: vector index not rebuilt, the live index keeps serving and a later write tries "
+                    "again: %s",
+                    self.name,
+                    disk_full_message(self.directory, "no room for the rebuilt index's snapshot"),
+                )
+            else:
+                log.exception(
+                    "collection %s: rebuilding the vector index failed; the live index keeps serving", self.name
+                )
         finally:
             self._rebuild_from_seq = None
 

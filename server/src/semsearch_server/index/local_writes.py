@@ -13,6 +13,7 @@ from semsearch_server.domain import Document
 from semsearch_server.errors import DeadlineExceeded, DiskFull, NotFound, SemsearchError, StorageFailed
 from semsearch_server.filtering import Filter, decode_attributes, encode_attributes
 from semsearch_server.index.base import EmbeddedDocument, updated_attributes
+from semsearch_server.index.disk_space import CLAIMS, NoRoom, SpaceClaim, passages_bound, write_bytes_bound
 from semsearch_server.index.local_database import SQL_CHUNK
 from semsearch_server.index.local_manifest import DATABASE
 from semsearch_server.index.storage_faults import disk_full_message, is_disk_full, is_io_failure
@@ -23,6 +24,23 @@ log = logging.getLogger("semsearch_server.index.faiss_store")
 
 class StoreWrites:
     """FaissIndexStore's writes and their storage faults (a mixin: the state is the store's)."""
+
+    def claim_space(self, docs: Sequence[Document]) -> SpaceClaim:
+        """Room on the collection's disk for an upsert of these documents, claimed before they are embedded
+        (``disk_space``): an upper bound of what its transaction adds. Release it once the write is done.
+
+        Raises:
+            DiskFull: at once, without waiting for anything, if the disk has not that much room left.
+        """
+        passages = sum(passages_bound(len(d.text), self.settings.passages.enabled) for d in docs)
+        row_bytes = (
+            sum(len(d.id.encode()) + len(d.text.encode()) + len(encode_attributes(d.attributes)) for d in docs)
+            + passages * 4 * self.fingerprint.dimension
+        )
+        return CLAIMS.claim(self.directory, write_bytes_bound(row_bytes, len(docs), passages), self._refused_for_room)
+
+    def _refused_for_room(self, no_room: NoRoom) -> DiskFull:
+        return self._disk_full(f"this write (up to {no_room.wanted:,} bytes) was not stored (none of it); reads go on")
 
     def upsert(self, docs: Sequence[EmbeddedDocument], still_wanted: Callable[[], bool] | None = None) -> int:
         """Inserts or replaces documents (with all their passages) in one transaction; returns once durable.
@@ -193,18 +211,19 @@ class StoreWrites:
     def _storage_error(self, exc: sqlite3.Error) -> SemsearchError | None:
         """The domain error for a failed write to the database (None: not a storage fault)."""
         if is_disk_full(exc, self.directory):
-            if self._disk_full_since is None:  # once per episode: a full disk refuses every write
-                self._disk_full_since = time.monotonic()
-                log.warning("collection %s: %s", self.name, disk_full_message(self.directory, "writes are refused"))
-            return DiskFull(
-                f"collection {self.name!r}: "
-                + disk_full_message(self.directory, "this write was not stored (none of it); reads go on")
-            )
+            return self._disk_full("this write was not stored (none of it); reads go on")
         if is_io_failure(exc):
             return self._fail_storage(
                 f"an I/O error on its database {self.directory / DATABASE} ({exc}: {exc.sqlite_errorname})"
             )
         return None
+
+    def _disk_full(self, consequence: str) -> DiskFull:
+        """The error for a write refused for space (logged once per episode: a full disk refuses every write)."""
+        if self._disk_full_since is None:
+            self._disk_full_since = time.monotonic()
+            log.warning("collection %s: %s", self.name, disk_full_message(self.directory, "writes are refused"))
+        return DiskFull(f"collection {self.name!r}: " + disk_full_message(self.directory, consequence))
 
     def _fail_storage(self, what: str) -> StorageFailed:
         """Takes the collection out of service after an I/O error; returns the error to raise.

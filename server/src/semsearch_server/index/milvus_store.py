@@ -66,11 +66,19 @@ import logging
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from semsearch_server.domain import CollectionSettings, CollectionState, CollectionStatus, IndexKind, ModelFingerprint
+from semsearch_server.domain import (
+    CollectionSettings,
+    CollectionState,
+    CollectionStatus,
+    Document,
+    IndexKind,
+    ModelFingerprint,
+)
 from semsearch_server.index.base import CollectionBroken, StoreFilter
+from semsearch_server.index.disk_space import NO_CLAIM, SpaceClaim
 from semsearch_server.index.milvus_calls import (
     HEAD,
     INSERT_CHUNK,
@@ -186,6 +194,10 @@ class MilvusIndexStore(MilvusReads, MilvusWrites):
         if spec.kind is IndexKind.IVF:
             return {"metric_type": "IP", "params": {"nprobe": max(spec.ivf_nprobe, 1)}}
         return {"metric_type": "IP", "params": {}}
+
+    def claim_space(self, docs: Sequence[Document]) -> SpaceClaim:
+        """Nothing to claim: Milvus's disk is not this server's, and Milvus says when it is full."""
+        return NO_CLAIM
 
     def status(self) -> CollectionStatus:
         return CollectionStatus(
