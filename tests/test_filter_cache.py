@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from semsearch_server.config import Limits
 from semsearch_server.domain import (
     CollectionSettings,
     Document,
@@ -17,7 +18,6 @@ from semsearch_server.domain import (
     PassageConfig,
 )
 from semsearch_server.filtering import matches, parse
-from semsearch_server.config import Limits
 from semsearch_server.index import vector_index
 from semsearch_server.index.base import EmbeddedDocument
 from semsearch_server.index.faiss_store import FaissIndexStore
@@ -94,12 +94,14 @@ def test_a_repeated_filter_is_answered_from_the_cache_until_a_write_changes_its_
     assert changes(lambda: collection.upsert({"new": (query, {"g": 1, "colour": "white"})}))[0] == "new"
     # Replaced by a version the filter excludes: gone.
     assert "new" not in changes(lambda: collection.upsert({"new": (query, {"g": 1, "colour": "red"})}))
+
     # UpdateAttributes makes it match again.
     def update() -> None:
         assert store.update_attributes(["new"], None, {"colour": "white"}, [], Limits()) == 1
         collection.docs["new"][1]["colour"] = "white"
 
     assert changes(update)[0] == "new"
+
     # Deleted: gone.
     def delete() -> None:
         store.delete(["new"])
@@ -137,7 +139,7 @@ def test_every_index_kind_reuses_and_renews_what_it_keeps_with_the_labels(monkey
             allowed = AllowedLabels(np.append(allowed_labels, [5000]))  # 5000: absent until added below
             query = unit(rng, 1)
 
-            def exact(live: dict[int, np.ndarray], allowed_labels=allowed_labels) -> list[int]:
+            def exact(live: dict[int, np.ndarray], allowed_labels=allowed_labels, query=query) -> list[int]:
                 labels = [int(x) for x in sorted(set(allowed_labels.tolist()) | {5000}) if x in live]
                 scores = np.array([float(live[x] @ query[0]) for x in labels])
                 return [labels[i] for i in np.argsort(-scores, kind="stable")[:10]]
