@@ -523,7 +523,18 @@ class VectorIndex:
             found, matrix = self._subset_vectors(allowed.labels)
         if len(found) == 0:
             return _empty_result(len(queries), k)
-        scores_all = queries @ matrix.T
+        # FAISS's one-thread inner products, not numpy's matrix product: OpenBLAS splits that among its
+        # threads, which on a busy machine took 8-24 ms for 5,000-16,000 vectors where one thread takes
+        # 0.3-0.9 ms (measured here, 2 cores shared).
+        scores_all = np.empty((len(queries), len(found)), dtype=np.float32)
+        for row in range(len(queries)):
+            faiss.fvec_inner_products_ny(
+                faiss.swig_ptr(scores_all[row]),
+                faiss.swig_ptr(queries[row]),
+                faiss.swig_ptr(matrix),
+                self.dimension,
+                len(found),
+            )
         order = _top_k_stable(scores_all, k)
         scores = np.take_along_axis(scores_all, order, axis=1).astype(np.float32)
         return _pad_to(k, scores, found[order])
