@@ -128,7 +128,6 @@ def test_every_index_kind_reuses_and_renews_what_it_keeps_with_the_labels(monkey
     # Small enough to run the selector and post-filter paths at this size: nothing is scored exactly
     # unless a walk comes back short.
     monkeypatch.setattr(vector_index, "_KEPT_EXACT_MAX", 0)
-    monkeypatch.setattr(vector_index, "_EXACT_FILTER_MIN", 0)
     monkeypatch.setattr(vector_index, "_EXACT_FILTER_SHARE", 0.0)
     rng = np.random.default_rng(1)
     for kind in IndexKind:

@@ -19,13 +19,11 @@ from semsearch_server.domain import IndexKind, IndexSpec
 # HNSW cannot remove vectors: removed labels are masked at search time and the graph is rebuilt
 # from the stored vectors once this share of it is dead.
 _HNSW_REBUILD_DEAD_FRACTION = 0.25
-# Filters matching at most this many vectors are always answered by exact scoring of them; HNSW and a
-# trained IVF score exactly up to this share of the index too (see VectorIndex._exact_filter_max).
-_EXACT_FILTER_MIN = 2_048
+# HNSW and a trained IVF also score exactly up to this share of the index (VectorIndex._exact_filter_max).
 _EXACT_FILTER_SHARE = 0.02
-# Up to this many allowed vectors, every index kind scores them exactly, from a copy of their vectors kept
-# with the filter's labels (AllowedLabels) while the index is unchanged: one contiguous scan of them costs
-# about an unfiltered HNSW walk at 10,000 vectors of d = 384 (benchmarks/filtered_search.py), and is exact.
+# Up to this many allowed vectors, every index kind scores them exactly, from a copy of their vectors kept with
+# the filter's labels (AllowedLabels) while the index is unchanged: one contiguous scan of them costs about
+# an unfiltered HNSW walk at 10,000 vectors of d = 384 (benchmarks/filtered_search.py), and is exact.
 _KEPT_EXACT_MAX = 16_384
 # The widest walk a filtered HNSW search makes (efSearch).
 _HNSW_FILTER_EF_MAX = 2_048
@@ -403,13 +401,13 @@ class VectorIndex:
 
         Args:
             allowed: if given, only these labels may be returned (a filter; absent ones are ignored). Chosen by
-                their number, as a query planner does: few (up to _KEPT_EXACT_MAX, and on flat up to a 15th
-                of the index) are scored exactly (their vectors gathered, and kept in an AllowedLabels for the
-                next search with it); many are handed to FAISS as a bitmap selector (flat: the scan skips the
-                rest; HNSW: the walk keeps only them, with efSearch raised by how few they are; IVF: the lists
-                skip the rest, more lists probed), or on HNSW, when most are allowed, the plain walk is
-                over-fetched and the allowed kept. A search that comes back with fewer than min(k, allowed)
-                hits is answered exactly instead, so a filtered search is never short.
+                their number, as a query planner does: few (see _exact_filter_max) are scored exactly (their
+                vectors gathered, and kept in an AllowedLabels for the next search with it); many are handed
+                to FAISS as a bitmap selector (flat: the scan skips the rest; HNSW: the walk keeps only them,
+                with efSearch raised by how few they are; IVF: the lists skip the rest, more lists probed),
+                or on HNSW, when most are allowed, the plain walk is over-fetched and the allowed kept. A
+                search that comes back with fewer than min(k, allowed) hits is answered exactly instead, so
+                a filtered search is never short.
         """
         queries = np.ascontiguousarray(queries, dtype=np.float32)
         if allowed is not None and not isinstance(allowed, AllowedLabels):
@@ -418,7 +416,7 @@ class VectorIndex:
             return _empty_result(len(queries), k)
         if allowed is not None:
             want = min(k, len(allowed))
-            if len(allowed) <= max(_KEPT_EXACT_MAX, self._exact_filter_max()):
+            if len(allowed) <= self._exact_filter_max():
                 return self._search_subset(queries, k, allowed)
             share = len(allowed) / max(1, self.ntotal)
             if share >= _POST_FILTER_MIN_SHARE and self.spec.kind is IndexKind.HNSW:
@@ -443,13 +441,18 @@ class VectorIndex:
     def _exact_filter_max(self) -> int:
         """Up to how many allowed labels exact scoring beats a selector search (benchmarks/filtered_search.py).
 
-        Exact scoring costs about 15 times a flat scan's per vector (a gather and a product against a
-        streamed scan), so flat scans with a selector from 1/15 of the index on; HNSW and IVF walk a small
-        part of the index, and their filtered walk needs enough matching nodes to stay exact."""
+        Once kept (AllowedLabels), scoring them is a contiguous scan of just them: up to _KEPT_EXACT_MAX that
+        beats flat's scan of everything and costs about an HNSW walk, whose filtered walks miss neighbours
+        (recall@10 0.96-0.99 at 10 % of 100k). A trained IVF computes fewer distances (nprobe lists, about
+        1,300 at 100k), but its selector search at 10 % had recall 0.987 with nprobe / share lists and cost
+        more than the exact scan of the 10,000 (2.5x against 2.3x unfiltered, busy machine). HNSW and IVF
+        also score exactly up to 2 % of the index (gathered at each search past _KEPT_EXACT_MAX). Past
+        that, gathering costs about 15 times a flat scan's per vector, so flat scans with a selector from
+        1/15 of the index on."""
         n = int(self._index.ntotal)
         if self.spec.kind is IndexKind.HNSW or (self.spec.kind is IndexKind.IVF and self.trained):
-            return max(_EXACT_FILTER_MIN, int(_EXACT_FILTER_SHARE * n))
-        return max(_EXACT_FILTER_MIN, n // 15)
+            return max(_KEPT_EXACT_MAX, int(_EXACT_FILTER_SHARE * n))
+        return max(_KEPT_EXACT_MAX, n // 15)
 
     def _search_then_keep(
         self, queries: np.ndarray, k: int, allowed: np.ndarray, share: float
@@ -484,14 +487,14 @@ class VectorIndex:
         if self.spec.kind is IndexKind.HNSW:
             # The walk keeps only allowed nodes but explores all: to bring back k of them it must reach about
             # the k / share nearest nodes, so its breadth grows as they get rarer: eight times that (at 10 % of
-            # 100k, recall@10 was 0.96 with twice, 0.99 with eight times).
+            # 100k, recall@10 was 0.96 with twice, 0.988 with eight times).
             params.efSearch = int(min(_HNSW_FILTER_EF_MAX, max(self.spec.hnsw_ef_search, 8 * k / share)))
         elif self.spec.kind is IndexKind.IVF and self.trained:
-            # The nprobe nearest lists hold `share` times fewer allowed vectors: probing nprobe / share lists
-            # (at most all) computes as many distances as the unfiltered search, whose recall it then has;
-            # the rest of each list costs one bitmap test per vector.
+            # The allowed vectors of the nprobe nearest lists are fewer by their share: probe more lists, as
+            # many as keep recall where it is unfiltered (1 / sqrt(share) times, measured at 1M: recall 0.998
+            # at 10 %; nprobe / share cost more at 100k and reached 0.987), at most all.
             nlist = faiss.downcast_index(self._index).nlist
-            params.nprobe = int(min(nlist, math.ceil(self.spec.ivf_nprobe / share)))
+            params.nprobe = int(min(nlist, math.ceil(self.spec.ivf_nprobe / math.sqrt(share))))
         k_eff = max(1, min(k, len(allowed)))
         with openmp_threads(1) if len(queries) == 1 else nullcontext():
             scores, ids = self._index.search(queries, k_eff, params=params)
