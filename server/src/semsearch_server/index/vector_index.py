@@ -27,10 +27,9 @@ _EXACT_FILTER_SHARE = 0.02
 _KEPT_EXACT_MAX = 16_384
 # The widest walk a filtered HNSW search makes (efSearch).
 _HNSW_FILTER_EF_MAX = 2_048
-# From this share of the index allowed, HNSW and a trained IVF search without a selector, over-fetch and keep
-# the allowed: the over-fetch (2 / share neighbours, 8 at this share) stays within the unfiltered search's
-# breadth, and so its recall. Below it, a plain walk of 2 / share neighbours missed some (recall@10 0.96 at
-# 10 % of 100k).
+# From this share of the index allowed, HNSW walks without a selector, over-fetches and keeps the allowed: the
+# over-fetch (2 / share neighbours, 8 at this share) stays within the unfiltered walk's breadth, and so its
+# recall. Below it, a plain walk of 2 / share neighbours missed some (recall@10 0.96 at 10 % of 100k).
 _POST_FILTER_MIN_SHARE = 0.25
 # IVF needs training data: until this many vectors per list exist it answers with exact search.
 _IVF_MIN_POINTS_PER_LIST = 39
@@ -420,10 +419,8 @@ class VectorIndex:
             if len(allowed) <= self._exact_filter_max():
                 return self._search_subset(queries, k, allowed)
             share = len(allowed) / max(1, self.ntotal)
-            if share >= _POST_FILTER_MIN_SHARE and (
-                self.spec.kind is IndexKind.HNSW or (self.spec.kind is IndexKind.IVF and self.trained)
-            ):
-                # Most match: the plain search, over-fetched by 2 / share, keeps enough of them (checked below).
+            if share >= _POST_FILTER_MIN_SHARE and self.spec.kind is IndexKind.HNSW:
+                # Most match: the plain walk, over-fetched by 2 / share, keeps enough of them (checked below).
                 scores, labels = self._search_then_keep(queries, k, allowed.labels, share)
                 if not (labels[:, :want] < 0).any():
                     return scores, labels
@@ -460,14 +457,12 @@ class VectorIndex:
     def _search_then_keep(
         self, queries: np.ndarray, k: int, allowed: np.ndarray, share: float
     ) -> tuple[np.ndarray, np.ndarray]:
-        """The unfiltered search (HNSW's walk, IVF's nprobe lists) for 2k / share neighbours, keeping the allowed
-        ones (sorted `allowed`): cheaper than a selector when most vectors are allowed (no bitmap over the
-        index, no check per visited node or listed vector; IVF at 90 %: 1.57x unfiltered with a selector).
+        """The unfiltered walk for 2k / share neighbours, keeping the allowed ones (sorted `allowed`): cheaper
+        than a selector when most vectors are allowed (no bitmap over the index, no check per visited node).
         Rows with fewer than k allowed hits are padded with -1, for the caller to answer otherwise."""
         fetch = int(min(self.ntotal, math.ceil(2 * k / share)))
         params = self._params(self._selector(None))
-        if self.spec.kind is IndexKind.HNSW:
-            params.efSearch = max(self.spec.hnsw_ef_search, fetch)
+        params.efSearch = max(self.spec.hnsw_ef_search, fetch)
         with openmp_threads(1) if len(queries) == 1 else nullcontext():
             scores, ids = self._index.search(queries, max(1, fetch), params=params)
         labels = self._to_labels(ids)
