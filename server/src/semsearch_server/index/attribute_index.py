@@ -32,6 +32,7 @@ label), which is fine for labels in the low millions.
 from __future__ import annotations
 
 import bisect
+import itertools
 import math
 import threading
 from collections.abc import Iterable
@@ -49,6 +50,7 @@ _MERGE_FACTOR = 4  # a new segment merges into the previous one while that is le
 _FEW_CODES = 16  # CONTAINS matching at most this many distinct strings scatters their row ranges directly
 _INF = math.inf
 _MISSING = object()
+_VERSIONS = itertools.count(1)
 
 
 def _classify(value: object) -> tuple[int, object]:
@@ -211,6 +213,8 @@ class AttributeIndex:
         self._kills = 0  # generation bumps so far: a segment checked at this stamp needs no new check
         self._writes = 0
         self._lock = threading.Lock()
+        # Renewed by every write, unique across indexes: what cached filter answers are checked against.
+        self.version = next(_VERSIONS)
 
     # -- writes (the caller makes them exclusive) --------------------------------------------------------------
 
@@ -242,6 +246,7 @@ class AttributeIndex:
         """Adds the document, or replaces the attributes of the one with this label. The mapping is kept (not
         copied) until the next evaluation: do not mutate it."""
         self._writes += 1
+        self.version = next(_VERSIONS)
         slot = self._slot_of.get(label)
         if slot is None:
             slot = self._new_slot(label)
@@ -259,6 +264,7 @@ class AttributeIndex:
         if any(label < 0 for label, _ in items):  # checked first, so a bad batch changes nothing
             raise ValueError("labels are non-negative")
         self._writes += 1
+        self.version = next(_VERSIONS)
         slot_of, pending = self._slot_of, self._pending
         new_labels: list[int] = []
         existing: list[int] = []
@@ -297,6 +303,7 @@ class AttributeIndex:
         if slot is None or not self._live[slot]:
             return
         self._writes += 1
+        self.version = next(_VERSIONS)
         self._live[slot] = False
         self._gen[slot] += 1
         self._kills += 1

@@ -43,6 +43,7 @@ from semsearch_server.files import StagedFiles, sha256_file
 from semsearch_server.index.attribute_index import AttributeIndex
 from semsearch_server.index.base import CollectionBroken, ModelMismatch
 from semsearch_server.index.disk_space import CLAIMS
+from semsearch_server.index.filter_cache import FilterCache
 from semsearch_server.index.lexical import Analyzer, LexicalIndex
 from semsearch_server.index.local_database import connect_database
 from semsearch_server.index.local_manifest import (
@@ -130,6 +131,8 @@ class FaissIndexStore(StoreReads, StoreWrites, StoreReindex, StoreRecovery):
         # read (a collection never filtered costs nothing), then kept in step by every write.
         self._attributes: AttributeIndex | None = None
         self._attributes_building = threading.Lock()
+        # Filters' answers per state of the collection, for the next search with the same filter.
+        self._filter_cache = FilterCache()
 
     @property
     def spec(self) -> IndexSpec:

@@ -13,7 +13,9 @@ from semsearch_server.domain import Document, Passage
 from semsearch_server.filtering import Filter, as_filter, attributes_from_json, decode_attributes
 from semsearch_server.index.attribute_index import AttributeIndex
 from semsearch_server.index.base import DenseMatch, LexicalMatch, LexicalTermScore, ScoreTable
+from semsearch_server.index.filter_cache import FilterMatch, filter_key
 from semsearch_server.index.local_database import SQL_CHUNK
+from semsearch_server.index.vector_index import AllowedLabels
 
 # The local store logs as one logger, whichever of its modules a line comes from.
 log = logging.getLogger("semsearch_server.index.faiss_store")
@@ -151,20 +153,39 @@ class StoreReads:
                 return row
             want *= 4
 
-    def _passages_matching(self, filter: Filter | Mapping[str, str] | None) -> np.ndarray | None:
+    def _passages_matching(self, filter: Filter | Mapping[str, str] | None) -> AllowedLabels | None:
         """The passage labels of the documents the filter matches (None: no filter, every passage).
 
         The vector index then chooses by their number: exact scoring of just these vectors when they are
         few, FAISS's own search with them as a selector when they are many (VectorIndex.search)."""
-        doc_labels = self._documents_matching(filter)
-        return None if doc_labels is None else self._passages.of_documents(doc_labels)
+        match = self._filter_match(filter)
+        if match is None:
+            return None
+        if match.passages is None:  # computed in the state the entry was checked against: the lock is held
+            match.passages = AllowedLabels(self._passages.of_documents(match.documents))
+        return match.passages
 
     def _documents_matching(self, filter: Filter | Mapping[str, str] | None) -> np.ndarray | None:
-        """Sorted labels of the documents the filter matches (None: no filter). Call under the read lock."""
+        """Sorted labels (read-only) of the documents the filter matches (None: no filter). Call under the
+        read or write lock."""
+        match = self._filter_match(filter)
+        return None if match is None else match.documents
+
+    def _filter_match(self, filter: Filter | Mapping[str, str] | None) -> FilterMatch | None:
+        """The filter's answer in the collection's current state, from the cache when it was asked before in
+        this state (index/filter_cache.py). Call under the read or write lock."""
         tree = as_filter(filter)
         if tree is None:
             return None
-        return self._attribute_index().evaluate(tree)
+        attributes = self._attribute_index()
+        key, state = filter_key(tree), (attributes.version, self._passages.version)
+        match = self._filter_cache.get(key, state)
+        if match is None:
+            documents = attributes.evaluate(tree)
+            documents.flags.writeable = False
+            match = FilterMatch(documents)
+            self._filter_cache.put(key, state, match)
+        return match
 
     def _attribute_index(self) -> AttributeIndex:
         """The attribute index, built from the database on first use (under the read or write lock, so no

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 
 from semsearch_server.domain import Passage
+
+# Every change to any PassageMap takes the next number (see `version`).
+_VERSIONS = itertools.count(1)
 
 
 class PassageMap:
@@ -16,11 +21,14 @@ class PassageMap:
 
     def __init__(self) -> None:
         self.values = np.full((1024, 4), -1, dtype=np.int64)
+        # Renewed by every change, unique across maps: what cached filter answers are checked against.
+        self.version = next(_VERSIONS)
 
     def set(self, rows: np.ndarray) -> None:
         """rows: (n, 5) of passage label, document label, index, start, end."""
         if len(rows) == 0:
             return
+        self.version = next(_VERSIONS)
         top = int(rows[:, 0].max()) + 1
         if top > len(self.values):
             grown = np.full((max(top, 2 * len(self.values)), 4), -1, dtype=np.int64)
@@ -30,6 +38,7 @@ class PassageMap:
 
     def remove(self, labels: np.ndarray) -> None:
         labels = labels[labels < len(self.values)]
+        self.version = next(_VERSIONS)
         self.values[labels, 0] = -1
 
     def documents(self, labels: np.ndarray) -> np.ndarray:

@@ -5,8 +5,9 @@ Scores are inner products of L2-normalised vectors (cosine). Labels are the docu
 
 from __future__ import annotations
 
+import itertools
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
@@ -18,18 +19,25 @@ from semsearch_server.domain import IndexKind, IndexSpec
 # HNSW cannot remove vectors: removed labels are masked at search time and the graph is rebuilt
 # from the stored vectors once this share of it is dead.
 _HNSW_REBUILD_DEAD_FRACTION = 0.25
-# Filters matching at most this many vectors are always answered by exact scoring of them; HNSW and a
-# trained IVF score exactly up to this share of the index too (see VectorIndex._exact_filter_max).
-_EXACT_FILTER_MIN = 2_048
+# HNSW and a trained IVF also score exactly up to this share of the index (VectorIndex._exact_filter_max).
 _EXACT_FILTER_SHARE = 0.02
+# Up to this many allowed vectors, every index kind scores them exactly, from a copy of their vectors kept with
+# the filter's labels (AllowedLabels) while the index is unchanged: one contiguous scan of them costs about
+# an unfiltered HNSW walk at 10,000 vectors of d = 384 (benchmarks/filtered_search.py), and is exact.
+_KEPT_EXACT_MAX = 16_384
 # The widest walk a filtered HNSW search makes (efSearch).
 _HNSW_FILTER_EF_MAX = 2_048
-# From this share of the index allowed, HNSW walks without a selector, over-fetches and keeps the allowed.
-_POST_FILTER_MIN_SHARE = 0.05
+# From this share of the index allowed, HNSW walks without a selector, over-fetches and keeps the allowed: the
+# over-fetch (2 / share neighbours, 8 at this share) stays within the unfiltered walk's breadth, and so its
+# recall. Below it, a plain walk of 2 / share neighbours missed some (recall@10 0.96 at 10 % of 100k).
+_POST_FILTER_MIN_SHARE = 0.25
 # IVF needs training data: until this many vectors per list exist it answers with exact search.
 _IVF_MIN_POINTS_PER_LIST = 39
 # faiss's OpenMP threads for the process (every core unless OMP_NUM_THREADS says otherwise).
 _OPENMP_THREADS = faiss.omp_get_max_threads()
+# Every change to any VectorIndex takes the next number: (derived data, version) pairs never mistake one index,
+# or one state of it, for another.
+_VERSIONS = itertools.count(1)
 
 
 @contextmanager
@@ -76,6 +84,61 @@ def _borrow(view: np.ndarray, owner: object) -> np.ndarray:
     return array
 
 
+class AllowedLabels:
+    """The labels a filtered search may return (sorted, distinct), with what a VectorIndex derives from them
+    for its search (a bitmap over its FAISS ids, a copy of their vectors), kept while that index is unchanged:
+    a search repeating a filter (the store caches its AllowedLabels per filter) skips rebuilding either.
+
+    Safe to share between concurrent searches: derived values are immutable, and two searches deriving the
+    same one at once both compute it and one of them is kept.
+    """
+
+    __slots__ = ("labels", "_derived")
+
+    def __init__(self, labels: np.ndarray) -> None:
+        labels = np.asarray(labels, dtype=np.int64)
+        if len(labels) > 1 and (labels[1:] <= labels[:-1]).any():
+            labels = np.unique(labels)
+        labels.flags.writeable = False
+        self.labels = labels
+        self._derived: dict[str, tuple[int, object]] = {}
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def derived(self, name: str, version: int, make: Callable[[], object]) -> object:
+        """`make()` for the index state `version`, computed once for it."""
+        found = self._derived.get(name)
+        if found is not None and found[0] == version:
+            return found[1]
+        value = make()
+        self._derived[name] = (version, value)
+        return value
+
+    @property
+    def nbytes(self) -> int:
+        """Memory held: the labels and every derived array (for the owner's cache budget)."""
+        total = self.labels.nbytes
+        for _, value in list(self._derived.values()):
+            parts = value if isinstance(value, tuple) else (value,)
+            total += sum(part.nbytes for part in parts if isinstance(part, np.ndarray))
+        return total
+
+
+def _top_k_stable(scores: np.ndarray, k: int) -> np.ndarray:
+    """Per row, the positions of the k highest scores, highest first and ties in position order: what
+    ``np.argsort(-scores, kind="stable")[:, :k]`` gives, without sorting every score of a long row."""
+    n = scores.shape[1]
+    if n <= 4 * k:
+        return np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    out = np.empty((len(scores), k), dtype=np.int64)
+    for row, values in enumerate(scores):
+        kth = np.partition(values, n - k)[n - k]  # the k-th highest score
+        candidates = np.flatnonzero(values >= kth)  # ascending positions: ties keep their order below
+        out[row] = candidates[np.argsort(-values[candidates], kind="stable")[:k]]
+    return out
+
+
 def ivf_nlist_for(n: int) -> int:
     """FAISS's rule of thumb: about 4 * sqrt(n) lists."""
     return max(1, min(65536, int(4 * math.sqrt(max(n, 1)))))
@@ -115,6 +178,7 @@ class VectorIndex:
         self._slot_labels = np.empty(0, dtype=np.int64)  # slot -> label, -1 once removed; capacity >= ntotal
         self._max_label = -1  # every label ever added is <= this
         self._index = self._empty_index()
+        self.version = next(_VERSIONS)  # renewed by every change (see AllowedLabels)
 
     @classmethod
     def built(
@@ -207,6 +271,7 @@ class VectorIndex:
             self._index.add_with_ids(vectors, slots)
         else:
             self._index.add_with_ids(vectors, labels)
+        self.version = next(_VERSIONS)
 
     def contains(self, label: int) -> bool:
         """Whether the label has a live vector (a dictionary or hash-table lookup, or one exception)."""
@@ -229,6 +294,7 @@ class VectorIndex:
         if len(labels) == 0:
             return 0
         labels = np.ascontiguousarray(labels, dtype=np.int64)
+        self.version = next(_VERSIONS)
         if self.spec.kind is IndexKind.HNSW:
             removed = 0
             for label in labels.tolist():
@@ -328,31 +394,34 @@ class VectorIndex:
         return labels, vectors
 
     # -- reads -------------------------------------------------------------------------------------
-    def search(self, queries: np.ndarray, k: int, allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def search(
+        self, queries: np.ndarray, k: int, allowed: np.ndarray | AllowedLabels | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Returns (scores, labels), each (n_queries, k); missing results have label -1.
 
         Args:
             allowed: if given, only these labels may be returned (a filter; absent ones are ignored). Chosen by
-                their number, as a query planner does: few are scored exactly (gathered and multiplied:
-                exact, and cheaper than any walk); many are handed to FAISS as a bitmap selector (flat: the
-                scan skips the rest; HNSW: the walk keeps only them, with efSearch raised by how few they
-                are; IVF: the lists skip the rest). A selector search that comes back with fewer than
-                min(k, allowed) hits is answered exactly instead, so a filtered search is never short.
+                their number, as a query planner does: few (see _exact_filter_max) are scored exactly (their
+                vectors gathered, and kept in an AllowedLabels for the next search with it); many are handed
+                to FAISS as a bitmap selector (flat: the scan skips the rest; HNSW: the walk keeps only them,
+                with efSearch raised by how few they are; IVF: the lists skip the rest, more lists probed),
+                or on HNSW, when most are allowed, the plain walk is over-fetched and the allowed kept. A
+                search that comes back with fewer than min(k, allowed) hits is answered exactly instead, so
+                a filtered search is never short.
         """
         queries = np.ascontiguousarray(queries, dtype=np.float32)
+        if allowed is not None and not isinstance(allowed, AllowedLabels):
+            allowed = AllowedLabels(allowed)
         if self.ntotal == 0 or (allowed is not None and len(allowed) == 0):
             return _empty_result(len(queries), k)
         if allowed is not None:
-            allowed = np.asarray(allowed, dtype=np.int64)
-            if len(allowed) > 1 and (allowed[1:] < allowed[:-1]).any():
-                allowed = np.sort(allowed)
             want = min(k, len(allowed))
             if len(allowed) <= self._exact_filter_max():
                 return self._search_subset(queries, k, allowed)
             share = len(allowed) / max(1, self.ntotal)
             if share >= _POST_FILTER_MIN_SHARE and self.spec.kind is IndexKind.HNSW:
                 # Most match: the plain walk, over-fetched by 2 / share, keeps enough of them (checked below).
-                scores, labels = self._search_then_keep(queries, k, allowed, share)
+                scores, labels = self._search_then_keep(queries, k, allowed.labels, share)
                 if not (labels[:, :want] < 0).any():
                     return scores, labels
             scores, labels = self._search_selected(queries, k, allowed)
@@ -372,13 +441,18 @@ class VectorIndex:
     def _exact_filter_max(self) -> int:
         """Up to how many allowed labels exact scoring beats a selector search (benchmarks/filtered_search.py).
 
-        Exact scoring costs about 15 times a flat scan's per vector (a gather and a product against a
-        streamed scan), so flat scans with a selector from 1/15 of the index on; HNSW and IVF walk a small
-        part of the index, and their filtered walk needs enough matching nodes to stay exact."""
+        Once kept (AllowedLabels), scoring them is a contiguous scan of just them: up to _KEPT_EXACT_MAX that
+        beats flat's scan of everything and costs about an HNSW walk, whose filtered walks miss neighbours
+        (recall@10 0.96-0.99 at 10 % of 100k). A trained IVF computes fewer distances (nprobe lists, about
+        1,300 at 100k), but its selector search at 10 % had recall 0.987 with nprobe / share lists and cost
+        more than the exact scan of the 10,000 (2.5x against 2.3x unfiltered, busy machine). HNSW and IVF
+        also score exactly up to 2 % of the index (gathered at each search past _KEPT_EXACT_MAX). Past
+        that, gathering costs about 15 times a flat scan's per vector, so flat scans with a selector from
+        1/15 of the index on."""
         n = int(self._index.ntotal)
         if self.spec.kind is IndexKind.HNSW or (self.spec.kind is IndexKind.IVF and self.trained):
-            return max(_EXACT_FILTER_MIN, int(_EXACT_FILTER_SHARE * n))
-        return max(_EXACT_FILTER_MIN, n // 15)
+            return max(_KEPT_EXACT_MAX, int(_EXACT_FILTER_SHARE * n))
+        return max(_KEPT_EXACT_MAX, n // 15)
 
     def _search_then_keep(
         self, queries: np.ndarray, k: int, allowed: np.ndarray, share: float
@@ -401,8 +475,33 @@ class VectorIndex:
             out_labels[row, : len(kept)] = labels[row, kept]
         return out_scores, out_labels
 
-    def _search_selected(self, queries: np.ndarray, k: int, allowed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """FAISS's own search restricted to the allowed labels by a bitmap over the ids it holds."""
+    def _search_selected(self, queries: np.ndarray, k: int, allowed: AllowedLabels) -> tuple[np.ndarray, np.ndarray]:
+        """FAISS's own search restricted to the allowed labels by a bitmap over the ids it holds (kept with
+        `allowed` while this index is unchanged)."""
+        bits = allowed.derived("bitmap", self.version, lambda: self._bitmap(allowed.labels))
+        # Its n is the bitmap's size in bytes (ids past n * 8 are not members), not in bits.
+        selector = faiss.IDSelectorBitmap(len(bits), faiss.swig_ptr(bits))
+        selector._keepalive = bits  # the selector reads the array, it does not own it
+        params = self._params(selector)
+        share = len(allowed) / max(1, int(self._index.ntotal))
+        if self.spec.kind is IndexKind.HNSW:
+            # The walk keeps only allowed nodes but explores all: to bring back k of them it must reach about
+            # the k / share nearest nodes, so its breadth grows as they get rarer: eight times that (at 10 % of
+            # 100k, recall@10 was 0.96 with twice, 0.988 with eight times).
+            params.efSearch = int(min(_HNSW_FILTER_EF_MAX, max(self.spec.hnsw_ef_search, 8 * k / share)))
+        elif self.spec.kind is IndexKind.IVF and self.trained:
+            # The allowed vectors of the nprobe nearest lists are fewer by their share: probe more lists, as
+            # many as keep recall where it is unfiltered (1 / sqrt(share) times, measured at 1M: recall 0.998
+            # at 10 %; nprobe / share cost more at 100k and reached 0.987), at most all.
+            nlist = faiss.downcast_index(self._index).nlist
+            params.nprobe = int(min(nlist, math.ceil(self.spec.ivf_nprobe / math.sqrt(share))))
+        k_eff = max(1, min(k, len(allowed)))
+        with openmp_threads(1) if len(queries) == 1 else nullcontext():
+            scores, ids = self._index.search(queries, k_eff, params=params)
+        return _pad_to(k, scores, self._to_labels(ids))
+
+    def _bitmap(self, allowed: np.ndarray) -> np.ndarray:
+        """A little-endian bitmap over FAISS's ids (slots for HNSW) with the allowed labels' ids set."""
         if self.spec.kind is IndexKind.HNSW:
             # The graph's ids are slots: a slot is allowed when its (live) label is.
             top = max(int(self._slot_labels.max(initial=-1)), int(allowed.max())) + 1
@@ -415,28 +514,36 @@ class VectorIndex:
         else:
             mask = np.zeros(int(allowed.max()) + 1, dtype=bool)
             mask[allowed] = True
-        bits = np.packbits(mask, bitorder="little")
-        # Its n is the bitmap's size in bytes (ids past n * 8 are not members), not in bits.
-        selector = faiss.IDSelectorBitmap(len(bits), faiss.swig_ptr(bits))
-        selector._keepalive = bits  # the selector reads the array, it does not own it
-        params = self._params(selector)
-        if self.spec.kind is IndexKind.HNSW:
-            # The walk keeps only allowed nodes but explores all: to bring back k of them it must reach about
-            # the k / share nearest nodes, so its breadth grows as they get rarer (twice that, for margin).
-            share = len(allowed) / max(1, int(self._index.ntotal))
-            params.efSearch = int(min(_HNSW_FILTER_EF_MAX, max(self.spec.hnsw_ef_search, 2 * k / share)))
-        elif self.spec.kind is IndexKind.IVF and self.trained:
-            # The allowed vectors of the nprobe nearest lists are fewer by their share: probe more lists, as
-            # many as keep recall where it is unfiltered (1 / sqrt(share) times, measured), at most all.
-            share = len(allowed) / max(1, int(self._index.ntotal))
-            nlist = faiss.downcast_index(self._index).nlist
-            params.nprobe = int(min(nlist, math.ceil(self.spec.ivf_nprobe / math.sqrt(share))))
-        k_eff = max(1, min(k, len(allowed)))
-        with openmp_threads(1) if len(queries) == 1 else nullcontext():
-            scores, ids = self._index.search(queries, k_eff, params=params)
-        return _pad_to(k, scores, self._to_labels(ids))
+        return np.packbits(mask, bitorder="little")
 
-    def _search_subset(self, queries: np.ndarray, k: int, allowed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _search_subset(self, queries: np.ndarray, k: int, allowed: AllowedLabels) -> tuple[np.ndarray, np.ndarray]:
+        """Exact: the allowed vectors scored against the queries. Their copy is kept with `allowed` while this
+        index is unchanged when they are at most _KEPT_EXACT_MAX (bounded memory, the next search saves the
+        gather); larger sets (flat's exact range, or a short walk's fallback) are gathered each time."""
+        if len(allowed) <= _KEPT_EXACT_MAX:
+            found, matrix = allowed.derived("vectors", self.version, lambda: self._subset_vectors(allowed.labels))
+        else:
+            found, matrix = self._subset_vectors(allowed.labels)
+        if len(found) == 0:
+            return _empty_result(len(queries), k)
+        # FAISS's one-thread inner products, not numpy's matrix product: OpenBLAS splits that among its
+        # threads, which on a busy machine took 8-24 ms for 5,000-16,000 vectors where one thread takes
+        # 0.3-0.9 ms (measured here, 2 cores shared).
+        scores_all = np.empty((len(queries), len(found)), dtype=np.float32)
+        for row in range(len(queries)):
+            faiss.fvec_inner_products_ny(
+                faiss.swig_ptr(scores_all[row]),
+                faiss.swig_ptr(queries[row]),
+                faiss.swig_ptr(matrix),
+                self.dimension,
+                len(found),
+            )
+        order = _top_k_stable(scores_all, k)
+        scores = np.take_along_axis(scores_all, order, axis=1).astype(np.float32)
+        return _pad_to(k, scores, found[order])
+
+    def _subset_vectors(self, allowed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(labels, vectors) of the allowed labels the index holds, in label order (a fresh, contiguous copy)."""
         faiss_ids = self._to_faiss_ids(allowed)
         if (faiss_ids >= 0).all():
             matrix = self._gather(faiss_ids)
@@ -445,10 +552,7 @@ class VectorIndex:
             except RuntimeError:
                 pass
             else:
-                scores_all = queries @ matrix.T
-                order = np.argsort(-scores_all, axis=1, kind="stable")[:, :k]
-                scores = np.take_along_axis(scores_all, order, axis=1).astype(np.float32)
-                return _pad_to(k, scores, allowed[order])
+                return allowed, np.ascontiguousarray(matrix, dtype=np.float32)
         found: list[int] = []
         vectors: list[np.ndarray] = []
         for label, faiss_id in zip(allowed.tolist(), faiss_ids.tolist(), strict=True):
@@ -460,11 +564,8 @@ class VectorIndex:
                 continue
             found.append(label)
         if not found:
-            return _empty_result(len(queries), k)
-        scores_all = queries @ np.vstack(vectors).T
-        order = np.argsort(-scores_all, axis=1, kind="stable")[:, :k]
-        scores = np.take_along_axis(scores_all, order, axis=1).astype(np.float32)
-        return _pad_to(k, scores, np.asarray(found, dtype=np.int64)[order])
+            return np.empty(0, dtype=np.int64), np.empty((0, self.dimension), dtype=np.float32)
+        return np.asarray(found, dtype=np.int64), np.vstack(vectors)
 
     def _gather(self, faiss_ids: np.ndarray) -> np.ndarray | None:
         """These ids' vectors read from the index's own array in one numpy gather (reconstruct_batch asks
@@ -559,6 +660,7 @@ class VectorIndex:
         if isinstance(index, faiss.IndexIVF):
             index.nprobe = self.spec.ivf_nprobe
         self._index = index
+        self.version = next(_VERSIONS)
         self._max_label = -1
         state = state or {}
         self._dead = {int(slot) for slot in state.get("dead", ())}
