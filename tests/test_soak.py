@@ -1,10 +1,39 @@
-"""What the soak (tests/soak.py) found, kept as plain tests."""
+"""A bounded profile of the soak (tests/soak.py; `make soak` runs it for 30 minutes), and what it found."""
 
 from __future__ import annotations
 
+import os
 import threading
 
+import pytest
+from soak import SOAK_RPCS, run_soak, summary
 
+pytestmark = pytest.mark.slow
+
+# The issue's 2 minutes, server starts included: the first one (the fast engines' export, unless the
+# session's model cache has them already) and a restart after each kill (2-4 s).
+SOAK_TEST_MINUTES = float(os.environ.get("SEMSEARCH_SOAK_TEST_MINUTES", "1.9"))
+
+
+def test_a_short_soak_loses_no_acknowledged_write(tmp_path):
+    """Mixed traffic on every RPC kind the soak drives, SIGKILLed every 15-25 s: every acknowledged write is
+    there as last acknowledged after each restart and at the end, every write a kill cut landed whole or not
+    at all, no INTERNAL or UNKNOWN and no failed call outside a kill window, at least one kill and restart,
+    and each RPC succeeded at least once.
+
+    The RSS bound (10 % growth after the warm-up) is only enforced by the long run: here there are too few
+    server lives past a warm-up to tell growth from noise, so the RSS is printed but not checked.
+    """
+    result = run_soak(SOAK_TEST_MINUTES, (0.25, 0.42), seed=20261208, data_dir=tmp_path / "data", rss_check=False)
+    print("\n" + summary(result))
+    assert not result.failures, "\n".join(result.failures[:10])
+    assert result.restarts >= 1
+    missing = [rpc for rpc in SOAK_RPCS if rpc not in result.succeeded_rpcs]
+    assert not missing, f"never succeeded: {missing}"
+    assert result.tally["full checks"] > result.restarts, "the workers did not check their data after restarts"
+
+
+# -- what the soak found, kept ----------------------------------------------------------------------------
 def test_list_collections_while_a_collection_is_deleted(server, client):
     """ListCollections read the status of a collection that DeleteCollection was removing at that moment
     and answered INTERNAL (its database file was gone); now the deleted collection is simply not listed."""
