@@ -53,3 +53,29 @@ def test_list_collections_while_a_collection_is_deleted(server, client):
     store.status = status_after_a_delete
     names = [c.name for c in client.list_collections()]
     assert deleted.is_set() and "soak-gone" not in names and "demo" in names
+
+
+@pytest.mark.parametrize("when", ["before its header is read", "after its header is read"])
+def test_list_snapshots_while_a_snapshot_is_deleted(client, collection, monkeypatch, when):
+    """ListSnapshots read a snapshot file that DeleteSnapshot removed meanwhile and answered INTERNAL (its
+    file was gone); now a snapshot deleted while the list is made is simply not listed."""
+    from semsearch_server.index import local_snapshots
+
+    client.upsert([("a", "a document to snapshot")], collection=collection)
+    kept, gone = client.create_snapshot(collection), client.create_snapshot(collection)
+    read_info = local_snapshots._read_info
+
+    def deleted_meanwhile(path):
+        if not path.name.startswith(gone.name):
+            return read_info(path)
+        if when == "before its header is read":
+            path.unlink()
+            return read_info(path)
+        info = read_info(path)
+        path.unlink()
+        return info
+
+    monkeypatch.setattr(local_snapshots, "_read_info", deleted_meanwhile)
+    names = [s.name for s in client.list_snapshots(collection)]
+    assert names == [kept.name]
+    client.delete_snapshot(kept.name)
