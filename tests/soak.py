@@ -601,6 +601,7 @@ class SoakResult:
     seconds: float
     restarts: int
     start_seconds: list[float]
+    down_seconds: float  # in kill windows: from each kill until SERVING again
     stats: Stats
     tally: Counter
     rss: list[RssSample]
@@ -717,8 +718,21 @@ def run_soak(
     if rss_check and growth is not None and growth > RSS_GROWTH_LIMIT:
         stats.fail(f"server RSS grew {growth:.1%} after the warm-up ({note})")
     tally = sum((w.tally for w in crew), Counter())
+    down = sum(end - start for start, end in target.windows)
     return SoakResult(
-        seed, seconds, restarts, start_seconds, stats, tally, rss, growth, note, rss_check, log_lines, stats.failures
+        seed,
+        seconds,
+        restarts,
+        start_seconds,
+        down,
+        stats,
+        tally,
+        rss,
+        growth,
+        note,
+        rss_check,
+        log_lines,
+        stats.failures,
     )
 
 
@@ -739,7 +753,7 @@ def summary(result: SoakResult) -> str:
         f"soak: seed {result.seed}, {result.seconds / 60:.1f} min, {total} calls, {ok / result.seconds:.1f} "
         f"successful calls/s, {result.restarts} kills+restarts "
         f"(restart to SERVING: median {statistics.median(result.start_seconds[1:] or [0]):.1f}s, "
-        f"first start {result.start_seconds[0]:.1f}s)"
+        f"{result.down_seconds:.0f}s down in all; first start {result.start_seconds[0]:.1f}s)"
     )
     lines.append("")
     header = f"{'rpc':<17}{'ok':>7}{'p50 ms':>9}{'p99 ms':>9}  other codes (in a kill window / outside)"
