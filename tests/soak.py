@@ -85,6 +85,7 @@ WORDS = (
     "sourdough oven crust flour telescope comet nebula orbit eclipse"
 ).split()
 RSS_GROWTH_LIMIT = 0.10
+RSS_MIN_LIFE_SECONDS = 30.0
 MAX_FAILURES_IN_A_ROW = 10  # then the worker stops: its picture of its data is no longer known to be true
 CALL_TIMEOUT = 60.0  # generous: the machine is shared; a call that times out outside a kill is a failure
 
@@ -190,6 +191,7 @@ class Worker:
         self.alias = f"soak-alias-w{number}"
         self.ids = [f"w{number}-{i:03d}" for i in range(POOL)]
         self.docs: dict[str, Document] = {}  # the acknowledged state of self.collection
+        self.gone: dict[str, str] = {}  # deleted (acknowledged) ids -> their last text
         self.versions: Counter = Counter()
         self.owned: dict[str, bool | None] = {}  # temporary collections: exists, or None (unknown)
         self.snapshots: set[str] = set()  # snapshots of self.collection known to exist
@@ -318,7 +320,7 @@ class Worker:
         self.pending = None
         self.check(count == len(present), f"Delete of {ids} answered {count}, {len(present)} of them stored")
         for doc_id in present:
-            del self.docs[doc_id]
+            self._forget(doc_id)
         self.tally["acknowledged deletes"] += 1
 
     def op_delete_where(self) -> None:
@@ -331,12 +333,17 @@ class Worker:
         self.pending = None
         self.check(count == len(matching), f"Delete where {where} answered {count}, expected {len(matching)}")
         for doc_id in matching:
-            del self.docs[doc_id]
+            self._forget(doc_id)
         self.tally["acknowledged deletes"] += 1
 
     def _apply(self, docs: list[Document]) -> None:
         for d in docs:
             self.docs[d.id] = d
+            self.gone.pop(d.id, None)
+
+    def _forget(self, doc_id: str) -> None:
+        if doc_id in self.docs:
+            self.gone[doc_id] = self.docs.pop(doc_id).text
 
     def _resolve_batches(self, batches: list[list[Document]], stream: bool) -> None:
         """An Upsert (one batch) or UpsertStream the kill cut: all or nothing per batch, and for a stream a
@@ -369,7 +376,7 @@ class Worker:
         self.check(not found or found == set(ids), f"half-applied delete after a kill: {sorted(found)} of {ids}")
         if not found:
             for doc_id in ids:
-                self.docs.pop(doc_id, None)
+                self._forget(doc_id)
         self.tally[f"ambiguous Delete: {'not landed' if found else 'landed'}"] += 1
 
     # -- reads, checked against the acknowledged state ----------------------------------------------
@@ -528,6 +535,12 @@ class Worker:
             )
             for doc_id, hits in zip(chunk, results, strict=True):
                 self.check([h.id for h in hits] == [doc_id], f"lexical index out of step for {doc_id}")
+        gone = self.rng.sample(sorted(self.gone), min(8, len(self.gone)))
+        if gone:  # the vector index forgot them too: not found by their own last text
+            texts = [self.gone[i] for i in gone]
+            results = self.call("BatchSearch", lambda c: c.batch_search(texts, self.collection, top_k=5, mode="dense"))
+            for doc_id, hits in zip(gone, results, strict=True):
+                self.check(doc_id not in [h.id for h in hits], f"deleted {doc_id} is still in the vector index")
         aliases = self.call("ListAliases", lambda c: c.list_aliases())
         self.check(aliases.get(self.alias) == self.collection, f"{self.alias} names {aliases.get(self.alias)}")
         names = {c.name for c in self.call("ListCollections", lambda c: c.list_collections())}
@@ -575,14 +588,21 @@ def rss_verdict(samples: list[RssSample], warmup_seconds: float) -> tuple[float 
     1-3 minutes, so the peak of one life is what a leak would raise (within it, or from data it reloads);
     medians over several lives keep one long-lived process from deciding. The first process is left out
     whatever the warm-up: on a new data directory it exports the fast engines with torch loaded (about
-    twice the RSS of a restart, which never loads torch). None when there are too few lives to judge."""
-    peaks: dict[int, tuple[float, int]] = {}
+    twice the RSS of a restart, which never loads torch), and so is a life sampled for less than
+    RSS_MIN_LIFE_SECONDS. None when there are too few lives to judge."""
+    spans: dict[int, list[RssSample]] = defaultdict(list)
     for s in samples:
         if s.at >= warmup_seconds and s.life > 1:
-            first, peak = peaks.get(s.life, (s.at, 0))
-            peaks[s.life] = (first, max(peak, s.kib))
+            spans[s.life].append(s)
+    # A life sampled for less than RSS_MIN_LIFE_SECONDS (the last one, cut by the run's end) has not
+    # reached its plateau: its low peak would hide growth.
+    peaks = {
+        life: (lived[0].at, max(s.kib for s in lived))
+        for life, lived in spans.items()
+        if lived[-1].at - lived[0].at >= RSS_MIN_LIFE_SECONDS
+    }
     if len(peaks) < 4:
-        return None, f"{len(peaks)} server lives after the warm-up: too few to judge growth"
+        return None, f"{len(peaks)} server lives sampled long enough after the warm-up: too few to judge growth"
     lives = sorted(peaks.values())
     half = len(lives) // 2
     early = statistics.median(p for _, p in lives[:half])

@@ -6,7 +6,7 @@ import os
 import threading
 
 import pytest
-from soak import SOAK_RPCS, run_soak, summary
+from soak import SOAK_RPCS, RssSample, rss_verdict, run_soak, summary
 
 pytestmark = pytest.mark.slow
 
@@ -31,6 +31,26 @@ def test_a_short_soak_loses_no_acknowledged_write(tmp_path):
     missing = [rpc for rpc in SOAK_RPCS if rpc not in result.succeeded_rpcs]
     assert not missing, f"never succeeded: {missing}"
     assert result.tally["full checks"] > result.restarts, "the workers did not check their data after restarts"
+
+
+def _lives(*plateaus_mib: float) -> list[RssSample]:
+    """Samples every 5 s of 2-minute server lives, each rising to its plateau over its first minute."""
+    samples = []
+    for life, plateau in enumerate(plateaus_mib, start=1):
+        for t in range(0, 120, 5):
+            samples.append(RssSample(life * 123 + t, life, int(plateau * (0.9 + 0.1 * min(t, 60) / 60) * 1024)))
+    return samples
+
+
+def test_the_rss_verdict_compares_whole_lives_after_the_warm_up():
+    # Flat, with a first life at twice the RSS (the engines' export on a new data directory): no growth.
+    growth, _ = rss_verdict(_lives(1000, 500, 505, 498, 502, 500, 499), warmup_seconds=60)
+    assert growth is not None and abs(growth) < 0.02
+    # Growing from life to life: 15 %.
+    growth, _ = rss_verdict(_lives(1000, 500, 500, 500, 575, 575, 575), warmup_seconds=60)
+    assert growth is not None and 0.14 < growth < 0.16
+    # Too few lives to judge.
+    assert rss_verdict(_lives(1000, 500, 600), warmup_seconds=60)[0] is None
 
 
 # -- what the soak found, kept ----------------------------------------------------------------------------
