@@ -20,7 +20,7 @@ TEST_DURATIONS := --durations=15
 TEST_WORKERS ?= 2
 TEST_PARALLEL := -n $(TEST_WORKERS) --dist loadfile
 
-.PHONY: run test test-fast fuzz long install lock lock-upgrade bench lint proto clean
+.PHONY: run test test-fast fuzz long soak install lock lock-upgrade bench lint proto clean
 
 # Every install takes its versions from requirements.lock (constraints: the same versions on every machine);
 # `make lock` regenerates it after a pyproject.toml changes, `make lock-upgrade` moves every pin to the newest.
@@ -86,6 +86,14 @@ long: $(TEST_STAMP)
 		SEMSEARCH_TEST_DISK_LOAD_CYCLES=10 \
 		$(BIN)/python -m pytest -q $(TEST_DURATIONS) tests/test_durability.py tests/test_disk_full.py
 	$(BIN)/python tests/fuzz_long.py --requests $(FUZZ_REQUESTS)
+
+# The soak: SOAK_MINUTES of mixed traffic on every kind of RPC against a real server process that is SIGKILLed
+# every 1-3 minutes and restarted on the same data directory; fails on an acknowledged write lost, any
+# INTERNAL/UNKNOWN, a failed call outside a kill window or RSS growing >10% after the warm-up (make test: 2 min).
+SOAK_MINUTES ?= 30
+SOAK_SEED ?= 1
+soak: $(TEST_STAMP)
+	$(BIN)/python tests/soak.py --minutes $(SOAK_MINUTES) --kill-every 1 3 --seed $(SOAK_SEED)
 
 # Every benchmark with its defaults (scale.py alone takes about an hour at 1M vectors on 2 cores).
 # Each prints PASS/MISS; a MISS is reported, not hidden, and does not stop the others.

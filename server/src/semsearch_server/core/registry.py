@@ -297,7 +297,8 @@ class CollectionRegistry:
             for name in self.provider.names():
                 if name not in self._stores and name not in self._broken:
                     self._open(name)
-        out = [store.status() for store in list(self._stores.values())]
+            stores = list(self._stores.values())
+        out = [status for status in map(self._status_unless_deleted, stores) if status is not None]
         for broken in list(self._broken.values()):
             try:
                 settings = self.provider.settings_of(broken.name)
@@ -316,6 +317,17 @@ class CollectionRegistry:
                 )
             )
         return sorted(out, key=lambda s: s.name)
+
+    def _status_unless_deleted(self, store: IndexStore) -> CollectionStatus | None:
+        """A store's status, or None when DeleteCollection removed it while it was being listed (its files
+        may be gone already: the status of a deleted collection was an INTERNAL error, found by the soak)."""
+        try:
+            return store.status()
+        except Exception:
+            with self._lock:
+                if self._stores.get(store.name) is store:
+                    raise
+            return None
 
     def close(self) -> None:
         with self._lock:
