@@ -88,6 +88,10 @@ def test_a_new_filter_most_documents_match_is_checked_on_candidates_and_exact(tm
         where = f"g != 0 and n != {-1 - i}"  # 90 %, a filter never seen before at each query
         assert spied.search(query, where) == spied.exact(query, where)
     assert spied.evaluations == 0, "a high-share filter was evaluated over every document"
+    # Asked again in the same state: evaluated once and cached, then answered from the cache.
+    for query in queries[:3]:
+        assert spied.search(query, "g != 0 and n != -1") == spied.exact(query, "g != 0 and n != -1")
+    assert spied.evaluations == 1
     spied.store.close(snapshot=False)
 
 

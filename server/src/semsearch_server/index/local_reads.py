@@ -170,7 +170,8 @@ class StoreReads:
         cache or a full evaluation, or, for a filter not cached whose estimated share the vector index
         post-filters (VectorIndex.post_filters), (None, the filter, its share): the unfiltered search is
         over-fetched and only its candidates' attributes are checked (_candidate_passages), no column
-        scanned. (None, None, 1) without a filter."""
+        scanned; asked again in the same state, it is evaluated and cached (the cached answer's search costs
+        less than the check). (None, None, 1) without a filter."""
         tree = as_filter(filter)
         if tree is None:
             return None, None, 1.0
@@ -179,7 +180,8 @@ class StoreReads:
         match = self._filter_cache.get(key, state)
         if match is None:
             share = attributes.estimate_share(tree)
-            if share is not None and share > 0 and self._index.post_filters(share):
+            post_filtered = share is not None and share > 0 and self._index.post_filters(share)
+            if post_filtered and not self._filter_cache.seen_before(key, state):  # asked again: cache it
                 return None, tree, share
             match = self._evaluate_into_cache(tree, attributes, key, state)
         return self._passages_of(match), None, 1.0
