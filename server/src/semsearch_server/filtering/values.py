@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -234,9 +234,15 @@ def attributes_from_json(data: Mapping[str, Any]) -> dict[str, AttributeValue]:
     return {key: _from_json(value) for key, value in data.items()}
 
 
-def decode_attributes(text: str) -> dict[str, AttributeValue]:
-    """Inverse of encode_attributes; ValueError for JSON that encode_attributes cannot have written."""
+def decode_attributes(text: str, keys: Iterable[str] | None = None) -> dict[str, AttributeValue]:
+    """Inverse of encode_attributes; ValueError for JSON that encode_attributes cannot have written.
+
+    Args:
+        keys: decode only these keys (those a filter mentions), when given.
+    """
     data = orjson.loads(text)  # NaN and Infinity are not JSON: refused, as old versions never wrote them
     if not isinstance(data, dict):
         raise ValueError("stored metadata is not a JSON object")
+    if keys is not None:
+        return {key: _from_json(data[key]) for key in keys if key in data}
     return {key: _from_json(value) for key, value in data.items()}

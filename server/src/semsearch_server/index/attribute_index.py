@@ -35,7 +35,7 @@ import bisect
 import itertools
 import math
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from datetime import datetime
 from itertools import chain
 
@@ -534,36 +534,73 @@ class AttributeIndex:
             if isinstance(c.value, str) and _STR in columns:
                 self._contains(mask, columns[_STR], c.value)
             return mask
-        if c.op is Op.IN:
-            values = c.value if isinstance(c.value, tuple | list) else ()
-            op = Op.EQ
-        else:
-            values, op = (c.value,), c.op
-        ints: list[tuple[int, int]] = []
-        floats: list[tuple[float, float]] = []
-        stamps: list[tuple[int, int]] = []
-        bools: list[tuple[int, int]] = []
-        strings: list[tuple[str | None, bool, str | None, bool]] = []
-        for v in values:
-            if isinstance(v, bool):
-                if op is Op.EQ:
-                    bools.append((int(v), int(v)))
-            elif isinstance(v, int | float):
-                if (bounds := _int_bounds(op, v)) is not None:
-                    ints.append(bounds)
-                if (float_bounds := _float_bounds(op, v)) is not None:
-                    floats.append(float_bounds)
-            elif isinstance(v, datetime):
-                if (bounds := _int_bounds(op, to_micros(v))) is not None:
-                    stamps.append(bounds)
-            elif isinstance(v, str):
-                strings.append(_string_bounds(op, v))
+        ints, floats, stamps, bools, strings = _value_intervals(c)
         for kind, intervals in ((_INT, ints), (_FLOAT, floats), (_TS, stamps), (_BOOL, bools)):
             if intervals and kind in columns:
                 self._intervals(mask, columns[kind], intervals)
         if strings and _STR in columns:
             self._string_intervals(mask, columns[_STR], strings)
         return mask
+
+    # -- estimation (concurrent) -------------------------------------------------------------------------------
+
+    def estimate_share(self, tree: Filter) -> float | None:
+        """The share of live documents the filter matches, estimated from the columns' sorted values without
+        touching a row (a query planner's cardinality estimate: Qdrant's, for its full_scan_threshold): a
+        condition's rows in its value intervals, conditions taken as independent (`and` multiplies shares,
+        `or` adds their complements' product, `not` complements). Rows of documents since replaced, and a
+        list's several elements, are counted too: an estimate, for choosing a plan, never an answer. None
+        where no statistic says (`contains`)."""
+        self._prepare(tree)
+        if self._count == 0:
+            return None
+        share = self._estimate(tree)
+        return None if share is None else min(1.0, max(0.0, share))
+
+    def _estimate(self, node: Filter) -> float | None:
+        if isinstance(node, Condition):
+            return self._estimate_condition(node)
+        if isinstance(node, Not):
+            inner = self._estimate(node.child)
+            return None if inner is None else 1.0 - inner
+        shares = [self._estimate(child) for child in node.children]
+        if any(share is None for share in shares):
+            return None
+        if isinstance(node, All):
+            return math.prod(min(1.0, s) for s in shares)  # type: ignore[misc]
+        if isinstance(node, AnyOf):
+            return 1.0 - math.prod(1.0 - min(1.0, s) for s in shares)  # type: ignore[misc]
+        raise TypeError(f"not a filter: {node!r}")
+
+    def _estimate_condition(self, c: Condition) -> float | None:
+        if c.op is Op.NE or c.op is Op.NOT_IN:
+            positive = self._estimate_condition(Condition(c.field, Op.EQ if c.op is Op.NE else Op.IN, c.value))
+            return None if positive is None else 1.0 - min(1.0, positive)
+        columns = self._columns.get(c.field)
+        if not columns or c.op is None:
+            return 0.0
+        if c.op is Op.CONTAINS:
+            return None
+        if c.op is Op.EXISTS:
+            column = columns.get(_PRESENT)
+            return sum(len(s) for s in column.segments) / self._count if column else 0.0
+        rows = 0
+        ints, floats, stamps, bools, strings = _value_intervals(c)
+        for kind, intervals in ((_INT, ints), (_FLOAT, floats), (_TS, stamps), (_BOOL, bools)):
+            if intervals and kind in columns:
+                dtype = np.float64 if kind == _FLOAT else np.int64
+                lows = np.array([a for a, _ in intervals], dtype=dtype)
+                highs = np.array([b for _, b in intervals], dtype=dtype)
+                for segment in columns[kind].segments:
+                    ends = np.searchsorted(segment.values, highs, side="right")
+                    rows += int(np.maximum(0, ends - np.searchsorted(segment.values, lows, side="left")).sum())
+        if strings and _STR in columns:
+            for segment in columns[_STR].segments:
+                for lo, hi in _string_ranges(segment, strings):
+                    rows += hi - lo
+        return rows / self._count
+
+    # -- evaluation helpers ------------------------------------------------------------------------------------
 
     @staticmethod
     def _scatter(mask: np.ndarray, segment: _Segment, lo: int, hi: int) -> None:
@@ -586,20 +623,8 @@ class AttributeIndex:
 
     def _string_intervals(self, mask: np.ndarray, column: _Column, intervals: list) -> None:
         for segment in column.segments:
-            uniques = segment.uniques or []
-            for low, low_inclusive, high, high_inclusive in intervals:
-                if low is None:
-                    c0 = 0
-                else:
-                    c0 = bisect.bisect_left(uniques, low) if low_inclusive else bisect.bisect_right(uniques, low)
-                if high is None:
-                    c1 = len(uniques)
-                else:
-                    c1 = bisect.bisect_right(uniques, high) if high_inclusive else bisect.bisect_left(uniques, high)
-                if c1 > c0:
-                    lo = int(np.searchsorted(segment.values, c0, side="left"))
-                    hi = int(np.searchsorted(segment.values, c1, side="left"))
-                    self._scatter(mask, segment, lo, hi)
+            for lo, hi in _string_ranges(segment, intervals):
+                self._scatter(mask, segment, lo, hi)
 
     def _contains(self, mask: np.ndarray, column: _Column, needle: str) -> None:
         for segment in column.segments:
@@ -631,3 +656,51 @@ def _string_bounds(op: Op, v: str) -> tuple[str | None, bool, str | None, bool]:
     if op is Op.GT:
         return (v, False, None, False)
     return (v, True, None, False)
+
+
+def _value_intervals(c: Condition) -> tuple[list, list, list, list, list]:
+    """The value intervals a comparison, `==` or `in` condition selects in each kind's column: ints, floats,
+    timestamps (as micros), bools (as 0/1) and strings (low, low inclusive, high, high inclusive)."""
+    if c.op is Op.IN:
+        values = c.value if isinstance(c.value, tuple | list) else ()
+        op = Op.EQ
+    else:
+        values, op = (c.value,), c.op
+    ints: list[tuple[int, int]] = []
+    floats: list[tuple[float, float]] = []
+    stamps: list[tuple[int, int]] = []
+    bools: list[tuple[int, int]] = []
+    strings: list[tuple[str | None, bool, str | None, bool]] = []
+    for v in values:
+        if isinstance(v, bool):
+            if op is Op.EQ:
+                bools.append((int(v), int(v)))
+        elif isinstance(v, int | float):
+            if (bounds := _int_bounds(op, v)) is not None:
+                ints.append(bounds)
+            if (float_bounds := _float_bounds(op, v)) is not None:
+                floats.append(float_bounds)
+        elif isinstance(v, datetime):
+            if (bounds := _int_bounds(op, to_micros(v))) is not None:
+                stamps.append(bounds)
+        elif isinstance(v, str):
+            strings.append(_string_bounds(op, v))
+    return ints, floats, stamps, bools, strings
+
+
+def _string_ranges(segment: _Segment, intervals: list) -> Iterator[tuple[int, int]]:
+    """The (lo, hi) row ranges of a string segment that fall in each interval (empty ones left out)."""
+    uniques = segment.uniques or []
+    for low, low_inclusive, high, high_inclusive in intervals:
+        if low is None:
+            c0 = 0
+        else:
+            c0 = bisect.bisect_left(uniques, low) if low_inclusive else bisect.bisect_right(uniques, low)
+        if high is None:
+            c1 = len(uniques)
+        else:
+            c1 = bisect.bisect_right(uniques, high) if high_inclusive else bisect.bisect_left(uniques, high)
+        if c1 > c0:
+            lo = int(np.searchsorted(segment.values, c0, side="left"))
+            hi = int(np.searchsorted(segment.values, c1, side="left"))
+            yield lo, hi

@@ -27,6 +27,9 @@ from semsearch_server.index.vector_index import AllowedLabels
 # At most this many filters, and this much memory for them all (labels, bitmaps, kept vectors).
 CACHE_FILTERS = 16
 CACHE_BYTES = 96 * 2**20
+# Filters answered without their full evaluation (the candidate check) are remembered, this many, so that
+# a second asking in the same state evaluates and caches them.
+SEEN_FILTERS = 256
 
 
 def filter_key(tree: Filter) -> Hashable:
@@ -72,6 +75,7 @@ class FilterCache:
         self.max_bytes = max_bytes
         self._entries: OrderedDict[Hashable, tuple[tuple, FilterMatch]] = OrderedDict()
         self._lock = threading.Lock()
+        self._seen: OrderedDict[Hashable, tuple] = OrderedDict()  # filters asked and not cached, last few
         self.hits = 0
         self.misses = 0
 
@@ -86,6 +90,17 @@ class FilterCache:
             self._trim()  # what the index derived since the last call counts now
             return found[1]
 
+    def seen_before(self, key: Hashable, state: tuple) -> bool:
+        """Whether this filter was asked in this state without being cached (and records that it now was): a
+        filter's second asking is worth evaluating in full and caching, a one-off is not."""
+        with self._lock:
+            before = self._seen.get(key) == state
+            self._seen[key] = state
+            self._seen.move_to_end(key)
+            while len(self._seen) > SEEN_FILTERS:
+                self._seen.popitem(last=False)
+            return before
+
     def put(self, key: Hashable, state: tuple, match: FilterMatch) -> None:
         with self._lock:
             self._entries[key] = (state, match)
@@ -95,6 +110,7 @@ class FilterCache:
     def clear(self) -> None:
         with self._lock:
             self._entries.clear()
+            self._seen.clear()
 
     def __len__(self) -> int:
         return len(self._entries)

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 
 import numpy as np
 
 from semsearch_server.domain import Document, Passage
-from semsearch_server.filtering import Filter, as_filter, attributes_from_json, decode_attributes
+from semsearch_server.filtering import Filter, as_filter, attributes_from_json, decode_attributes, matches
+from semsearch_server.filtering.model import fields_of
 from semsearch_server.index.attribute_index import AttributeIndex
 from semsearch_server.index.base import DenseMatch, LexicalMatch, LexicalTermScore, ScoreTable
 from semsearch_server.index.filter_cache import FilterMatch, filter_key
@@ -92,8 +94,15 @@ class StoreReads:
         queries = np.ascontiguousarray(queries, dtype=np.float32)
         with self._lock.read():
             self._ensure_readable()
-            allowed = self._passages_matching(filter)
-            best = [self._best_passages(q, top_k, allowed) for q in queries]
+            allowed, unevaluated, share = self._dense_plan(filter)
+            best = []
+            for q in queries:
+                row = None if unevaluated is None else self._candidate_passages(q, top_k, unevaluated, share)
+                if row is None:
+                    if unevaluated is not None and allowed is None:  # the estimate misled: evaluate fully
+                        allowed = self._passages_matching(filter)
+                    row = self._best_passages(q, top_k, allowed)
+                best.append(row)
             doc_labels = sorted({doc for row in best for _, _, doc in row})
             docs = self._fetch("label", doc_labels) if documents else self._ids_by_label(doc_labels)
             passages = {label: self._passages.passage(label) for row in best for label, _, _ in row}
@@ -153,14 +162,77 @@ class StoreReads:
                 return row
             want *= 4
 
+    def _dense_plan(
+        self, filter: Filter | Mapping[str, str] | None
+    ) -> tuple[AllowedLabels | None, Filter | None, float]:
+        """How a dense search applies the filter, chosen by its estimated share as a query planner does
+        (Qdrant's cardinality estimate against its full_scan_threshold): (allowed passages, None, 1) from the
+        cache or a full evaluation, or, for a filter not cached whose estimated share the vector index
+        post-filters (VectorIndex.post_filters), (None, the filter, its share): the unfiltered search is
+        over-fetched and only its candidates' attributes are checked (_candidate_passages), no column
+        scanned; asked again in the same state, it is evaluated and cached (the cached answer's search costs
+        less than the check). (None, None, 1) without a filter."""
+        tree = as_filter(filter)
+        if tree is None:
+            return None, None, 1.0
+        attributes = self._attribute_index()
+        key, state = filter_key(tree), (attributes.version, self._passages.version)
+        match = self._filter_cache.get(key, state)
+        if match is None:
+            share = attributes.estimate_share(tree)
+            post_filtered = share is not None and share > 0 and self._index.post_filters(share)
+            if post_filtered and not self._filter_cache.seen_before(key, state):  # asked again: cache it
+                return None, tree, share
+            match = self._evaluate_into_cache(tree, attributes, key, state)
+        return self._passages_of(match), None, 1.0
+
+    def _candidate_passages(
+        self, query: np.ndarray, top_k: int, tree: Filter, share: float
+    ) -> list[tuple[int, float, int]] | None:
+        """_best_passages under a filter checked on the candidates only: the unfiltered search for 2 / share
+        times the passages top_k documents need, the filter tested on those documents' attributes (the
+        reference evaluator, on their stored metadata), the best top_k that pass. None when fewer pass and
+        the search did not see every passage: the caller then evaluates the filter and answers as before,
+        so the answer is never short."""
+        total = self._index.ntotal
+        per_document = total / max(len(self._lexical), 1)
+        want = top_k if per_document <= 1 else int(top_k * per_document * 1.5) + 8
+        k = max(1, min(total, math.ceil(2 * want / share)))
+        scores, labels = self._index.search(query[None, :], k)
+        doc_labels = self._passages.documents(labels[0])
+        passing = self._documents_passing(tree, sorted({d for d in doc_labels.tolist() if d >= 0}))
+        seen: set[int] = set()
+        row: list[tuple[int, float, int]] = []
+        for label, doc_label, score in zip(labels[0].tolist(), doc_labels.tolist(), scores[0].tolist(), strict=True):
+            if label < 0 or doc_label < 0 or doc_label in seen or doc_label not in passing:
+                continue
+            seen.add(doc_label)
+            row.append((label, float(score), doc_label))
+            if len(row) == top_k:
+                return row
+        return row if k >= total and not (labels[0] < 0).any() else None
+
+    def _documents_passing(self, tree: Filter, doc_labels: list[int]) -> set[int]:
+        """The documents among these that the filter matches, each checked on its own stored metadata."""
+        passing: set[int] = set()
+        keys = fields_of(tree)  # the only values the check reads
+        db = self._reader()
+        for start in range(0, len(doc_labels), SQL_CHUNK):
+            chunk = doc_labels[start : start + SQL_CHUNK]
+            marks = ",".join("?" * len(chunk))
+            rows = db.execute(f"SELECT label, metadata FROM documents WHERE label IN ({marks})", chunk).fetchall()
+            passing.update(label for label, metadata in rows if matches(tree, decode_attributes(metadata, keys)))
+        return passing
+
     def _passages_matching(self, filter: Filter | Mapping[str, str] | None) -> AllowedLabels | None:
         """The passage labels of the documents the filter matches (None: no filter, every passage).
 
         The vector index then chooses by their number: exact scoring of just these vectors when they are
         few, FAISS's own search with them as a selector when they are many (VectorIndex.search)."""
         match = self._filter_match(filter)
-        if match is None:
-            return None
+        return None if match is None else self._passages_of(match)
+
+    def _passages_of(self, match: FilterMatch) -> AllowedLabels:
         if match.passages is None:  # computed in the state the entry was checked against: the lock is held
             match.passages = AllowedLabels(self._passages.of_documents(match.documents))
         return match.passages
@@ -180,11 +252,16 @@ class StoreReads:
         attributes = self._attribute_index()
         key, state = filter_key(tree), (attributes.version, self._passages.version)
         match = self._filter_cache.get(key, state)
-        if match is None:
-            documents = attributes.evaluate(tree)
-            documents.flags.writeable = False
-            match = FilterMatch(documents)
-            self._filter_cache.put(key, state, match)
+        return self._evaluate_into_cache(tree, attributes, key, state) if match is None else match
+
+    def _evaluate_into_cache(
+        self, tree: Filter, attributes: AttributeIndex, key: Hashable, state: tuple
+    ) -> FilterMatch:
+        """The filter evaluated over every document, cached for this state."""
+        documents = attributes.evaluate(tree)
+        documents.flags.writeable = False
+        match = FilterMatch(documents)
+        self._filter_cache.put(key, state, match)
         return match
 
     def _attribute_index(self) -> AttributeIndex:

@@ -438,6 +438,16 @@ class VectorIndex:
             scores, ids = self._index.search(queries, k_eff, params=params)
         return _pad_to(k, scores, self._to_labels(ids))
 
+    def post_filters(self, share: float) -> bool:
+        """Whether a filter allowing this share of the index may be answered from the unfiltered search,
+        over-fetched, keeping what passes (the store's candidate check of a filter it has not evaluated):
+        on an exact index always (its top k' are exact, and so are the allowed among them); on HNSW and a
+        trained IVF from _POST_FILTER_MIN_SHARE, and only past the count that search() would score exactly, so
+        that no answer exact today becomes approximate."""
+        if self.spec.kind is IndexKind.FLAT or not self.trained:
+            return share >= _POST_FILTER_MIN_SHARE
+        return share >= _POST_FILTER_MIN_SHARE and share * self.ntotal > self._exact_filter_max()
+
     def _exact_filter_max(self) -> int:
         """Up to how many allowed labels exact scoring beats a selector search (benchmarks/filtered_search.py).
 
