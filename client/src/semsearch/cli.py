@@ -104,10 +104,7 @@ def cmd_search(client: SearchClient, args) -> int:
         top_k=args.top_k,
         min_score=args.min_score,
         filter=_metadata_pairs(args.filter, "--filter"),
-        mode=args.mode,
-        fusion=args.fusion,
-        dense_weight=args.dense_weight,
-        rrf_k=args.rrf_k,
+        **mode_options(args),
         where=args.where,
     )
     _print_json({"hits": [_hit_dict(h) for h in hits]}) if args.json else _print_hits(hits)
@@ -121,10 +118,7 @@ def cmd_map(client: SearchClient, args) -> int:
         args.query,
         collection=args.collection,
         top_k=args.top_k,
-        mode=args.mode,
-        fusion=args.fusion,
-        dense_weight=args.dense_weight,
-        rrf_k=args.rrf_k,
+        **mode_options(args),
         where=args.where,
     )
     if not hits:
@@ -224,10 +218,7 @@ def cmd_explain(client: SearchClient, args) -> int:
         include_attention=args.attention,
         attention_layer=args.layer,
         attention_head=args.head,
-        mode=args.mode,
-        fusion=args.fusion,
-        dense_weight=args.dense_weight,
-        rrf_k=args.rrf_k,
+        **mode_options(args),
         top_k=args.top_k,
         filter=_metadata_pairs(args.filter, "--filter"),
         where=args.where,
@@ -479,6 +470,11 @@ def add_mode_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fusion", choices=("weighted", "rrf"), default=None, help="hybrid: how (default: the server's)")
     p.add_argument("--dense-weight", type=float, default=0.0, help="hybrid weighted: the dense share, (0, 1]")
     p.add_argument("--rrf-k", type=int, default=0, help="hybrid rrf: the k of 1/(k + rank)")
+
+
+def mode_options(args: argparse.Namespace) -> dict:
+    """The keyword arguments of Search and Explain that add_mode_arguments' flags give."""
+    return {"mode": args.mode, "fusion": args.fusion, "dense_weight": args.dense_weight, "rrf_k": args.rrf_k}
 
 
 def add_where_argument(p: argparse.ArgumentParser, help: str = "keep the documents it matches") -> None:
