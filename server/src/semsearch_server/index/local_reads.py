@@ -139,28 +139,20 @@ class StoreReads:
         """[(passage label, score, document label)] of the top_k documents' best passages, best first
         (the search widens until it has top_k documents or every passage)."""
         total = self._index.ntotal
-        # Enough passages for top_k documents at the collection's passages per document (and a margin),
-        # so that one scan usually suffices: a second search costs a second full scan of a flat index.
-        per_document = total / max(len(self._lexical), 1)
-        want = top_k if per_document <= 1 else int(top_k * per_document * 1.5) + 8
+        want = self._passages_wanted(top_k)
         while True:
             k = max(1, min(want, total))
             scores, labels = self._index.search(query[None, :], k, allowed)
-            seen: set[int] = set()
-            row: list[tuple[int, float, int]] = []
-            doc_labels = self._passages.documents(labels[0])
-            for label, doc_label, score in zip(
-                labels[0].tolist(), doc_labels.tolist(), scores[0].tolist(), strict=True
-            ):
-                if label < 0 or doc_label < 0 or doc_label in seen:
-                    continue
-                seen.add(doc_label)
-                row.append((label, float(score), doc_label))
-                if len(row) == top_k:
-                    return row
-            if k >= total or (labels[0] < 0).any():
+            row = _best_per_document(labels[0], scores[0], self._passages.documents(labels[0]), top_k)
+            if len(row) == top_k or k >= total or (labels[0] < 0).any():
                 return row
             want *= 4
+
+    def _passages_wanted(self, top_k: int) -> int:
+        """Enough passages for top_k documents at the collection's passages per document (and a margin), so
+        that one scan usually suffices: a second search costs a second full scan of a flat index."""
+        per_document = self._index.ntotal / max(len(self._lexical), 1)
+        return top_k if per_document <= 1 else int(top_k * per_document * 1.5) + 8
 
     def _dense_plan(
         self, filter: Filter | Mapping[str, str] | None
@@ -195,21 +187,13 @@ class StoreReads:
         the search did not see every passage: the caller then evaluates the filter and answers as before,
         so the answer is never short."""
         total = self._index.ntotal
-        per_document = total / max(len(self._lexical), 1)
-        want = top_k if per_document <= 1 else int(top_k * per_document * 1.5) + 8
-        k = max(1, min(total, math.ceil(2 * want / share)))
+        k = max(1, min(total, math.ceil(2 * self._passages_wanted(top_k) / share)))
         scores, labels = self._index.search(query[None, :], k)
         doc_labels = self._passages.documents(labels[0])
         passing = self._documents_passing(tree, sorted({d for d in doc_labels.tolist() if d >= 0}))
-        seen: set[int] = set()
-        row: list[tuple[int, float, int]] = []
-        for label, doc_label, score in zip(labels[0].tolist(), doc_labels.tolist(), scores[0].tolist(), strict=True):
-            if label < 0 or doc_label < 0 or doc_label in seen or doc_label not in passing:
-                continue
-            seen.add(doc_label)
-            row.append((label, float(score), doc_label))
-            if len(row) == top_k:
-                return row
+        row = _best_per_document(labels[0], scores[0], doc_labels, top_k, passing)
+        if len(row) == top_k:
+            return row
         return row if k >= total and not (labels[0] < 0).any() else None
 
     def _documents_passing(self, tree: Filter, doc_labels: list[int]) -> set[int]:
@@ -454,6 +438,23 @@ class StoreReads:
             ids = sorted((i for i in ids if after is None or _bytewise(i) > _bytewise(after)), key=_bytewise)[:limit]
             found = self._fetch("id", ids)
             return [Document(d[0], d[1], attributes_from_json(d[2])) for d in (found[i] for i in ids if i in found)]
+
+
+def _best_per_document(
+    labels: np.ndarray, scores: np.ndarray, doc_labels: np.ndarray, top_k: int, keep: set[int] | None = None
+) -> list[tuple[int, float, int]]:
+    """[(passage label, score, document label)] of each document's first passage in this ranked row (its best),
+    best first, up to top_k documents; with keep, only the documents in it."""
+    seen: set[int] = set()
+    row: list[tuple[int, float, int]] = []
+    for label, doc_label, score in zip(labels.tolist(), doc_labels.tolist(), scores.tolist(), strict=True):
+        if label < 0 or doc_label < 0 or doc_label in seen or (keep is not None and doc_label not in keep):
+            continue
+        seen.add(doc_label)
+        row.append((label, float(score), doc_label))
+        if len(row) == top_k:
+            break
+    return row
 
 
 def _bytewise(doc_id: str) -> bytes:
