@@ -24,13 +24,14 @@ Targets (PASS/MISS): filtered Search p50 <= 1.5x unfiltered at each selectivity;
 and IVF (= 1.0 on flat) and no short answer; Count p50 < unfiltered Search p50; upsert with 10 attributes
 >= 0.9x without.
 
-    .venv/bin/python benchmarks/filtered_search.py [--n 100000] [--kinds flat,hnsw,ivf] [--queries 200]
+    .venv/bin/python benchmarks/filtered_search.py [--n 100000] [--kinds flat,hnsw,ivf] [--queries 200] [--keep DIR]
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import statistics
 import tempfile
 import time
@@ -105,9 +106,10 @@ def settings(kind: str) -> CollectionSettings:
 
 
 def fill(
-    store: FaissIndexStore, n: int, batch: int, rng: np.random.Generator, data: str = "clustered"
+    store: FaissIndexStore | None, n: int, batch: int, rng: np.random.Generator, data: str = "clustered"
 ) -> tuple[np.ndarray, list[int]]:
-    """Every vector and every document's `sel`, in insertion order."""
+    """Every vector and every document's `sel`, in insertion order; None as the store draws the same
+    documents without writing them (a kept collection's)."""
     vectors = np.empty((n, DIM), dtype=np.float32)
     sel = []
     for start in range(0, n, batch):
@@ -116,8 +118,28 @@ def fill(
         docs = embedded(ids, vecs, rng, typed=True)
         vectors[start : start + len(ids)] = vecs
         sel += [d.document.attributes["sel"] for d in docs]
-        store.upsert(docs)
+        if store is not None:
+            store.upsert(docs)
     return vectors, sel
+
+
+def filled_store(kind: str, args, root: Path, rng: np.random.Generator):
+    """(store, vectors, sel, fill seconds or None): a fresh collection filled, or with --keep one filled by an
+    earlier run with the same --n, --batch and --data, reopened (a 1M HNSW fill takes most of an hour here)."""
+    directory = root / f"{kind}-{args.n}-{args.data}-{args.batch}"
+    if args.keep and (directory / "filled").is_file():
+        vectors, sel = fill(None, args.n, args.batch, rng, args.data)
+        return FaissIndexStore.open(directory, FINGERPRINT, snapshot_every=10**9), vectors, sel, None
+    if directory.exists():
+        shutil.rmtree(directory)
+    store = FaissIndexStore.create(directory, kind, settings(kind), FINGERPRINT, snapshot_every=10**9)
+    started = time.perf_counter()
+    vectors, sel = fill(store, args.n, args.batch, rng, args.data)
+    fill_s = time.perf_counter() - started
+    if args.keep:
+        store.snapshot()
+        (directory / "filled").write_text(f"{args.n} documents filled in {fill_s:.0f} s\n")
+    return store, vectors, sel, fill_s
 
 
 def p50(times: list[float]) -> float:
@@ -132,13 +154,11 @@ def timed(call, *args) -> tuple[float, object]:
 
 def run_kind(kind: str, args, root: Path) -> list[str]:
     rng = np.random.default_rng(7)
-    store = FaissIndexStore.create(root / kind, kind, settings(kind), FINGERPRINT, snapshot_every=10**9)
-    started = time.perf_counter()
-    vectors, sel = fill(store, args.n, args.batch, rng, args.data)
-    fill_s = time.perf_counter() - started
+    store, vectors, sel, fill_s = filled_store(kind, args, root, rng)
     sel_arr = np.asarray(sel)
     queries = unit(rng, args.queries, args.data)
-    lines = [f"## {kind}, {args.n:,} documents, {args.data} vectors (filled in {fill_s:.0f} s)"]
+    filled = "kept from an earlier run" if fill_s is None else f"filled in {fill_s:.0f} s"
+    lines = [f"## {kind}, {args.n:,} documents, {args.data} vectors ({filled})"]
     # Warm-up: the attribute index is built at the first filtered read, the columns at their first use.
     for where in SELECTIVITIES.values():
         store.search_dense(queries[:1], K, parse(where))
@@ -197,7 +217,8 @@ def run_kind(kind: str, args, root: Path) -> list[str]:
     )
     store.close(snapshot=False)
     lines.append("")
-    lines.append(upsert_throughput(kind, args, root))
+    with tempfile.TemporaryDirectory(prefix="filtered-upsert-", dir=root) as fresh:
+        lines.append(upsert_throughput(kind, args, Path(fresh)))
     return lines
 
 
@@ -233,10 +254,18 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=1000)
     parser.add_argument("--upsert-rounds", type=int, default=40)
     parser.add_argument("--data", choices=("clustered", "uniform"), default="clustered")
+    parser.add_argument(
+        "--keep",
+        type=Path,
+        metavar="DIR",
+        help="keep the filled collections in DIR and reuse them in later runs with the same --n, --batch and --data",
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="filtered-search-") as tmp:
+        root = args.keep or Path(tmp)
+        root.mkdir(parents=True, exist_ok=True)
         for kind in args.kinds.split(","):
-            print("\n".join(run_kind(kind, args, Path(tmp))), flush=True)
+            print("\n".join(run_kind(kind, args, root)), flush=True)
             print(flush=True)
 
 
