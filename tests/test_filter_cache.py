@@ -201,3 +201,72 @@ def test_the_cache_keeps_its_limits_and_checks_the_state():
     assert len(cache) == 2 and cache.get("a", (1, 1)) is None  # least recently used went first
     cache.put("big", (1, 1), FilterMatch(np.arange(5_000, dtype=np.int64)))  # 40 kB: over the budget alone
     assert len(cache) == 1 and cache.get("big", (1, 1)) is not None
+
+
+def test_ivf_kept_lists_answer_as_faiss_selector_does_at_the_same_probes_and_are_renewed_by_changes(monkeypatch):
+    # The kept lists are the index's own lists with only the allowed vectors in them: a search of them must
+    # return what FAISS's selector search of the whole index returns when it probes the same lists.
+    import faiss
+
+    monkeypatch.setattr(vector_index, "_KEPT_EXACT_MAX", 0)
+    monkeypatch.setattr(vector_index, "_EXACT_FILTER_SHARE", 0.0)
+    monkeypatch.setattr(vector_index, "_KEPT_LISTS_MIN_SCANNED", 0)  # nprobe / share lists, some unprobed
+    rng = np.random.default_rng(5)
+    n, share = 6000, 0.1
+    vectors = unit(rng, n)
+    spec = IndexSpec(kind=IndexKind.IVF, ivf_nlist=64, ivf_nprobe=1)
+    index = VectorIndex.built(spec, DIM, np.arange(n), vectors)
+    monkeypatch.setattr(VectorIndex, "_exact_filter_max", lambda self: 0)
+    allowed_labels = np.flatnonzero(rng.random(n) < share)
+    allowed = AllowedLabels(allowed_labels)
+    probes = int(np.ceil(index._kept_lists_probes(64, len(allowed), len(allowed) / n)))
+    assert 10 <= probes < 64  # some lists are left unprobed: the test would pass for an exhaustive search too
+
+    def selector_answer(ivf_index, queries):
+        params = faiss.SearchParametersIVF()
+        params.nprobe = probes
+        params.sel = faiss.IDSelectorBatch(allowed_labels)
+        return ivf_index.search(queries, 10, params=params)
+
+    queries = unit(rng, 20)
+    scores, labels = index.search(queries, 10, allowed)
+    want_scores, want_labels = selector_answer(index._index, queries)
+    np.testing.assert_allclose(scores, want_scores, atol=1e-6)
+    np.testing.assert_array_equal(labels, want_labels)
+    assert set(labels.ravel().tolist()) <= set(allowed_labels.tolist())
+    assert allowed.nbytes >= len(allowed) * DIM * 4  # the kept copy is counted against the cache's budget
+    kept = allowed._derived["ivf lists"]
+    index.search(queries[:1], 10, allowed)
+    assert allowed._derived["ivf lists"] is kept  # reused while the index is unchanged
+
+    nearest = int(allowed_labels[0])
+    index.remove(np.array([nearest]))  # a removed vector leaves the kept lists too
+    index.add(np.array([nearest]), queries[:1])  # back, as the query itself: now its nearest allowed
+    assert index.search(queries[:1], 10, allowed)[1][0][0] == nearest
+    assert allowed._derived["ivf lists"] is not kept
+
+
+def test_the_cache_budget_grows_with_the_collections_vectors():
+    from semsearch_server.index import filter_cache
+
+    size = [0]
+    cache = FilterCache(max_filters=16, max_bytes=1000, vector_bytes=lambda: size[0])
+    assert cache.byte_limit == 1000
+    size[0] = 100_000
+    assert cache.byte_limit == int(filter_cache.CACHE_SHARE_OF_VECTORS * 100_000)
+    big = FilterMatch(np.arange(2000, dtype=np.int64))  # 16,000 bytes: more than max_bytes
+    cache.put("a", (1, 1), big)
+    cache.put("b", (1, 1), big)
+    assert len(cache) == 1  # 32,000 > 25,000: the older goes
+    size[0] = 200_000
+    cache.put("a", (1, 1), big)
+    assert len(cache) == 2
+
+
+def test_kept_lists_probe_nprobe_over_share_lists_and_enough_for_the_least_scanned():
+    index = VectorIndex(IndexSpec(kind=IndexKind.IVF, ivf_nprobe=16), DIM)
+    # 10 % of 1M in 8,000 lists: 160 lists scan 2,000 allowed vectors; in 2,000 lists 8,000, more than the least.
+    assert index._kept_lists_probes(2000, 100_000, 0.1) == pytest.approx(160)
+    # 10 % of 100k in 1,264 lists: 160 lists would scan 1,264; the least takes more.
+    least = vector_index._KEPT_LISTS_MIN_SCANNED * 1264 / 10_000
+    assert least > 160 and index._kept_lists_probes(1264, 10_000, 0.1) == pytest.approx(least)

@@ -126,6 +126,9 @@ def check(index: VectorIndex, model: Model, rng: np.random.Generator) -> None:
             # ... and through FAISS's selectors (every kind).
             with mock.patch.object(vector_index, "_POST_FILTER_MIN_SHARE", 2.0):
                 assert_searches_like_brute_force(index, model, queries, allowed)
+            # A trained IVF's kept lists (a tenth of the index; every list probed here, so exact).
+            few = rng.choice(live, size=max(1, len(live) // 10), replace=False)
+            assert_searches_like_brute_force(index, model, queries, few)
 
 
 def snapshot_round_trip(index: VectorIndex, directory: Path) -> VectorIndex:

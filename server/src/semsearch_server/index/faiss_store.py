@@ -132,7 +132,11 @@ class FaissIndexStore(StoreReads, StoreWrites, StoreReindex, StoreRecovery):
         self._attributes: AttributeIndex | None = None
         self._attributes_building = threading.Lock()
         # Filters' answers per state of the collection, for the next search with the same filter.
-        self._filter_cache = FilterCache()
+        self._filter_cache = FilterCache(vector_bytes=self._vector_bytes)
+
+    def _vector_bytes(self) -> int:
+        """The memory of the vector index's vectors (the filter cache's budget grows with it)."""
+        return self._index.ntotal * self.fingerprint.dimension * 4
 
     @property
     def spec(self) -> IndexSpec:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -24,9 +24,12 @@ import numpy as np
 from semsearch_server.filtering.model import All, AnyOf, Condition, Filter, Not
 from semsearch_server.index.vector_index import AllowedLabels
 
-# At most this many filters, and this much memory for them all (labels, bitmaps, kept vectors).
+# At most this many filters, and this much memory for them all (labels, bitmaps, kept vectors and lists), or
+# this share of the collection's vectors if that is more: a filter's kept IVF lists hold its share of them
+# (10 % of 1M vectors of d = 384: 154 MB), and a cache that cannot hold them builds them at every search.
 CACHE_FILTERS = 16
 CACHE_BYTES = 96 * 2**20
+CACHE_SHARE_OF_VECTORS = 0.25
 # Filters answered without their full evaluation (the candidate check) are remembered, this many, so that
 # a second asking in the same state evaluates and caches them.
 SEEN_FILTERS = 256
@@ -70,9 +73,18 @@ class FilterCache:
     """Least recently used FilterMatch entries, each valid for the state (a tuple of versions) it was
     computed in. Thread-safe."""
 
-    def __init__(self, max_filters: int = CACHE_FILTERS, max_bytes: int = CACHE_BYTES) -> None:
+    def __init__(
+        self,
+        max_filters: int = CACHE_FILTERS,
+        max_bytes: int = CACHE_BYTES,
+        vector_bytes: Callable[[], int] | None = None,
+    ) -> None:
+        """Args:
+        vector_bytes: the memory of the collection's vectors now; the cache may then hold
+            CACHE_SHARE_OF_VECTORS of it where that is more than `max_bytes`."""
         self.max_filters = max_filters
         self.max_bytes = max_bytes
+        self._vector_bytes = vector_bytes
         self._entries: OrderedDict[Hashable, tuple[tuple, FilterMatch]] = OrderedDict()
         self._lock = threading.Lock()
         self._seen: OrderedDict[Hashable, tuple] = OrderedDict()  # filters asked and not cached, last few
@@ -119,5 +131,12 @@ class FilterCache:
         """Drops the least recently used entries past the limits (the newest one stays, whatever its size)."""
         while len(self._entries) > self.max_filters:
             self._entries.popitem(last=False)
-        while len(self._entries) > 1 and sum(m.nbytes for _, m in self._entries.values()) > self.max_bytes:
+        limit = self.byte_limit
+        while len(self._entries) > 1 and sum(m.nbytes for _, m in self._entries.values()) > limit:
             self._entries.popitem(last=False)
+
+    @property
+    def byte_limit(self) -> int:
+        if self._vector_bytes is None:
+            return self.max_bytes
+        return max(self.max_bytes, int(CACHE_SHARE_OF_VECTORS * self._vector_bytes()))
