@@ -477,6 +477,40 @@ def test_while_a_first_start_builds_a_query_runs_beside_an_upsert_on_torch(make_
     assert torch.beside == [1]
 
 
+def test_once_openvino_serves_batches_in_a_first_start_queries_go_to_its_single_query_twin(make_batcher):
+    """After the first switch (OpenVINO for batches), small requests leave torch for OpenVINO compiled for
+    single queries: beside a running batch and when the batch engine is idle alike; larger ones stay on it."""
+    from semsearch_server.embedding.switching import Interim, SwitchingEmbedder
+
+    class FakeTorch(FakeEmbedder):
+        def __init__(self) -> None:
+            super().__init__()
+            self.beside: list[int] = []
+
+        def encode_beside(self, texts: list[str]) -> np.ndarray:
+            self.beside.append(len(texts))
+            return FakeEmbedder.encode(self, texts)
+
+    torch, openvino, twin = FakeTorch(), BulkGatedEmbedder(bulk_over=1), FakeEmbedder()
+    interim = Interim(openvino, torch)
+    batcher = make_batcher(SwitchingEmbedder(interim), max_batch=32, bulk_lane=None)
+    interim.take_small_requests_on(twin)
+    upsert = [f"abstract {i}" for i in range(16)]
+    upsert_thread, upsert_out = in_thread(lambda: batcher.encode(upsert))
+    assert openvino.bulk_started.wait(5)
+    query_thread, query_out = in_thread(lambda: batcher.encode(["a query"]))
+    query_thread.join(5)
+    assert query_out, "the query waited for the upsert"
+    np.testing.assert_array_equal(query_out[0], vector("a query")[None, :])
+    assert twin.calls == [1] and torch.beside == []
+    openvino.release.set()
+    upsert_thread.join(5)
+    np.testing.assert_array_equal(upsert_out[0], np.stack([vector(t) for t in upsert]))
+    batcher.encode(["idle again"])  # the batch engine idle: still the twin
+    assert twin.calls == [1, 1] and torch.beside == [] and torch.calls == []
+    assert batcher.fingerprint == openvino.fingerprint  # described as the batch engine
+
+
 def test_a_large_request_during_a_first_start_moves_to_the_new_engine_at_the_switch():
     """An UpsertStream's group of 1,024 texts that started on torch must not run on torch to its end
     once OpenVINO has taken over: while the engines are built, large requests run in chunks."""

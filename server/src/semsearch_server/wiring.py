@@ -159,7 +159,7 @@ def _first_start_finisher(switching, explainer, reference, config: ServerConfig)
     comes 7-12 s after it). Until then torch answers small requests beside the bulk ones (`Interim`).
     """
     from semsearch_server.embedding.factory import build_embedder as build_backend
-    from semsearch_server.embedding.factory import with_latency_engine
+    from semsearch_server.embedding.factory import single_query_twin, with_latency_engine
     from semsearch_server.embedding.switching import Interim
 
     def switch(engine, started: float) -> None:
@@ -191,8 +191,15 @@ def _first_start_finisher(switching, explainer, reference, config: ServerConfig)
             log.warning("first start: staying on torch (no faster engine agrees with it)")
             return
         if engine.fingerprint.backend == "openvino":
-            # Batches on OpenVINO now; small requests beside them on torch until ONNX Runtime takes them.
-            switch(Interim(engine, reference.torch, config.batch_max_size), started)
+            # Batches on OpenVINO now; small requests beside them on torch, then on OpenVINO compiled for
+            # single queries (torch beside a batch took 30-50 ms a query on 2 cores), until ONNX Runtime
+            # takes them.
+            interim = Interim(engine, reference.torch, config.batch_max_size)
+            switch(interim, started)
+            twin = single_query_twin(engine, reference, config.model_cache_dir)
+            if twin is not None:
+                interim.take_small_requests_on(twin)
+                log.info("first start: single queries on openvino after %.2fs", time.monotonic() - started)
             engine = with_latency_engine(
                 engine, reference, config.model_cache_dir, config.threads or None, config.batch_max_size
             )

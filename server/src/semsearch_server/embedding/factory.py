@@ -372,6 +372,27 @@ def with_latency_engine(
     return routed
 
 
+def single_query_twin(
+    bulk: Embedder, reference: SentenceTransformerEmbedder | ModelReference, cache_dir: str | Path
+) -> Embedder | None:
+    """An OpenVINO `bulk`'s model compiled for single queries (`OpenVinoEmbedder.single_query_twin`), checked
+    against torch like every engine; None if `bulk` is not OpenVINO or the twin fails to load or to agree."""
+    twin_of = getattr(bulk, "single_query_twin", None)
+    if twin_of is None:
+        return None
+    try:
+        started = time.monotonic()
+        twin = twin_of()
+        log.info("start-up: openvino (single queries) loaded in %.2fs", time.monotonic() - started)
+        problem = checked_agreement("openvino (single queries)", twin, _ReferenceVectors(reference), cache_dir)
+    except Exception as exc:  # noqa: BLE001 - torch keeps answering them
+        problem = f"failed to load: {type(exc).__name__}: {exc}"
+    if problem is not None:
+        log.warning("single queries stay on torch until onnx is built: openvino (single queries) %s", problem)
+        return None
+    return twin
+
+
 def _use_torch(reference: SentenceTransformerEmbedder, threads: int | None) -> SentenceTransformerEmbedder:
     if threads:
         import torch

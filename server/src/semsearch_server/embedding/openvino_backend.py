@@ -63,6 +63,8 @@ class OpenVinoEmbedder(RuntimeEmbedder):
             actually used is read back from the compiled model into `.precision`.
         batch_size: texts per forward pass. 64 measured fastest here for groups of 512-1024 STS
             sentences (bf16: 1036/s against 1000/s at 32 and 935/s at 128).
+        hint: OpenVINO's performance hint: "THROUGHPUT" (streams, below), or "LATENCY" (one stream: what
+            a first start answers single queries with beside the throughput model, `single_query_twin`).
 
     The model is compiled for throughput: OpenVINO splits the threads into streams (here two of
     one thread each) and a call keeps one batch in flight per stream. Two one-thread streams
@@ -86,6 +88,7 @@ class OpenVinoEmbedder(RuntimeEmbedder):
         threads: int | None = None,
         precision: str | None = None,
         batch_size: int = 64,
+        hint: str = "THROUGHPUT",
     ) -> None:
         import openvino as ov
 
@@ -99,10 +102,11 @@ class OpenVinoEmbedder(RuntimeEmbedder):
         )
         config: dict[str, object] = {
             "INFERENCE_PRECISION_HINT": precision or default_precision(),
-            "PERFORMANCE_HINT": "THROUGHPUT",
+            "PERFORMANCE_HINT": hint,
         }
         if threads:
             config["INFERENCE_NUM_THREADS"] = threads
+        self._cache_dir = cache_dir
         core = ov.Core()
         # OpenVINO's own cache of the compiled model (keyed by the IR, the device, the configuration and
         # its version): a restart imports it instead of compiling, 0.35 against 0.8-1.0 s here.
@@ -124,6 +128,14 @@ class OpenVinoEmbedder(RuntimeEmbedder):
         for slot, request in enumerate(self._requests):
             request.set_callback(self._finished.put, slot)
         super().__init__(reference, [p.get_any_name() for p in compiled.inputs], batch_size)
+
+    def single_query_twin(self) -> OpenVinoEmbedder:
+        """The same IR compiled for one query at a time on one thread, to run beside this model's batches
+        (its lock lets one call run at a time): what a first start answers searches with until ONNX
+        Runtime, faster still for them, is built (wiring.py)."""
+        return OpenVinoEmbedder(
+            self.reference, self._cache_dir, threads=1, precision=self.precision, batch_size=8, hint="LATENCY"
+        )
 
     def _batches(self, lengths: list[int]) -> list[list[int]]:
         if len(lengths) <= self.streams * self._batch_size:

@@ -130,3 +130,9 @@ class Interim(SizeRoutedEmbedder):
     @property
     def fingerprint(self) -> ModelFingerprint:
         return self.inner.fingerprint
+
+    def take_small_requests_on(self, engine: Embedder) -> None:
+        """Small requests go to `engine` from now on, whether `inner` is busy or not (an OpenVINO model
+        compiled for single queries: beside the batches it answers a query 2-4x sooner than torch)."""
+        self.small = engine  # one attribute store: a call sees torch or the new engine
+        self._small_max = SMALL_REQUEST_TEXTS
