@@ -445,30 +445,40 @@ def test_an_engine_of_another_dimension_is_refused():
     assert not switching.switched.is_set()
 
 
+class FakeTorch(BulkGatedEmbedder):
+    """The torch engine of a first start: `encode_beside` runs a call beside the one running (and is counted)."""
+
+    def __init__(self, bulk_over: int) -> None:
+        super().__init__(bulk_over=bulk_over)
+        self.beside: list[int] = []
+
+    def encode_beside(self, texts: list[str]) -> np.ndarray:
+        self.beside.append(len(texts))
+        return FakeEmbedder.encode(self, texts)
+
+
+def query_beside_an_upsert(batcher, gated: BulkGatedEmbedder):
+    """Starts an upsert of 16 texts (held in `gated` until released), then a query, which must be answered
+    while the upsert still runs; returns the upsert's texts, thread and output."""
+    upsert = [f"abstract {i}" for i in range(16)]
+    upsert_thread, upsert_out = in_thread(lambda: batcher.encode(upsert))
+    assert gated.bulk_started.wait(5)
+    query_thread, query_out = in_thread(lambda: batcher.encode(["a query"]))
+    query_thread.join(5)
+    assert query_out, "the query waited for the upsert"
+    np.testing.assert_array_equal(query_out[0], vector("a query")[None, :])
+    return upsert, upsert_thread, upsert_out
+
+
 def test_while_a_first_start_builds_a_query_runs_beside_an_upsert_on_torch(make_batcher):
     """A first start's interim engine (switching.Interim): an upsert of 16 texts, fewer than a group, still
     takes the bulk lane, and a query arriving meanwhile is embedded by torch beside it, not after it."""
     from semsearch_server.embedding.switching import Interim, SwitchingEmbedder
 
-    class FakeTorch(BulkGatedEmbedder):
-        def __init__(self) -> None:
-            super().__init__(bulk_over=1)
-            self.beside: list[int] = []
-
-        def encode_beside(self, texts: list[str]) -> np.ndarray:
-            self.beside.append(len(texts))
-            return FakeEmbedder.encode(self, texts)
-
-    torch = FakeTorch()
+    torch = FakeTorch(bulk_over=1)
     batcher = make_batcher(SwitchingEmbedder(Interim(torch, torch)), max_batch=32, bulk_lane=None)
     assert batcher.bulk_lane and batcher.fingerprint == torch.fingerprint  # described as torch alone
-    upsert = [f"abstract {i}" for i in range(16)]
-    upsert_thread, upsert_out = in_thread(lambda: batcher.encode(upsert))
-    assert torch.bulk_started.wait(5)
-    query_thread, query_out = in_thread(lambda: batcher.encode(["a query"]))
-    query_thread.join(5)
-    assert query_out, "the query waited for the upsert"
-    np.testing.assert_array_equal(query_out[0], vector("a query")[None, :])
+    upsert, upsert_thread, upsert_out = query_beside_an_upsert(batcher, torch)
     assert upsert_thread.is_alive() and torch.beside == [1]
     torch.release.set()
     upsert_thread.join(5)
@@ -482,26 +492,11 @@ def test_once_openvino_serves_batches_in_a_first_start_queries_go_to_its_single_
     single queries: beside a running batch and when the batch engine is idle alike; larger ones stay on it."""
     from semsearch_server.embedding.switching import Interim, SwitchingEmbedder
 
-    class FakeTorch(FakeEmbedder):
-        def __init__(self) -> None:
-            super().__init__()
-            self.beside: list[int] = []
-
-        def encode_beside(self, texts: list[str]) -> np.ndarray:
-            self.beside.append(len(texts))
-            return FakeEmbedder.encode(self, texts)
-
-    torch, openvino, twin = FakeTorch(), BulkGatedEmbedder(bulk_over=1), FakeEmbedder()
+    torch, openvino, twin = FakeTorch(bulk_over=10**6), BulkGatedEmbedder(bulk_over=1), FakeEmbedder()
     interim = Interim(openvino, torch)
     batcher = make_batcher(SwitchingEmbedder(interim), max_batch=32, bulk_lane=None)
     interim.take_small_requests_on(twin)
-    upsert = [f"abstract {i}" for i in range(16)]
-    upsert_thread, upsert_out = in_thread(lambda: batcher.encode(upsert))
-    assert openvino.bulk_started.wait(5)
-    query_thread, query_out = in_thread(lambda: batcher.encode(["a query"]))
-    query_thread.join(5)
-    assert query_out, "the query waited for the upsert"
-    np.testing.assert_array_equal(query_out[0], vector("a query")[None, :])
+    upsert, upsert_thread, upsert_out = query_beside_an_upsert(batcher, openvino)
     assert twin.calls == [1] and torch.beside == []
     openvino.release.set()
     upsert_thread.join(5)
