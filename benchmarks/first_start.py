@@ -330,9 +330,11 @@ def main() -> int:
     cores = os.cpu_count() or 1
     window = cold["built"] or args.timeout
     left = max(0.0, 1 - alone["cpu"] / (cores * window))
-    print(f"| the build alone (cold cache, no traffic): CPU seconds from SERVING to the last switch | "
-          f"{alone['cpu']:.1f} s of CPU in {alone['seconds']:.1f} s; under the import its {window:.1f} s window "
-          f"leaves serving at most {left:.2f} of the {cores} cores the loop has | (what bounds the ratios above) | |")
+    print(
+        f"| the build alone (cold cache, no traffic): CPU seconds from SERVING to the last switch | "
+        f"{alone['cpu']:.1f} s of CPU in {alone['seconds']:.1f} s; under the import its {window:.1f} s window "
+        f"leaves serving at most {left:.2f} of the {cores} cores the loop has | (what bounds the ratios above) | |"
+    )
     load = os.getloadavg()
     print(f"load average after: {load[0]:.2f} {load[1]:.2f} (2 cores; other work on the machine shows here)")
     return 0 if all(passes) else 1
