@@ -156,7 +156,8 @@ def _first_start_finisher(switching, explainer, reference, config: ServerConfig)
     engine for single queries, whose fused export takes as long again) is built after that, while
     OpenVINO serves, and joins it in a second switch (benchmarks/first_start.py: under a SciFact import
     on the shared 2-core machine, the one switch there was came 42 s after SERVING; OpenVINO alone now
-    comes 7-12 s after it). Until then torch answers small requests beside the bulk ones (`Interim`).
+    comes 7-12 s after it). Until then small requests do not queue behind the bulk ones (`Interim`): torch
+    answers them beside, then OpenVINO compiled for single queries.
     """
     from semsearch_server.embedding.factory import build_embedder as build_backend
     from semsearch_server.embedding.factory import single_query_twin, with_latency_engine

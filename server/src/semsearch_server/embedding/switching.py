@@ -10,7 +10,8 @@ it cached and start on the fast engines directly.
 
 Until the single-query engine is built, small requests (a search's query) do not wait for the bulk
 request running on torch or OpenVINO: torch embeds them beside it (`Interim`), as a plain
-sentence-transformers loop serving a query while it embeds a batch would; and a large request runs in
+sentence-transformers loop serving a query while it embeds a batch would, and once OpenVINO serves the
+batches, the same IR compiled for one query does (`Interim.take_small_requests_on`); and a large request runs in
 chunks, so that the engine switched to takes over the rest of it.
 
 Vectors from torch and from the engine that replaces it agree to cosine >= 0.9999 (the agreement

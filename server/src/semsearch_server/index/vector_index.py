@@ -32,9 +32,9 @@ _HNSW_FILTER_EF_MAX = 2_048
 # recall. Below it, a plain walk of 2 / share neighbours missed some (recall@10 0.96 at 10 % of 100k).
 _POST_FILTER_MIN_SHARE = 0.25
 # A trained IVF keeps, per filter allowing up to this share of it, a copy of its lists holding only the allowed
-# vectors (_KeptLists): probing 2 * nprobe / share of those scans about twice the vectors an unfiltered search
-# does. Past it the copy's memory outweighs the gain: a selector probes nprobe / sqrt(share) lists and skips
-# few vectors.
+# vectors (_KeptLists), searched at about the unfiltered search's count of distances (_KEPT_LISTS_MIN_SCANNED).
+# Past it the copy's memory outweighs the gain: a selector probes nprobe / sqrt(share) lists and skips few
+# vectors.
 _KEPT_LISTS_MAX_SHARE = 0.25
 # A search of kept lists probes nprobe / share of them, so that it scans as many vectors as the unfiltered
 # search, and at least enough lists to scan this many allowed vectors. Measured on clustered vectors (one
@@ -504,8 +504,8 @@ class VectorIndex:
 
         Once kept (AllowedLabels), scoring them is a contiguous scan of just them: up to _KEPT_EXACT_MAX that
         beats flat's scan of everything and costs about an HNSW walk, whose filtered walks miss neighbours
-        (recall@10 0.96-0.99 at 10 % of 100k); HNSW also scores exactly up to 2 % of the index (gathered at
-        each search past _KEPT_EXACT_MAX). A trained IVF scores exactly only while that beats its kept lists
+        (recall@10 0.96-0.99 at 10 % of 100k); HNSW also scores exactly up to 2 % of the index (kept too,
+        the filter cache's budget growing with the collection). A trained IVF scores exactly only while that beats its kept lists
         (below). Past these, gathering costs about 15 times a flat scan's per vector, so flat scans with a
         selector from 1/15 of the index on."""
         n = int(self._index.ntotal)
