@@ -505,9 +505,9 @@ class VectorIndex:
         Once kept (AllowedLabels), scoring them is a contiguous scan of just them: up to _KEPT_EXACT_MAX that
         beats flat's scan of everything and costs about an HNSW walk, whose filtered walks miss neighbours
         (recall@10 0.96-0.99 at 10 % of 100k); HNSW also scores exactly up to 2 % of the index (kept too,
-        the filter cache's budget growing with the collection). A trained IVF scores exactly only while that beats its kept lists
-        (below). Past these, gathering costs about 15 times a flat scan's per vector, so flat scans with a
-        selector from 1/15 of the index on."""
+        the filter cache's budget growing with the collection). A trained IVF scores exactly only while that
+        beats its kept lists (below). Past these, gathering costs about 15 times a flat scan's per vector, so
+        flat scans with a selector from 1/15 of the index on."""
         n = int(self._index.ntotal)
         if self.spec.kind is IndexKind.IVF and self.trained:
             # Kept lists (_search_kept_lists) compute the quantizer's nlist distances and scan about
