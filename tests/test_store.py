@@ -173,6 +173,37 @@ def test_an_upserts_work_does_not_grow_with_the_collection(tmp_path, kind):
     assert big_peak <= 1.2 * small_peak + 32_000, (big_peak, small_peak)
 
 
+def test_a_rebuild_cut_short_by_close_is_abandoned_quietly(tmp_path, monkeypatch, caplog):
+    # close() abandons a rebuild running beside the live index; what the rebuild meets next (the closed
+    # database) must not be logged as a failure with a traceback, as a benchmark's close showed it was.
+    import logging
+    import threading
+
+    from semsearch_server.domain import IndexKind, IndexSpec
+
+    settings = CollectionSettings(index=IndexSpec(kind=IndexKind.HNSW, hnsw_m=8), passages=PassageConfig(False))
+    store = FaissIndexStore.create(tmp_path / "h", "h", settings, FINGERPRINT, snapshot_every=10_000)
+    store.upsert([embedded(f"d{i}", f"document {i}", [i]) for i in range(40)])
+    catching_up, release = threading.Event(), threading.Event()
+    real_catch_up = store._catch_up
+
+    def catch_up_after_close(index, after):  # the store closes between the round's check and its read
+        catching_up.set()
+        assert release.wait(30), "the test never released the rebuild"
+        return real_catch_up(index, after)
+
+    monkeypatch.setattr(store, "_catch_up", catch_up_after_close)
+    with caplog.at_level(logging.INFO, logger="semsearch_server"):
+        store.delete([f"d{i}" for i in range(12)])  # 30 % dead: compaction starts beside the live index
+        assert catching_up.wait(10)
+        store.close()
+        release.set()
+        store._rebuild_thread.join(30)
+    assert not store._rebuild_thread.is_alive()
+    assert "rebuild abandoned: the collection was closed" in caplog.text
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text
+
+
 def test_an_hnsw_compaction_runs_beside_the_live_index_without_stopping_search_or_writes(tmp_path, monkeypatch):
     import threading
 

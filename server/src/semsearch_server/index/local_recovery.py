@@ -225,7 +225,9 @@ class StoreRecovery:
                 time.monotonic() - started,
             )
         except Exception as exc:  # noqa: BLE001 - the live index keeps serving; the next write tries again
-            if is_disk_full(exc, self.directory):  # its snapshot has no room: nothing wrong with the index
+            if self._closed:  # close() abandons a running rebuild (the next start rebuilds, if still needed)
+                log.info("collection %s: vector index rebuild abandoned: the collection was closed", self.name)
+            elif is_disk_full(exc, self.directory):  # its snapshot has no room: nothing wrong with the index
                 log.warning(
                     "collection %s: vector index not rebuilt, the live index keeps serving and a later write tries "
                     "again: %s",
