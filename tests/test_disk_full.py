@@ -148,44 +148,59 @@ class Acknowledged:
                     assert [h.id for h in hits] == [doc_id], f"lexical index out of step for {doc_id}"
 
 
-class Reader:
+class ClientLoop:
+    """Calls on its own channel, round after round in a daemon thread (`thread`), until `stop` is set."""
+
+    client_timeout = 60.0
+
+    def __init__(self, server: ServerProcess) -> None:
+        self.server = server
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        with self.server.client(timeout=self.client_timeout) as client:
+            for round_no in range(1_000_000):
+                if self.stop.is_set():
+                    return
+                self.round(client, round_no)
+
+    def round(self, client, round_no: int) -> None:
+        raise NotImplementedError
+
+
+class Reader(ClientLoop):
     """Searches, gets and explains all along, in its own thread and channel; records every failure."""
 
+    client_timeout = 120.0
+
     def __init__(self, server: ServerProcess, probe_id: str) -> None:
-        self.server = server
+        super().__init__(server)
         self.probe_id = probe_id
         self.disk_full = threading.Event()  # set by the test while the ballast fills the disk
         self.served = {"free": 0, "full": 0}
         self.failures: list[str] = []
-        self._stop = threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True)
 
-    def _run(self) -> None:
-        with self.server.client(timeout=120) as client:
-            for round_no in range(1_000_000):
-                if self._stop.is_set():
-                    return
-                full = self.disk_full.is_set()
-                try:
-                    if round_no % 5 == 0:  # waits for the model, busy with the ingest's documents
-                        assert client.search("rain on the farm", collection=A, top_k=3), "no hits"
-                    assert client.get([self.probe_id], collection=A)[0].text == text_of(self.probe_id, SHORT_CHARS)
-                    assert client.search(_tag(self.probe_id), collection=A, top_k=1, mode="lexical")[0].id == (
-                        self.probe_id
-                    )
-                    if round_no % 10 == 0:  # the slowest read: a forward pass with attention
-                        assert client.explain("rain", doc_id=self.probe_id, collection=A).doc_segments
-                    self.served["full" if full else "free"] += 1
-                except (SemsearchError, AssertionError, IndexError) as exc:
-                    self.failures.append(f"{'full' if full else 'free'} disk: {type(exc).__name__}: {exc}")
-                time.sleep(0.05)
+    def round(self, client, round_no: int) -> None:
+        full = self.disk_full.is_set()
+        try:
+            if round_no % 5 == 0:  # waits for the model, busy with the ingest's documents
+                assert client.search("rain on the farm", collection=A, top_k=3), "no hits"
+            assert client.get([self.probe_id], collection=A)[0].text == text_of(self.probe_id, SHORT_CHARS)
+            assert client.search(_tag(self.probe_id), collection=A, top_k=1, mode="lexical")[0].id == self.probe_id
+            if round_no % 10 == 0:  # the slowest read: a forward pass with attention
+                assert client.explain("rain", doc_id=self.probe_id, collection=A).doc_segments
+            self.served["full" if full else "free"] += 1
+        except (SemsearchError, AssertionError, IndexError) as exc:
+            self.failures.append(f"{'full' if full else 'free'} disk: {type(exc).__name__}: {exc}")
+        time.sleep(0.05)
 
     def __enter__(self) -> Reader:
         self.thread.start()
         return self
 
     def __exit__(self, *exc_info) -> None:
-        self._stop.set()
+        self.stop.set()
         self.thread.join(60)
 
 
@@ -419,51 +434,46 @@ class WriteOutcome:
     details: str = ""
 
 
-class LoadWriter:
+class LoadWriter(ClientLoop):
     """Upserts, UpsertStreams and deletes of its own ids, in its own thread and channel, until stopped; records
     every call's latency and code, and what the server acknowledged, refused, or neither."""
 
     def __init__(self, server: ServerProcess, number: int) -> None:
-        self.server = server
+        super().__init__(server)
         self.prefix = f"w{number}"
         self.number = number
         self.acked: dict[str, dict[str, int]] = {A: {}, B: {}}  # collection -> {id: text length}
         self.refused: dict[str, set[str]] = {A: set(), B: set()}  # never stored (ids are never sent again)
         self.outcomes: list[WriteOutcome] = []
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True)
 
-    def _run(self) -> None:
-        with self.server.client(timeout=60) as client:
-            for n in range(1_000_000):
-                if self.stop.is_set():
+    def round(self, client, round_no: int) -> None:
+        n = round_no
+        collection = (A, B)[(n + self.number) % 2]
+        kind = ("upsert", "stream", "delete")[n % 3]
+        if kind == "delete" and collection == A:
+            kind = "upsert"
+        docs = [doc(f"{self.prefix}-{n}-{j}", SHORT_CHARS * (1 + j)) for j in range(4)]
+        started = time.monotonic()
+        try:
+            if kind == "upsert":
+                client.upsert(docs, collection=collection)
+            elif kind == "stream":
+                client.upsert_stream([docs[:2], docs[2:]], collection=collection)
+            else:
+                doomed = sorted(self.acked[B])[:2]
+                if not doomed:
                     return
-                collection = (A, B)[(n + self.number) % 2]
-                kind = ("upsert", "stream", "delete")[n % 3]
-                if kind == "delete" and collection == A:
-                    kind = "upsert"
-                docs = [doc(f"{self.prefix}-{n}-{j}", SHORT_CHARS * (1 + j)) for j in range(4)]
-                started = time.monotonic()
-                try:
-                    if kind == "upsert":
-                        client.upsert(docs, collection=collection)
-                    elif kind == "stream":
-                        client.upsert_stream([docs[:2], docs[2:]], collection=collection)
-                    else:
-                        doomed = sorted(self.acked[B])[:2]
-                        if not doomed:
-                            continue
-                        client.delete(doomed, collection=B)
-                except SemsearchError as exc:
-                    self._refused(kind, collection, docs, exc, time.monotonic() - started)
-                    continue
-                self.outcomes.append(WriteOutcome(kind, started, time.monotonic() - started, "OK"))
-                if kind == "delete":
-                    for doc_id in doomed:
-                        del self.acked[B][doc_id]
-                else:
-                    self.acked[collection].update((d.id, len(d.text)) for d in docs)
-                time.sleep(0.02)
+                client.delete(doomed, collection=B)
+        except SemsearchError as exc:
+            self._refused(kind, collection, docs, exc, time.monotonic() - started)
+            return
+        self.outcomes.append(WriteOutcome(kind, started, time.monotonic() - started, "OK"))
+        if kind == "delete":
+            for doc_id in doomed:
+                del self.acked[B][doc_id]
+        else:
+            self.acked[collection].update((d.id, len(d.text)) for d in docs)
+        time.sleep(0.02)
 
     def _refused(self, kind: str, collection: str, docs: list[Document], exc: SemsearchError, latency: float) -> None:
         self.outcomes.append(WriteOutcome(kind, time.monotonic() - latency, latency, exc.code.name, exc.details))
@@ -478,35 +488,30 @@ class LoadWriter:
         time.sleep(0.1)  # a client backs off a little before it tries again
 
 
-class LoadReader:
+class LoadReader(ClientLoop):
     """Searches (dense and lexical), gets and counts in its own thread and channel; records every failure."""
 
     def __init__(self, server: ServerProcess, probe_ids: list[str]) -> None:
-        self.server = server
+        super().__init__(server)
         self.probe_ids = probe_ids
         self.served = 0
         self.failures: list[str] = []
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True)
 
-    def _run(self) -> None:
-        with self.server.client(timeout=60) as client:
-            for n in range(1_000_000):
-                if self.stop.is_set():
-                    return
-                try:
-                    if n % 3 == 0:
-                        assert client.search("rain on the farm", collection=A, top_k=3), "no hits"
-                    elif n % 3 == 1:
-                        probe = self.probe_ids[n % len(self.probe_ids)]
-                        assert client.search(_tag(probe), collection=A, top_k=1, mode="lexical")[0].id == probe
-                    else:
-                        assert len(client.get(self.probe_ids, collection=A)) == len(self.probe_ids)
-                        assert client.count(collection=B) >= 0
-                    self.served += 1
-                except (SemsearchError, AssertionError, IndexError) as exc:
-                    self.failures.append(f"{type(exc).__name__}: {exc}")
-                time.sleep(0.02)
+    def round(self, client, round_no: int) -> None:
+        n = round_no
+        try:
+            if n % 3 == 0:
+                assert client.search("rain on the farm", collection=A, top_k=3), "no hits"
+            elif n % 3 == 1:
+                probe = self.probe_ids[n % len(self.probe_ids)]
+                assert client.search(_tag(probe), collection=A, top_k=1, mode="lexical")[0].id == probe
+            else:
+                assert len(client.get(self.probe_ids, collection=A)) == len(self.probe_ids)
+                assert client.count(collection=B) >= 0
+            self.served += 1
+        except (SemsearchError, AssertionError, IndexError) as exc:
+            self.failures.append(f"{type(exc).__name__}: {exc}")
+        time.sleep(0.02)
 
 
 def test_a_full_disk_under_load_is_said_at_once_every_time(small_disk):
