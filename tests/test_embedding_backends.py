@@ -5,6 +5,7 @@ Uses the real model. The ONNX export (~10 s) is made once per session into a sha
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -684,3 +685,64 @@ def test_the_cache_entry_is_named_by_the_weights_and_the_library_versions(monkey
         onnx_backend.metadata, "version", lambda package: "0.0-other" if package == "openvino" else real(package)
     )
     assert onnx_backend.artifact_key(FAKE_MODEL) != name
+
+
+# A first start's builds and batches yield the CPU to serving: on Linux a thread's priority is its own.
+needs_thread_priorities = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux thread priorities")
+
+
+def _own_niceness() -> int:
+    return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+
+def _thread_niceness() -> dict[int, int]:
+    """Each thread of this process and its nice value (/proc/self/task/<tid>/stat, field 19)."""
+    out = {}
+    for task in Path("/proc/self/task").iterdir():
+        with contextlib.suppress(OSError):
+            out[int(task.name)] = int((task / "stat").read_text().rsplit(")", 1)[1].split()[16])
+    return out
+
+
+@needs_thread_priorities
+def test_work_on_a_nicer_thread_runs_nicer_and_leaves_the_caller_as_it_was():
+    caller = _own_niceness()
+    assert onnx_backend.on_nicer_thread(4, _own_niceness) == caller + 4
+    assert _own_niceness() == caller
+    assert onnx_backend.on_nicer_thread(0, threading.get_native_id) == threading.get_native_id()
+
+    def failing() -> None:
+        raise ValueError("inside")
+
+    with pytest.raises(ValueError, match="inside"):
+        onnx_backend.on_nicer_thread(4, failing)
+
+
+@needs_thread_priorities
+def test_builds_within_builds_yield_to_serving_run_nicer_and_the_rest_does_not(tmp_path):
+    seen: list[int] = []
+
+    def build(tmp: Path) -> dict:
+        seen.append(_own_niceness())
+        (tmp / "engine.bin").write_bytes(b"engine")
+        return {"recipe": "test"}
+
+    caller = _own_niceness()
+    with onnx_backend.builds_yield_to_serving(7):
+        onnx_backend.cached_artifact(tmp_path / "a", "fake", FAKE_MODEL, ("engine.bin",), build)
+    onnx_backend.cached_artifact(tmp_path / "b", "fake", FAKE_MODEL, ("engine.bin",), build)
+    assert seen == [caller + 7, caller]
+
+
+@needs_thread_priorities
+def test_a_yielding_copy_of_openvino_infers_on_nicer_threads_and_agrees(openvino_embedder, reference):
+    texts = ["A man is playing a guitar.", "Two dogs run through a field of tall grass."]
+    expected = reference.encode(texts)
+    before = _thread_niceness()
+    copy = openvino_embedder.yielding_copy(3)
+    vectors = copy.encode(texts)
+    new = {tid: nice for tid, nice in _thread_niceness().items() if tid not in before}
+    caller = _own_niceness()
+    assert new and set(new.values()) == {caller + 3}, f"threads the copy made: {new}"
+    assert _cosines(vectors, expected).min() >= MIN_COSINE
+    assert copy.precision == openvino_embedder.precision and copy.streams == openvino_embedder.streams

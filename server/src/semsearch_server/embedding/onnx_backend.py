@@ -10,6 +10,7 @@ torch is needed only to make the export (the torch reference embedder is loaded 
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import dataclasses
 import hashlib
 import inspect
@@ -17,13 +18,14 @@ import json
 import logging
 import os
 import shutil
+import sys
 import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -32,6 +34,7 @@ from semsearch_server.embedding.sentence_transformer import SentenceTransformerE
 from semsearch_server.files import sha256_file
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # onnxruntime's wheels (1.32 here, on Linux) queue usage events for Microsoft's telemetry from the
 # first session: a device id and an event database under ~/.cache/Microsoft/DeveloperTools/. A server
@@ -143,6 +146,59 @@ def artifact_dir(cache_dir: str | Path, kind: str, fingerprint: ModelFingerprint
     return Path(cache_dir) / kind / artifact_key(fingerprint)
 
 
+# How much lower than its caller's the priority of a build is (`builds_yield_to_serving`): 0 builds at the
+# caller's priority, as a start-up that waits for its engines does.
+_BUILD_NICENESS: contextvars.ContextVar[int] = contextvars.ContextVar("build_niceness", default=0)
+
+
+@contextlib.contextmanager
+def builds_yield_to_serving(niceness: int) -> Iterator[None]:
+    """Within this block, the cache entries this thread builds (`cached_artifact`) are made on a thread
+    `niceness` steps nicer than this one: what a first start builds while it serves.
+
+    Only the build runs there (the export or conversion, written to files); compiling and loading the
+    result stays on the calling thread, so that no thread an engine serves with inherits the lower priority.
+    """
+    token = _BUILD_NICENESS.set(niceness)
+    try:
+        yield
+    finally:
+        _BUILD_NICENESS.reset(token)
+
+
+def _run_build(build: Callable[[Path], dict], tmp: Path) -> dict:
+    """`build(tmp)`, on a thread of lower priority when `builds_yield_to_serving` asks for one."""
+    return on_nicer_thread(_BUILD_NICENESS.get(), lambda: build(tmp))
+
+
+def on_nicer_thread(niceness: int, call: Callable[[], T]) -> T:
+    """`call()` on a new thread `niceness` steps nicer than this one (its result or its exception here), so
+    that the work, and the threads it creates (which inherit the priority), yield the CPU to the rest of
+    the process. Linux only, where a thread's priority is its own; elsewhere, or with 0, `call` runs here.
+    """
+    if niceness <= 0 or not sys.platform.startswith("linux"):
+        return call()
+    outcome: dict[str, Any] = {}
+
+    def run() -> None:
+        thread = threading.get_native_id()
+        try:
+            os.setpriority(os.PRIO_PROCESS, thread, os.getpriority(os.PRIO_PROCESS, thread) + niceness)
+        except OSError as exc:  # a sandbox without setpriority: the work runs at the caller's priority
+            log.debug("running at the caller's priority (%s)", exc)
+        try:
+            outcome["result"] = call()
+        except BaseException as exc:  # noqa: BLE001 - raised again in the caller's thread
+            outcome["error"] = exc
+
+    worker = threading.Thread(target=run, name="nicer", daemon=True)
+    worker.start()
+    worker.join()
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["result"]
+
+
 def cached_artifact(
     cache_dir: str | Path,
     kind: str,
@@ -175,7 +231,7 @@ def cached_artifact(
         started = time.monotonic()
         tmp = Path(tempfile.mkdtemp(prefix=".build-", dir=root))
         try:
-            extra = build(tmp)
+            extra = _run_build(build, tmp)
             manifest = {
                 "format": EXPORT_FORMAT,
                 "weights_sha256": fingerprint.weights_sha256,
