@@ -735,11 +735,11 @@ def test_builds_within_builds_yield_to_serving_run_nicer_and_the_rest_does_not(t
 
 
 @needs_thread_priorities
-def test_a_yielding_copy_of_openvino_infers_on_nicer_threads_and_agrees(openvino_embedder, reference):
+def test_openvino_recompiled_nicer_infers_on_nicer_threads_and_agrees(openvino_embedder, reference):
     texts = ["A man is playing a guitar.", "Two dogs run through a field of tall grass."]
     expected = reference.encode(texts)
     before = _thread_niceness()
-    copy = openvino_embedder.yielding_copy(3)
+    copy = openvino_embedder.recompiled(3)
     vectors = copy.encode(texts)
     new = {tid: nice for tid, nice in _thread_niceness().items() if tid not in before}
     caller = _own_niceness()

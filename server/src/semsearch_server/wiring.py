@@ -30,11 +30,11 @@ log = logging.getLogger(__name__)
 # import and one searcher). The ONNX Runtime export and the attention export, made while OpenVINO serves,
 # run 10 steps nicer; the batches on OpenVINO between the two switches 3 steps nicer than the queries on
 # its single-query twin. With neither, Search from SERVING to the last switch ran at 0.67-0.89x the plain
-# loop's speed (12.8 ms a twin query under back-to-back batches against 3.9 ms alone); with both, four
-# runs: Search 1.13-1.41x, ingest 1.47-1.82x, the last switch 10.2-10.9 s after SERVING. The batches at 10
-# steps cut ingest to 0.86x; the exports at 10 steps alone did not help Search (0.77-0.80x). The conversion
-# to OpenVINO, before the first switch, keeps the caller's priority: until it is done there is no faster
-# engine, and delaying it only lengthens the slowest phase.
+# loop's speed (12.8 ms a twin query under back-to-back batches against 3.9 ms alone); with both, six
+# runs: Search 0.98-1.41x (median 1.23x), ingest 1.40-1.82x, the last switch 9.8-10.9 s after SERVING.
+# The batches at 10 steps cut ingest to 0.86x; the exports at 10 alone did not help Search (0.77-0.80x).
+# The conversion to OpenVINO, before the first switch, keeps the caller's priority: until it is done
+# there is no faster engine, and delaying it only lengthens the slowest phase.
 FIRST_START_BUILD_NICENESS = 10
 FIRST_START_BATCH_NICENESS = 3
 
@@ -173,7 +173,7 @@ def _first_start_finisher(switching, explainer, reference, config: ServerConfig)
     still to make run at a lower priority than those queries (`FIRST_START_BUILD_NICENESS`).
     """
     from semsearch_server.embedding.factory import build_embedder as build_backend
-    from semsearch_server.embedding.factory import single_query_twin, with_latency_engine
+    from semsearch_server.embedding.factory import latency_engine, routed_to, single_query_twin
     from semsearch_server.embedding.onnx_backend import builds_yield_to_serving
     from semsearch_server.embedding.switching import Interim
 
@@ -209,17 +209,20 @@ def _first_start_finisher(switching, explainer, reference, config: ServerConfig)
             # Batches on OpenVINO now; small requests beside them on torch, then on OpenVINO compiled for
             # single queries (torch beside a batch took 30-50 ms a query on 2 cores), until ONNX Runtime
             # takes them.
-            interim = Interim(_yielding_batches(engine), reference.torch, config.batch_max_size)
+            batches = _yielding_batches(engine)
+            if batches is not engine:
+                engine = None  # one batch model in memory while ONNX Runtime is exported: compiled again below
+            interim = Interim(batches, reference.torch, config.batch_max_size)
             switch(interim, started)
-            twin = single_query_twin(engine, reference, config.model_cache_dir)
+            twin = single_query_twin(batches, reference, config.model_cache_dir)
             if twin is not None:
                 interim.take_small_requests_on(twin)
                 log.info("first start: single queries on openvino after %.2fs", time.monotonic() - started)
             with builds_yield_to_serving(FIRST_START_BUILD_NICENESS):
-                engine = with_latency_engine(
-                    engine, reference, config.model_cache_dir, config.threads or None, config.batch_max_size
-                )
+                small = latency_engine(reference, config.model_cache_dir, config.threads or None, "openvino")
+            engine = routed_to(engine or _batches_for_good(batches), small, config.batch_max_size)
         switch(engine, started)
+        interim = batches = twin = None  # gone before _settle hands the freed memory back
         with builds_yield_to_serving(FIRST_START_BUILD_NICENESS):
             _settle(reference, config)
 
@@ -229,8 +232,8 @@ def _first_start_finisher(switching, explainer, reference, config: ServerConfig)
 def _yielding_batches(engine):
     """What a first start's batches run on between its switches: `engine` compiled again on threads
     `FIRST_START_BATCH_NICENESS` nicer, so that the queries' engine beside it gets a core when it needs one
-    (OpenVinoEmbedder.yielding_copy); `engine` itself if it cannot be (not OpenVINO, or the compile fails)."""
-    copy = getattr(engine, "yielding_copy", None)
+    (OpenVinoEmbedder.recompiled); `engine` itself if it cannot be (not OpenVINO, or the compile fails)."""
+    copy = getattr(engine, "recompiled", None)
     if copy is None:
         return engine
     try:
@@ -238,6 +241,16 @@ def _yielding_batches(engine):
     except Exception as exc:  # noqa: BLE001 - the engine as it is serves the batches
         log.warning("first start: batches at the queries' priority (%s: %s)", type(exc).__name__, exc)
         return engine
+
+
+def _batches_for_good(batches):
+    """The yielding batch model compiled again at the normal priority, for the server's life after the first
+    start; the yielding one if that fails (batches then yield to everything else for good)."""
+    try:
+        return batches.recompiled(0)
+    except Exception as exc:  # noqa: BLE001 - the yielding model is checked and serves
+        log.warning("first start: batches stay at a lower priority (%s: %s)", type(exc).__name__, exc)
+        return batches
 
 
 def _settle_first_start(reference, config: ServerConfig) -> None:

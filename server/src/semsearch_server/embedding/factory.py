@@ -351,12 +351,22 @@ def with_latency_engine(
     `expected` (torch's vectors of CHECK_SENTENCES, computed on first call) is shared with the check
     of `bulk` when given, so that torch encodes them once.
     """
+    small = latency_engine(reference, cache_dir, threads, bulk.fingerprint.backend, expected)
+    return routed_to(bulk, small, small_max_texts_while_busy)
+
+
+def latency_engine(
+    reference: SentenceTransformerEmbedder | ModelReference,
+    cache_dir: str | Path,
+    threads: int | None,
+    bulk_backend: str,
+    expected: Callable[[], np.ndarray] | None = None,
+) -> Embedder | None:
+    """ONNX Runtime for single queries beside a `bulk_backend` engine, if it loads and agrees with torch."""
     from semsearch_server.embedding.onnx_backend import OnnxEmbedder
-    from semsearch_server.embedding.routing import SizeRoutedEmbedder
 
     if expected is None:
         expected = _ReferenceVectors(reference)
-
     try:
         started = time.monotonic()
         small = OnnxEmbedder(reference, cache_dir, threads=threads)
@@ -365,7 +375,18 @@ def with_latency_engine(
     except Exception as exc:  # noqa: BLE001 - the batch engine alone still serves
         problem = f"failed to load: {type(exc).__name__}: {exc}"
     if problem is not None:
-        log.warning("single queries stay on %s: onnx %s", bulk.fingerprint.backend, problem)
+        log.warning("single queries stay on %s: onnx %s", bulk_backend, problem)
+        return None
+    return small
+
+
+def routed_to(
+    bulk: Embedder, small: Embedder | None, small_max_texts_while_busy: int = SMALL_REQUEST_TEXTS_WHILE_BUSY
+) -> Embedder:
+    """`bulk` with `small` answering single queries (`SizeRoutedEmbedder`); `bulk` alone without it."""
+    from semsearch_server.embedding.routing import SizeRoutedEmbedder
+
+    if small is None:
         return bulk
     routed = SizeRoutedEmbedder(bulk, small, small_max_texts_while_busy=small_max_texts_while_busy)
     log.info("embedding backend: %s", routed.fingerprint.backend)

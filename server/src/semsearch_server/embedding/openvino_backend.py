@@ -67,7 +67,7 @@ class OpenVinoEmbedder(RuntimeEmbedder):
         hint: OpenVINO's performance hint: "THROUGHPUT" (streams, below), or "LATENCY" (one stream: what
             a first start answers single queries with beside the throughput model, `single_query_twin`).
         niceness: how much lower than the caller's the priority of the threads the model infers on is
-            (Linux; 0 elsewhere): a first start's batches yield so to its queries (`yielding_copy`).
+            (Linux; 0 elsewhere): a first start's batches yield so to its queries (`recompiled`).
 
     The model is compiled for throughput: OpenVINO splits the threads into streams (here two of
     one thread each) and a call keeps one batch in flight per stream. Two one-thread streams
@@ -145,15 +145,16 @@ class OpenVinoEmbedder(RuntimeEmbedder):
             self.reference, self._cache_dir, threads=1, precision=self.precision, batch_size=8, hint="LATENCY"
         )
 
-    def yielding_copy(self, niceness: int) -> OpenVinoEmbedder:
+    def recompiled(self, niceness: int) -> OpenVinoEmbedder:
         """This model compiled again (from OpenVINO's cache: 0.3-0.4 s), inferring on threads `niceness` steps
-        nicer: what a first start's batches run on while its queries run on `single_query_twin` beside them.
+        nicer than the caller (0: at its priority): a first start's batches run on such a copy while its
+        queries run on `single_query_twin` beside them, and on one at the normal priority for good.
 
         With the batches' two streams at the queries' priority, a query on the one-thread twin waited for a
         core: under back-to-back batches of 16 abstracts its p50 was 12.8 ms against 3.9 ms alone; with the
         streams 10 steps nicer, 4.1 ms (the batches alone ran as fast: 112 docs/s either way; beside
-        back-to-back queries 22 against 56 docs/s). A copy, not this model, because a thread cannot be made
-        less nice again without privilege: the server's engine for good keeps the normal priority.
+        back-to-back queries 22 against 56 docs/s). A thread cannot be made less nice again without
+        privilege, hence a new compile for good rather than the same model's threads raised again.
         """
         return OpenVinoEmbedder(
             self.reference,
