@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import grpc
 
 from semsearch.errors import from_rpc_error
-from semsearch.filters import FilterLike, read_attributes, split_attributes, to_pb_filter, to_pb_value
+from semsearch.filters import FilterLike, fill_attributes, read_attributes, to_pb_filter, to_pb_value
 from semsearch.types import Document, ExplainResult, Hit, LexicalTerm, Page, Passage, Ranking, Segment
 from semsearch.v1 import search_service_pb2 as pb
 from semsearch.v1 import search_service_pb2_grpc as pb_grpc
@@ -50,8 +50,9 @@ def to_pb_document(doc: DocumentLike) -> pb.Document:
         doc_id, text, metadata = doc[0], doc[1], doc[2] if len(doc) == 3 else None
     else:
         raise TypeError(f"cannot make a document of {doc!r}: give a Document, a mapping, or (id, text[, metadata])")
-    strings, typed = split_attributes(metadata)
-    return pb.Document(id=doc_id, text=text, metadata=strings, attributes=typed)
+    message = pb.Document(id=doc_id, text=text)
+    fill_attributes(message, metadata)
+    return message
 
 
 def _document(d: pb.Document) -> Document:

@@ -17,8 +17,6 @@ from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any, Union
 
-from google.protobuf.timestamp_pb2 import Timestamp
-
 from semsearch.v1 import search_service_pb2 as pb
 
 AttributeValue = Union[str, int, float, bool, datetime, tuple, list]  # noqa: UP007 - a runtime alias
@@ -30,22 +28,41 @@ def to_pb_value(value: Any) -> pb.Value:
     """A Python value as a protobuf Value (a list or tuple as a list of scalars)."""
     if isinstance(value, pb.Value):
         return value
+    message = pb.Value()
+    fill_pb_value(message, value)
+    return message
+
+
+def fill_pb_value(target: pb.Value, value: Any) -> None:
+    """Sets `target` (a Value already in its message: a map entry, a list element) to `value`, in place:
+    half the time of building a Value and copying it in (15 against 7 ms for 1,000 documents of 10
+    attributes, benchmarks/upsert_attributes.py)."""
     if isinstance(value, str):
-        return pb.Value(string_value=value)
-    if isinstance(value, bool):  # before int: a bool is an int in Python
-        return pb.Value(bool_value=value)
-    if isinstance(value, int):
-        return pb.Value(int_value=value)
-    if isinstance(value, float):
-        return pb.Value(double_value=value)
-    if isinstance(value, datetime):
-        return pb.Value(timestamp_value=_timestamp(value))
-    if isinstance(value, list | tuple):
-        return pb.Value(list_value=pb.ValueList(values=[to_pb_value(v) for v in value]))
-    raise TypeError(
-        f"{value!r} ({type(value).__name__}) is not an attribute value: use str, int, float, bool, datetime "
-        "or a list of those"
-    )
+        target.string_value = value
+    elif isinstance(value, bool):  # before int: a bool is an int in Python
+        target.bool_value = value
+    elif isinstance(value, int):
+        target.int_value = value
+    elif isinstance(value, float):
+        target.double_value = value
+    elif isinstance(value, datetime):
+        timestamp = target.timestamp_value
+        timestamp.seconds, timestamp.nanos = _seconds_nanos(value)
+    elif isinstance(value, list | tuple):
+        target.list_value.SetInParent()  # an empty list is still a list
+        values = target.list_value.values
+        for element in value:
+            if isinstance(element, list | tuple | pb.Value):
+                values.append(to_pb_value(element))  # a nested list: the server names it as refused
+            else:
+                fill_pb_value(values.add(), element)
+    elif isinstance(value, pb.Value):
+        target.CopyFrom(value)
+    else:
+        raise TypeError(
+            f"{value!r} ({type(value).__name__}) is not an attribute value: use str, int, float, bool, datetime "
+            "or a list of those"
+        )
 
 
 def from_pb_value(value: pb.Value) -> Any:
@@ -61,26 +78,24 @@ def from_pb_value(value: pb.Value) -> Any:
     return getattr(value, kind)
 
 
-def _timestamp(value: datetime) -> Timestamp:
+def _seconds_nanos(value: datetime) -> tuple[int, int]:
     if value.tzinfo is None:
         value = value.replace(tzinfo=UTC)
     delta = value - _EPOCH
     micros = (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
     seconds, rest = divmod(micros, 1_000_000)
-    return Timestamp(seconds=seconds, nanos=rest * 1000)
+    return seconds, rest * 1000
 
 
-def split_attributes(metadata: Mapping[str, Any] | None) -> tuple[dict[str, str], dict[str, pb.Value]]:
-    """A document's attributes as the wire's two views: strings in ``metadata`` (which every server
-    version reads), every other kind in ``attributes``."""
-    strings: dict[str, str] = {}
-    typed: dict[str, pb.Value] = {}
+def fill_attributes(message, metadata: Mapping[str, Any] | None) -> None:
+    """A document's attributes written into a Document message's two views: strings in ``metadata`` (which
+    every server version reads), every other kind in ``attributes``."""
+    strings, typed = message.metadata, message.attributes
     for key, value in (metadata or {}).items():
         if isinstance(value, str):
             strings[key] = value
         else:
-            typed[key] = to_pb_value(value)
-    return strings, typed
+            fill_pb_value(typed[key], value)
 
 
 def read_attributes(message) -> dict[str, Any]:

@@ -162,10 +162,36 @@ def validate_attributes(attributes: Attributes, field: str, limits: AttributeLim
     """Raises InvalidArgument naming `field[key]` (and the list index) for the first value past the limits."""
     if len(attributes) > limits.max_keys:
         raise InvalidArgument(f"{field}: {len(attributes)} keys; at most {limits.max_keys} allowed")
+    valid_keys = _VALID_KEYS.setdefault(limits.max_key_bytes, set())
     for key, value in attributes.items():
+        if key in valid_keys and _plainly_within(value, limits):
+            continue  # the common case, checked without formatting a place for a message
         where = f"{field}[{_shown(key) if isinstance(key, str) else repr(key)}]"
         check_key(key, where, limits)
         check_value(value, where, limits)
+        if len(valid_keys) < _VALID_KEYS_KEPT:
+            valid_keys.add(key)
+
+
+# Keys that passed check_key, by the limit they passed: documents repeat their keys, and checking and
+# naming each again was most of validate_attributes' time (6.1 against 2.2 ms for 1,000 documents of 10).
+_VALID_KEYS: dict[int, set[str]] = {}
+_VALID_KEYS_KEPT = 10_000
+
+
+def _plainly_within(value: object, limits: AttributeLimits, in_list: bool = False) -> bool:
+    """True for a value check_value certainly accepts, decided cheaply (False: let check_value decide)."""
+    if isinstance(value, bool):
+        return True
+    if isinstance(value, int):
+        return INT64_MIN <= value <= INT64_MAX
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, str):  # ASCII has no lone surrogates, and its length is its size in bytes
+        return value.isascii() and len(value) <= limits.max_string_bytes
+    if isinstance(value, tuple | list) and not in_list:
+        return len(value) <= limits.max_list_elements and all(_plainly_within(v, limits, True) for v in value)
+    return False
 
 
 def normalise(value: AttributeValue | list[Scalar]) -> AttributeValue:

@@ -33,6 +33,8 @@ _OPS = {
     pb.OPERATOR_EXISTS: Op.EXISTS,
     pb.OPERATOR_CONTAINS: Op.CONTAINS,
 }
+# The kinds read as they are (timestamps and lists are checked and converted by to_value).
+_SCALAR_KINDS = frozenset(("string_value", "int_value", "double_value", "bool_value"))
 _OP_NAMES = ", ".join(pb.Operator.Name(op).removeprefix("OPERATOR_") for op in _OPS)
 
 
@@ -94,14 +96,20 @@ def to_pb_value(value) -> pb.Value:
 
 def to_attributes(metadata: Mapping[str, str], attributes: Mapping[str, pb.Value], field: str) -> dict:
     """A document's two views merged into one map of typed values (the same key in both is refused)."""
-    both = sorted(set(metadata) & set(attributes))
-    if both:
-        raise InvalidArgument(
-            f"{field}: key {both[0]!r} is in both metadata and attributes; a key may be given in one of them"
-        )
     out: dict = dict(metadata)
+    if not attributes:
+        return out
     for key, value in attributes.items():
-        out[key] = to_value(value, f"{field}.attributes[{key!r}]")
+        if key in out:
+            both = sorted(set(metadata) & set(attributes))
+            raise InvalidArgument(
+                f"{field}: key {both[0]!r} is in both metadata and attributes; a key may be given in one of them"
+            )
+        kind = value.WhichOneof("kind")
+        if kind in _SCALAR_KINDS:  # most values: no place to name, so none is formatted
+            out[key] = getattr(value, kind)
+        else:
+            out[key] = to_value(value, f"{field}.attributes[{key!r}]")
     return out
 
 
