@@ -35,7 +35,7 @@ def to_pb_value(value: Any) -> pb.Value:
 
 def fill_pb_value(target: pb.Value, value: Any) -> None:
     """Sets `target` (a Value already in its message: a map entry, a list element) to `value`, in place:
-    half the time of building a Value and copying it in (15 against 7 ms for 1,000 documents of 10
+    faster than building a Value and copying it in (9 against 15 ms for 1,000 documents of 10
     attributes, benchmarks/upsert_attributes.py)."""
     if isinstance(value, str):
         target.string_value = value

@@ -174,7 +174,7 @@ def validate_attributes(attributes: Attributes, field: str, limits: AttributeLim
 
 
 # Keys that passed check_key, by the limit they passed: documents repeat their keys, and checking and
-# naming each again was most of validate_attributes' time (6.1 against 2.2 ms for 1,000 documents of 10).
+# naming each again took a third of validate_attributes' time (6.1 against 3.9-4.7 ms for 1,000 documents of 10).
 _VALID_KEYS: dict[int, set[str]] = {}
 _VALID_KEYS_KEPT = 10_000
 
