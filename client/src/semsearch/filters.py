@@ -51,11 +51,8 @@ def fill_pb_value(target: pb.Value, value: Any) -> None:
     elif isinstance(value, list | tuple):
         target.list_value.SetInParent()  # an empty list is still a list
         values = target.list_value.values
-        for element in value:
-            if isinstance(element, list | tuple | pb.Value):
-                values.append(to_pb_value(element))  # a nested list: the server names it as refused
-            else:
-                fill_pb_value(values.add(), element)
+        for element in value:  # a nested list too: the server names it as refused
+            fill_pb_value(values.add(), element)
     elif isinstance(value, pb.Value):
         target.CopyFrom(value)
     else:

@@ -209,7 +209,7 @@ def _first_start_finisher(switching, explainer, reference, config: ServerConfig)
             # Batches on OpenVINO now; small requests beside them on torch, then on OpenVINO compiled for
             # single queries (torch beside a batch took 30-50 ms a query on 2 cores), until ONNX Runtime
             # takes them.
-            batches = _yielding_batches(engine)
+            batches = _recompiled(engine, FIRST_START_BATCH_NICENESS)
             if batches is not engine:
                 engine = None  # one batch model in memory while ONNX Runtime is exported: compiled again below
             interim = Interim(batches, reference.torch, config.batch_max_size)
@@ -220,7 +220,7 @@ def _first_start_finisher(switching, explainer, reference, config: ServerConfig)
                 log.info("first start: single queries on openvino after %.2fs", time.monotonic() - started)
             with builds_yield_to_serving(FIRST_START_BUILD_NICENESS):
                 small = latency_engine(reference, config.model_cache_dir, config.threads or None, "openvino")
-            engine = routed_to(engine or _batches_for_good(batches), small, config.batch_max_size)
+            engine = routed_to(engine or _recompiled(batches, 0), small, config.batch_max_size)
         switch(engine, started)
         interim = batches = twin = None  # gone before _settle hands the freed memory back
         with builds_yield_to_serving(FIRST_START_BUILD_NICENESS):
@@ -229,28 +229,24 @@ def _first_start_finisher(switching, explainer, reference, config: ServerConfig)
     return finish
 
 
-def _yielding_batches(engine):
-    """What a first start's batches run on between its switches: `engine` compiled again on threads
-    `FIRST_START_BATCH_NICENESS` nicer, so that the queries' engine beside it gets a core when it needs one
-    (OpenVinoEmbedder.recompiled); `engine` itself if it cannot be (not OpenVINO, or the compile fails)."""
-    copy = getattr(engine, "recompiled", None)
-    if copy is None:
+def _recompiled(engine, niceness: int):
+    """`engine` compiled again on threads `niceness` steps nicer (OpenVinoEmbedder.recompiled); `engine` itself
+    if it cannot be (not OpenVINO, or the compile fails). A first start's batches run between its switches on
+    such a copy, FIRST_START_BATCH_NICENESS nicer, so that the queries' engine beside it gets a core when it
+    needs one; at the last switch on one compiled again at 0, for the server's life."""
+    recompile = getattr(engine, "recompiled", None)
+    if recompile is None:
         return engine
     try:
-        return copy(FIRST_START_BATCH_NICENESS)
+        return recompile(niceness)
     except Exception as exc:  # noqa: BLE001 - the engine as it is serves the batches
-        log.warning("first start: batches at the queries' priority (%s: %s)", type(exc).__name__, exc)
+        log.warning(
+            "first start: openvino not compiled again %d steps nicer (%s: %s); the batches stay where they run",
+            niceness,
+            type(exc).__name__,
+            exc,
+        )
         return engine
-
-
-def _batches_for_good(batches):
-    """The yielding batch model compiled again at the normal priority, for the server's life after the first
-    start; the yielding one if that fails (batches then yield to everything else for good)."""
-    try:
-        return batches.recompiled(0)
-    except Exception as exc:  # noqa: BLE001 - the yielding model is checked and serves
-        log.warning("first start: batches stay at a lower priority (%s: %s)", type(exc).__name__, exc)
-        return batches
 
 
 def _settle_first_start(reference, config: ServerConfig) -> None:

@@ -166,11 +166,6 @@ def builds_yield_to_serving(niceness: int) -> Iterator[None]:
         _BUILD_NICENESS.reset(token)
 
 
-def _run_build(build: Callable[[Path], dict], tmp: Path) -> dict:
-    """`build(tmp)`, on a thread of lower priority when `builds_yield_to_serving` asks for one."""
-    return on_nicer_thread(_BUILD_NICENESS.get(), lambda: build(tmp))
-
-
 def on_nicer_thread(niceness: int, call: Callable[[], T]) -> T:
     """`call()` on a new thread `niceness` steps nicer than this one (its result or its exception here), so
     that the work, and the threads it creates (which inherit the priority), yield the CPU to the rest of
@@ -231,7 +226,7 @@ def cached_artifact(
         started = time.monotonic()
         tmp = Path(tempfile.mkdtemp(prefix=".build-", dir=root))
         try:
-            extra = _run_build(build, tmp)
+            extra = on_nicer_thread(_BUILD_NICENESS.get(), lambda: build(tmp))
             manifest = {
                 "format": EXPORT_FORMAT,
                 "weights_sha256": fingerprint.weights_sha256,

@@ -111,7 +111,7 @@ class OpenVinoEmbedder(RuntimeEmbedder):
         if threads:
             config["INFERENCE_NUM_THREADS"] = threads
         self._cache_dir = cache_dir
-        self._threads, self._batch_size, self._hint = threads, batch_size, hint
+        self._threads, self._hint = threads, hint  # with the base's _batch_size: what recompiled() repeats
         core = ov.Core()
         # OpenVINO's own cache of the compiled model (keyed by the IR, the device, the configuration and
         # its version): a restart imports it instead of compiling, 0.35 against 0.8-1.0 s here.

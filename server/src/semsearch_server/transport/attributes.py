@@ -61,14 +61,8 @@ def to_timestamp(value: datetime) -> Timestamp:
 def to_value(value: pb.Value, field: str, in_list: bool = False):
     """A protobuf Value as a plain Python value (a list as a tuple of scalars)."""
     kind = value.WhichOneof("kind")
-    if kind == "string_value":
-        return value.string_value
-    if kind == "int_value":
-        return value.int_value
-    if kind == "double_value":
-        return value.double_value
-    if kind == "bool_value":
-        return value.bool_value
+    if kind in _SCALAR_KINDS:
+        return getattr(value, kind)
     if kind == "timestamp_value":
         return to_datetime(value.timestamp_value, field)
     if kind == "list_value":
